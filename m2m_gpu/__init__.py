@@ -1,0 +1,54 @@
+"""m2m-gpu: GPU compute kernels for Gaussian-splat vector memory.
+
+``import m2m_gpu`` is cheap: it imports NumPy and nothing else heavy. CuPy and Kompute are
+imported only when the cuda or vulkan backend is first probed or used.
+"""
+
+from __future__ import annotations
+
+from .backends import get_backend, probe_all
+from .errors import (
+    BackendUnavailableError,
+    DeviceMemoryError,
+    InvalidInputError,
+    M2MError,
+    UnknownBackendError,
+    UnknownMetricError,
+)
+from .index import IndexFlat, IndexFlatCosine, IndexFlatIP, IndexFlatL2
+from .knn import knn
+from .tensor import DeviceArray, tensor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "knn",
+    "IndexFlat",
+    "IndexFlatL2",
+    "IndexFlatIP",
+    "IndexFlatCosine",
+    "DeviceArray",
+    "tensor",
+    "get_backend",
+    "info",
+    "M2MError",
+    "BackendUnavailableError",
+    "DeviceMemoryError",
+    "InvalidInputError",
+    "UnknownBackendError",
+    "UnknownMetricError",
+    "__version__",
+]
+
+
+def info() -> dict:
+    """Every backend: available or not and why, device, library and driver versions,
+    and the backend that ``auto`` would pick here."""
+    from .backends import auto_choice
+
+    name, why = auto_choice()
+    return {
+        "version": __version__,
+        "backends": [b.as_dict() for b in probe_all()],
+        "auto": {"backend": name, "reason": why},
+    }

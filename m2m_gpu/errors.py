@@ -1,0 +1,25 @@
+"""Exceptions raised by m2m_gpu. Each names the problem; none leaves state half-changed."""
+
+
+class M2MError(Exception):
+    """Base class of every error m2m_gpu raises on purpose."""
+
+
+class BackendUnavailableError(M2MError, RuntimeError):
+    """A backend was asked for by name and cannot run here; the message says why."""
+
+
+class UnknownBackendError(M2MError, ValueError):
+    """A backend name that the registry does not know."""
+
+
+class InvalidInputError(M2MError, ValueError):
+    """Input of the wrong shape, dtype or value (NaN, inf, zero vector under cosine, ...)."""
+
+
+class UnknownMetricError(InvalidInputError):
+    """A metric other than 'l2', 'ip' or 'cosine'."""
+
+
+class DeviceMemoryError(M2MError, MemoryError):
+    """A device allocation failed; the message states the size asked for."""

@@ -1,0 +1,3 @@
+"""placeholder"""
+class IndexFlat: pass
+IndexFlatL2 = IndexFlatIP = IndexFlatCosine = IndexFlat

@@ -1,0 +1,112 @@
+"""Exact k-nearest-neighbour search, the public entry point (SPEC section 2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .backends import Backend, get_backend
+from .errors import InvalidInputError, UnknownMetricError
+from .tensor import array_module, stage, to_caller, to_native
+
+METRICS = ("l2", "ip", "cosine")
+
+
+def check_metric(metric: Any) -> str:
+    name = str(metric).lower() if isinstance(metric, str) else metric
+    if name not in METRICS:
+        raise UnknownMetricError(f"unknown metric {metric!r}; expected one of {METRICS}")
+    return name
+
+
+def check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise InvalidInputError(f"k must be an integer >= 1, got {k!r}")
+    if k < 1:
+        raise InvalidInputError(f"k must be >= 1, got {k}")
+    return int(k)
+
+
+def as_float32_matrix(staged: Any, what: str, dim: int | None = None) -> Any:
+    """Validate a staged (NumPy or CuPy) array and return it as C-contiguous float32."""
+    xp = array_module(staged)
+    if staged.ndim != 2:
+        raise InvalidInputError(f"{what} must be a 2-D array (rows, dim), got shape {staged.shape}")
+    kind = np.dtype(staged.dtype).kind
+    if kind not in "fiub":
+        raise InvalidInputError(f"{what} has dtype {staged.dtype}, which cannot be converted "
+                                "to float32")
+    if staged.shape[1] < 1:
+        raise InvalidInputError(f"{what} has dimension 0")
+    if dim is not None and staged.shape[1] != dim:
+        raise InvalidInputError(f"{what} has dimension {staged.shape[1]}, expected {dim}")
+    out = xp.ascontiguousarray(staged, dtype=xp.float32)
+    if kind == "f" and out.size and not bool(xp.isfinite(out).all()):
+        raise InvalidInputError(f"{what} contains NaN or inf")
+    return out
+
+
+def normalize_rows(x: Any, what: str) -> Any:
+    """Rows scaled to unit L2 norm; a zero row is an error (cosine is undefined there)."""
+    xp = array_module(x)
+    if x.shape[0] == 0:
+        return x
+    scale = xp.abs(x).max(axis=1, keepdims=True)  # guards the norm against under/overflow
+    if bool((scale == 0).any()):
+        row = int(xp.argmax((scale == 0).ravel()))
+        raise InvalidInputError(f"{what} row {row} is a zero vector; cosine is undefined")
+    y = x / scale
+    y /= xp.sqrt((y * y).sum(axis=1, keepdims=True))
+    return xp.ascontiguousarray(y, dtype=xp.float32)
+
+
+def empty_result(m: int, k: int, metric: str, xp=np) -> tuple[Any, Any]:
+    pad = np.inf if metric == "l2" else -np.inf
+    return xp.full((m, k), pad, dtype=xp.float32), xp.full((m, k), -1, dtype=xp.int64)
+
+
+def pad_result(D: Any, I: Any, k: int, metric: str) -> tuple[Any, Any]:
+    """Widen (m, n) results to (m, k) with id -1 and +inf (l2) / -inf (ip, cosine)."""
+    xp = array_module(D)
+    m, have = D.shape
+    if have == k:
+        return D, I
+    outD, outI = empty_result(m, k, metric, xp)
+    outD[:, :have] = D
+    outI[:, :have] = I
+    return outD, outI
+
+
+def knn(
+    queries: Any,
+    database: Any,
+    k: int,
+    metric: str = "l2",
+    backend: str | Backend | None = None,
+) -> tuple[Any, Any]:
+    """Exact k-NN of each query row among the database rows.
+
+    Returns ``(D, I)`` of shape ``(m, k)``, rows sorted best first: ``D`` is the squared L2
+    distance for ``"l2"`` and the similarity for ``"ip"`` and ``"cosine"`` (FAISS
+    convention). ``k > n`` gives n results padded with id -1 and ``D = +inf`` (l2) or
+    ``-inf`` (ip, cosine). Arithmetic is float32; float16/float64 input is converted.
+    Results come back in the caller's array type (NumPy, CuPy, torch, DeviceArray).
+    """
+    be = get_backend(backend)
+    metric = check_metric(metric)
+    k = check_k(k)
+    q_staged, caller = stage(queries)
+    x_staged, _ = stage(database)
+    x = as_float32_matrix(x_staged, "database")
+    q = as_float32_matrix(q_staged, "queries", dim=x.shape[1])
+    if metric == "cosine":
+        q, x = normalize_rows(q, "queries"), normalize_rows(x, "database")
+    m, n = q.shape[0], x.shape[0]
+    if m == 0 or n == 0:
+        D, I = empty_result(m, k, metric)
+        return to_caller(be, be.from_host(D), caller), to_caller(be, be.from_host(I), caller)
+    kernel_metric = "l2" if metric == "l2" else "ip"
+    D, I = be.knn(to_native(be, q), to_native(be, x), min(k, n), kernel_metric)
+    D, I = pad_result(D, I, k, metric)
+    return to_caller(be, D, caller), to_caller(be, I, caller)

@@ -1,0 +1,77 @@
+#version 450
+// Distance tile for exact k-NN: keys[i, j] for query i and database row (offset + j).
+//   metric 0 (l2): sum((q - x)^2), the direct form: no cancellation near the query.
+//   metric 1 (ip): -(q . x), so that smaller is better for both metrics.
+// A 16x16 workgroup computes a block of 16 queries x 64 database rows; each invocation
+// owns one query and 4 rows. Query and row slices are staged through shared memory, TK
+// components at a time. Mirrors kernels/knn.cu (knn_distance).
+layout(local_size_x = 16, local_size_y = 16, local_size_z = 1) in;
+
+layout(std430, binding = 0) readonly buffer Queries { float q[]; };   // [mq, d]
+layout(std430, binding = 1) readonly buffer Database { float x[]; };  // [rows, d] (one chunk)
+layout(std430, binding = 2) writeonly buffer Keys { float keys[]; };  // [mq, t]
+
+layout(push_constant) uniform Push {
+    uint mq;      // queries in this block
+    uint t;       // database rows in this tile
+    uint d;       // dimension
+    uint offset;  // first row of the tile inside the chunk
+    uint metric;  // 0 = l2, 1 = ip
+} pc;
+
+const uint BQ = 16u;   // queries per workgroup
+const uint BR = 64u;   // database rows per workgroup
+const uint RN = 4u;    // rows per invocation
+const uint TK = 32u;   // components staged per step
+
+shared float qs[BQ][TK + 1u];
+shared float xs[BR][TK + 1u];
+
+void main() {
+    uint lx = gl_LocalInvocationID.x;  // 0..15 -> rows lx, lx+16, lx+32, lx+48
+    uint ly = gl_LocalInvocationID.y;  // 0..15 -> query
+    uint lid = ly * 16u + lx;
+    uint qi = gl_WorkGroupID.y * BQ + ly;
+    uint r0 = gl_WorkGroupID.x * BR;
+
+    float acc[RN];
+    for (uint r = 0u; r < RN; ++r) acc[r] = 0.0;
+
+    for (uint k0 = 0u; k0 < pc.d; k0 += TK) {
+        // Stage BQ x TK query components (256 invocations, 2 each).
+        for (uint e = lid; e < BQ * TK; e += 256u) {
+            uint row = e / TK, col = e % TK;
+            uint gq = gl_WorkGroupID.y * BQ + row, gk = k0 + col;
+            qs[row][col] = (gq < pc.mq && gk < pc.d) ? q[gq * pc.d + gk] : 0.0;
+        }
+        // Stage BR x TK database components (8 each).
+        for (uint e = lid; e < BR * TK; e += 256u) {
+            uint row = e / TK, col = e % TK;
+            uint gr = r0 + row, gk = k0 + col;
+            xs[row][col] = (gr < pc.t && gk < pc.d) ? x[(pc.offset + gr) * pc.d + gk] : 0.0;
+        }
+        barrier();
+        uint kn = min(TK, pc.d - k0);
+        if (pc.metric == 0u) {
+            for (uint kk = 0u; kk < kn; ++kk) {
+                float qv = qs[ly][kk];
+                for (uint r = 0u; r < RN; ++r) {
+                    float diff = qv - xs[lx + 16u * r][kk];
+                    acc[r] = fma(diff, diff, acc[r]);
+                }
+            }
+        } else {
+            for (uint kk = 0u; kk < kn; ++kk) {
+                float qv = qs[ly][kk];
+                for (uint r = 0u; r < RN; ++r) acc[r] = fma(qv, xs[lx + 16u * r][kk], acc[r]);
+            }
+        }
+        barrier();
+    }
+    if (qi < pc.mq) {
+        for (uint r = 0u; r < RN; ++r) {
+            uint j = r0 + lx + 16u * r;
+            if (j < pc.t) keys[qi * pc.t + j] = (pc.metric == 0u) ? acc[r] : -acc[r];
+        }
+    }
+}
