@@ -28,9 +28,8 @@ from .base import Backend, BackendInfo
 
 SMALL_BATCH = 4  # up to this many queries, stream the database once per query
 SCAN_TILE_ROWS = 4096  # rows per task in the streaming path (fits in L2 for d <= 64)
-TILE_BUDGET_BYTES = 32 << 20  # largest block of distances held at once in the batch path
-FIRST_TILE_ROWS = 4096  # a short first tile sets the pruning threshold early
-QUERY_CHUNK = 1024  # queries per block in the batch path
+BATCH_TILE_BYTES = 1 << 20  # GEMM output tile of the batch path: stays in L2
+QUERY_CHUNK = 1024  # most queries per block in the batch path
 GATHER_BUDGET_BYTES = 64 << 20  # re-ranking gathers at most this many bytes of rows at once
 
 
@@ -121,26 +120,70 @@ class CpuBackend(Backend):
         return out_k, out_i
 
     def _select_batched(self, scaled_q, database, sqnorms, k):
-        m, n = scaled_q.shape[0], database.shape[0]
+        """Batch path: split the queries over the thread pool, one BLAS thread each, so that
+        the GEMM and the selection of every block run side by side on all cores."""
+        m = scaled_q.shape[0]
         out_k = np.empty((m, k), dtype=np.float32)
         out_i = np.empty((m, k), dtype=np.int64)
-        for q0 in range(0, m, QUERY_CHUNK):
-            qc = scaled_q[q0 : q0 + QUERY_CHUNK]
-            mq = qc.shape[0]
-            rows = max(FIRST_TILE_ROWS, TILE_BUDGET_BYTES // (4 * mq))
-            best_k = np.full((mq, k), np.inf, dtype=np.float32)
-            best_i = np.full((mq, k), -1, dtype=np.int64)
-            start, step = 0, min(FIRST_TILE_ROWS, rows)
-            while start < n:
-                stop = min(n, start + step)
-                tile = qc @ database[start:stop].T
-                if sqnorms is not None:
-                    tile += sqnorms[start:stop]
-                best_k, best_i = merge_topk(best_k, best_i, tile, start, k)
-                start, step = stop, rows
-            out_k[q0 : q0 + mq] = best_k
-            out_i[q0 : q0 + mq] = best_i
+        blocks = _blocks(m, self.threads, QUERY_CHUNK)
+
+        def job(block: tuple[int, int]) -> None:
+            a, b = block
+            out_k[a:b], out_i[a:b] = self._select_block(scaled_q[a:b], database, sqnorms, k)
+
+        if len(blocks) == 1:
+            job(blocks[0])
+        else:
+            with _single_threaded_blas():
+                list(self._pool.map(job, blocks))
         return out_k, out_i
+
+    def _select_block(self, scaled_q, database, sqnorms, k):
+        """Running top-k of one query block over cache-sized database tiles.
+
+        The key is ``||x||^2 + x.(-2q)``, formed in place while the GEMM's output tile is in
+        cache. Entries below the query's current k-th key are buffered, and the buffer is
+        merged into the running top-k (which tightens the thresholds) when it fills up.
+        """
+        n, mq = database.shape[0], scaled_q.shape[0]
+        rows = max(k, BATCH_TILE_BYTES // (4 * mq))
+        qt = np.ascontiguousarray(scaled_q.T)
+        tile = np.empty((rows, mq), dtype=np.float32)
+        best_k = np.full((mq, k), np.inf, dtype=np.float32)
+        best_i = np.full((mq, k), -1, dtype=np.int64)
+        pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        pending_size, flush_at = 0, max(4 * k * mq, 1 << 16)
+
+        def flush() -> None:
+            nonlocal best_k, best_i, pending, pending_size
+            if pending:
+                keys, ids, qs = (np.concatenate(p) for p in zip(*pending))
+                best_k, best_i = merge_candidates(best_k, best_i, keys, ids, qs, k)
+                pending, pending_size = [], 0
+
+        bound = None
+        for start in range(0, n, rows):
+            stop = min(n, start + rows)
+            s = tile[: stop - start]
+            np.matmul(database[start:stop], qt, out=s)
+            if sqnorms is not None:
+                s += sqnorms[start:stop, None]  # the tile is still in cache
+            if bound is None:  # running set not full yet: take every entry
+                best_k, best_i = merge_topk(best_k, best_i, s, start, k)
+                if not np.isinf(best_k).any():
+                    bound = best_k.max(axis=1)
+                continue
+            flat = np.flatnonzero(s < bound)
+            if flat.size == 0:
+                continue
+            r, c = np.divmod(flat, mq)
+            pending.append((s[r, c], r + start, c))
+            pending_size += flat.size
+            if pending_size >= flush_at:
+                flush()
+                bound = best_k.max(axis=1)
+        flush()
+        return best_k, best_i
 
     def _finish(self, queries, database, keys, ids, metric):
         """Exact distances for the selected ids, rows sorted best first."""
@@ -160,25 +203,63 @@ class CpuBackend(Backend):
         return np.take_along_axis(dist, order, 1), np.take_along_axis(ids, order, 1)
 
 
-def merge_topk(best_k, best_i, tile, offset, k):
-    """Fold a tile of keys (smaller is better) into a running, unsorted top-k per row.
+def _blocks(m: int, parts: int, max_rows: int) -> list[tuple[int, int]]:
+    """Split m rows into at least ``parts`` contiguous blocks of at most ``max_rows``."""
+    count = max(parts, -(-m // max_rows))
+    edges = np.linspace(0, m, min(count, m) + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
-    Only entries below the row's current k-th key are considered; the running set and those
-    candidates go into one padded block and ``argpartition`` keeps the k smallest.
+
+class _single_threaded_blas:
+    """Limit BLAS to one thread while our own threads split the work (threadpoolctl)."""
+
+    def __enter__(self):
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # without it BLAS threads and ours share the cores
+            self._limits = None
+        else:
+            self._limits = threadpool_limits(1, user_api="blas")
+        return self
+
+    def __exit__(self, *exc):
+        if self._limits is not None:
+            self._limits.restore_original_limits()
+
+
+def merge_topk(best_k, best_i, tile, offset, k):
+    """Fold a tile of keys into a running, unsorted top-k per query (smaller is better).
+
+    ``tile`` is (rows, queries): database rows down, queries across (the GEMM's output
+    layout). Entries below the query's current k-th key are merged in.
     """
-    mq = tile.shape[0]
     threshold = best_k.max(axis=1)
-    rows, cols = np.nonzero(tile < threshold[:, None])
-    if rows.size == 0:
+    if tile.shape[0] >= k and np.isinf(threshold).all():  # first tile: plain selection
+        keys = np.ascontiguousarray(tile.T)
+        keep = np.argpartition(keys, k - 1, axis=1)[:, :k]
+        return np.take_along_axis(keys, keep, 1), keep + offset
+    rows, queries = np.nonzero(tile < threshold)
+    return merge_candidates(best_k, best_i, tile[rows, queries], rows + offset, queries, k)
+
+
+def merge_candidates(best_k, best_i, keys, ids, queries, k):
+    """Merge candidate (key, id) pairs, each for query ``queries[j]``, into the running
+    top-k: the running set and a query's candidates go into one padded row and
+    ``argpartition`` keeps the k smallest."""
+    if keys.size == 0:
         return best_k, best_i
-    counts = np.bincount(rows, minlength=mq)
+    mq = best_k.shape[0]
+    # Group candidates by query; a small integer type makes this a radix sort.
+    order = np.argsort(queries.astype(np.int16 if mq <= 32767 else np.int32), kind="stable")
+    keys, ids, queries = keys[order], ids[order], queries[order]
+    counts = np.bincount(queries, minlength=mq)
     width = k + int(counts.max())
     cand_k = np.full((mq, width), np.inf, dtype=np.float32)
     cand_i = np.full((mq, width), -1, dtype=np.int64)
     cand_k[:, :k] = best_k
     cand_i[:, :k] = best_i
-    pos = k + np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    cand_k[rows, pos] = tile[rows, cols]
-    cand_i[rows, pos] = cols + offset
+    pos = k + np.arange(keys.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    cand_k[queries, pos] = keys
+    cand_i[queries, pos] = ids
     keep = np.argpartition(cand_k, k - 1, axis=1)[:, :k]
     return np.take_along_axis(cand_k, keep, 1), np.take_along_axis(cand_i, keep, 1)
