@@ -1,3 +1,162 @@
-"""placeholder"""
-class IndexFlat: pass
-IndexFlatL2 = IndexFlatIP = IndexFlatCosine = IndexFlat
+"""FAISS-shaped flat (exact) indexes on any backend.
+
+``m2m_gpu.IndexFlatL2(d)`` and ``m2m_gpu.IndexFlatIP(d)`` behave like their FAISS namesakes:
+``add``, ``search(q, k) -> (D, I)``, ``ntotal``, ``reset``, ``remove_ids``, ``d``,
+``metric_type``; so code written for ``faiss.IndexFlatL2`` works after changing the import.
+Beyond FAISS's flat index: ``add_with_ids`` (FAISS needs an ``IndexIDMap`` for that), a
+cosine variant, and a ``backend=`` argument. The vectors live on the backend's device;
+ids live on the host.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .backends import Backend, get_backend
+from .errors import InvalidInputError
+from .knn import check_k, check_metric, prepare, search_native
+from .tensor import array_module, stage, to_caller, to_native
+
+# FAISS's metric constants, so `index.metric_type == faiss.METRIC_L2` style checks carry over.
+METRIC_INNER_PRODUCT = 0
+METRIC_L2 = 1
+_FAISS_METRIC = {"l2": METRIC_L2, "ip": METRIC_INNER_PRODUCT, "cosine": METRIC_INNER_PRODUCT}
+
+
+class IndexFlat:
+    """Exact search over every stored vector, on one backend."""
+
+    def __init__(self, d: int, metric: str = "l2", backend: str | Backend | None = None):
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+            raise InvalidInputError(f"dimension d must be a positive integer, got {d!r}")
+        self.d = int(d)
+        self.metric = check_metric(metric)
+        self.backend = get_backend(backend)
+        self.is_trained = True
+        self.reset()
+
+    # ---- FAISS attributes ---------------------------------------------------------------
+    @property
+    def metric_type(self) -> int:
+        return _FAISS_METRIC[self.metric]
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._ids.shape[0])
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(d={self.d}, metric={self.metric!r}, "
+                f"ntotal={self.ntotal}, backend={self.backend.name!r})")
+
+    # ---- mutation -----------------------------------------------------------------------
+    def reset(self) -> None:
+        """Remove every vector."""
+        self._rows = self.backend.row_store(self.d)
+        self._sqnorms = self.backend.row_store(1) if self.backend.uses_sqnorms else None
+        self._ids = np.empty(0, dtype=np.int64)
+
+    def add(self, x: Any) -> None:
+        """Append vectors with ids ``ntotal, ntotal + 1, ...`` (FAISS's sequential ids)."""
+        rows, sq = self._validate(x)
+        self._append(rows, sq, np.arange(self.ntotal, self.ntotal + rows.shape[0]))
+
+    def add_with_ids(self, x: Any, ids: Any) -> None:
+        """Append vectors with the given int64 ids (returned by ``search`` in ``I``)."""
+        rows, sq = self._validate(x)
+        staged, _ = stage(ids)
+        host_ids = np.asarray(staged.get() if hasattr(staged, "get") else staged)
+        if host_ids.ndim != 1 or host_ids.shape[0] != rows.shape[0]:
+            raise InvalidInputError(
+                f"ids must be a 1-D array with one id per vector ({rows.shape[0]}), "
+                f"got shape {host_ids.shape}")
+        if host_ids.size and host_ids.dtype.kind not in "iu":
+            raise InvalidInputError(f"ids must be integers, got dtype {host_ids.dtype}")
+        self._append(rows, sq, host_ids.astype(np.int64))
+
+    def remove_ids(self, ids: Any) -> int:
+        """Remove every vector whose id is in ``ids``; returns how many were removed."""
+        staged, _ = stage(ids)
+        drop = np.asarray(staged.get() if hasattr(staged, "get") else staged).ravel()
+        keep = np.flatnonzero(~np.isin(self._ids, drop.astype(np.int64)))
+        removed = self.ntotal - keep.size
+        if removed:
+            self._rows.keep(self._index_for(keep))
+            if self._sqnorms is not None:
+                self._sqnorms.keep(self._index_for(keep))
+            self._ids = self._ids[keep]
+        return int(removed)
+
+    def _validate(self, x: Any) -> tuple[Any, Any]:
+        rows, sq, _ = prepare(x, "vectors", self.metric, dim=self.d)
+        return rows, sq
+
+    def _append(self, rows: Any, sq: Any, ids: np.ndarray) -> None:
+        # Everything is validated by now, so nothing below can leave the index half-changed
+        # except a device allocation failure, which is raised before the ids are committed.
+        self._rows.append(self._for_store(rows))
+        if self._sqnorms is not None:
+            self._sqnorms.append(self._for_store(sq.reshape(-1, 1)))
+        self._ids = np.concatenate([self._ids, ids])
+
+    def _for_store(self, staged: Any) -> Any:
+        """Staged rows in the form the backend's row store takes."""
+        if array_module(staged) is np or self.backend.name == "cuda":
+            return staged
+        return self.backend.to_host(to_native(get_backend("cpu"), staged))
+
+    def _index_for(self, keep: np.ndarray) -> Any:
+        return keep if self.backend.name != "cuda" else self.backend.from_host(keep)
+
+    # ---- search -------------------------------------------------------------------------
+    def search(self, x: Any, k: int) -> tuple[Any, Any]:
+        """The k nearest stored vectors of each query row: ``(D, I)`` of shape (m, k),
+        best first; ``I`` holds the stored ids, -1 where fewer than k vectors exist."""
+        k = check_k(k)
+        q, _, caller = prepare(x, "queries", self.metric, dim=self.d)
+        be = self.backend
+        sq = self._sqnorms.view()[:, 0] if self._sqnorms is not None else None
+        D, I = search_native(be, q, self._rows.view(), self.ntotal, k, self.metric, sq)
+        I = self._to_external(I)
+        return to_caller(be, D, caller), to_caller(be, I, caller)
+
+    def _to_external(self, I: Any) -> Any:
+        """Row positions -> stored ids (-1 stays -1)."""
+        if np.array_equal(self._ids, np.arange(self.ntotal)):
+            return I  # sequential ids: positions are the ids
+        if self.backend.name == "cuda":
+            ids = self.backend.from_host(np.append(self._ids, -1))
+            return ids[I]  # position -1 picks the appended -1
+        host = self.backend.to_host(I)
+        return np.append(self._ids, -1)[host]
+
+    def reconstruct_n(self, i0: int = 0, ni: int | None = None) -> np.ndarray:
+        """Stored vectors ``i0 .. i0 + ni`` as a host array (normalised under cosine)."""
+        ni = self.ntotal - i0 if ni is None else ni
+        return np.asarray(self.backend.to_host(self._rows.view()))[i0 : i0 + ni]
+
+
+class IndexFlatL2(IndexFlat):
+    """Exact search by squared L2 distance (``faiss.IndexFlatL2``)."""
+
+    def __init__(self, d: int, backend: str | Backend | None = None):
+        super().__init__(d, "l2", backend)
+
+
+class IndexFlatIP(IndexFlat):
+    """Exact search by inner product (``faiss.IndexFlatIP``); ``D`` holds similarities."""
+
+    def __init__(self, d: int, backend: str | Backend | None = None):
+        super().__init__(d, "ip", backend)
+
+
+class IndexFlatCosine(IndexFlat):
+    """Exact search by cosine similarity: vectors and queries are L2-normalised on the way
+    in (zero vectors are refused), then searched by inner product."""
+
+    def __init__(self, d: int, backend: str | Backend | None = None):
+        super().__init__(d, "cosine", backend)

@@ -98,6 +98,35 @@ def pad_result(D: Any, I: Any, k: int, metric: str) -> tuple[Any, Any]:
     return outD, outI
 
 
+def prepare(obj: Any, what: str, metric: str, dim: int | None = None) -> tuple[Any, Any, Any]:
+    """Stage, validate and (for cosine) normalise a caller's matrix.
+
+    Returns ``(float32 matrix as NumPy or CuPy, its squared row norms, caller)``; raises
+    :class:`InvalidInputError` naming the problem before anything is changed anywhere.
+    """
+    staged, caller = stage(obj)
+    x = as_float32_matrix(staged, what, dim)
+    sq = row_sqnorms(x, what)
+    if metric == "cosine":
+        x = normalize_rows(x, what)
+        sq = array_module(x).ones(x.shape[0], dtype=np.float32)
+    return x, sq, caller
+
+
+def search_native(
+    be: Backend, q: Any, database: Any, n: int, k: int, metric: str, database_sqnorms: Any = None
+) -> tuple[Any, Any]:
+    """k-NN of validated queries against ``n`` rows already on ``be``; padded to k."""
+    m = q.shape[0]
+    if m == 0 or n == 0:
+        D, I = empty_result(m, k, metric)
+        return be.from_host(D), be.from_host(I)
+    kernel_metric = "l2" if metric == "l2" else "ip"
+    D, I = be.knn(to_native(be, q), database, min(k, n), kernel_metric,
+                  database_sqnorms=database_sqnorms if kernel_metric == "l2" else None)
+    return pad_result(D, I, k, metric)
+
+
 def knn(
     queries: Any,
     database: Any,
@@ -112,25 +141,13 @@ def knn(
     convention). ``k > n`` gives n results padded with id -1 and ``D = +inf`` (l2) or
     ``-inf`` (ip, cosine). Arithmetic is float32; float16/float64 input is converted.
     Results come back in the caller's array type (NumPy, CuPy, torch, DeviceArray).
+    The database is tiled on the device; the full m x n matrix is never held.
     """
     be = get_backend(backend)
     metric = check_metric(metric)
     k = check_k(k)
-    q_staged, caller = stage(queries)
-    x_staged, _ = stage(database)
-    x = as_float32_matrix(x_staged, "database")
-    q = as_float32_matrix(q_staged, "queries", dim=x.shape[1])
-    x_sq = row_sqnorms(x, "database")
-    row_sqnorms(q, "queries")
-    if metric == "cosine":
-        q, x = normalize_rows(q, "queries"), normalize_rows(x, "database")
-    m, n = q.shape[0], x.shape[0]
-    if m == 0 or n == 0:
-        D, I = empty_result(m, k, metric)
-        return to_caller(be, be.from_host(D), caller), to_caller(be, be.from_host(I), caller)
-    kernel_metric = "l2" if metric == "l2" else "ip"
-    sq = to_native(be, x_sq) if metric == "l2" and be.name == "cpu" else None
-    D, I = be.knn(to_native(be, q), to_native(be, x), min(k, n), kernel_metric,
-                  database_sqnorms=sq)
-    D, I = pad_result(D, I, k, metric)
+    x, x_sq, _ = prepare(database, "database", metric)
+    q, _, caller = prepare(queries, "queries", metric, dim=x.shape[1])
+    sq = to_native(be, x_sq) if be.uses_sqnorms and metric == "l2" else None
+    D, I = search_native(be, q, to_native(be, x), x.shape[0], k, metric, sq)
     return to_caller(be, D, caller), to_caller(be, I, caller)

@@ -61,7 +61,9 @@ def compile_one(comp: Path, spv: Path) -> str:
                 capture_output=True, text=True,
             )
             if res.returncode != 0:
-                raise SystemExit(f"glslangValidator failed on {comp.name}:\n{res.stdout}{res.stderr}")
+                raise SystemExit(
+                    f"glslangValidator failed on {comp.name}:\n{res.stdout}{res.stderr}"
+                )
             spv.write_bytes(out.read_bytes())
         version = subprocess.run([glslang, "--version"], capture_output=True, text=True)
         return version.stdout.splitlines()[0].strip() if version.stdout else "glslangValidator"

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Backend, BackendInfo
+from .base import Backend, BackendInfo, RowBuffer
 
 SMALL_BATCH = 4  # up to this many queries, stream the database once per query
 SCAN_TILE_ROWS = 4096  # rows per task in the streaming path (fits in L2 for d <= 64)
@@ -57,6 +57,7 @@ class CpuBackend(Backend):
     """Host memory is the device: ``from_host``/``to_host`` move and count nothing."""
 
     name = "cpu"
+    uses_sqnorms = True
 
     def __init__(self, info: BackendInfo, threads: int | None = None) -> None:
         super().__init__(info)
@@ -71,6 +72,9 @@ class CpuBackend(Backend):
 
     def is_native(self, obj: Any) -> bool:
         return isinstance(obj, np.ndarray)
+
+    def row_store(self, dim: int, dtype=np.float32) -> RowBuffer:
+        return RowBuffer(np, dim, dtype)
 
     # ---- helpers -----------------------------------------------------------------------
     def _tiles(self, n: int, rows: int):
@@ -88,7 +92,7 @@ class CpuBackend(Backend):
 
     # ---- k-NN --------------------------------------------------------------------------
     def knn(self, queries, database, k, metric, *, database_sqnorms=None):
-        m, n = queries.shape[0], database.shape[0]
+        m = queries.shape[0]
         if metric == "l2" and database_sqnorms is None:
             database_sqnorms = self.sqnorms(database)
         # Ranking key, smaller is better: ||x||^2 - 2 q.x  (l2)  or  -q.x  (ip).
@@ -157,7 +161,7 @@ class CpuBackend(Backend):
         def flush() -> None:
             nonlocal best_k, best_i, pending, pending_size
             if pending:
-                keys, ids, qs = (np.concatenate(p) for p in zip(*pending))
+                keys, ids, qs = (np.concatenate(p) for p in zip(*pending, strict=True))
                 best_k, best_i = merge_candidates(best_k, best_i, keys, ids, qs, k)
                 pending, pending_size = [], 0
 
@@ -207,7 +211,7 @@ def _blocks(m: int, parts: int, max_rows: int) -> list[tuple[int, int]]:
     """Split m rows into at least ``parts`` contiguous blocks of at most ``max_rows``."""
     count = max(parts, -(-m // max_rows))
     edges = np.linspace(0, m, min(count, m) + 1).astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
 class _single_threaded_blas:

@@ -121,27 +121,64 @@ def create(info: BackendInfo) -> VulkanBackend:
 
 
 class VkArray:
-    """A row-chunked array in Vulkan device memory (float32, int32 or uint32 elements)."""
+    """A row-chunked array in Vulkan device memory (float32, int32 or uint32 elements).
+
+    ``parts`` is a list of ``(first_row, rows, tensor)``; chunks hold at most
+    ``chunk_rows`` rows. Indexes grow it with :meth:`append` (only the last, partly filled
+    chunk is rewritten) and shrink it with :meth:`keep`.
+    """
 
     STORED = {np.dtype(np.float32), np.dtype(np.int32), np.dtype(np.uint32)}
 
-    def __init__(self, backend: VulkanBackend, tensors: list, shape: tuple[int, ...],
-                 dtype: np.dtype, chunk_rows: int) -> None:
+    def __init__(self, backend: VulkanBackend, shape: tuple[int, ...], dtype: np.dtype) -> None:
         self.backend = backend
-        self.tensors = tensors
-        self.shape = shape
-        self.dtype = dtype  # the dtype handed back by to_host
-        self.chunk_rows = chunk_rows
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)  # the dtype handed back by to_host
+        self.chunk_rows = backend._chunk_rows(self.shape, 4)
+        self.parts: list[tuple[int, int, Any]] = []
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * 4
+
     def chunks(self):
         """(first_row, rows, tensor) for every chunk."""
-        for i, t in enumerate(self.tensors):
-            start = i * self.chunk_rows
-            yield start, min(self.chunk_rows, self.shape[0] - start), t
+        return list(self.parts)
+
+    # row-store interface, used by the indexes
+    def view(self) -> VkArray:
+        return self
+
+    def append(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows)
+        if self.parts and self.parts[-1][1] < self.chunk_rows:  # top up the last chunk
+            first, count, tensor = self.parts.pop()
+            last = self.backend._download(tensor).reshape((count,) + self.shape[1:])
+            rows = np.concatenate([last.astype(rows.dtype, copy=False), rows])
+            start = first
+        else:
+            start = self.shape[0]
+        for s in range(0, rows.shape[0], self.chunk_rows):
+            block = rows[s : s + self.chunk_rows]
+            self.parts.append((start + s, block.shape[0], self.backend._upload(block)))
+        self.shape = (start + rows.shape[0],) + self.shape[1:]
+
+    def keep(self, index: np.ndarray) -> None:
+        host = self.backend.to_host(self)[index]
+        self.parts, self.shape = [], (0,) + self.shape[1:]
+        self.append(host.astype(_stored_dtype(host.dtype), copy=False))
+
+
+def _stored_dtype(dtype: np.dtype) -> np.dtype:
+    if dtype in VkArray.STORED:
+        return dtype
+    if dtype in (np.dtype(np.int64), np.dtype(np.bool_)):
+        return np.dtype(np.int32)
+    return np.dtype(np.float32)
 
 
 class VulkanBackend(Backend):
@@ -168,38 +205,42 @@ class VulkanBackend(Backend):
         row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * itemsize)
         return max(1, min(CHUNK_ROWS_MAX, CHUNK_BYTES // row_bytes))
 
-    def _upload(self, flat: np.ndarray) -> Any:
-        tensor = self.mgr.tensor_t(np.ascontiguousarray(flat).ravel())
+    def _upload(self, block: np.ndarray) -> Any:
+        tensor = self.mgr.tensor_t(np.ascontiguousarray(block).ravel())
         self.mgr.sequence().eval(self.kp.OpTensorSyncDevice([tensor]))
-        self.transfers.add_h2d(flat.nbytes)
+        self.transfers.add_h2d(block.nbytes)
         return tensor
+
+    def _download(self, tensor: Any) -> np.ndarray:
+        self.mgr.sequence().eval(self.kp.OpTensorSyncLocal([tensor]))
+        host = tensor.data().copy()
+        self.transfers.add_d2h(host.nbytes)
+        return host
 
     def from_host(self, array: np.ndarray) -> VkArray:
         a = np.asarray(array)
-        dtype = a.dtype
-        if a.dtype == np.int64 or a.dtype == np.bool_:
-            a = a.astype(np.int32)  # ids and masks: values checked to fit below
-            if dtype == np.int64 and a.size and not np.array_equal(a, array):
-                raise ValueError("int64 values beyond int32 cannot be stored on vulkan")
-        elif a.dtype not in VkArray.STORED:
-            a = a.astype(np.float32)
-            dtype = np.dtype(np.float32)
+        stored = _stored_dtype(a.dtype)
+        if a.dtype == np.int64 and a.size and np.abs(a).max() > np.iinfo(np.int32).max:
+            raise ValueError("int64 values beyond int32 cannot be stored on vulkan")
+        out = VkArray(self, (0,) + a.shape[1:], a.dtype if a.ndim else stored)
         if a.ndim == 0:
             a = a.reshape(1)
-        rows = self._chunk_rows(a.shape, a.itemsize)
-        tensors = [self._upload(a[s : s + rows]) for s in range(0, a.shape[0], rows)]
-        return VkArray(self, tensors, tuple(np.shape(array)), np.dtype(dtype), rows)
+            out.shape = (0,)
+        out.append(a.astype(stored, copy=False))
+        out.shape = tuple(np.shape(array)) if np.ndim(array) else out.shape
+        return out
 
     def to_host(self, native: Any) -> np.ndarray:
         if isinstance(native, np.ndarray):
             return native
-        if not native.tensors:
+        if not native.parts:
             return np.empty(native.shape, dtype=native.dtype)
-        self.mgr.sequence().eval(self.kp.OpTensorSyncLocal(native.tensors))
-        parts = [t.data().copy() for t in native.tensors]
+        parts = [self._download(t) for _, _, t in native.parts]
         host = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        self.transfers.add_d2h(host.nbytes)
         return host.reshape(native.shape).astype(native.dtype, copy=False)
+
+    def row_store(self, dim: int, dtype=np.float32) -> VkArray:
+        return VkArray(self, (0, dim), dtype)
 
     # ---- k-NN --------------------------------------------------------------------------
     def knn(self, queries, database, k, metric, *, database_sqnorms=None):

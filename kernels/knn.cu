@@ -1,0 +1,132 @@
+// Exact k-NN kernels for the cuda backend (CuPy RawModule). Same algorithms as the Vulkan
+// shaders shaders/knn_distance.comp and shaders/topk_select.comp; see those for the design.
+// Compiled by CuPy on first use (cached on disk); CI compiles this file with nvcc for sm_80
+// and sm_90 so that a syntax error is caught without a GPU.
+
+#define BQ 16   // queries per block
+#define BR 64   // database rows per block
+#define RN 4    // rows per thread
+#define TK 32   // components staged per step
+
+// keys[i, j] for query i and database row (offset + j): l2 direct form, or -(q.x) for ip.
+extern "C" __global__ void knn_distance(
+    const float* __restrict__ q, const float* __restrict__ x, float* __restrict__ keys,
+    unsigned int mq, unsigned int t, unsigned int d, unsigned long long offset,
+    unsigned int metric)
+{
+    __shared__ float qs[BQ][TK + 1];
+    __shared__ float xs[BR][TK + 1];
+    const unsigned int lx = threadIdx.x;  // 0..15
+    const unsigned int ly = threadIdx.y;  // 0..15
+    const unsigned int lid = ly * 16u + lx;
+    const unsigned int qi = blockIdx.y * BQ + ly;
+    const unsigned int r0 = blockIdx.x * BR;
+
+    float acc[RN];
+#pragma unroll
+    for (int r = 0; r < RN; ++r) acc[r] = 0.0f;
+
+    for (unsigned int k0 = 0; k0 < d; k0 += TK) {
+        for (unsigned int e = lid; e < BQ * TK; e += 256u) {
+            unsigned int row = e / TK, col = e % TK;
+            unsigned int gq = blockIdx.y * BQ + row, gk = k0 + col;
+            qs[row][col] = (gq < mq && gk < d) ? q[(size_t)gq * d + gk] : 0.0f;
+        }
+        for (unsigned int e = lid; e < BR * TK; e += 256u) {
+            unsigned int row = e / TK, col = e % TK;
+            unsigned int gr = r0 + row, gk = k0 + col;
+            xs[row][col] = (gr < t && gk < d) ? x[(size_t)(offset + gr) * d + gk] : 0.0f;
+        }
+        __syncthreads();
+        const unsigned int kn = min((unsigned int)TK, d - k0);
+        if (metric == 0u) {
+            for (unsigned int kk = 0; kk < kn; ++kk) {
+                float qv = qs[ly][kk];
+#pragma unroll
+                for (int r = 0; r < RN; ++r) {
+                    float diff = qv - xs[lx + 16u * r][kk];
+                    acc[r] = fmaf(diff, diff, acc[r]);
+                }
+            }
+        } else {
+            for (unsigned int kk = 0; kk < kn; ++kk) {
+                float qv = qs[ly][kk];
+#pragma unroll
+                for (int r = 0; r < RN; ++r) acc[r] = fmaf(qv, xs[lx + 16u * r][kk], acc[r]);
+            }
+        }
+        __syncthreads();
+    }
+    if (qi < mq) {
+#pragma unroll
+        for (int r = 0; r < RN; ++r) {
+            unsigned int j = r0 + lx + 16u * r;
+            if (j < t) keys[(size_t)qi * t + j] = (metric == 0u) ? acc[r] : -acc[r];
+        }
+    }
+}
+
+__device__ __forceinline__ unsigned int ordered(float f) {
+    unsigned int u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Running top-k merge: per row (one 256-thread block per row), the k smallest keys among the
+// row's current k best and the t keys of a new tile, by exact radix select. Unsorted output.
+extern "C" __global__ void topk_select(
+    const float* __restrict__ tile, const float* __restrict__ bk_in,
+    const long long* __restrict__ bi_in, float* __restrict__ bk_out,
+    long long* __restrict__ bi_out, unsigned int t, unsigned int k, long long id_base)
+{
+    __shared__ unsigned int hist[256];
+    __shared__ unsigned int s_prefix, s_want, s_lt, s_eq;
+    const size_t row = blockIdx.x;
+    const unsigned int tid = threadIdx.x;
+    const unsigned int total = k + t;
+    const float* row_tile = tile + row * t;
+    const float* row_bk = bk_in + row * k;
+    const long long* row_bi = bi_in + row * k;
+    if (tid == 0) { s_prefix = 0u; s_want = k; s_lt = 0u; s_eq = 0u; }
+    unsigned int mask = 0u;
+    for (int pass = 0; pass < 4; ++pass) {
+        const unsigned int shift = 24u - 8u * pass;
+        hist[tid] = 0u;
+        __syncthreads();
+        const unsigned int prefix = s_prefix;
+        for (unsigned int c = tid; c < total; c += 256u) {
+            unsigned int u = ordered(c < k ? row_bk[c] : row_tile[c - k]);
+            if ((u & mask) == prefix) atomicAdd(&hist[(u >> shift) & 255u], 1u);
+        }
+        __syncthreads();
+        if (tid == 0) {
+            unsigned int want = s_want, below = 0u, b = 0u;
+            for (; b < 255u; ++b) {
+                if (below + hist[b] >= want) break;
+                below += hist[b];
+            }
+            s_want = want - below;
+            s_prefix = prefix | (b << shift);
+        }
+        mask |= 255u << shift;
+        __syncthreads();
+    }
+    const unsigned int kth = s_prefix;
+    const unsigned int equal_slots = s_want;
+    const unsigned int less_slots = k - equal_slots;
+    for (unsigned int c = tid; c < total; c += 256u) {
+        float v = c < k ? row_bk[c] : row_tile[c - k];
+        unsigned int u = ordered(v);
+        long long id = c < k ? row_bi[c] : id_base + (long long)(c - k);
+        if (u < kth) {
+            unsigned int s = atomicAdd(&s_lt, 1u);
+            bk_out[row * k + s] = v;
+            bi_out[row * k + s] = id;
+        } else if (u == kth) {
+            unsigned int s = atomicAdd(&s_eq, 1u);
+            if (s < equal_slots) {
+                bk_out[row * k + less_slots + s] = v;
+                bi_out[row * k + less_slots + s] = id;
+            }
+        }
+    }
+}
