@@ -1,0 +1,54 @@
+"""Shared fixtures: every kernel test runs once per backend.
+
+A backend that is not available here is skipped with the reason its probe gave, unless it
+is listed in ``M2M_REQUIRE_BACKENDS`` (e.g. ``cpu,vulkan`` in CI): then it fails. A Vulkan
+run is always a Vulkan run: backends are fetched by name, and a named backend is never
+replaced by another.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from m2m_gpu import backends
+from m2m_gpu.backends import NAMES
+
+
+def required_backends() -> set[str]:
+    raw = os.environ.get("M2M_REQUIRE_BACKENDS", "")
+    names = {n.strip().lower() for n in raw.split(",") if n.strip()}
+    unknown = names - set(NAMES)
+    if unknown:
+        raise pytest.UsageError(f"M2M_REQUIRE_BACKENDS names unknown backends: {unknown}")
+    return names
+
+
+def pytest_report_header(config):
+    lines = []
+    for info in backends.probe_all():
+        state = f"available: {info.device}" if info.available else f"missing: {info.reason}"
+        lines.append(f"m2m backend {info.name}: {state}")
+    lines.append(f"M2M_REQUIRE_BACKENDS={os.environ.get('M2M_REQUIRE_BACKENDS', '')!r}")
+    return lines
+
+
+@pytest.fixture(params=NAMES)
+def backend(request):
+    """The backend instance for this parametrisation (skipped or failed if missing)."""
+    name = request.param
+    info = backends.probe(name)
+    if not info.available:
+        if name in required_backends():
+            pytest.fail(f"required backend {name!r} is not available: {info.reason}")
+        pytest.skip(f"backend {name!r} not available: {info.reason}")
+    be = backends.get_backend(name)
+    assert be.name == name
+    return be
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261121)

@@ -1,0 +1,110 @@
+"""FAISS-shaped flat indexes on every backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import m2m_gpu
+from m2m_gpu import InvalidInputError
+from m2m_gpu.index import METRIC_INNER_PRODUCT, METRIC_L2
+
+from .knn_check import assert_knn_matches
+from .tolerances import tolerance
+
+CLASSES = [(m2m_gpu.IndexFlatL2, "l2"), (m2m_gpu.IndexFlatIP, "ip"),
+           (m2m_gpu.IndexFlatCosine, "cosine")]
+
+
+@pytest.mark.parametrize("cls,metric", CLASSES)
+def test_index_add_search_matches_reference(backend, rng, cls, metric):
+    X = rng.standard_normal((1037, 19)).astype(np.float32)
+    Q = rng.standard_normal((11, 19)).astype(np.float32)
+    index = cls(19, backend=backend.name)
+    assert index.d == 19 and index.ntotal == 0 and index.is_trained
+    for part in np.array_split(X, 5):  # several adds grow the device buffers
+        index.add(part)
+    assert index.ntotal == 1037 and len(index) == 1037
+    for k in (1, 10, 1037, 1100):
+        D, I = index.search(Q, k)
+        assert_knn_matches(D, I, Q, X, k, metric, *tolerance(backend.name, np.float32))
+
+
+def test_index_metric_type_matches_faiss_constants(backend):
+    assert m2m_gpu.IndexFlatL2(4, backend=backend.name).metric_type == METRIC_L2 == 1
+    assert m2m_gpu.IndexFlatIP(4, backend=backend.name).metric_type == METRIC_INNER_PRODUCT == 0
+
+
+def test_index_add_with_ids_and_remove_ids(backend, rng):
+    X = rng.standard_normal((300, 8)).astype(np.float32)
+    Q = rng.standard_normal((4, 8)).astype(np.float32)
+    ids = np.arange(300, dtype=np.int64) * 10 + 7
+    index = m2m_gpu.IndexFlatL2(8, backend=backend.name)
+    index.add_with_ids(X, ids)
+    D, I = index.search(Q, 5)
+    Dr, Ir = m2m_gpu.knn(Q, X, 5, backend="cpu")
+    np.testing.assert_array_equal(I, ids[Ir])
+    removed = index.remove_ids(ids[::3].tolist() + [999999])  # unknown ids are ignored
+    assert removed == 100 and index.ntotal == 200
+    keep = np.setdiff1d(np.arange(300), np.arange(0, 300, 3))
+    D, I = index.search(Q, 5)
+    Dr, Ir = m2m_gpu.knn(Q, X[keep], 5, backend="cpu")
+    np.testing.assert_array_equal(I, ids[keep][Ir])
+    np.testing.assert_allclose(D, Dr, rtol=1e-5, atol=1e-4)
+    assert index.remove_ids([]) == 0
+
+
+def test_index_reset_and_empty_search(backend, rng):
+    index = m2m_gpu.IndexFlatL2(3, backend=backend.name)
+    D, I = index.search(rng.standard_normal((2, 3)), 4)
+    assert (I == -1).all() and np.isinf(D).all()
+    index.add(rng.standard_normal((10, 3)))
+    index.reset()
+    assert index.ntotal == 0
+    index.add(rng.standard_normal((5, 3)))
+    D, I = index.search(rng.standard_normal((2, 3)), 2)
+    assert ((I >= 0) & (I < 5)).all()
+
+
+def test_index_bad_input_leaves_it_unchanged(backend, rng):
+    X = rng.standard_normal((50, 6)).astype(np.float32)
+    Q = rng.standard_normal((3, 6)).astype(np.float32)
+    index = m2m_gpu.IndexFlatCosine(6, backend=backend.name)
+    index.add(X)
+    before = index.search(Q, 5)
+    bad_rows = [X[:, :5], np.where(np.arange(6) == 2, np.nan, X[:4]), np.zeros((2, 6))]
+    for bad in bad_rows:
+        with pytest.raises(InvalidInputError):
+            index.add(bad)
+    with pytest.raises(InvalidInputError, match="one id per vector"):
+        index.add_with_ids(X[:3], [1, 2])
+    with pytest.raises(InvalidInputError, match="k must be"):
+        index.search(Q, 0)
+    assert index.ntotal == 50
+    after = index.search(Q, 5)
+    np.testing.assert_array_equal(before[1], after[1])
+    np.testing.assert_array_equal(before[0], after[0])
+
+
+def test_index_rejects_bad_dimension():
+    for d in (0, -3, 2.5, "8"):
+        with pytest.raises(InvalidInputError, match="dimension"):
+            m2m_gpu.IndexFlatL2(d)
+
+
+def test_index_is_a_drop_in_for_faiss_code(backend, rng):
+    """Code written for faiss.IndexFlatL2 gives the same neighbours after the import swap."""
+    faiss = pytest.importorskip("faiss")
+    X = rng.standard_normal((2000, 32)).astype(np.float32)
+    Q = rng.standard_normal((20, 32)).astype(np.float32)
+
+    def user_code(lib, **kw):
+        index = lib.IndexFlatL2(32, **kw)
+        index.add(X)
+        return index.ntotal, index.search(Q, 10)
+
+    n_f, (Df, If) = user_code(faiss)
+    n_m, (Dm, Im) = user_code(m2m_gpu, backend=backend.name)
+    assert n_f == n_m
+    np.testing.assert_allclose(Dm, Df, rtol=1e-4, atol=1e-3)
+    assert (Im == If).mean() > 0.99  # ids may differ only among (near-)ties

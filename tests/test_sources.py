@@ -1,0 +1,87 @@
+"""Kernel sources: SPIR-V up to date with its GLSL, everything shipped in the wheel, CUDA
+sources compile with nvcc (for sm_80 and sm_90) where nvcc is installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _build_shaders_module():
+    spec = importlib.util.spec_from_file_location("build_shaders",
+                                                  ROOT / "scripts" / "build_shaders.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_shader_has_current_spirv():
+    """Fails when a .comp changed after its .spv was built (content hashes, not mtimes:
+    a git checkout does not keep file times). Fix: python scripts/build_shaders.py"""
+    bs = _build_shaders_module()
+    comps = sorted((ROOT / "shaders").glob("*.comp"))
+    assert comps, "no shaders found"
+    assert bs.stale(bs.load_lock()) == []
+
+
+def test_staleness_check_detects_an_edited_shader(tmp_path, monkeypatch):
+    bs = _build_shaders_module()
+    shaders = tmp_path / "shaders"
+    shutil.copytree(ROOT / "shaders", shaders)
+    monkeypatch.setattr(bs, "SHADERS", shaders)
+    monkeypatch.setattr(bs, "LOCK", shaders / "spirv.lock.json")
+    assert bs.stale(bs.load_lock()) == []
+    comp = shaders / "topk_select.comp"
+    comp.write_text(comp.read_text() + "\n// edited\n")
+    assert bs.stale(bs.load_lock()) == ["topk_select.comp"]
+
+
+@pytest.mark.skipif(shutil.which("glslangValidator") is None, reason="no glslangValidator")
+def test_shaders_compile_cleanly(tmp_path):
+    for comp in sorted((ROOT / "shaders").glob("*.comp")):
+        res = subprocess.run(["glslangValidator", "-V", "--target-env", "vulkan1.1", str(comp),
+                              "-o", str(tmp_path / "out.spv")], capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_cuda_sources_compile(tmp_path, arch):
+    for cu in sorted((ROOT / "kernels").glob("*.cu")):
+        res = subprocess.run(["nvcc", f"-arch={arch}", "-c", str(cu), "-o",
+                              str(tmp_path / f"{cu.stem}.o")], capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_wheel_ships_every_kernel_source(tmp_path):
+    if importlib.util.find_spec("hatchling") is None:
+        pytest.skip("hatchling (build backend) not installed")
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (wheel,) = tmp_path.glob("m2m_gpu-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = [f"m2m_gpu/_data/shaders/{p.name}" for p in (ROOT / "shaders").iterdir()
+                if p.suffix in (".comp", ".spv")]
+    expected += [f"m2m_gpu/_data/kernels/{p.name}" for p in (ROOT / "kernels").glob("*.cu")]
+    assert len(expected) >= 5
+    missing = [e for e in expected if e not in names]
+    assert not missing, f"not in the wheel: {missing}"
+    assert "m2m_gpu/_data/shaders/spirv.lock.json" in names
+
+
+def test_installed_package_finds_its_sources():
+    from m2m_gpu._resources import kernel_dir, shader_dir
+
+    assert (shader_dir() / "knn_distance.spv").is_file()
+    assert (kernel_dir() / "knn.cu").is_file()
