@@ -59,10 +59,14 @@ fi
 
 # ---- 4. PyTorch, only from a local wheel (never the multi-GB download) ----------------------
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
-  if "${pip[@]}" install -q --no-index torch 2>/dev/null; then
-    say "installed PyTorch from a local wheel"
+  tmp=$(mktemp -d)
+  if "${pip[@]}" download -q --no-index --no-deps -d "$tmp" torch 2>/dev/null; then
+    wheel=$(ls "$tmp"/torch-*.whl)
+    say "installing PyTorch from a local wheel ($(basename "$wheel"))"
+    "${pip[@]}" install -q "$wheel"
   else
     say "PyTorch not installed (no local wheel); torch interop tests will be skipped"
   fi
+  rm -rf "$tmp"
 fi
 say "ready: $("$venv/bin/python" -c 'import m2m_gpu; print(m2m_gpu.info()["auto"]["reason"])')"
