@@ -121,40 +121,7 @@ def main() -> int:
         for m in args.batches:
             Q = rng.standard_normal((m, d), dtype=np.float32)
             for k in args.ks:
-                case = {"n": args.n, "d": d, "m": m, "k": k, "metric": "l2",
-                        "read_once": read, "methods": {}}
-                heavy = m > 1 and d > 128
-                reps = max(3, args.repeat // 3) if m > 1 else args.repeat
-                if findex is not None:
-                    Dref, Iref = findex.search(Q, k)
-                    case["methods"]["faiss.IndexFlatL2"] = timeit(lambda Q=Q, k=k: findex.search(Q, k), reps)
-                else:
-                    Dref, Iref = numpy_brute_force(Q, X, k, xsq)
-                Dn, In = numpy_brute_force(Q, X, k, xsq)
-                case["methods"]["numpy"] = timeit(lambda Q=Q, k=k: numpy_brute_force(Q, X, k, xsq), reps)
-                case["methods"]["numpy"]["recall_vs_ref"] = recall(In, Iref)
-                for name in names:
-                    software = infos[name].device_type == "software"
-                    if software and heavy and not args.all:
-                        case["methods"][f"m2m.{name}.IndexFlatL2"] = {
-                            "skipped": "software Vulkan driver: correctness backend, slow at "
-                                       "this size (run with --all)"}
-                        continue
-                    r = 1 if software else reps
-                    idx = indexes[name]
-                    D, I = idx.search(Q, k)  # check first
-                    rec = recall(I, Iref)
-                    np.testing.assert_allclose(np.sort(D, 1), np.sort(Dref, 1), rtol=1e-3,
-                                               atol=1e-2)
-                    assert rec >= 0.99, f"{name}: recall {rec} against the reference"
-                    res = timeit(lambda Q=Q, k=k, idx=idx: idx.search(Q, k), r)
-                    res["recall_vs_ref"] = rec
-                    case["methods"][f"m2m.{name}.IndexFlatL2"] = res
-                    if not software:  # the functional form: validates and uploads X each call
-                        res = timeit(lambda Q=Q, k=k, name=name: m2m_gpu.knn(Q, X, k, backend=name), r)
-                        res["recall_vs_ref"] = recall(m2m_gpu.knn(Q, X, k, backend=name)[1], Iref)
-                        case["methods"][f"m2m.{name}.knn()"] = res
-                add_ratios(case)
+                case = run_case(X, xsq, Q, k, read, findex, indexes, infos, args)
                 print_case(case)
                 cases.append(case)
 
@@ -178,9 +145,52 @@ def main() -> int:
     return 0
 
 
+def run_case(X, xsq, Q, k, read, findex, indexes, infos, args) -> dict:
+    """One (d, m, k) case: the reference answer, then every method checked and timed."""
+    m, d = Q.shape
+    case = {"n": X.shape[0], "d": d, "m": m, "k": k, "metric": "l2", "read_once": read,
+            "methods": {}}
+    reps = max(3, args.repeat // 3) if m > 1 else args.repeat
+    methods = case["methods"]
+    if findex is not None:
+        Dref, Iref = findex.search(Q, k)
+        methods["faiss.IndexFlatL2"] = timeit(lambda: findex.search(Q, k), reps)
+    else:
+        Dref, Iref = numpy_brute_force(Q, X, k, xsq)
+    methods["numpy"] = timeit(lambda: numpy_brute_force(Q, X, k, xsq), reps)
+    methods["numpy"]["recall_vs_ref"] = recall(numpy_brute_force(Q, X, k, xsq)[1], Iref)
+    for name, index in indexes.items():
+        methods.update(run_backend(name, index, infos[name], X, Q, k, Dref, Iref, reps, args))
+    add_ratios(case)
+    return case
+
+
+def run_backend(name, index, info, X, Q, k, Dref, Iref, reps, args) -> dict:
+    """The index search (database resident on the device) and the functional knn()
+    (validates and moves the database every call) of one backend, results checked first."""
+    software = info.device_type == "software"
+    if software and Q.shape[0] > 1 and X.shape[1] > 128 and not args.all:
+        return {f"m2m.{name}.IndexFlatL2": {
+            "skipped": "software Vulkan driver: a correctness backend, slow at this size "
+                       "(run with --all)"}}
+    reps = 1 if software else reps
+    out = {}
+    D, I = index.search(Q, k)
+    np.testing.assert_allclose(np.sort(D, 1), np.sort(Dref, 1), rtol=1e-3, atol=1e-2)
+    rec = recall(I, Iref)
+    assert rec >= 0.99, f"{name}: recall {rec} against the reference"
+    out[f"m2m.{name}.IndexFlatL2"] = timeit(lambda: index.search(Q, k), reps)
+    out[f"m2m.{name}.IndexFlatL2"]["recall_vs_ref"] = rec
+    if not software:
+        res = timeit(lambda: m2m_gpu.knn(Q, X, k, backend=name), reps)
+        res["recall_vs_ref"] = recall(m2m_gpu.knn(Q, X, k, backend=name)[1], Iref)
+        out[f"m2m.{name}.knn()"] = res
+    return out
+
+
 def add_ratios(case: dict) -> None:
     base = case["methods"]
-    for name, res in base.items():
+    for res in base.values():
         if "median_s" not in res:
             continue
         for ref in ("faiss.IndexFlatL2", "numpy"):
@@ -194,8 +204,8 @@ def print_case(case: dict) -> None:
     for name, res in case["methods"].items():
         if "median_s" in res:
             vs = res.get("time_ratio_vs_faiss.IndexFlatL2")
-            print(f" | {name} {res['median_s'] * 1e3:8.2f} ms"
-                  + (f" ({vs:.2f}x faiss)" if vs and name != "faiss.IndexFlatL2" else ""), end="")
+            ratio = f" ({vs:.2f}x faiss)" if vs and name != "faiss.IndexFlatL2" else ""
+            print(f" | {name} {res['median_s'] * 1e3:8.2f} ms{ratio}", end="")
         else:
             print(f" | {name} skipped", end="")
     print()

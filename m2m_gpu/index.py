@@ -107,7 +107,7 @@ class IndexFlat:
         """Staged rows in the form the backend's row store takes."""
         if array_module(staged) is np or self.backend.name == "cuda":
             return staged
-        return self.backend.to_host(to_native(get_backend("cpu"), staged))
+        return to_native(get_backend("cpu"), staged)  # CuPy rows for a host-side store
 
     def _index_for(self, keep: np.ndarray) -> Any:
         return keep if self.backend.name != "cuda" else self.backend.from_host(keep)

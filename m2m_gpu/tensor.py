@@ -162,6 +162,8 @@ def to_native(backend: Backend, staged: Any) -> Any:
 def to_caller(backend: Backend, native: Any, caller: Caller) -> Any:
     """Give a native result back in the caller's array type."""
     if caller.kind == "device":
+        if not backend.is_native(native):  # e.g. Vulkan results, which come back to the host
+            native = backend.from_host(native)
         return DeviceArray(backend, native)
     if caller.kind == "numpy":
         return backend.to_host(native)

@@ -42,6 +42,7 @@ def test_knn_on_device_arrays_returns_device_arrays(backend, rng):
     D, I = m2m_gpu.knn(m2m_gpu.tensor(Q, backend.name), m2m_gpu.tensor(X, backend.name), 3,
                        backend=backend.name)
     assert isinstance(D, DeviceArray) and D.backend == backend.name
+    assert backend.is_native(D.data) and backend.is_native(I.data)
     Dn, In = m2m_gpu.knn(Q, X, 3, backend="cpu")
     np.testing.assert_allclose(D.numpy(), Dn, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(I.numpy(), In)
