@@ -59,6 +59,7 @@ class IndexFlat:
         self._rows = self.backend.row_store(self.d)
         self._sqnorms = self.backend.row_store(1) if self.backend.uses_sqnorms else None
         self._ids = np.empty(0, dtype=np.int64)
+        self._lookup_stale = True
 
     def add(self, x: Any) -> None:
         """Append vectors with ids ``ntotal, ntotal + 1, ...`` (FAISS's sequential ids)."""
@@ -68,8 +69,7 @@ class IndexFlat:
     def add_with_ids(self, x: Any, ids: Any) -> None:
         """Append vectors with the given int64 ids (returned by ``search`` in ``I``)."""
         rows, sq = self._validate(x)
-        staged, _ = stage(ids)
-        host_ids = np.asarray(staged.get() if hasattr(staged, "get") else staged)
+        host_ids = _host_array(ids)
         if host_ids.ndim != 1 or host_ids.shape[0] != rows.shape[0]:
             raise InvalidInputError(
                 f"ids must be a 1-D array with one id per vector ({rows.shape[0]}), "
@@ -80,8 +80,7 @@ class IndexFlat:
 
     def remove_ids(self, ids: Any) -> int:
         """Remove every vector whose id is in ``ids``; returns how many were removed."""
-        staged, _ = stage(ids)
-        drop = np.asarray(staged.get() if hasattr(staged, "get") else staged).ravel()
+        drop = _host_array(ids).ravel()
         keep = np.flatnonzero(~np.isin(self._ids, drop.astype(np.int64)))
         removed = self.ntotal - keep.size
         if removed:
@@ -89,6 +88,7 @@ class IndexFlat:
             if self._sqnorms is not None:
                 self._sqnorms.keep(self._index_for(keep))
             self._ids = self._ids[keep]
+            self._lookup_stale = True
         return int(removed)
 
     def _validate(self, x: Any) -> tuple[Any, Any]:
@@ -96,12 +96,13 @@ class IndexFlat:
         return rows, sq
 
     def _append(self, rows: Any, sq: Any, ids: np.ndarray) -> None:
-        # Everything is validated by now, so nothing below can leave the index half-changed
-        # except a device allocation failure, which is raised before the ids are committed.
+        # Everything is validated by now: only a device allocation failure can still raise
+        # below, and the ids (hence ntotal) are committed last.
         self._rows.append(self._for_store(rows))
         if self._sqnorms is not None:
             self._sqnorms.append(self._for_store(sq.reshape(-1, 1)))
         self._ids = np.concatenate([self._ids, ids])
+        self._lookup_stale = True
 
     def _for_store(self, staged: Any) -> Any:
         """Staged rows in the form the backend's row store takes."""
@@ -126,18 +127,29 @@ class IndexFlat:
 
     def _to_external(self, I: Any) -> Any:
         """Row positions -> stored ids (-1 stays -1)."""
-        if np.array_equal(self._ids, np.arange(self.ntotal)):
-            return I  # sequential ids: positions are the ids
+        if self._lookup_stale:  # rebuilt once after each change, not on every search
+            self._lookup = None  # None: sequential ids, positions are the ids
+            if not np.array_equal(self._ids, np.arange(self.ntotal)):
+                table = np.append(self._ids, -1)  # position -1 picks the trailing -1
+                self._lookup = self.backend.from_host(table) if self.backend.name == "cuda" \
+                    else table
+            self._lookup_stale = False
+        if self._lookup is None:
+            return I
         if self.backend.name == "cuda":
-            ids = self.backend.from_host(np.append(self._ids, -1))
-            return ids[I]  # position -1 picks the appended -1
-        host = self.backend.to_host(I)
-        return np.append(self._ids, -1)[host]
+            return self._lookup[I]
+        return self._lookup[self.backend.to_host(I)]
 
     def reconstruct_n(self, i0: int = 0, ni: int | None = None) -> np.ndarray:
         """Stored vectors ``i0 .. i0 + ni`` as a host array (normalised under cosine)."""
         ni = self.ntotal - i0 if ni is None else ni
         return np.asarray(self.backend.to_host(self._rows.view()))[i0 : i0 + ni]
+
+
+def _host_array(obj: Any) -> np.ndarray:
+    """A caller's array of ids (NumPy, CuPy, torch, list) as a NumPy array."""
+    staged, _ = stage(obj)
+    return np.asarray(staged.get() if hasattr(staged, "get") else staged)
 
 
 class IndexFlatL2(IndexFlat):

@@ -63,6 +63,15 @@ class CpuBackend(Backend):
         super().__init__(info)
         self.threads = threads or os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="m2m-cpu")
+        self._blas = None  # threadpoolctl controller, made on first use (it scans libraries)
+
+    def _blas_limit(self, threads: int):
+        """Limit BLAS to ``threads`` while our own threads split the work."""
+        if self._blas is None:
+            from threadpoolctl import ThreadpoolController
+
+            self._blas = ThreadpoolController()
+        return self._blas.limit(limits=threads, user_api="blas")
 
     def from_host(self, array: np.ndarray) -> np.ndarray:
         return array
@@ -77,9 +86,6 @@ class CpuBackend(Backend):
         return RowBuffer(np, dim, dtype)
 
     # ---- helpers -----------------------------------------------------------------------
-    def _tiles(self, n: int, rows: int):
-        return range(0, n, rows)
-
     def sqnorms(self, database: np.ndarray) -> np.ndarray:
         out = np.empty(database.shape[0], dtype=np.float32)
 
@@ -87,7 +93,7 @@ class CpuBackend(Backend):
             xt = database[s : s + SCAN_TILE_ROWS]
             np.einsum("ij,ij->i", xt, xt, out=out[s : s + SCAN_TILE_ROWS])
 
-        list(self._pool.map(job, self._tiles(database.shape[0], SCAN_TILE_ROWS)))
+        list(self._pool.map(job, range(0, database.shape[0], SCAN_TILE_ROWS)))
         return out
 
     # ---- k-NN --------------------------------------------------------------------------
@@ -117,7 +123,7 @@ class CpuBackend(Backend):
                 if sqnorms is not None:
                     o += sqnorms[s : s + SCAN_TILE_ROWS]
 
-            list(self._pool.map(job, self._tiles(n, SCAN_TILE_ROWS)))
+            list(self._pool.map(job, range(0, n, SCAN_TILE_ROWS)))
             idx = np.argpartition(keys, k - 1)[:k] if k < n else np.arange(n)
             out_k[row] = keys[idx]
             out_i[row] = idx
@@ -138,7 +144,7 @@ class CpuBackend(Backend):
         if len(blocks) == 1:
             job(blocks[0])
         else:
-            with _single_threaded_blas():
+            with self._blas_limit(1):
                 list(self._pool.map(job, blocks))
         return out_k, out_i
 
@@ -212,23 +218,6 @@ def _blocks(m: int, parts: int, max_rows: int) -> list[tuple[int, int]]:
     count = max(parts, -(-m // max_rows))
     edges = np.linspace(0, m, min(count, m) + 1).astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
-
-
-class _single_threaded_blas:
-    """Limit BLAS to one thread while our own threads split the work (threadpoolctl)."""
-
-    def __enter__(self):
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # without it BLAS threads and ours share the cores
-            self._limits = None
-        else:
-            self._limits = threadpool_limits(1, user_api="blas")
-        return self
-
-    def __exit__(self, *exc):
-        if self._limits is not None:
-            self._limits.restore_original_limits()
 
 
 def merge_topk(best_k, best_i, tile, offset, k):

@@ -219,15 +219,13 @@ class VulkanBackend(Backend):
 
     def from_host(self, array: np.ndarray) -> VkArray:
         a = np.asarray(array)
-        stored = _stored_dtype(a.dtype)
-        if a.dtype == np.int64 and a.size and np.abs(a).max() > np.iinfo(np.int32).max:
+        rows = a.reshape(1) if a.ndim == 0 else a  # chunks split along the first axis
+        limits = np.iinfo(np.int32)
+        if a.dtype == np.int64 and a.size and (a.min() < limits.min or a.max() > limits.max):
             raise ValueError("int64 values beyond int32 cannot be stored on vulkan")
-        out = VkArray(self, (0,) + a.shape[1:], a.dtype if a.ndim else stored)
-        if a.ndim == 0:
-            a = a.reshape(1)
-            out.shape = (0,)
-        out.append(a.astype(stored, copy=False))
-        out.shape = tuple(np.shape(array)) if np.ndim(array) else out.shape
+        out = VkArray(self, (0,) + rows.shape[1:], a.dtype)
+        out.append(rows.astype(_stored_dtype(a.dtype), copy=False))
+        out.shape = a.shape
         return out
 
     def to_host(self, native: Any) -> np.ndarray:
