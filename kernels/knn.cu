@@ -8,11 +8,13 @@
 #define RN 4    // rows per thread
 #define TK 32   // components staged per step
 
-// keys[i, j] for query i and database row (offset + j): l2 direct form, or -(q.x) for ip.
+// keys[i, j] for query i and database row (offset + j), smaller is better; d2 is the direct
+// form. metric (mode) 0: d2; 1: -(q.x); 2: kappa d2 - log(alpha); 3: d2, +inf where
+// alpha = 0. params (float4 per row: alpha, kappa, last_tick, -) is read in modes 2 and 3.
 extern "C" __global__ void knn_distance(
     const float* __restrict__ q, const float* __restrict__ x, float* __restrict__ keys,
     unsigned int mq, unsigned int t, unsigned int d, unsigned long long offset,
-    unsigned int metric)
+    unsigned int metric, const float4* __restrict__ params)
 {
     __shared__ float qs[BQ][TK + 1];
     __shared__ float xs[BR][TK + 1];
@@ -39,7 +41,7 @@ extern "C" __global__ void knn_distance(
         }
         __syncthreads();
         const unsigned int kn = min((unsigned int)TK, d - k0);
-        if (metric == 0u) {
+        if (metric != 1u) {
             for (unsigned int kk = 0; kk < kn; ++kk) {
                 float qv = qs[ly][kk];
 #pragma unroll
@@ -61,7 +63,16 @@ extern "C" __global__ void knn_distance(
 #pragma unroll
         for (int r = 0; r < RN; ++r) {
             unsigned int j = r0 + lx + 16u * r;
-            if (j < t) keys[(size_t)qi * t + j] = (metric == 0u) ? acc[r] : -acc[r];
+            if (j >= t) continue;
+            float v = acc[r];
+            if (metric == 1u) {
+                v = -v;
+            } else if (metric >= 2u) {
+                const float4 p = params[offset + j];
+                if (!(p.x > 0.0f)) v = __int_as_float(0x7f800000);
+                else if (metric == 2u) v = fmaf(p.y, v, -logf(p.x));
+            }
+            keys[(size_t)qi * t + j] = v;
         }
     }
 }

@@ -1,7 +1,11 @@
 #version 450
-// Distance tile for exact k-NN: keys[i, j] for query i and database row (offset + j).
-//   metric 0 (l2): sum((q - x)^2), the direct form: no cancellation near the query.
-//   metric 1 (ip): -(q . x), so that smaller is better for both metrics.
+// Key tile for exact k-NN and splat ranking: keys[i, j] for query i and row (offset + j).
+// Smaller is better for every mode; d2 = sum((q - x)^2) is the direct form throughout, so
+// there is no cancellation near the query.
+//   mode 0 (l2):       d2
+//   mode 1 (ip):       -(q . x)
+//   mode 2 (splat):    kappa * d2 - log(alpha)   (= -log-score; alpha = 0 gives +inf)
+//   mode 3 (distance): d2 where alpha > 0, +inf where alpha = 0 (masked or deleted rows)
 // A 16x16 workgroup computes a block of 16 queries x 64 database rows; each invocation
 // owns one query and 4 rows. Query and row slices are staged through shared memory, TK
 // components at a time. Mirrors kernels/knn.cu (knn_distance).
@@ -10,13 +14,14 @@ layout(local_size_x = 16, local_size_y = 16, local_size_z = 1) in;
 layout(std430, binding = 0) readonly buffer Queries { float q[]; };   // [mq, d]
 layout(std430, binding = 1) readonly buffer Database { float x[]; };  // [rows, d] (one chunk)
 layout(std430, binding = 2) writeonly buffer Keys { float keys[]; };  // [mq, t]
+layout(std430, binding = 3) readonly buffer Params { vec4 params[]; }; // [rows] alpha, kappa, ..
 
 layout(push_constant) uniform Push {
     uint mq;      // queries in this block
     uint t;       // database rows in this tile
     uint d;       // dimension
     uint offset;  // first row of the tile inside the chunk
-    uint metric;  // 0 = l2, 1 = ip
+    uint metric;  // mode: 0 = l2, 1 = ip, 2 = splat, 3 = distance
 } pc;
 
 const uint BQ = 16u;   // queries per workgroup
@@ -52,7 +57,7 @@ void main() {
         }
         barrier();
         uint kn = min(TK, pc.d - k0);
-        if (pc.metric == 0u) {
+        if (pc.metric != 1u) {
             for (uint kk = 0u; kk < kn; ++kk) {
                 float qv = qs[ly][kk];
                 for (uint r = 0u; r < RN; ++r) {
@@ -71,7 +76,16 @@ void main() {
     if (qi < pc.mq) {
         for (uint r = 0u; r < RN; ++r) {
             uint j = r0 + lx + 16u * r;
-            if (j < pc.t) keys[qi * pc.t + j] = (pc.metric == 0u) ? acc[r] : -acc[r];
+            if (j >= pc.t) continue;
+            float v = acc[r];
+            if (pc.metric == 1u) {
+                v = -v;
+            } else if (pc.metric >= 2u) {
+                vec4 p = params[pc.offset + j];
+                if (!(p.x > 0.0)) v = uintBitsToFloat(0x7F800000u);
+                else if (pc.metric == 2u) v = fma(p.y, v, -log(p.x));
+            }
+            keys[qi * pc.t + j] = v;
         }
     }
 }

@@ -15,6 +15,60 @@ from typing import Any
 
 import numpy as np
 
+# Splat parameters live on the device as one float32 row of PARAM_WIDTH per splat.
+PARAM_ALPHA, PARAM_KAPPA, PARAM_TICK = 0, 1, 2
+PARAM_WIDTH = 4  # [alpha, kappa, last_tick, unused]: 16 bytes, one vec4 load on a GPU
+
+# Ranking modes of splat_topk (the same codes as the distance kernels' epilogues).
+MODE_SPLAT = 2  # key = kappa * d2 - log(alpha) = -(log-score); alpha = 0 gives +inf
+MODE_DISTANCE = 3  # key = d2 where alpha > 0, +inf where alpha = 0 (masked or deleted)
+
+
+@dataclass(frozen=True)
+class HebbianRates:
+    """The learning rates and clips of SPEC section 2 (hebbian)."""
+
+    lr_alpha: float = 0.1
+    lr_kappa: float = 0.5
+    lr_mu: float = 0.01
+    alpha_min: float = 0.01
+    alpha_max: float = 10.0
+    kappa_min: float = 0.5
+    kappa_max: float = 100.0
+    eps: float = 1e-6
+    renormalize: bool = False  # cosine: mu is put back on the unit sphere after each move
+
+
+@dataclass(frozen=True)
+class HebbianPlan:
+    """A batch of feedback events, ordered per splat so that splats update independently.
+
+    Event ``j`` (in ``ev_query``/``ev_sign`` order) touches splat row ``rows[u]`` for
+    ``starts[u] <= j < starts[u] + counts[u]``; within a splat, events keep the caller's
+    order, which is all that sequential semantics needs: an event on splat i reads and
+    writes only splat i. ``ev_sign`` is +1 (relevant) or -1 (irrelevant).
+    """
+
+    rows: np.ndarray  # int64[u], ascending
+    starts: np.ndarray  # int32[u]
+    counts: np.ndarray  # int32[u]
+    ev_query: np.ndarray  # int32[e]: row of the queries matrix
+    ev_sign: np.ndarray  # int32[e]
+
+    @classmethod
+    def build(cls, query_index: np.ndarray, rows: np.ndarray, sign: np.ndarray) -> HebbianPlan:
+        """From parallel arrays in the caller's event order (the order is the tie-break)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        uniq, starts, counts = np.unique(srt, return_index=True, return_counts=True)
+        return cls(uniq, starts.astype(np.int32), counts.astype(np.int32),
+                   np.asarray(query_index, np.int32)[order], np.asarray(sign, np.int32)[order])
+
+    @property
+    def size(self) -> int:
+        return int(self.ev_query.shape[0])
+
 
 @dataclass(frozen=True)
 class BackendInfo:
@@ -128,6 +182,43 @@ class Backend(ABC):
         them; backends that rank without them (the GPU ones use the direct form) ignore it.
         Returns native ``(D float32[m, k], I int64[m, k])``, rows sorted best first.
         """
+
+    # ---- splat kernels (SPEC section 2) -----------------------------------------------------
+    # mu: float32[n, d] native; params: float32[n, PARAM_WIDTH] native; queries float32[m, d].
+    def splat_topk(self, queries, mu, params, k, mode, *, sqnorms=None):
+        """Top-k by key (``MODE_SPLAT``: ``kappa d2 - log alpha``; ``MODE_DISTANCE``: ``d2``),
+        ``1 <= k <= n``; rows with ``alpha = 0`` rank last (+inf). Returns native
+        ``(keys float32[m, k], ids int64[m, k], d2 float32[m, k])`` sorted best first;
+        ``d2`` matches the direct form ``sum((x - mu)^2)``."""
+        raise NotImplementedError(f"{self.name} has no splat_topk kernel")
+
+    def energy(self, queries, mu, params, *, grad=False, sqnorms=None):
+        """``E[m]`` (float32; ``+inf`` when every alpha is 0), and with ``grad`` the
+        gradient ``float32[m, d]``; memory O(m + n) (O(m d) for the gradient)."""
+        raise NotImplementedError(f"{self.name} has no energy kernel")
+
+    def hebbian(self, mu, params, queries, plan: HebbianPlan, rates: HebbianRates) -> None:
+        """Apply the planned feedback events in place (sequential semantics per splat)."""
+        raise NotImplementedError(f"{self.name} has no hebbian kernel")
+
+    def decay(self, params, now: float, lam: float) -> None:
+        """In place: ``alpha *= exp(-lam (now - last_tick))``, then ``last_tick = now``."""
+        raise NotImplementedError(f"{self.name} has no decay kernel")
+
+    def philox(self, row0: int, rows: int, d: int, seed: int, stream: int, *,
+               normal: bool = True, centers=None, spread: float = 1.0):
+        """Philox4x32-10 data for rows ``row0 .. row0 + rows`` (see m2m_gpu.synthetic):
+        raw ``uint32[rows, d]`` words, or float32 normals, optionally around ``centers``
+        (native float32[c, d]) as ``centers[assign(i)] + spread * z``."""
+        raise NotImplementedError(f"{self.name} has no philox kernel")
+
+    def gather_rows(self, native, index: np.ndarray) -> np.ndarray:
+        """Rows ``index`` of a native matrix, as a host array."""
+        return np.asarray(self.to_host(native))[index]
+
+    def scatter_rows(self, native, index: np.ndarray, values: np.ndarray) -> None:
+        """In place: ``native[index] = values`` (host values, unique indexes)."""
+        raise NotImplementedError(f"{self.name} has no scatter_rows")
 
     # ---- growable row storage (indexes) -------------------------------------------------
     def row_store(self, dim: int, dtype=np.float32) -> Any:

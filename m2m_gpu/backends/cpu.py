@@ -24,13 +24,25 @@ from typing import Any
 
 import numpy as np
 
-from .base import Backend, BackendInfo, RowBuffer
+from .base import (
+    MODE_SPLAT,
+    PARAM_ALPHA,
+    PARAM_KAPPA,
+    PARAM_TICK,
+    Backend,
+    BackendInfo,
+    HebbianPlan,
+    HebbianRates,
+    RowBuffer,
+)
 
 SMALL_BATCH = 4  # up to this many queries, stream the database once per query
 SCAN_TILE_ROWS = 4096  # rows per task in the streaming path (fits in L2 for d <= 64)
 BATCH_TILE_BYTES = 1 << 20  # GEMM output tile of the batch path: stays in L2
 QUERY_CHUNK = 1024  # most queries per block in the batch path
 GATHER_BUDGET_BYTES = 64 << 20  # re-ranking gathers at most this many bytes of rows at once
+ENERGY_FIX_TERMS = 4  # energy: the largest terms per query are recomputed in the direct form
+PHILOX_ROWS = 8192  # rows per task when generating Philox data
 
 
 def probe() -> BackendInfo:
@@ -130,34 +142,51 @@ class CpuBackend(Backend):
         return out_k, out_i
 
     def _select_batched(self, scaled_q, database, sqnorms, k):
+        qt_all = np.ascontiguousarray(scaled_q.T)
+
+        def make_fill(a: int, b: int):
+            qt = np.ascontiguousarray(qt_all[:, a:b])
+
+            def fill(start: int, stop: int, out: np.ndarray) -> None:
+                np.matmul(database[start:stop], qt, out=out)
+                if sqnorms is not None:
+                    out += sqnorms[start:stop, None]  # the tile is still in cache
+
+            return fill
+
+        return self._blocked_topk(scaled_q.shape[0], database.shape[0], k, make_fill)
+
+    def _blocked_topk(self, m, n, k, make_fill):
         """Batch path: split the queries over the thread pool, one BLAS thread each, so that
-        the GEMM and the selection of every block run side by side on all cores."""
-        m = scaled_q.shape[0]
+        the GEMM and the selection of every block run side by side on all cores.
+        ``make_fill(a, b)`` returns the function that writes the key tile of queries a..b."""
         out_k = np.empty((m, k), dtype=np.float32)
         out_i = np.empty((m, k), dtype=np.int64)
         blocks = _blocks(m, self.threads, QUERY_CHUNK)
 
         def job(block: tuple[int, int]) -> None:
             a, b = block
-            out_k[a:b], out_i[a:b] = self._select_block(scaled_q[a:b], database, sqnorms, k)
+            out_k[a:b], out_i[a:b] = self._select_block(b - a, n, k, make_fill(a, b))
 
+        self._run_blocks(job, blocks)
+        return out_k, out_i
+
+    def _run_blocks(self, job, blocks) -> None:
         if len(blocks) == 1:
             job(blocks[0])
         else:
             with self._blas_limit(1):
                 list(self._pool.map(job, blocks))
-        return out_k, out_i
 
-    def _select_block(self, scaled_q, database, sqnorms, k):
+    def _select_block(self, mq, n, k, fill):
         """Running top-k of one query block over cache-sized database tiles.
 
-        The key is ``||x||^2 + x.(-2q)``, formed in place while the GEMM's output tile is in
-        cache. Entries below the query's current k-th key are buffered, and the buffer is
-        merged into the running top-k (which tightens the thresholds) when it fills up.
+        ``fill(start, stop, out)`` writes the keys of database rows start..stop (rows down,
+        queries across) while they stay in cache. Entries below the query's current k-th
+        key are buffered, and the buffer is merged into the running top-k (which tightens
+        the thresholds) when it fills up.
         """
-        n, mq = database.shape[0], scaled_q.shape[0]
         rows = max(k, BATCH_TILE_BYTES // (4 * mq))
-        qt = np.ascontiguousarray(scaled_q.T)
         tile = np.empty((rows, mq), dtype=np.float32)
         best_k = np.full((mq, k), np.inf, dtype=np.float32)
         best_i = np.full((mq, k), -1, dtype=np.int64)
@@ -175,9 +204,7 @@ class CpuBackend(Backend):
         for start in range(0, n, rows):
             stop = min(n, start + rows)
             s = tile[: stop - start]
-            np.matmul(database[start:stop], qt, out=s)
-            if sqnorms is not None:
-                s += sqnorms[start:stop, None]  # the tile is still in cache
+            fill(start, stop, s)
             if bound is None:  # running set not full yet: take every entry
                 best_k, best_i = merge_topk(best_k, best_i, s, start, k)
                 if not np.isinf(best_k).any():
@@ -211,6 +238,228 @@ class CpuBackend(Backend):
             dist = -keys
             order = np.argsort(keys, axis=1, kind="stable")
         return np.take_along_axis(dist, order, 1), np.take_along_axis(ids, order, 1)
+
+
+    # ---- splat kernels ----------------------------------------------------------------
+    # All of them rank or weigh by the key  kappa_i * d2 - log(alpha_i)  (= -log-score).
+    # With the fast form d2 = |q|^2 + |x|^2 - 2 q.x, one GEMM per tile computes the key
+    # exactly as k-NN computes its own: the database tile is augmented to
+    #   [ -2 kappa_i x_i | kappa_i | kappa_i |x_i|^2 - log alpha_i ]   (rows x (d + 2))
+    # and the queries to [ q | |q|^2 | 1 ], so no pass over the (rows x queries) output tile
+    # is needed beyond the GEMM itself. Distances near the query are then recomputed in the
+    # direct form (top-k) or corrected for the largest terms (energy).
+    def _key_terms(self, mu, params, mode, sqnorms):
+        if sqnorms is None:
+            sqnorms = self.sqnorms(mu)
+        alpha = params[:, PARAM_ALPHA]
+        if mode == MODE_SPLAT:
+            kap = np.ascontiguousarray(params[:, PARAM_KAPPA])
+            with np.errstate(divide="ignore"):
+                bias = kap * sqnorms - np.log(alpha)
+        else:
+            kap = np.ones(mu.shape[0], dtype=np.float32)
+            bias = np.where(alpha > 0, sqnorms, np.float32(np.inf)).astype(np.float32)
+        return kap, bias
+
+    def _splat_fill(self, queries, mu, kap, bias, a, b):
+        """The key-tile writer for queries a..b (see above)."""
+        d = mu.shape[1]
+        q = queries[a:b]
+        qa_t = np.empty((d + 2, b - a), dtype=np.float32)
+        qa_t[:d] = q.T
+        np.einsum("ij,ij->i", q, q, out=qa_t[d])
+        qa_t[d + 1] = 1.0
+        scratch = {}
+
+        def fill(start: int, stop: int, out: np.ndarray) -> None:
+            xa = scratch.get(stop - start)
+            if xa is None:
+                xa = scratch.setdefault(stop - start, np.empty((stop - start, d + 2), np.float32))
+            np.multiply(mu[start:stop], (-2.0 * kap[start:stop])[:, None], out=xa[:, :d])
+            xa[:, d] = kap[start:stop]
+            xa[:, d + 1] = bias[start:stop]
+            np.matmul(xa, qa_t, out=out)
+
+        return fill
+
+    def splat_topk(self, queries, mu, params, k, mode, *, sqnorms=None):
+        m, n = queries.shape[0], mu.shape[0]
+        kap, bias = self._key_terms(mu, params, mode, sqnorms)
+        if m <= SMALL_BATCH:
+            keys = np.empty(n, dtype=np.float32)
+            out_k = np.empty((m, k), dtype=np.float32)
+            out_i = np.empty((m, k), dtype=np.int64)
+            for row in range(m):
+                q2 = queries[row] * np.float32(-2.0)
+                qn = np.float32(queries[row] @ queries[row])
+
+                def job(s: int, q2=q2, qn=qn) -> None:
+                    e = s + SCAN_TILE_ROWS
+                    o = keys[s:e]
+                    np.einsum("ij,j->i", mu[s:e], q2, out=o)
+                    o += qn
+                    o *= kap[s:e]
+                    o += bias[s:e]
+
+                list(self._pool.map(job, range(0, n, SCAN_TILE_ROWS)))
+                idx = np.argpartition(keys, k - 1)[:k] if k < n else np.arange(n)
+                out_k[row], out_i[row] = keys[idx], idx
+        else:
+            out_k, out_i = self._blocked_topk(
+                m, n, k, lambda a, b: self._splat_fill(queries, mu, kap, bias, a, b))
+        return self._splat_finish(queries, mu, params, out_i, mode)
+
+    def _direct_d2(self, queries, mu, ids):
+        m, k = ids.shape
+        d = mu.shape[1]
+        dist = np.empty((m, k), dtype=np.float32)
+        step = max(1, GATHER_BUDGET_BYTES // max(1, 4 * k * d))
+        for r in range(0, m, step):
+            rows = mu[ids[r : r + step]]  # (step, k, d)
+            rows -= queries[r : r + step, None, :]
+            np.einsum("ijk,ijk->ij", rows, rows, out=dist[r : r + step])
+        return dist
+
+    def _splat_finish(self, queries, mu, params, ids, mode):
+        """Direct-form distances and exact keys of the selected ids, best first."""
+        d2 = self._direct_d2(queries, mu, ids)
+        alpha = params[ids, PARAM_ALPHA]
+        if mode == MODE_SPLAT:
+            with np.errstate(divide="ignore"):
+                keys = params[ids, PARAM_KAPPA] * d2 - np.log(alpha)
+        else:
+            keys = np.where(alpha > 0, d2, np.float32(np.inf)).astype(np.float32)
+        order = np.argsort(keys, axis=1, kind="stable")
+        take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
+        return take(keys), take(ids), take(d2)
+
+    def energy(self, queries, mu, params, *, grad=False, sqnorms=None):
+        m, d = queries.shape
+        n = mu.shape[0]
+        kap, bias = self._key_terms(mu, params, MODE_SPLAT, sqnorms)
+        E = np.empty(m, dtype=np.float32)
+        G = np.empty((m, d), dtype=np.float32) if grad else None
+        fix = min(ENERGY_FIX_TERMS, n)
+
+        def job(block: tuple[int, int]) -> None:
+            a, b = block
+            fill = self._splat_fill(queries, mu, kap, bias, a, b)
+            E[a:b], g = self._energy_block(queries[a:b], mu, params, kap, fill, fix, grad)
+            if grad:
+                G[a:b] = g
+
+        self._run_blocks(job, _blocks(m, self.threads, QUERY_CHUNK))
+        return (E, G) if grad else E
+
+    def _energy_block(self, q, mu, params, kap, fill, fix, grad):
+        """Streaming log-sum-exp over key tiles: running max M and sum S per query (float64),
+        plus the ``fix`` smallest keys, whose terms are swapped for direct-form ones at the
+        end (the fast form's cancellation, times kappa, would show in E near a splat)."""
+        mq, d = q.shape
+        n = mu.shape[0]
+        rows = max(fix, BATCH_TILE_BYTES // (4 * mq))
+        tile = np.empty((rows, mq), dtype=np.float32)
+        M = np.full(mq, -np.inf)
+        S = np.zeros(mq)
+        SK = np.zeros(mq)
+        Gs = np.zeros((mq, d)) if grad else None
+        best_k = np.full((mq, fix), np.inf, dtype=np.float32)
+        best_i = np.full((mq, fix), -1, dtype=np.int64)
+        for start in range(0, n, rows):
+            stop = min(n, start + rows)
+            s = tile[: stop - start]
+            fill(start, stop, s)
+            best_k, best_i = merge_topk(best_k, best_i, s, start, fix)
+            newM = np.maximum(M, -s.min(axis=0).astype(np.float64))
+            live = np.isfinite(newM)
+            if not live.any():
+                continue
+            scale = np.where(live, np.exp(np.where(live, M - newM, 0.0)), 1.0)
+            shift = np.where(live, newM, 0.0).astype(np.float32)
+            s += shift[None, :]
+            np.negative(s, out=s)
+            np.exp(s, out=s)  # weights exp(l - M'), +inf keys give 0
+            S = S * scale + s.sum(axis=0, dtype=np.float64)
+            M = np.where(live, newM, M)
+            if grad:
+                s *= kap[start:stop, None]
+                SK = SK * scale + s.sum(axis=0, dtype=np.float64)
+                Gs = Gs * scale[:, None] + (s.T @ mu[start:stop]).astype(np.float64)
+        live = np.isfinite(M)
+        if live.any() and fix:
+            ok = best_i >= 0
+            ids = np.where(ok, best_i, 0)
+            d2 = self._direct_d2(q, mu, ids).astype(np.float64)
+            alpha = params[ids, PARAM_ALPHA].astype(np.float64)
+            kp = params[ids, PARAM_KAPPA].astype(np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                w_direct = np.exp(np.log(alpha) - kp * d2 - M[:, None])
+                w_fast = np.exp(-(best_k + M[:, None].astype(np.float32)).astype(np.float64))
+            delta = np.where(ok & live[:, None], np.nan_to_num(w_direct - w_fast), 0.0)
+            S = np.maximum(S + delta.sum(axis=1), np.finfo(np.float64).tiny)
+            if grad:
+                SK += (delta * kp).sum(axis=1)
+                Gs += np.einsum("ij,ijk->ik", delta * kp, mu[ids].astype(np.float64))
+        with np.errstate(divide="ignore"):
+            E = np.where(live, -(M + np.log(S)), np.inf)
+        if not grad:
+            return E, None
+        G = np.where(live[:, None], 2.0 * (SK[:, None] * q - Gs) / S[:, None], 0.0)
+        return E, G
+
+    def hebbian(self, mu, params, queries, plan: HebbianPlan, rates: HebbianRates) -> None:
+        """Vectorised over splats: round r applies the r-th event of every splat that has
+        one, so each splat sees its events in order (the sequential result)."""
+        if plan.size == 0:
+            return
+        for r in range(int(plan.counts.max())):
+            sel = plan.counts > r
+            ev = plan.starts[sel] + r
+            rows = plan.rows[sel]
+            x = queries[plan.ev_query[ev]]
+            pos = plan.ev_sign[ev] > 0
+            a = params[rows, PARAM_ALPHA]
+            kp = params[rows, PARAM_KAPPA]
+            m_rows = mu[rows]
+            diff = x - m_rows
+            d2 = np.einsum("ij,ij->i", diff, diff)
+            a = a * np.where(pos, np.float32(1 + rates.lr_alpha), np.float32(1 - rates.lr_alpha))
+            kp = np.where(pos, kp + np.float32(rates.lr_kappa) / (d2 + np.float32(rates.eps)),
+                          kp - np.float32(0.5 * rates.lr_kappa))
+            moved = m_rows + np.float32(rates.lr_mu) * diff
+            if rates.renormalize:
+                moved /= np.sqrt(np.einsum("ij,ij->i", moved, moved))[:, None]
+            mu[rows] = np.where(pos[:, None], moved, m_rows)
+            params[rows, PARAM_ALPHA] = np.clip(a, rates.alpha_min, rates.alpha_max)
+            params[rows, PARAM_KAPPA] = np.clip(kp, rates.kappa_min, rates.kappa_max)
+
+    def decay(self, params, now, lam):
+        now = np.float32(now)
+        params[:, PARAM_ALPHA] *= np.exp(np.float32(-lam) * (now - params[:, PARAM_TICK]))
+        params[:, PARAM_TICK] = now
+
+    def philox(self, row0, rows, d, seed, stream, *, normal=True, centers=None, spread=1.0):
+        from .. import synthetic as syn
+
+        out = np.empty((rows, d), dtype=np.float32 if normal else np.uint32)
+
+        def job(s: int) -> None:
+            r = min(PHILOX_ROWS, rows - s)
+            if not normal:
+                out[s : s + r] = syn.words(row0 + s, r, d, seed, stream)
+                return
+            z = syn.normals(row0 + s, r, d, seed, stream).astype(np.float32)
+            if centers is not None:
+                c = syn.assignments(row0 + s, r, seed, stream, centers.shape[0])
+                z *= np.float32(spread)
+                z += centers[c]
+            out[s : s + r] = z
+
+        list(self._pool.map(job, range(0, rows, PHILOX_ROWS)))
+        return out
+
+    def scatter_rows(self, native, index, values):
+        native[index] = values
 
 
 def _blocks(m: int, parts: int, max_rows: int) -> list[tuple[int, int]]:

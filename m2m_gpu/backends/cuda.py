@@ -15,7 +15,16 @@ from typing import Any
 import numpy as np
 
 from .._resources import kernel_dir
-from .base import Backend, BackendInfo, RowBuffer
+from .base import (
+    MODE_SPLAT,
+    PARAM_ALPHA,
+    PARAM_KAPPA,
+    Backend,
+    BackendInfo,
+    HebbianPlan,
+    HebbianRates,
+    RowBuffer,
+)
 
 TILE_BUDGET_BYTES = 256 << 20  # largest block of distances held on the device at once
 QUERY_CHUNK = 65535  # rows per select launch (grid.x limit is far higher; keeps tiles wide)
@@ -69,6 +78,11 @@ class CudaBackend(Backend):
         source = (kernel_dir() / "knn.cu").read_text()
         return self.cp.RawModule(code=source, options=("--std=c++14",))
 
+    @cached_property
+    def _splat_module(self):
+        source = (kernel_dir() / "splat.cu").read_text()
+        return self.cp.RawModule(code=source, options=("--std=c++14",))
+
     # ---- arrays -------------------------------------------------------------------------
     def is_native(self, obj: Any) -> bool:
         return isinstance(obj, self.cp.ndarray)
@@ -102,14 +116,19 @@ class CudaBackend(Backend):
 
     # ---- k-NN --------------------------------------------------------------------------
     def knn(self, queries, database, k, metric, *, database_sqnorms=None):
+        return self._topk(queries, database, k, 0 if metric == "l2" else 1, None,
+                          negate=metric != "l2")
+
+    def _topk(self, queries, database, k, mode, params, negate=False):
+        """Distance (or splat key) tiles + running radix select, per query chunk."""
         cp = self.cp
         m, d = queries.shape
         n = database.shape[0]
-        metric_code = np.uint32(0 if metric == "l2" else 1)
         dist = self._knn_module.get_function("knn_distance")
         select = self._knn_module.get_function("topk_select")
         out_k = cp.empty((m, k), dtype=cp.float32)
         out_i = cp.empty((m, k), dtype=cp.int64)
+        pptr = params if params is not None else cp.zeros(4, dtype=cp.float32)
         for q0 in range(0, m, QUERY_CHUNK):
             qb = queries[q0 : q0 + QUERY_CHUNK]
             mq = qb.shape[0]
@@ -124,7 +143,8 @@ class CudaBackend(Backend):
                 t = min(t_max, n - offset)
                 grid = (-(-t // DIST_ROWS_PER_BLOCK), -(-mq // DIST_QUERIES_PER_BLOCK), 1)
                 dist(grid, (16, 16, 1), (qb, database, tile, np.uint32(mq), np.uint32(t),
-                                         np.uint32(d), np.uint64(offset), metric_code))
+                                         np.uint32(d), np.uint64(offset), np.uint32(mode),
+                                         pptr))
                 (bk_in, bi_in), (bk_out, bi_out) = best[side], best[1 - side]
                 select((mq, 1, 1), (256, 1, 1), (tile, bk_in, bi_in, bk_out, bi_out,
                                                  np.uint32(t), np.uint32(k), np.int64(offset)))
@@ -133,7 +153,100 @@ class CudaBackend(Backend):
             order = cp.argsort(keys, axis=1)  # the k survivors, best first
             out_k[q0 : q0 + mq] = cp.take_along_axis(keys, order, 1)
             out_i[q0 : q0 + mq] = cp.take_along_axis(ids, order, 1)
-        return (out_k if metric == "l2" else -out_k), out_i
+        return (-out_k if negate else out_k), out_i
+
+    # ---- splat kernels ---------------------------------------------------------------------
+    def splat_topk(self, queries, mu, params, k, mode, *, sqnorms=None):
+        cp = self.cp
+        keys, ids = self._topk(queries, mu, k, mode, params)
+        if mode != MODE_SPLAT:
+            return keys, ids, keys.copy()
+        p = params[ids]  # (m, k, 4)
+        # d2 from key = fma(kappa, d2, -log alpha), computed in the direct form by the kernel
+        d2 = cp.maximum((keys + cp.log(p[..., PARAM_ALPHA])) / p[..., PARAM_KAPPA], 0.0)
+        return keys, ids, d2.astype(cp.float32)
+
+    def energy(self, queries, mu, params, *, grad=False, sqnorms=None):
+        cp = self.cp
+        m, d = queries.shape
+        n = mu.shape[0]
+        dist = self._knn_module.get_function("knn_distance")
+        acc = self._splat_module.get_function("energy_accumulate")
+        E = cp.empty(m, dtype=cp.float32)
+        G = cp.empty((m, d), dtype=cp.float32) if grad else None
+        for q0 in range(0, m, QUERY_CHUNK):
+            qb = queries[q0 : q0 + QUERY_CHUNK]
+            mq = qb.shape[0]
+            t_max = min(max(n, 1), max(DIST_ROWS_PER_BLOCK, TILE_BUDGET_BYTES // (4 * mq)))
+            tile = cp.empty((mq, t_max), dtype=cp.float32)
+            state = cp.zeros((mq, 4), dtype=cp.float32)
+            state[:, 0] = -cp.inf
+            gbuf = cp.zeros((mq, d) if grad else (1,), dtype=cp.float32)
+            for offset in range(0, n, t_max):
+                t = min(t_max, n - offset)
+                grid = (-(-t // DIST_ROWS_PER_BLOCK), -(-mq // DIST_QUERIES_PER_BLOCK), 1)
+                dist(grid, (16, 16, 1), (qb, mu, tile, np.uint32(mq), np.uint32(t),
+                                         np.uint32(d), np.uint64(offset),
+                                         np.uint32(MODE_SPLAT), params))
+                acc((mq, 1, 1), (256, 1, 1), (tile, state, gbuf, params, mu, np.uint32(t),
+                                              np.uint32(d), np.uint64(offset),
+                                              np.uint32(int(grad))))
+            M, S, SK = state[:, 0], state[:, 1], state[:, 2]
+            live = cp.isfinite(M) & (S > 0)
+            E[q0 : q0 + mq] = cp.where(live, -(M + cp.log(cp.where(live, S, 1))), cp.inf)
+            if grad:
+                Sl = cp.where(live, S, 1)[:, None]
+                G[q0 : q0 + mq] = cp.where(live[:, None],
+                                           2.0 * (SK[:, None] * qb - gbuf) / Sl, 0.0)
+        return (E, G) if grad else E
+
+    def hebbian(self, mu, params, queries, plan: HebbianPlan, rates: HebbianRates) -> None:
+        if plan.size == 0:
+            return
+        cp = self.cp
+        q = queries if isinstance(queries, cp.ndarray) else self.from_host(queries)
+        rows, starts, counts, evq, evs = (self.from_host(np.ascontiguousarray(a)) for a in (
+            plan.rows.astype(np.int64), plan.starts.astype(np.int32),
+            plan.counts.astype(np.int32), plan.ev_query.astype(np.int32),
+            plan.ev_sign.astype(np.int32)))
+        u, d = plan.rows.shape[0], mu.shape[1]
+        f = np.float32
+        self._splat_module.get_function("hebbian")(
+            (-(-u // 128), 1, 1), (128, 1, 1),
+            (mu, params, q, rows, starts, counts, evq, evs, np.uint32(u), np.uint32(d),
+             np.uint32(int(rates.renormalize)), f(rates.lr_alpha), f(rates.lr_kappa),
+             f(rates.lr_mu), f(rates.alpha_min), f(rates.alpha_max), f(rates.kappa_min),
+             f(rates.kappa_max), f(rates.eps)))
+
+    def decay(self, params, now, lam):
+        n = params.shape[0]
+        if n == 0:
+            return
+        self._splat_module.get_function("decay")(
+            (-(-n // 256), 1, 1), (256, 1, 1),
+            (params, np.uint64(n), np.float32(lam), np.float32(now)))
+
+    def philox(self, row0, rows, d, seed, stream, *, normal=True, centers=None, spread=1.0):
+        cp = self.cp
+        out = cp.empty((rows, d), dtype=cp.float32 if normal else cp.uint32)
+        if rows == 0:
+            return out
+        cptr = centers if centers is not None else cp.zeros(1, dtype=cp.float32)
+        clusters = 0 if centers is None else centers.shape[0]
+        grid = (-(-((d + 3) // 4) // 16), -(-rows // 16), 1)
+        self._splat_module.get_function("philox")(
+            grid, (16, 16, 1),
+            (out, cptr, np.uint64(row0), np.uint32(rows), np.uint32(d), np.uint64(seed),
+             np.uint32(stream), np.uint32(int(normal)), np.uint32(clusters),
+             np.float32(spread)))
+        return out
+
+    def gather_rows(self, native, index):
+        return self.to_host(native[self.from_host(np.asarray(index, dtype=np.int64))])
+
+    def scatter_rows(self, native, index, values):
+        native[self.from_host(np.asarray(index, dtype=np.int64))] = self.from_host(
+            np.ascontiguousarray(values, dtype=native.dtype))
 
 
 class _CudaRows(RowBuffer):

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .._resources import shader_dir
-from .base import Backend, BackendInfo
+from .base import MODE_SPLAT, Backend, BackendInfo, HebbianPlan, HebbianRates
 
 CHUNK_BYTES = 64 << 20  # largest single device buffer
 CHUNK_ROWS_MAX = 32768  # rows per chunk (queries per dispatch stay under the 65535 limit)
@@ -130,11 +130,13 @@ class VkArray:
 
     STORED = {np.dtype(np.float32), np.dtype(np.int32), np.dtype(np.uint32)}
 
-    def __init__(self, backend: VulkanBackend, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    def __init__(self, backend: VulkanBackend, shape: tuple[int, ...], dtype: np.dtype,
+                 chunk_rows: int | None = None) -> None:
         self.backend = backend
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)  # the dtype handed back by to_host
-        self.chunk_rows = backend._chunk_rows(self.shape, 4)
+        # Arrays that kernels read side by side (mu and params) share their chunking.
+        self.chunk_rows = chunk_rows or backend._chunk_rows(self.shape, 4)
         self.parts: list[tuple[int, int, Any]] = []
 
     @property
@@ -191,6 +193,8 @@ class VulkanBackend(Backend):
         self.kp = kp
         self.mgr = kp.Manager(int(info.versions.get("device_index", 0)))
         self._spirv: dict[str, bytes] = {}
+        self._dummy = self.mgr.tensor_t(np.zeros(4, dtype=np.float32))  # unused bindings
+        self.mgr.sequence().eval(kp.OpTensorSyncDevice([self._dummy]))
 
     def spirv(self, name: str) -> bytes:
         if name not in self._spirv:
@@ -217,13 +221,13 @@ class VulkanBackend(Backend):
         self.transfers.add_d2h(host.nbytes)
         return host
 
-    def from_host(self, array: np.ndarray) -> VkArray:
+    def from_host(self, array: np.ndarray, chunk_rows: int | None = None) -> VkArray:
         a = np.asarray(array)
         rows = a.reshape(1) if a.ndim == 0 else a  # chunks split along the first axis
         limits = np.iinfo(np.int32)
         if a.dtype == np.int64 and a.size and (a.min() < limits.min or a.max() > limits.max):
             raise ValueError("int64 values beyond int32 cannot be stored on vulkan")
-        out = VkArray(self, (0,) + rows.shape[1:], a.dtype)
+        out = VkArray(self, (0,) + rows.shape[1:], a.dtype, chunk_rows)
         out.append(rows.astype(_stored_dtype(a.dtype), copy=False))
         out.shape = a.shape
         return out
@@ -237,8 +241,8 @@ class VulkanBackend(Backend):
         host = np.concatenate(parts) if len(parts) > 1 else parts[0]
         return host.reshape(native.shape).astype(native.dtype, copy=False)
 
-    def row_store(self, dim: int, dtype=np.float32) -> VkArray:
-        return VkArray(self, (0, dim), dtype)
+    def row_store(self, dim: int, dtype=np.float32, like: VkArray | None = None) -> VkArray:
+        return VkArray(self, (0, dim), dtype, like.chunk_rows if like is not None else None)
 
     # ---- k-NN --------------------------------------------------------------------------
     def knn(self, queries, database, k, metric, *, database_sqnorms=None):
@@ -246,7 +250,7 @@ class VulkanBackend(Backend):
         metric_code = 0 if metric == "l2" else 1
         out_keys, out_ids = [], []
         for _, mq, qtensor in queries.chunks():
-            keys, ids = self._knn_block(qtensor, mq, database, d, k, metric_code)
+            keys, ids = self._knn_block(qtensor, mq, database, d, k, metric_code, None)
             out_keys.append(keys)
             out_ids.append(ids)
         keys = np.concatenate(out_keys)
@@ -256,7 +260,7 @@ class VulkanBackend(Backend):
         ids = np.take_along_axis(ids, order, 1)
         return (keys if metric == "l2" else -keys), ids
 
-    def _knn_block(self, qtensor, mq, database, d, k, metric_code):
+    def _knn_block(self, qtensor, mq, database, d, k, metric_code, params):
         kp, mgr = self.kp, self.mgr
         t_max = min(database.chunk_rows, max(DIST_ROWS_PER_GROUP, TILE_BUDGET_BYTES // (4 * mq)))
         tile = mgr.tensor_t(np.zeros(mq * t_max, dtype=np.float32))
@@ -278,8 +282,10 @@ class VulkanBackend(Backend):
         seq.record(kp.OpTensorSyncDevice(init))
         self.transfers.add_h2d(sum(int(t.size()) * 4 for t in init))
         side = 0
-        for first_row, rows, chunk in database.chunks():
-            dist = mgr.algorithm([qtensor, chunk, tile], self.spirv("knn_distance"),
+        pchunks = params.chunks() if params is not None else None
+        for c, (first_row, rows, chunk) in enumerate(database.chunks()):
+            ptensor = pchunks[c][2] if pchunks is not None else self._dummy
+            dist = mgr.algorithm([qtensor, chunk, tile, ptensor], self.spirv("knn_distance"),
                                  dist_groups, [], np.zeros(5, dtype=np.uint32))
             for offset in range(0, rows, t_max):
                 t = min(t_max, rows - offset)
@@ -295,3 +301,186 @@ class VulkanBackend(Backend):
         ids = result[1].data().reshape(mq, k).copy()
         self.transfers.add_d2h(keys.nbytes + ids.nbytes)
         return keys, ids
+
+    # ---- splat kernels ---------------------------------------------------------------------
+    def _check_aligned(self, mu: VkArray, params: VkArray) -> None:
+        if mu.chunk_rows != params.chunk_rows:
+            raise ValueError("mu and params must share their chunking (row_store(like=mu))")
+
+    def splat_topk(self, queries, mu, params, k, mode, *, sqnorms=None):
+        self._check_aligned(mu, params)
+        d = mu.shape[1]
+        out_keys, out_ids = [], []
+        for _, mq, qtensor in queries.chunks():
+            keys, ids = self._knn_block(qtensor, mq, mu, d, k, mode, params)
+            out_keys.append(keys)
+            out_ids.append(ids)
+        keys = np.concatenate(out_keys)
+        ids = np.concatenate(out_ids).astype(np.int64)
+        order = np.argsort(keys, axis=1, kind="stable")
+        keys = np.take_along_axis(keys, order, 1)
+        ids = np.take_along_axis(ids, order, 1)
+        if mode != MODE_SPLAT:
+            return keys, ids, keys.copy()
+        # d2 from the key: the kernel computed key = fma(kappa, d2, -log alpha) in the direct
+        # form, so inverting it loses only the rounding of that one operation.
+        uniq, inv = np.unique(ids, return_inverse=True)
+        p = self.gather_rows(params, uniq)[inv.reshape(ids.shape)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d2 = np.maximum((keys + np.log(p[..., 0])) / p[..., 1], 0.0).astype(np.float32)
+        return keys, ids, d2
+
+    def energy(self, queries, mu, params, *, grad=False, sqnorms=None):
+        self._check_aligned(mu, params)
+        kp, mgr = self.kp, self.mgr
+        d = mu.shape[1]
+        E_parts, G_parts = [], []
+        for _, mq, qtensor in queries.chunks():
+            t_max = min(mu.chunk_rows,
+                        max(DIST_ROWS_PER_GROUP, TILE_BUDGET_BYTES // (4 * mq)))
+            tile = mgr.tensor_t(np.zeros(mq * t_max, dtype=np.float32))
+            init = np.zeros((mq, 4), dtype=np.float32)
+            init[:, 0] = -np.inf
+            state = mgr.tensor_t(init.ravel())
+            gbuf = mgr.tensor_t(np.zeros(mq * d if grad else 4, dtype=np.float32))
+            seq = mgr.sequence()
+            seq.record(kp.OpTensorSyncDevice([state, gbuf]))
+            self.transfers.add_h2d(init.nbytes + int(gbuf.size()) * 4)
+            groups = [-(-t_max // DIST_ROWS_PER_GROUP), -(-mq // DIST_QUERIES_PER_GROUP), 1]
+            for (_, rows, chunk), (_, _, ptensor) in zip(mu.chunks(), params.chunks(),
+                                                         strict=True):
+                dist = mgr.algorithm([qtensor, chunk, tile, ptensor], self.spirv("knn_distance"),
+                                     groups, [], np.zeros(5, dtype=np.uint32))
+                acc = mgr.algorithm([tile, state, gbuf, ptensor, chunk],
+                                    self.spirv("energy_accumulate"), [mq, 1, 1], [],
+                                    np.zeros(4, dtype=np.uint32))
+                for offset in range(0, rows, t_max):
+                    t = min(t_max, rows - offset)
+                    seq.record(kp.OpAlgoDispatch(dist, np.array([mq, t, d, offset, MODE_SPLAT],
+                                                                dtype=np.uint32)))
+                    seq.record(kp.OpAlgoDispatch(acc, np.array([t, d, offset, int(grad)],
+                                                               dtype=np.uint32)))
+            seq.record(kp.OpTensorSyncLocal([state, gbuf]))
+            seq.eval()
+            st = state.data().reshape(mq, 4).astype(np.float64)
+            self.transfers.add_d2h(st.nbytes // 2 + int(gbuf.size()) * 4)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                live = np.isfinite(st[:, 0]) & (st[:, 1] > 0)
+                E_parts.append(np.where(live, -(st[:, 0] + np.log(st[:, 1])), np.inf))
+                if grad:
+                    g = gbuf.data().reshape(mq, d).astype(np.float64)
+                    q = self._queries_host(qtensor, mq, d)
+                    G_parts.append(np.where(live[:, None],
+                                            2.0 * (st[:, 2:3] * q - g) / st[:, 1:2], 0.0))
+        E = np.concatenate(E_parts).astype(np.float32)
+        return (E, np.concatenate(G_parts).astype(np.float32)) if grad else E
+
+    def _queries_host(self, qtensor, mq, d):
+        return self._download(qtensor).reshape(mq, d).astype(np.float64)
+
+    def hebbian(self, mu, params, queries, plan: HebbianPlan, rates: HebbianRates) -> None:
+        self._check_aligned(mu, params)
+        if plan.size == 0:
+            return
+        kp, mgr = self.kp, self.mgr
+        d = mu.shape[1]
+        qhost = np.ascontiguousarray(self.to_host(queries) if self.is_native(queries)
+                                     else queries, dtype=np.float32)
+        tensors = [self._upload(a) for a in (
+            qhost.ravel(), plan.ev_query.astype(np.uint32), plan.ev_sign.astype(np.int32))]
+        local = np.empty(plan.rows.shape[0], dtype=np.uint32)
+        bounds = []
+        for first, rows, _ in mu.chunks():
+            a, b = np.searchsorted(plan.rows, [first, first + rows])
+            local[a:b] = plan.rows[a:b] - first
+            bounds.append((a, b))
+        rows_t, starts_t, counts_t = (self._upload(x) for x in (
+            local, plan.starts.astype(np.uint32), plan.counts.astype(np.uint32)))
+        f = lambda v: int(np.float32(v).view(np.uint32))  # noqa: E731
+        consts = [f(rates.lr_alpha), f(rates.lr_kappa), f(rates.lr_mu), f(rates.alpha_min),
+                  f(rates.alpha_max), f(rates.kappa_min), f(rates.kappa_max), f(rates.eps)]
+        seq = mgr.sequence()
+        for (a, b), (_, _, chunk), (_, _, ptensor) in zip(bounds, mu.chunks(), params.chunks(),
+                                                          strict=True):
+            if b == a:
+                continue
+            algo = mgr.algorithm([chunk, ptensor, tensors[0], rows_t, starts_t, counts_t,
+                                  tensors[1], tensors[2]], self.spirv("hebbian"),
+                                 [-(-(b - a) // 64), 1, 1], [], np.zeros(12, dtype=np.uint32))
+            push = np.array([b - a, d, a, int(rates.renormalize)] + consts, dtype=np.uint32)
+            seq.record(kp.OpAlgoDispatch(algo, push))
+        seq.eval()
+
+    def decay(self, params, now, lam):
+        kp, mgr = self.kp, self.mgr
+        f = lambda v: int(np.float32(v).view(np.uint32))  # noqa: E731
+        seq = mgr.sequence()
+        for _, rows, ptensor in params.chunks():
+            algo = mgr.algorithm([ptensor], self.spirv("decay"), [-(-rows // 256), 1, 1], [],
+                                 np.zeros(3, dtype=np.uint32))
+            seq.record(kp.OpAlgoDispatch(algo, np.array([rows, f(lam), f(now)], np.uint32)))
+        seq.eval()
+
+    def philox(self, row0, rows, d, seed, stream, *, normal=True, centers=None, spread=1.0):
+        kp, mgr = self.kp, self.mgr
+        dtype = np.float32 if normal else np.uint32
+        out = VkArray(self, (0, d), dtype)
+        ctensor = centers.parts[0][2] if centers is not None and centers.parts else self._dummy
+        clusters = centers.shape[0] if centers is not None else 0
+        spread_bits = int(np.float32(spread).view(np.uint32))
+        seq = mgr.sequence()
+        algos = []
+        for s in range(0, rows, out.chunk_rows):
+            r = min(out.chunk_rows, rows - s)
+            tensor = mgr.tensor_t(np.zeros(r * d, dtype=dtype))
+            algo = mgr.algorithm([tensor, ctensor], self.spirv("philox"),
+                                 [-(-((d + 3) // 4) // 16), -(-r // 16), 1], [],
+                                 np.zeros(10, dtype=np.uint32))
+            start = row0 + s
+            push = np.array([start & 0xFFFFFFFF, start >> 32, r, d, seed & 0xFFFFFFFF,
+                             seed >> 32, stream, int(normal), clusters, spread_bits],
+                            dtype=np.uint32)
+            seq.record(kp.OpAlgoDispatch(algo, push))
+            out.parts.append((s, r, tensor))
+            algos.append(algo)
+        if out.parts:
+            seq.eval()
+        out.shape = (rows, d)
+        return out
+
+    def _rows_copy(self, native: VkArray, index: np.ndarray, values: np.ndarray | None):
+        """Gather (values None) or scatter rows of a VkArray, chunk by chunk, on the device."""
+        kp, mgr = self.kp, self.mgr
+        width = int(np.prod(native.shape[1:], dtype=np.int64)) if native.ndim > 1 else 1
+        index = np.asarray(index, dtype=np.int64)
+        out = np.empty((index.shape[0], width), dtype=np.uint32)
+        raw = None
+        if values is not None:
+            stored = _stored_dtype(np.asarray(values).dtype)
+            raw = np.ascontiguousarray(values, dtype=stored).view(np.uint32).reshape(-1, width)
+        for first, rows, tensor in native.chunks():
+            sel = np.flatnonzero((index >= first) & (index < first + rows))
+            if sel.size == 0:
+                continue
+            local = self._upload((index[sel] - first).astype(np.uint32))
+            dense = self._upload(raw[sel].ravel() if raw is not None
+                                 else np.zeros(sel.size * width, dtype=np.uint32))
+            algo = mgr.algorithm([tensor, dense, local], self.spirv("rows_copy"),
+                                 [-(-width // 64), -(-sel.size // 4), 1], [],
+                                 np.zeros(3, dtype=np.uint32))
+            seq = mgr.sequence()
+            seq.record(kp.OpAlgoDispatch(
+                algo, np.array([sel.size, width, 0 if raw is None else 1], np.uint32)))
+            seq.eval()
+            if raw is None:
+                out[sel] = self._download(dense).reshape(sel.size, width)
+        return out
+
+    def gather_rows(self, native, index):
+        host = self._rows_copy(native, index, None)
+        stored = _stored_dtype(native.dtype)
+        return host.view(stored).reshape((host.shape[0],) + native.shape[1:]).astype(
+            native.dtype, copy=False)
+
+    def scatter_rows(self, native, index, values):
+        self._rows_copy(native, index, np.asarray(values).reshape(len(index), -1))
