@@ -13,16 +13,25 @@ from .errors import (
     InvalidInputError,
     M2MError,
     UnknownBackendError,
+    UnknownIdError,
     UnknownMetricError,
 )
 from .index import IndexFlat, IndexFlatCosine, IndexFlatIP, IndexFlatL2
 from .knn import knn
+from .splat import energy, splat_topk
+from .store import SearchResult, SplatStore
+from .synthetic import synthetic
 from .tensor import DeviceArray, tensor
 
 __version__ = "0.1.0"
 
 __all__ = [
     "knn",
+    "splat_topk",
+    "energy",
+    "synthetic",
+    "SplatStore",
+    "SearchResult",
     "IndexFlat",
     "IndexFlatL2",
     "IndexFlatIP",
@@ -37,6 +46,7 @@ __all__ = [
     "InvalidInputError",
     "UnknownBackendError",
     "UnknownMetricError",
+    "UnknownIdError",
     "__version__",
 ]
 

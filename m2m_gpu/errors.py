@@ -23,3 +23,10 @@ class UnknownMetricError(InvalidInputError):
 
 class DeviceMemoryError(M2MError, MemoryError):
     """A device allocation failed; the message states the size asked for."""
+
+
+class UnknownIdError(InvalidInputError, KeyError):
+    """An external id that the store does not hold (feedback by id, for example)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

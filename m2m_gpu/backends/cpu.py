@@ -439,18 +439,18 @@ class CpuBackend(Backend):
         params[:, PARAM_TICK] = now
 
     def philox(self, row0, rows, d, seed, stream, *, normal=True, centers=None, spread=1.0):
-        from .. import synthetic as syn
+        from ..synthetic import assignments, normals, words
 
         out = np.empty((rows, d), dtype=np.float32 if normal else np.uint32)
 
         def job(s: int) -> None:
             r = min(PHILOX_ROWS, rows - s)
             if not normal:
-                out[s : s + r] = syn.words(row0 + s, r, d, seed, stream)
+                out[s : s + r] = words(row0 + s, r, d, seed, stream)
                 return
-            z = syn.normals(row0 + s, r, d, seed, stream).astype(np.float32)
+            z = normals(row0 + s, r, d, seed, stream).astype(np.float32)
             if centers is not None:
-                c = syn.assignments(row0 + s, r, seed, stream, centers.shape[0])
+                c = assignments(row0 + s, r, seed, stream, centers.shape[0])
                 z *= np.float32(spread)
                 z += centers[c]
             out[s : s + r] = z

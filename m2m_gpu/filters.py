@@ -1,0 +1,172 @@
+"""Metadata filters for :meth:`m2m_gpu.SplatStore.search`, evaluated column-wise.
+
+A filter is a dict in the style of MongoDB / Chroma / LangChain filters::
+
+    {"lang": "en"}                                   # equality
+    {"year": {"$gte": 2020, "$lt": 2025}}            # ranges: $gt $gte $lt $lte
+    {"tag": {"$in": ["a", "b"]}, "draft": {"$ne": True}}   # $in $nin $eq $ne
+    {"$or": [{"lang": "en"}, {"lang": "de"}]}        # $and $or $not
+    {"lang": "en", "year": {"$gte": 2020}}           # several keys: all must hold
+
+A key missing from a splat's metadata matches only ``$ne`` and ``$nin``. Range operators
+compare numbers with numbers and strings with strings; other values do not match.
+
+The store keeps one column (an object array over its slots) per metadata key that a filter
+has used, updated as splats are added or replaced, so a filtered search costs vectorised
+comparisons over columns, not a Python loop over splats.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+MISSING = object()  # a key that a splat's metadata does not have
+RANGE_OPS = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}
+SET_OPS = ("$in", "$nin")
+EQ_OPS = ("$eq", "$ne")
+
+
+def check(filt: Any) -> None:
+    """Raise :class:`InvalidInputError` for a malformed filter (before anything runs)."""
+    if not isinstance(filt, dict):
+        raise InvalidInputError(f"a filter must be a dict, got {type(filt).__name__}")
+    for key, cond in filt.items():
+        if key in ("$and", "$or"):
+            if not isinstance(cond, (list, tuple)) or not cond:
+                raise InvalidInputError(f"{key} takes a non-empty list of filters")
+            for sub in cond:
+                check(sub)
+        elif key == "$not":
+            check(cond)
+        elif isinstance(key, str) and key.startswith("$"):
+            raise InvalidInputError(f"unknown filter operator {key!r}")
+        elif isinstance(cond, dict):
+            for op, val in cond.items():
+                if op in SET_OPS:
+                    if not isinstance(val, (list, tuple, set, frozenset)):
+                        raise InvalidInputError(f"{op} takes a list, got {val!r}")
+                elif op not in RANGE_OPS and op not in EQ_OPS:
+                    raise InvalidInputError(f"unknown filter operator {op!r} on {key!r}")
+
+
+K_MISSING, K_BOOL, K_NUMBER, K_STR, K_OTHER = 0, 1, 2, 3, 4
+
+
+def _typed(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(object values, kind codes, float64 numbers with NaN elsewhere) for a list of values."""
+    n = len(values)
+    obj = np.empty(n, dtype=object)
+    obj[:] = values
+    kind = np.empty(n, dtype=np.int8)
+    num = np.full(n, np.nan)
+    for i, v in enumerate(values):  # runs once per value stored, never per search
+        if v is MISSING:
+            kind[i] = K_MISSING
+        elif isinstance(v, bool):
+            kind[i] = K_BOOL
+        elif isinstance(v, numbers.Real):
+            kind[i] = K_NUMBER
+            num[i] = float(v)
+        elif isinstance(v, str):
+            kind[i] = K_STR
+        else:
+            kind[i] = K_OTHER
+    return obj, kind, num
+
+
+class Columns:
+    """Typed columns over a store's slots, one per metadata key that a filter has used:
+    the values, a kind code per slot and the numbers as float64. Built once per key and
+    then updated as splats are added, replaced or compacted."""
+
+    def __init__(self) -> None:
+        self.cols: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def column(self, key: str, metadata: list[dict]):
+        col = self.cols.get(key)
+        if col is None or col[0].shape[0] != len(metadata):
+            col = self.cols[key] = _typed(
+                [m.get(key, MISSING) if m is not None else MISSING for m in metadata])
+        return col
+
+    def on_set(self, slots: np.ndarray, records: list[dict], total: int) -> None:
+        """Slots (new or replaced) now hold ``records``; ``total`` is the new slot count."""
+        for key, col in list(self.cols.items()):
+            have = col[0].shape[0]
+            if have < total:
+                extra = _typed([MISSING] * (total - have))
+                col = tuple(np.concatenate([a, b]) for a, b in zip(col, extra, strict=True))
+            new = _typed([r.get(key, MISSING) for r in records])
+            for a, b in zip(col, new, strict=True):
+                a[slots] = b
+            self.cols[key] = col
+
+    def on_keep(self, keep: np.ndarray) -> None:
+        for key, col in list(self.cols.items()):
+            self.cols[key] = tuple(a[keep] for a in col)
+
+    def clear(self) -> None:
+        self.cols.clear()
+
+
+def evaluate(filt: dict, metadata: list[dict], columns: Columns) -> np.ndarray:
+    """Boolean mask over slots."""
+    n = len(metadata)
+    mask = np.ones(n, dtype=bool)
+    for key, cond in filt.items():
+        if key == "$and":
+            for sub in cond:
+                mask &= evaluate(sub, metadata, columns)
+        elif key == "$or":
+            anyof = np.zeros(n, dtype=bool)
+            for sub in cond:
+                anyof |= evaluate(sub, metadata, columns)
+            mask &= anyof
+        elif key == "$not":
+            mask &= ~evaluate(cond, metadata, columns)
+        else:
+            col = columns.column(key, metadata)
+            ops = cond if isinstance(cond, dict) else {"$eq": cond}
+            for op, val in ops.items():
+                mask &= _apply(col, op, val)
+    return mask
+
+
+def _equal(col, val: Any) -> np.ndarray:
+    obj, kind, num = col
+    if isinstance(val, bool):
+        return (kind == K_BOOL) & np.asarray(obj == val, dtype=bool)
+    if isinstance(val, numbers.Real):
+        return (kind == K_NUMBER) & (num == float(val))
+    if isinstance(val, str):
+        return (kind == K_STR) & np.asarray(obj == val, dtype=bool)
+    return (kind == K_OTHER) & np.asarray(obj == val, dtype=bool)
+
+
+def _apply(col, op: str, val: Any) -> np.ndarray:
+    obj, kind, num = col
+    if op == "$eq":
+        return _equal(col, val)
+    if op == "$ne":
+        return ~_equal(col, val)
+    if op in SET_OPS:
+        hit = np.zeros(obj.shape[0], dtype=bool)
+        for v in val:
+            hit |= _equal(col, v)
+        return hit if op == "$in" else ~hit
+    cmp = RANGE_OPS[op]  # ranges: numbers with numbers, strings with strings
+    if isinstance(val, numbers.Real) and not isinstance(val, bool):
+        with np.errstate(invalid="ignore"):
+            return cmp(num, float(val)) & (kind == K_NUMBER)
+    if isinstance(val, str):
+        out = np.zeros(obj.shape[0], dtype=bool)
+        idx = np.flatnonzero(kind == K_STR)
+        if idx.size:
+            out[idx] = cmp(obj[idx].astype(str), val)
+        return out
+    raise InvalidInputError(f"{op} needs a number or a string, got {val!r}")

@@ -1,0 +1,728 @@
+"""``SplatStore``: ids, metadata, feedback, decay and consolidation over the splat kernels.
+
+Layout. Splats occupy *slots*: rows of two device matrices on the store's backend, ``mu``
+(float32[slots, d]) and ``params`` (float32[slots, 4]: alpha, kappa, last_tick, -), plus
+``||mu||^2`` on the cpu backend (its kernels use the fast form). Ids, metadata and counters
+live on the host. Deleting a splat sets its alpha to 0 on the device (every kernel then
+ignores the row) and frees the slot; slots are compacted in one pass when more than a
+quarter of them are free. All heavy work (ranking, energy, feedback, decay, finding
+near-duplicates) runs in the backend's kernels; the host does bookkeeping proportional to
+the ids a call names.
+
+Validation happens before the first change: a call that raises leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import filters as _filters
+from .backends import Backend, get_backend
+from .backends.base import (
+    MODE_DISTANCE,
+    MODE_SPLAT,
+    PARAM_ALPHA,
+    PARAM_KAPPA,
+    PARAM_TICK,
+    PARAM_WIDTH,
+    HebbianPlan,
+    HebbianRates,
+)
+from .errors import InvalidInputError, UnknownIdError, UnknownMetricError
+from .knn import check_k, prepare
+from .tensor import array_module, to_native
+
+log = logging.getLogger("m2m_gpu")
+
+SPLAT_METRICS = ("cosine", "l2")
+COMPACT_MIN_FREE = 1024  # compact when more than this many slots and a quarter are free
+MERGE_ROUNDS_MAX = 64
+
+
+class Hit(NamedTuple):
+    id: Any
+    score: float  # alpha * exp(-kappa d2)
+    log_score: float  # log(alpha) - kappa d2, the ranking key of rank="splat"
+    distance: float  # d2 (squared L2; 2 - 2 cos under cosine)
+    metadata: dict
+
+
+@dataclass
+class SearchResult:
+    """Results of :meth:`SplatStore.search`: row q holds query q's hits, best first.
+
+    ``ids`` and ``metadata`` are lists of lists; ``scores``, ``log_scores`` and
+    ``distances`` are float32 arrays of shape (queries, hits). Every query gets
+    ``min(k, matching splats)`` hits. ``result[q]`` is a list of :class:`Hit`.
+    """
+
+    ids: list[list[Any]]
+    scores: np.ndarray
+    log_scores: np.ndarray
+    distances: np.ndarray
+    metadata: list[list[dict]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, q: int) -> list[Hit]:
+        return [Hit(i, float(s), float(ls), float(dd), m) for i, s, ls, dd, m in zip(
+            self.ids[q], self.scores[q], self.log_scores[q], self.distances[q],
+            self.metadata[q], strict=True)]
+
+    def __iter__(self):
+        return (self[q] for q in range(len(self)))
+
+
+@dataclass
+class EnergyResult:
+    """``energy[q] = -log sum_i alpha_i exp(-kappa_i d2)`` (+inf for an empty store) and
+    ``confidence = sigmoid(-energy) = mass / (1 + mass)``, where ``mass = exp(-energy)`` is
+    the total score the store gives the query: 0.5 at the centre of a lone unit splat,
+    towards 1 where memories agree, towards 0 far from every memory."""
+
+    energy: np.ndarray
+    confidence: np.ndarray
+    gradient: np.ndarray | None = None
+
+
+@dataclass
+class ConsolidationReport:
+    pruned: list[Any] = field(default_factory=list)  # ids removed for alpha < alpha_prune
+    merged: list[tuple[Any, Any]] = field(default_factory=list)  # (absorbed id, survivor id)
+    rounds: int = 0
+    before: int = 0
+    after: int = 0
+    reason: str = "manual"
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """The store options of SPEC sections 1-2, with their defaults."""
+
+    kappa0: float = 10.0
+    lr_alpha: float = 0.1
+    lr_kappa: float = 0.5
+    lr_mu: float = 0.01
+    alpha_min: float = 0.01
+    alpha_max: float = 10.0
+    kappa_min: float = 0.5
+    kappa_max: float = 100.0
+    eps: float = 1e-6  # in kappa += lr_kappa / (d2 + eps)
+    half_life: float = 30 * 86400.0  # decay half-life, in the units of `now` (30 days in s)
+    alpha_prune: float = 0.01
+    merge_radius: float = 0.0  # 0 disables merging; pairs with d2 < merge_radius^2 merge
+    capacity: int | None = None  # auto-consolidate when the store grows past this
+    prune_share: float = 0.25  # auto-consolidate when this share of alpha is under prune
+    auto_consolidate: bool = True
+    clock: float = 0.0  # the store's time origin; `now` values are relative to it
+
+    def check(self) -> None:
+        pos = ("kappa0", "alpha_min", "alpha_max", "kappa_min", "kappa_max", "eps", "half_life")
+        for name in pos:
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Real) or not v > 0 or not math.isfinite(v) and \
+                    name != "half_life":
+                raise InvalidInputError(f"option {name} must be a positive number, got {v!r}")
+        for name in ("lr_alpha", "lr_kappa", "lr_mu", "alpha_prune", "merge_radius",
+                     "prune_share"):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Real) or not v >= 0 or not math.isfinite(v):
+                raise InvalidInputError(f"option {name} must be a number >= 0, got {v!r}")
+        if self.lr_alpha >= 1:
+            raise InvalidInputError("option lr_alpha must be < 1 (alpha *= 1 - lr_alpha)")
+        if self.alpha_min > self.alpha_max or self.kappa_min > self.kappa_max:
+            raise InvalidInputError("clip ranges need alpha_min <= alpha_max and "
+                                    "kappa_min <= kappa_max")
+        if self.capacity is not None and (not isinstance(self.capacity, int)
+                                          or self.capacity < 1):
+            raise InvalidInputError(f"option capacity must be None or an int >= 1, "
+                                    f"got {self.capacity!r}")
+
+    def rates(self, renormalize: bool) -> HebbianRates:
+        return HebbianRates(self.lr_alpha, self.lr_kappa, self.lr_mu, self.alpha_min,
+                            self.alpha_max, self.kappa_min, self.kappa_max, self.eps,
+                            renormalize)
+
+
+class SplatStore:
+    """A store of splats on one backend (SPEC sections 1-2).
+
+    ``SplatStore(dim, metric="cosine", backend=None, **options)``; ``metric`` is
+    ``"cosine"`` (vectors and queries are normalised on the way in) or ``"l2"``. Options and
+    defaults are those of :class:`StoreOptions`. Ids are ints or strings.
+    """
+
+    def __init__(self, dim: int, metric: str = "cosine", backend: str | Backend | None = None,
+                 **options: Any) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise InvalidInputError(f"dim must be a positive integer, got {dim!r}")
+        name = metric.lower() if isinstance(metric, str) else metric
+        if name not in SPLAT_METRICS:
+            hint = " (splat scores need a distance; use IndexFlatIP for inner product)" \
+                if name == "ip" else ""
+            raise UnknownMetricError(f"unknown splat metric {metric!r}; expected one of "
+                                     f"{SPLAT_METRICS}{hint}")
+        unknown = set(options) - set(StoreOptions.__dataclass_fields__)
+        if unknown:
+            raise InvalidInputError(f"unknown store options {sorted(unknown)}; known: "
+                                    f"{sorted(StoreOptions.__dataclass_fields__)}")
+        self.options = StoreOptions(**options)
+        self.options.check()
+        self.dim = int(dim)
+        self.metric = name
+        self.backend = get_backend(backend)
+        self._rates = self.options.rates(renormalize=name == "cosine")
+        self._lam = math.log(2.0) / self.options.half_life
+        self.clock = float(self.options.clock)
+        self._reset()
+
+    # ---- storage ------------------------------------------------------------------------
+    def _reset(self) -> None:
+        be = self.backend
+        self._mu = be.row_store(self.dim)
+        kw = {"like": self._mu} if be.name == "vulkan" else {}
+        self._params = be.row_store(PARAM_WIDTH, **kw)
+        self._sq = be.row_store(1) if be.uses_sqnorms else None
+        self._ids: list[Any] = []  # per slot: external id, or None when free
+        self._meta: list[dict | None] = []
+        self._live = np.zeros(0, dtype=bool)
+        self._dirty = np.zeros(0, dtype=bool)  # added or moved since the last merge pass
+        self._hits = np.zeros(0, dtype=np.int64)
+        self._slot: dict[Any, int] = {}
+        self._alias: dict[Any, Any] = {}  # merged id -> survivor id
+        self._next_id = 0
+        self._columns = _filters.Columns()
+
+    @property
+    def slots(self) -> int:
+        return len(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+    def __contains__(self, id_: Any) -> bool:
+        try:
+            return self._resolve(id_) in self._slot
+        except InvalidInputError:
+            return False
+
+    def __repr__(self) -> str:
+        return (f"SplatStore(dim={self.dim}, metric={self.metric!r}, size={len(self)}, "
+                f"backend={self.backend.name!r})")
+
+    def _stage_rows(self, staged):
+        """Validated rows in the form the backend's row stores take."""
+        if array_module(staged) is np or self.backend.name == "cuda":
+            return staged
+        return to_native(get_backend("cpu"), staged)
+
+    def _resolve(self, id_: Any) -> Any:
+        key = _check_id(id_)
+        return self._alias.get(key, key)
+
+    # ---- add / get / delete -------------------------------------------------------------
+    def add(self, vectors: Any, ids: Any = None, metadata: Any = None) -> list[Any]:
+        """Insert or replace (upsert) splats; returns their ids.
+
+        ``ids``: one int or str per vector (an id already stored is replaced: new vector,
+        alpha 1, kappa ``kappa0``, new metadata), or None to generate int ids.
+        ``metadata``: one JSON-serialisable dict per vector, one dict for all, or None.
+        """
+        x, sq, _ = prepare(_as_matrix(vectors), "vectors", self.metric, dim=self.dim)
+        n = x.shape[0]
+        keys = self._new_ids(n) if ids is None else _check_ids(ids, n)
+        meta = _check_metadata(metadata, n)
+        if n == 0:
+            return []
+        be = self.backend
+        existing = np.array([self._slot.get(k, -1) for k in keys], dtype=np.int64)
+        old = np.flatnonzero(existing >= 0)
+        new = np.flatnonzero(existing < 0)
+        params = np.zeros((n, PARAM_WIDTH), dtype=np.float32)
+        params[:, PARAM_ALPHA] = 1.0
+        params[:, PARAM_KAPPA] = self.options.kappa0
+        params[:, PARAM_TICK] = self.clock - self.options.clock
+        x_rows = self._stage_rows(x)
+        sq_rows = self._stage_rows(sq.reshape(-1, 1)) if self._sq is not None else None
+        host = lambda a: a if isinstance(a, np.ndarray) else a.get()  # noqa: E731
+        if old.size:  # replace in place
+            slots = existing[old]
+            be.scatter_rows(self._mu.view(), slots, host(x_rows)[old])
+            be.scatter_rows(self._params.view(), slots, params[old])
+            if self._sq is not None:
+                be.scatter_rows(self._sq.view(), slots, host(sq_rows)[old])
+        first = self.slots
+        if new.size:
+            take = new if new.size < n else slice(None)
+            self._mu.append(x_rows[take])
+            self._params.append(self._param_rows(params[take]))
+            if self._sq is not None:
+                self._sq.append(sq_rows[take])
+        # host bookkeeping, after the device work succeeded
+        for j, i in enumerate(new):
+            self._ids.append(keys[i])
+            self._meta.append(meta[i])
+            self._slot[keys[i]] = first + j
+        for i in old:
+            self._meta[existing[i]] = meta[i]
+        for k in keys:
+            self._alias.pop(k, None)  # re-adding a merged id gives it its own splat again
+        grow = lambda a, v: np.concatenate([a, np.full(new.size, v, a.dtype)])  # noqa: E731
+        self._live, self._dirty, self._hits = (grow(self._live, True), grow(self._dirty, True),
+                                               grow(self._hits, 0))
+        if old.size:
+            self._dirty[existing[old]] = True
+            self._hits[existing[old]] = 0
+        set_slots = np.concatenate([existing[old], first + np.arange(new.size)])
+        self._columns.on_set(set_slots, [meta[i] for i in old] + [meta[i] for i in new],
+                             self.slots)
+        cap = self.options.capacity
+        if self.options.auto_consolidate and cap is not None and len(self) > cap:
+            self.consolidate(reason=f"size {len(self)} passed capacity {cap}")
+        return list(keys)
+
+    def _param_rows(self, params: np.ndarray):
+        return self.backend.from_host(params) if self.backend.name == "cuda" else params
+
+    def _new_ids(self, n: int) -> list[int]:
+        out = []
+        while len(out) < n:
+            if self._next_id not in self._slot and self._next_id not in self._alias:
+                out.append(self._next_id)
+            self._next_id += 1
+        return out
+
+    def get(self, ids: Any) -> list[dict | None]:
+        """Records ``{"id", "vector", "alpha", "kappa", "metadata", "hits"}`` for each id
+        (a merged id gives its survivor's record); None for an id the store does not hold."""
+        keys = [ids] if _is_single_id(ids) else list(ids)
+        resolved = [self._resolve(k) for k in keys]
+        slots = np.array([self._slot.get(k, -1) for k in resolved], dtype=np.int64)
+        found = np.flatnonzero(slots >= 0)
+        out: list[dict | None] = [None] * len(keys)
+        if found.size:
+            vec = self.backend.gather_rows(self._mu.view(), slots[found])
+            par = self.backend.gather_rows(self._params.view(), slots[found])
+            for j, i in enumerate(found):
+                s = int(slots[i])
+                out[i] = {"id": self._ids[s], "vector": np.asarray(vec[j], np.float32),
+                          "alpha": float(par[j, PARAM_ALPHA]),
+                          "kappa": float(par[j, PARAM_KAPPA]),
+                          "metadata": dict(self._meta[s]), "hits": int(self._hits[s])}
+        return out
+
+    def delete(self, ids: Any) -> int:
+        """Remove splats by id (missing ids are ignored); returns how many were removed.
+        Deleting a merged id removes only that alias; deleting a survivor removes the
+        splat and every id that resolves to it."""
+        keys = [ids] if _is_single_id(ids) else list(ids)
+        checked = [_check_id(k) for k in keys]
+        slots = []
+        for k in checked:
+            if k in self._alias:
+                del self._alias[k]
+            elif k in self._slot:
+                slots.append(self._slot[k])
+        slots = np.unique(np.array(slots, dtype=np.int64))
+        if slots.size:
+            self._free(slots)
+        return int(slots.size)
+
+    def _free(self, slots: np.ndarray) -> None:
+        zero = np.zeros((slots.size, PARAM_WIDTH), dtype=np.float32)
+        self.backend.scatter_rows(self._params.view(), slots, zero)  # alpha 0: ignored
+        gone = {self._ids[s] for s in slots}
+        for s in slots:
+            del self._slot[self._ids[s]]
+            self._ids[s] = None
+            self._meta[s] = None
+        for a in [a for a, t in self._alias.items() if t in gone]:
+            del self._alias[a]
+        self._live[slots] = False
+        self._dirty[slots] = False
+        free = self.slots - len(self)
+        if free > COMPACT_MIN_FREE and free * 4 > self.slots:
+            self.compact()
+
+    def compact(self) -> None:
+        """Drop free slots from the device matrices (one pass; runs by itself when more
+        than a quarter of the slots are free)."""
+        keep = np.flatnonzero(self._live)
+        if keep.size == self.slots:
+            return
+        idx = self.backend.from_host(keep) if self.backend.name == "cuda" else keep
+        self._mu.keep(idx)
+        self._params.keep(idx)
+        if self._sq is not None:
+            self._sq.keep(idx)
+        self._ids = [self._ids[s] for s in keep]
+        self._meta = [self._meta[s] for s in keep]
+        self._live, self._dirty, self._hits = (self._live[keep], self._dirty[keep],
+                                               self._hits[keep])
+        self._slot = {k: i for i, k in enumerate(self._ids)}
+        self._columns.on_keep(keep)
+
+    # ---- search and energy --------------------------------------------------------------
+    def _queries(self, queries: Any):
+        q, _, _ = prepare(_as_matrix(queries), "queries", self.metric, dim=self.dim)
+        return q
+
+    def _sq_view(self):
+        return self._sq.view()[:, 0] if self._sq is not None else None
+
+    def search(self, queries: Any, k: int = 10, filter: dict | None = None,
+               rank: str = "splat") -> SearchResult:
+        """The ``k`` best splats for each query row (a 1-D vector is one query).
+
+        ``rank="splat"`` orders by ``score = alpha exp(-kappa d2)``; ``rank="distance"`` by
+        ``d2`` alone. ``filter`` (see :mod:`m2m_gpu.filters`) is applied before the top-k,
+        so each query gets ``min(k, matching splats)`` hits.
+        """
+        k = check_k(k)
+        if rank not in ("splat", "distance"):
+            raise InvalidInputError(f"rank must be 'splat' or 'distance', got {rank!r}")
+        if filter is not None:
+            _filters.check(filter)
+        q = self._queries(queries)
+        mask = self._live if filter is None else \
+            self._live & _filters.evaluate(filter, self._meta, self._columns)
+        matches = int(mask.sum())
+        m, kk = q.shape[0], min(k, matches)
+        if m == 0 or kk == 0:
+            z = np.zeros((m, 0), dtype=np.float32)
+            return SearchResult([[] for _ in range(m)], z, z.copy(), z.copy(),
+                                [[] for _ in range(m)])
+        be = self.backend
+        params = self._params.view() if filter is None else self._masked_params(mask)
+        mode = MODE_SPLAT if rank == "splat" else MODE_DISTANCE
+        keys, slots, d2 = (np.asarray(be.to_host(a)) for a in be.splat_topk(
+            to_native(be, q), self._mu.view(), params, kk, mode, sqnorms=self._sq_view()))
+        if mode == MODE_SPLAT:
+            log_scores = -keys
+        else:
+            uniq, inv = np.unique(slots, return_inverse=True)
+            p = be.gather_rows(self._params.view(), uniq)[inv.reshape(slots.shape)]
+            with np.errstate(divide="ignore"):
+                log_scores = (np.log(p[..., PARAM_ALPHA]) - p[..., PARAM_KAPPA] * d2)
+        log_scores = log_scores.astype(np.float32)
+        ids = [[self._ids[s] for s in row] for row in slots.tolist()]
+        meta = [[dict(self._meta[s]) for s in row] for row in slots.tolist()]
+        return SearchResult(ids, np.exp(log_scores), log_scores, d2.astype(np.float32), meta)
+
+    def _masked_params(self, mask: np.ndarray):
+        """A copy of params with alpha = 0 outside ``mask`` (O(slots) on the device)."""
+        be = self.backend
+        view = self._params.view()
+        if be.name == "cpu":
+            out = view.copy()
+            out[~mask, PARAM_ALPHA] = 0.0
+            return out
+        if be.name == "cuda":
+            out = view.copy()
+            out[be.from_host(~mask), PARAM_ALPHA] = 0.0
+            return out
+        host = np.array(be.to_host(view))
+        host[~mask, PARAM_ALPHA] = 0.0
+        return be.from_host(host, chunk_rows=self._mu.chunk_rows)
+
+    def energy(self, queries: Any, grad: bool = False) -> EnergyResult:
+        """Energy of each query under the whole store (fused; O(queries + splats) memory),
+        its confidence, and with ``grad=True`` ``dE/dx`` (for cosine, with respect to the
+        normalised query)."""
+        q = self._queries(queries)
+        m = q.shape[0]
+        if m == 0 or len(self) == 0:
+            E = np.full(m, np.inf, dtype=np.float32)
+            G = np.zeros((m, self.dim), dtype=np.float32) if grad else None
+        else:
+            be = self.backend
+            out = be.energy(to_native(be, q), self._mu.view(), self._params.view(), grad=grad,
+                            sqnorms=self._sq_view())
+            E, G = (out if grad else (out, None))
+            E = np.asarray(be.to_host(E), dtype=np.float32)
+            G = np.asarray(be.to_host(G), dtype=np.float32) if grad else None
+        with np.errstate(over="ignore"):
+            conf = (1.0 / (1.0 + np.exp(E.astype(np.float64)))).astype(np.float32)
+        return EnergyResult(E, conf, G)
+
+    # ---- learning -----------------------------------------------------------------------
+    def feedback(self, queries: Any, relevant: Any = None, irrelevant: Any = None) -> int:
+        """Hebbian feedback by external id (SPEC section 2); returns the events applied.
+
+        One event: a 1-D query with lists of ids. A batch: a 2-D array of queries with one
+        list of relevant and one of irrelevant ids per row, applied in row order (the
+        result is that of applying them one by one). An unknown id, or an id both relevant
+        and irrelevant in one event, raises before anything changes.
+        """
+        q_in = _as_matrix(queries)
+        single = np.ndim(queries) == 1 if not hasattr(queries, "ndim") else queries.ndim == 1
+        q = self._queries(q_in)
+        m = q.shape[0]
+        rel = _per_event(relevant, m, single, "relevant")
+        irr = _per_event(irrelevant, m, single, "irrelevant")
+        ev_q, ev_rows, ev_sign = [], [], []
+        for e in range(m):
+            r_slots = self._slots_for(rel[e])
+            i_slots = self._slots_for(irr[e])
+            both = set(r_slots) & set(i_slots)
+            if both:
+                raise InvalidInputError(f"event {e}: ids {self._ids_of(both)} are both "
+                                        "relevant and irrelevant")
+            for s in r_slots:
+                ev_q.append(e), ev_rows.append(s), ev_sign.append(1)
+            for s in i_slots:
+                ev_q.append(e), ev_rows.append(s), ev_sign.append(-1)
+        if not ev_rows:
+            return 0
+        plan = HebbianPlan.build(np.array(ev_q), np.array(ev_rows), np.array(ev_sign))
+        be = self.backend
+        be.hebbian(self._mu.view(), self._params.view(), to_native(be, q), plan, self._rates)
+        moved = np.unique(np.array(ev_rows)[np.array(ev_sign) > 0])
+        if moved.size:
+            np.add.at(self._hits, np.array(ev_rows)[np.array(ev_sign) > 0], 1)
+            self._dirty[moved] = True
+            if self._sq is not None:  # cpu: keep ||mu||^2 in step with the moved rows
+                rows = be.gather_rows(self._mu.view(), moved)
+                be.scatter_rows(self._sq.view(), moved,
+                                np.einsum("ij,ij->i", rows, rows).reshape(-1, 1))
+        touched = np.unique(plan.rows)
+        alpha = be.gather_rows(self._params.view(), touched)[:, PARAM_ALPHA]
+        if self.options.auto_consolidate and (alpha < self.options.alpha_prune).any():
+            self._maybe_consolidate_for_alpha()
+        return m
+
+    def _slots_for(self, ids: list) -> list[int]:
+        out = []
+        for k in ids:
+            key = self._resolve(k)
+            s = self._slot.get(key)
+            if s is None:
+                raise UnknownIdError(f"unknown id {k!r}: the store holds no such splat")
+            out.append(s)
+        return list(dict.fromkeys(out))  # an id named twice in one event counts once
+
+    def _ids_of(self, slots) -> list:
+        return sorted((self._ids[s] for s in slots), key=repr)
+
+    def _advance(self, now: float) -> None:
+        if not isinstance(now, numbers.Real) or not math.isfinite(now):
+            raise InvalidInputError(f"now must be a finite number, got {now!r}")
+        if now < self.clock:
+            raise InvalidInputError(f"now={now} is before the store's clock {self.clock}; "
+                                    "time only moves forward")
+
+    def decay(self, now: float) -> None:
+        """``alpha *= exp(-ln2 / half_life * (now - last_tick))`` for every splat; time is
+        the caller's (seconds, ticks, ...: the unit of ``half_life``)."""
+        self._advance(now)
+        if self.slots:
+            self.backend.decay(self._params.view(), float(now) - self.options.clock, self._lam)
+        self.clock = float(now)
+        if self.options.auto_consolidate:
+            self._maybe_consolidate_for_alpha()
+
+    def _alpha(self) -> np.ndarray:
+        return np.asarray(self.backend.to_host(self._params.view()))[:, PARAM_ALPHA]
+
+    def _maybe_consolidate_for_alpha(self) -> None:
+        alpha = self._alpha()[self._live]
+        total = float(alpha.sum())
+        low = float(alpha[alpha < self.options.alpha_prune].sum())
+        if total > 0 and low > self.options.prune_share * total:
+            self.consolidate(reason=f"{low / total:.0%} of total alpha is under alpha_prune")
+
+    def consolidate(self, reason: str = "manual") -> ConsolidationReport:
+        """Prune splats with ``alpha < alpha_prune``, then merge pairs closer than
+        ``merge_radius`` (mutually nearest pairs, found with the k-NN kernel, in rounds
+        until none is left); merged ids resolve to the survivor."""
+        report = ConsolidationReport(before=len(self), reason=reason)
+        alpha = self._alpha()
+        prune = np.flatnonzero(self._live & (alpha < self.options.alpha_prune))
+        if prune.size:
+            report.pruned = [self._ids[s] for s in prune]
+            self._free(prune)
+        if self.options.merge_radius > 0:
+            self._merge(report)
+        self._dirty[:] = False
+        report.after = len(self)
+        log.info("consolidate (%s): pruned %d, merged %d, %d -> %d splats", reason,
+                 len(report.pruned), len(report.merged), report.before, report.after)
+        return report
+
+    def _merge(self, report: ConsolidationReport) -> None:
+        be = self.backend
+        r2 = np.float32(self.options.merge_radius) ** 2
+        for _ in range(MERGE_ROUNDS_MAX):
+            cand = np.flatnonzero(self._dirty & self._live)
+            if cand.size == 0 or len(self) < 2:
+                return
+            qrows = be.gather_rows(self._mu.view(), cand)
+            kk = min(3, len(self))
+            _, nb, d2 = (np.asarray(be.to_host(a)) for a in be.splat_topk(
+                be.from_host(np.ascontiguousarray(qrows)), self._mu.view(),
+                self._params.view(), kk, MODE_DISTANCE, sqnorms=self._sq_view()))
+            other = nb != cand[:, None]
+            first = np.argmax(other, axis=1)  # nearest neighbour that is not the row itself
+            j = nb[np.arange(cand.size), first]
+            dj = d2[np.arange(cand.size), first]
+            ok = other.any(axis=1) & (dj < r2) & (j >= 0)
+            a, b, dist = cand[ok], j[ok], dj[ok]
+            self._dirty[cand[~ok]] = False
+            if a.size == 0:
+                return
+            lo, hi = np.minimum(a, b), np.maximum(a, b)
+            pairs, idx = np.unique(np.stack([lo, hi], 1), axis=0, return_index=True)
+            dist = dist[idx]
+            # accept a pair when it is the closest candidate pair of both its ends
+            best = np.full(self.slots, np.inf)
+            np.minimum.at(best, pairs[:, 0], dist)
+            np.minimum.at(best, pairs[:, 1], dist)
+            take = (best[pairs[:, 0]] == dist) & (best[pairs[:, 1]] == dist)
+            pairs = pairs[take]
+            used = np.zeros(self.slots, dtype=bool)  # exact ties: keep pairs disjoint
+            keep = []
+            for p, (s1, s2) in enumerate(pairs):  # over accepted pairs only, not splats
+                if not used[s1] and not used[s2]:
+                    used[s1] = used[s2] = True
+                    keep.append(p)
+            pairs = pairs[keep]
+            report.rounds += 1
+            self._merge_pairs(pairs, report)
+
+    def _merge_pairs(self, pairs: np.ndarray, report: ConsolidationReport) -> None:
+        be = self.backend
+        s1, s2 = pairs[:, 0], pairs[:, 1]
+        p1 = be.gather_rows(self._params.view(), s1)
+        p2 = be.gather_rows(self._params.view(), s2)
+        a1, a2 = p1[:, PARAM_ALPHA], p2[:, PARAM_ALPHA]
+        first_wins = a1 >= a2
+        surv = np.where(first_wins, s1, s2)
+        gone = np.where(first_wins, s2, s1)
+        m1 = be.gather_rows(self._mu.view(), s1).astype(np.float64)
+        m2 = be.gather_rows(self._mu.view(), s2).astype(np.float64)
+        w1, w2 = a1.astype(np.float64), a2.astype(np.float64)
+        mu = (w1[:, None] * m1 + w2[:, None] * m2) / (w1 + w2)[:, None]
+        if self.metric == "cosine":
+            mu /= np.linalg.norm(mu, axis=1, keepdims=True)
+        mu = mu.astype(np.float32)
+        params = np.where(first_wins[:, None], p1, p2).astype(np.float32)
+        params[:, PARAM_ALPHA] = a1 + a2
+        params[:, PARAM_KAPPA] = np.minimum(p1[:, PARAM_KAPPA], p2[:, PARAM_KAPPA])
+        be.scatter_rows(self._mu.view(), surv, mu)
+        be.scatter_rows(self._params.view(), surv, params)
+        if self._sq is not None:
+            be.scatter_rows(self._sq.view(), surv, np.einsum("ij,ij->i", mu, mu).reshape(-1, 1))
+        for g, s in zip(gone.tolist(), surv.tolist(), strict=True):
+            gid, sid = self._ids[g], self._ids[s]
+            report.merged.append((gid, sid))
+            for a in [a for a, t in self._alias.items() if t == gid]:
+                self._alias[a] = sid
+        self._hits[surv] += self._hits[gone]
+        self._dirty[surv] = True
+        gone_ids = [self._ids[g] for g in gone.tolist()]
+        surv_ids = [self._ids[s] for s in surv.tolist()]
+        self._free(np.sort(gone))  # may compact: slots change, ids do not
+        for gid, sid in zip(gone_ids, surv_ids, strict=True):
+            self._alias[gid] = sid
+
+    # ---- introspection ------------------------------------------------------------------
+    def stats(self) -> dict:
+        """Counts, alpha and kappa distributions, backend and bytes on the device."""
+        par = np.asarray(self.backend.to_host(self._params.view()))[self._live] \
+            if self.slots else np.zeros((0, PARAM_WIDTH), np.float32)
+
+        def dist(v: np.ndarray) -> dict:
+            if v.size == 0:
+                return {}
+            p = np.percentile(v, [0, 10, 50, 90, 100])
+            return {"min": float(p[0]), "p10": float(p[1]), "median": float(p[2]),
+                    "p90": float(p[3]), "max": float(p[4]), "mean": float(v.mean())}
+
+        nbytes = self._mu.nbytes + self._params.nbytes + (self._sq.nbytes if self._sq else 0)
+        return {
+            "count": len(self), "slots": self.slots, "free_slots": self.slots - len(self),
+            "aliases": len(self._alias), "dim": self.dim, "metric": self.metric,
+            "alpha": dist(par[:, PARAM_ALPHA]), "kappa": dist(par[:, PARAM_KAPPA]),
+            "alpha_total": float(par[:, PARAM_ALPHA].sum()) if par.size else 0.0,
+            "below_alpha_prune": int((par[:, PARAM_ALPHA] < self.options.alpha_prune).sum()),
+            "backend": self.backend.name, "device": self.backend.info.device,
+            "device_bytes": int(nbytes), "clock": self.clock,
+            "transfers": self.backend.transfers.snapshot(),
+        }
+
+
+# ---- argument checks ---------------------------------------------------------------------------
+def _as_matrix(obj: Any) -> Any:
+    """A 1-D vector becomes one row; anything else is passed on as it is."""
+    if hasattr(obj, "ndim") and obj.ndim == 1:
+        return obj.reshape(1, -1)
+    if isinstance(obj, (list, tuple)) and obj and isinstance(obj[0], numbers.Number):
+        return [list(obj)]
+    return obj
+
+
+def _check_id(id_: Any) -> Any:
+    if isinstance(id_, (bool, np.bool_)):
+        raise InvalidInputError(f"ids must be ints or strings, got {id_!r}")
+    if isinstance(id_, (int, np.integer)):
+        return int(id_)
+    if isinstance(id_, str):
+        return id_
+    raise InvalidInputError(f"ids must be ints or strings, got {type(id_).__name__} {id_!r}")
+
+
+def _is_single_id(obj: Any) -> bool:
+    return isinstance(obj, (int, np.integer, str)) and not isinstance(obj, bool)
+
+
+def _check_ids(ids: Any, n: int) -> list:
+    if _is_single_id(ids):
+        ids = [ids]
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    ids = [_check_id(i) for i in ids]
+    if len(ids) != n:
+        raise InvalidInputError(f"got {len(ids)} ids for {n} vectors")
+    if len(set(ids)) != len(ids):
+        raise InvalidInputError("ids repeat within one add(); each id may appear once")
+    return ids
+
+
+def _check_metadata(metadata: Any, n: int) -> list[dict]:
+    if metadata is None:
+        return [{} for _ in range(n)]
+    if isinstance(metadata, dict):
+        metadata = [metadata] * n
+    metadata = list(metadata)
+    if len(metadata) != n:
+        raise InvalidInputError(f"got {len(metadata)} metadata records for {n} vectors")
+    out = []
+    for i, m in enumerate(metadata):
+        if m is None:
+            m = {}
+        if not isinstance(m, dict):
+            raise InvalidInputError(f"metadata {i} must be a dict, got {type(m).__name__}")
+        try:
+            out.append(json.loads(json.dumps(m)))  # a deep copy, and JSON-safe
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"metadata {i} is not JSON-serialisable: {exc}") from exc
+    return out
+
+
+def _per_event(ids: Any, m: int, single: bool, what: str) -> list[list]:
+    if ids is None:
+        return [[] for _ in range(m)]
+    if single:
+        return [[ids] if _is_single_id(ids) else list(ids)]
+    ids = list(ids)
+    if len(ids) != m:
+        raise InvalidInputError(f"{what}: got {len(ids)} lists for {m} queries")
+    return [[x] if _is_single_id(x) else list(x) for x in ids]
