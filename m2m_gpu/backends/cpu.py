@@ -42,6 +42,7 @@ BATCH_TILE_BYTES = 1 << 20  # GEMM output tile of the batch path: stays in L2
 QUERY_CHUNK = 1024  # most queries per block in the batch path
 GATHER_BUDGET_BYTES = 64 << 20  # re-ranking gathers at most this many bytes of rows at once
 ENERGY_FIX_TERMS = 4  # energy: the largest terms per query are recomputed in the direct form
+MASKED_KEY = np.float32(1e30)  # key of rows with alpha = 0 while ranking
 PHILOX_ROWS = 8192  # rows per task when generating Philox data
 
 
@@ -252,13 +253,17 @@ class CpuBackend(Backend):
         if sqnorms is None:
             sqnorms = self.sqnorms(mu)
         alpha = params[:, PARAM_ALPHA]
+        live = alpha > 0
+        # Rows with alpha = 0 (masked, deleted) get a huge finite key rather than +inf, so
+        # that BLAS never multiplies inf by the zero padding of its tiles.
         if mode == MODE_SPLAT:
-            kap = np.ascontiguousarray(params[:, PARAM_KAPPA])
+            kap = np.where(live, params[:, PARAM_KAPPA], 0).astype(np.float32)
             with np.errstate(divide="ignore"):
-                bias = kap * sqnorms - np.log(alpha)
+                bias = np.where(live, kap * sqnorms - np.log(np.where(live, alpha, 1)),
+                                MASKED_KEY).astype(np.float32)
         else:
             kap = np.ones(mu.shape[0], dtype=np.float32)
-            bias = np.where(alpha > 0, sqnorms, np.float32(np.inf)).astype(np.float32)
+            bias = np.where(live, sqnorms, MASKED_KEY).astype(np.float32)
         return kap, bias
 
     def _splat_fill(self, queries, mu, kap, bias, a, b):
