@@ -421,13 +421,10 @@ class SplatStore:
         """A copy of params with alpha = 0 outside ``mask`` (O(slots) on the device)."""
         be = self.backend
         view = self._params.view()
-        if be.name == "cpu":
+        if be.name in ("cpu", "cuda"):
             out = view.copy()
-            out[~mask, PARAM_ALPHA] = 0.0
-            return out
-        if be.name == "cuda":
-            out = view.copy()
-            out[be.from_host(~mask), PARAM_ALPHA] = 0.0
+            keep = mask.astype(np.float32)
+            out[:, PARAM_ALPHA] *= keep if be.name == "cpu" else be.from_host(keep)
             return out
         host = np.array(be.to_host(view))
         host[~mask, PARAM_ALPHA] = 0.0

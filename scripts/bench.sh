@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Sets everything up (scripts/setup.sh) and runs the main job: the exact k-NN benchmark on
-# the best available backend (and every other one) against NumPy and FAISS, writing JSON
-# to bench/results/. Extra arguments go to bench/bench_knn.py (--help lists them).
+# Sets everything up (scripts/setup.sh) and runs the main job on the best available backend
+# (and every other one), each against baselines measured in the same run, writing JSON to
+# bench/results/:
+#   1. exact k-NN vs NumPy and FAISS (bench/bench_knn.py; extra arguments go to it)
+#   2. the splat kernels: fused energy vs NumPy, Hebbian events/s, splat_topk vs knn
+#      (bench/bench_splat.py; --quick is passed on)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$root/scripts/setup.sh"
 cd "$root"
-exec "${M2M_VENV:-$root/.venv}/bin/python" bench/bench_knn.py "$@"
+py="${M2M_VENV:-$root/.venv}/bin/python"
+quick=()
+for a in "$@"; do [[ $a == --quick ]] && quick=(--quick); done
+"$py" bench/bench_knn.py "$@"
+"$py" bench/bench_splat.py "${quick[@]}"
