@@ -171,3 +171,21 @@ def philox4x32(counters: np.ndarray, key: tuple[int, int], rounds: int = 10) -> 
         c = np.stack([((p1 >> np.uint64(32)) ^ c[1] ^ k0) & mask, p1 & mask,
                       ((p0 >> np.uint64(32)) ^ c[3] ^ k1) & mask, p0 & mask])
     return c.T.astype(np.uint32)
+
+
+# ---- k-means (SPEC section 2: assign / kmeans_update) ----------------------------------------
+def kmeans_assign(x, centroids):
+    """``(squared distance, index)`` of each row's nearest centroid (float64, direct form;
+    ties go to the lowest index)."""
+    full = pairwise(x, centroids, "l2")
+    idx = np.argmin(full, axis=1)
+    return full[np.arange(full.shape[0]), idx], idx
+
+
+def kmeans_update(x, assign, k):
+    """Per-centroid float64 sums of member rows and member counts."""
+    x = np.asarray(x, np.float64)
+    sums = np.zeros((k, x.shape[1]))
+    for i, c in enumerate(np.asarray(assign)):
+        sums[c] += x[i]
+    return sums, np.bincount(assign, minlength=k)

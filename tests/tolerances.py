@@ -10,6 +10,8 @@ Every backend computes in float32; the references compute in float64 with the di
 * energy: a float32 log-sum-exp over every splat; the cpu backend corrects its largest terms
   to the direct form; the gradient is a sum of n weighted vectors.
 * hebbian: float32 recurrences over up to thousands of sequential events per splat.
+* kmeans_sums: sums of up to thousands of rows; the GPU kernels add in float32 with Kahan
+  compensation, the cpu backend in float64.
 * philox_normal: Box-Muller goes through log/cos/sin, whose last bits differ by library
   (the raw Philox words are compared bit for bit, with no tolerance).
 """
@@ -29,6 +31,7 @@ _BASE = {
     "hebbian": (1e-5, 1e-5),
     "decay": (1e-6, 1e-7),
     "philox_normal": (1e-5, 1e-5),
+    "kmeans_sums": (1e-5, 1e-4),
 }
 
 TOLERANCES: dict[tuple[str, str], tuple[float, float]] = {

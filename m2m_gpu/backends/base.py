@@ -212,6 +212,12 @@ class Backend(ABC):
         (native float32[c, d]) as ``centers[assign(i)] + spread * z``."""
         raise NotImplementedError(f"{self.name} has no philox kernel")
 
+    def kmeans_sums(self, x, assign: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """k-means update: per-centroid sums of the rows of ``x`` (native float32[n, d])
+        assigned to each centroid (``assign``: host int64[n] in [0, k)), and the counts.
+        Returns host ``(float64[k, d], int64[k])``; deterministic (no float atomics)."""
+        raise NotImplementedError(f"{self.name} has no kmeans_sums kernel")
+
     def gather_rows(self, native, index: np.ndarray) -> np.ndarray:
         """Rows ``index`` of a native matrix, as a host array."""
         return np.asarray(self.to_host(native))[index]

@@ -466,6 +466,14 @@ class CpuBackend(Backend):
     def scatter_rows(self, native, index, values):
         native[index] = values
 
+    def kmeans_sums(self, x, assign, k):
+        d = x.shape[1]
+        sums = np.zeros((k, d))
+        step = max(1, (32 << 20) // max(1, 8 * d))  # float64 staging of at most 32 MB
+        for s in range(0, x.shape[0], step):
+            np.add.at(sums, assign[s : s + step], x[s : s + step].astype(np.float64))
+        return sums, np.bincount(assign, minlength=k).astype(np.int64)
+
 
 def _blocks(m: int, parts: int, max_rows: int) -> list[tuple[int, int]]:
     """Split m rows into at least ``parts`` contiguous blocks of at most ``max_rows``."""

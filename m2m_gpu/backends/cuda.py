@@ -79,6 +79,11 @@ class CudaBackend(Backend):
         return self.cp.RawModule(code=source, options=("--std=c++14",))
 
     @cached_property
+    def _kmeans_module(self):
+        source = (kernel_dir() / "kmeans.cu").read_text()
+        return self.cp.RawModule(code=source, options=("--std=c++14",))
+
+    @cached_property
     def _splat_module(self):
         source = (kernel_dir() / "splat.cu").read_text()
         return self.cp.RawModule(code=source, options=("--std=c++14",))
@@ -240,6 +245,22 @@ class CudaBackend(Backend):
              np.uint32(stream), np.uint32(int(normal)), np.uint32(clusters),
              np.float32(spread)))
         return out
+
+    def kmeans_sums(self, x, assign, k):
+        cp = self.cp
+        a = np.asarray(assign)
+        order = np.argsort(a, kind="stable")  # a fixed order: deterministic sums
+        offsets = np.zeros(k + 1, dtype=np.int64)
+        counts = np.bincount(a, minlength=k).astype(np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        d = x.shape[1]
+        sums = cp.zeros((k, d), dtype=cp.float32)
+        if k:
+            self._kmeans_module.get_function("kmeans_sums")(
+                (k, -(-d // 64), 1), (64, 1, 1),
+                (x, self.from_host(order.astype(np.int64)), self.from_host(offsets), sums,
+                 np.uint32(k), np.uint32(d)))
+        return self.to_host(sums).astype(np.float64), counts
 
     def gather_rows(self, native, index):
         return self.to_host(native[self.from_host(np.asarray(index, dtype=np.int64))])

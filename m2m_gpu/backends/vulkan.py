@@ -476,6 +476,32 @@ class VulkanBackend(Backend):
                 out[sel] = self._download(dense).reshape(sel.size, width)
         return out
 
+    def kmeans_sums(self, x, assign, k):
+        kp, mgr = self.kp, self.mgr
+        d = x.shape[1]
+        sums = mgr.tensor_t(np.zeros(k * d, dtype=np.float32))
+        seq = mgr.sequence()
+        seq.record(kp.OpTensorSyncDevice([sums]))
+        keep = []  # the tensors must outlive the recorded sequence
+        for first, rows, chunk in x.chunks():
+            a = np.asarray(assign[first : first + rows])
+            order = np.argsort(a, kind="stable").astype(np.uint32)
+            offsets = np.zeros(k + 1, dtype=np.uint32)
+            np.cumsum(np.bincount(a, minlength=k), out=offsets[1:])
+            ot, ft = self._upload(order), self._upload(offsets)
+            for base in range(0, k, 65535):  # workgroup counts per dimension <= 65535
+                groups = [min(65535, k - base), -(-d // 64), 1]
+                algo = mgr.algorithm([chunk, ot, ft, sums], self.spirv("kmeans_sums"), groups,
+                                     [], np.zeros(3, dtype=np.uint32))
+                seq.record(kp.OpAlgoDispatch(algo, np.array([k, d, base], np.uint32)))
+                keep.append(algo)
+            keep.append((ot, ft))
+        seq.record(kp.OpTensorSyncLocal([sums]))
+        seq.eval()
+        out = sums.data().reshape(k, d).astype(np.float64)
+        self.transfers.add_d2h(k * d * 4)
+        return out, np.bincount(np.asarray(assign), minlength=k).astype(np.int64)
+
     def gather_rows(self, native, index):
         host = self._rows_copy(native, index, None)
         stored = _stored_dtype(native.dtype)
