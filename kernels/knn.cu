@@ -141,3 +141,37 @@ extern "C" __global__ void topk_select(
         }
     }
 }
+
+// HRM2 scan (see shaders/cells_distance.comp): candidate j of query i lies in one of the
+// query's p segments (row start, length, destination offset); direct-form key, +inf where no
+// segment covers j. params may be null in mode 0.
+extern "C" __global__ void cells_distance(
+    const float* __restrict__ q, const float* __restrict__ x,
+    const long long* __restrict__ segs, float* __restrict__ keys, unsigned int m,
+    unsigned int d, unsigned int t, unsigned int p, unsigned int mode,
+    const float4* __restrict__ params)
+{
+    const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned int i = blockIdx.y;
+    if (j >= t || i >= m) return;
+    const long long* seg = segs + (size_t)i * p * 3;
+    for (unsigned int s = 0; s < p; ++s) {
+        const long long start = seg[3 * s], len = seg[3 * s + 1], dst = seg[3 * s + 2];
+        if ((long long)j >= dst && (long long)j < dst + len) {
+            const long long r = start + (j - dst);
+            float acc = 0.0f;
+            for (unsigned int c = 0; c < d; ++c) {
+                const float df = q[(size_t)i * d + c] - x[(size_t)r * d + c];
+                acc = fmaf(df, df, acc);
+            }
+            if (mode >= 2u) {
+                const float4 prm = params[r];
+                if (!(prm.x > 0.0f)) acc = __int_as_float(0x7f800000);
+                else if (mode == 2u) acc = fmaf(prm.y, acc, -logf(prm.x));
+            }
+            keys[(size_t)i * t + j] = acc;
+            return;
+        }
+    }
+    keys[(size_t)i * t + j] = __int_as_float(0x7f800000);
+}

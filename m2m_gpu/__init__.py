@@ -16,7 +16,9 @@ from .errors import (
     UnknownIdError,
     UnknownMetricError,
 )
+from .hrm2 import IndexHRM2
 from .index import IndexFlat, IndexFlatCosine, IndexFlatIP, IndexFlatL2
+from .kmeans import kmeans
 from .knn import knn
 from .splat import energy, splat_topk
 from .store import SearchResult, SplatStore
@@ -36,6 +38,8 @@ __all__ = [
     "IndexFlatL2",
     "IndexFlatIP",
     "IndexFlatCosine",
+    "IndexHRM2",
+    "kmeans",
     "DeviceArray",
     "tensor",
     "get_backend",

@@ -24,6 +24,51 @@ MODE_SPLAT = 2  # key = kappa * d2 - log(alpha) = -(log-score); alpha = 0 gives 
 MODE_DISTANCE = 3  # key = d2 where alpha > 0, +inf where alpha = 0 (masked or deleted)
 
 
+def cell_segments(ranges: np.ndarray, probes: np.ndarray) -> tuple[np.ndarray, int]:
+    """HRM2 scan layout: per query, its probed cells' row ranges laid end to end.
+
+    Returns ``(segs int64[m, p, 3], t)``: (row start, length, destination offset in the
+    query's candidate row) per probe, and the longest candidate row."""
+    safe = np.where(probes >= 0, probes, 0)
+    start = ranges[safe, 0]
+    length = np.where(probes >= 0, ranges[safe, 1] - ranges[safe, 0], 0)
+    dst = np.cumsum(length, axis=1) - length
+    segs = np.stack([start, length, dst], axis=-1).astype(np.int64)
+    return segs, int(length.sum(axis=1).max()) if length.size else 0
+
+
+def candidate_positions(segs: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Map candidate indexes (m, k) of cell_segments rows back to row positions (-1 kept)."""
+    start, length, dst = segs[..., 0], segs[..., 1], segs[..., 2]
+    c = cand[:, :, None]
+    inside = (c >= dst[:, None, :]) & (c < (dst + length)[:, None, :])
+    s = np.argmax(inside, axis=2)
+    pos = np.take_along_axis(start, s, 1) + cand - np.take_along_axis(dst, s, 1)
+    return np.where((cand >= 0) & inside.any(axis=2), pos, -1)
+
+
+def finish_cell_scan(backend, keys, cand, segs, k, mode, params):
+    """After a GPU cell scan's top-k (unsorted keys and candidate indexes, host): sort, map
+    candidates to row positions, recover d2 (splat keys: ``(key + log alpha) / kappa``),
+    pad to k."""
+    order = np.argsort(keys, axis=1, kind="stable")
+    keys = np.take_along_axis(keys, order, 1)
+    cand = np.where(np.isinf(keys), -1, np.take_along_axis(cand, order, 1))
+    pos = candidate_positions(segs, cand)
+    d2 = keys.copy()
+    if params is not None and mode == MODE_SPLAT:
+        uniq, inv = np.unique(np.where(pos >= 0, pos, 0), return_inverse=True)
+        pr = backend.gather_rows(params, uniq)[inv.reshape(pos.shape)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d2 = np.maximum((keys + np.log(pr[..., 0])) / pr[..., 1], 0.0)
+        d2 = np.where(pos >= 0, d2, np.inf).astype(np.float32)
+    m, have = keys.shape
+    if have < k:
+        pad = lambda a, v: np.concatenate([a, np.full((m, k - have), v, a.dtype)], 1)  # noqa: E731
+        return pad(keys, np.inf), pad(pos, -1), pad(d2, np.inf)
+    return keys, pos, d2
+
+
 @dataclass(frozen=True)
 class HebbianRates:
     """The learning rates and clips of SPEC section 2 (hebbian)."""
@@ -217,6 +262,18 @@ class Backend(ABC):
         assigned to each centroid (``assign``: host int64[n] in [0, k)), and the counts.
         Returns host ``(float64[k, d], int64[k])``; deterministic (no float atomics)."""
         raise NotImplementedError(f"{self.name} has no kmeans_sums kernel")
+
+    def scan_cells(self, queries, rows, ranges: np.ndarray, probes: np.ndarray, k: int,
+                   mode: int, params=None, sqnorms=None):
+        """Exact top-k of each query over the rows of the cells it probes (HRM2's scan).
+
+        ``rows``: native float32[N, d], cell c holding rows ``ranges[c, 0] .. ranges[c, 1]``;
+        ``probes``: host int64[m, p] cell ids per query (-1: none). ``mode`` as in
+        :meth:`splat_topk` (``params`` None means alpha = kappa = 1). Returns host
+        ``(keys float32[m, k], positions int64[m, k], d2 float32[m, k])``, best first,
+        padded with ``+inf`` / -1 where a query's cells hold fewer than k rows.
+        """
+        raise NotImplementedError(f"{self.name} has no scan_cells kernel")
 
     def gather_rows(self, native, index: np.ndarray) -> np.ndarray:
         """Rows ``index`` of a native matrix, as a host array."""

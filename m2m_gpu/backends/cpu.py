@@ -466,6 +466,69 @@ class CpuBackend(Backend):
     def scatter_rows(self, native, index, values):
         native[index] = values
 
+    def scan_cells(self, queries, rows, ranges, probes, k, mode, params=None, sqnorms=None):
+        """Per probed cell, one GEMM of the queries that probe it against its rows (the
+        cell is read once for all of them), a per-query top-k inside the cell, then one
+        merge of every query's candidates and the direct-form finish."""
+        m = queries.shape[0]
+        qi, col = np.nonzero(probes >= 0)
+        cells = probes[qi, col]
+        order = np.argsort(cells, kind="stable")
+        qi, cells = qi[order], cells[order]
+        uniq, start = np.unique(cells, return_index=True)
+        bounds = np.append(start, cells.size)
+        qn_all = np.einsum("ij,ij->i", queries, queries)
+        groups = [(int(c), qi[bounds[j] : bounds[j + 1]]) for j, c in enumerate(uniq)
+                  if ranges[c, 1] > ranges[c, 0]]
+
+        def job(group):
+            c, qs = group
+            a, b = int(ranges[c, 0]), int(ranges[c, 1])
+            x = rows[a:b]
+            keys = x @ (queries[qs].T * np.float32(-2.0))  # (cell rows, queries)
+            keys += (sqnorms[a:b] if sqnorms is not None else np.einsum("ij,ij->i", x, x))[:, None]
+            if params is not None:
+                alpha = params[a:b, PARAM_ALPHA]
+                live = alpha > 0
+                if mode == MODE_SPLAT:
+                    keys += qn_all[qs][None, :]
+                    keys *= params[a:b, PARAM_KAPPA][:, None]
+                    with np.errstate(divide="ignore"):
+                        keys -= np.log(np.where(live, alpha, 1))[:, None]
+                keys[~live] = np.inf
+            kk = min(k, b - a)
+            if kk < b - a:
+                top = np.argpartition(keys, kk - 1, axis=0)[:kk]
+                keys = np.take_along_axis(keys, top, 0)
+            else:
+                top = np.broadcast_to(np.arange(b - a)[:, None], keys.shape)
+            return keys.T.ravel(), (top.T + a).ravel(), np.repeat(qs, kk)
+
+        parts = list(self._pool.map(job, groups)) if len(groups) > 1 else list(map(job, groups))
+        best_k = np.full((m, k), np.inf, dtype=np.float32)
+        best_i = np.full((m, k), -1, dtype=np.int64)
+        if parts:
+            keys, ids, qs = (np.concatenate(p) for p in zip(*parts, strict=True))
+            best_k, best_i = merge_candidates(best_k, best_i, keys.astype(np.float32),
+                                              ids, qs, k)
+        found = best_i >= 0
+        safe = np.where(found, best_i, 0)
+        d2 = self._direct_d2(queries, rows, safe)
+        if params is not None and mode == MODE_SPLAT:
+            alpha = params[safe, PARAM_ALPHA]
+            with np.errstate(divide="ignore"):
+                keys = params[safe, PARAM_KAPPA] * d2 - np.log(alpha)
+        elif params is not None:
+            keys = np.where(params[safe, PARAM_ALPHA] > 0, d2, np.float32(np.inf))
+        else:
+            keys = d2.copy()
+        keys = np.where(found, keys, np.inf).astype(np.float32)
+        d2 = np.where(found, d2, np.inf).astype(np.float32)
+        order = np.argsort(keys, axis=1, kind="stable")
+        take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
+        ids = take(np.where(found, best_i, -1))
+        return take(keys), np.where(np.isinf(take(keys)), -1, ids), take(d2)
+
     def kmeans_sums(self, x, assign, k):
         d = x.shape[1]
         sums = np.zeros((k, d))

@@ -24,6 +24,8 @@ from .base import (
     HebbianPlan,
     HebbianRates,
     RowBuffer,
+    cell_segments,
+    finish_cell_scan,
 )
 
 TILE_BUDGET_BYTES = 256 << 20  # largest block of distances held on the device at once
@@ -245,6 +247,28 @@ class CudaBackend(Backend):
              np.uint32(stream), np.uint32(int(normal)), np.uint32(clusters),
              np.float32(spread)))
         return out
+
+    def scan_cells(self, queries, rows, ranges, probes, k, mode, params=None, sqnorms=None):
+        cp = self.cp
+        segs, t = cell_segments(ranges, probes)
+        m, p = probes.shape
+        if t == 0:
+            return (np.full((m, k), np.inf, np.float32), np.full((m, k), -1, np.int64),
+                    np.full((m, k), np.inf, np.float32))
+        kk = min(k, t)
+        keys = cp.empty((m, t), dtype=cp.float32)
+        pptr = params if params is not None else cp.zeros(4, dtype=cp.float32)
+        self._knn_module.get_function("cells_distance")(
+            (-(-t // 128), m, 1), (128, 1, 1),
+            (queries, rows, self.from_host(segs), keys, np.uint32(m), np.uint32(rows.shape[1]),
+             np.uint32(t), np.uint32(p), np.uint32(mode if params is not None else 0), pptr))
+        best_in = (cp.full((m, kk), cp.inf, dtype=cp.float32), cp.full((m, kk), -1, cp.int64))
+        best_out = (cp.empty((m, kk), dtype=cp.float32), cp.empty((m, kk), dtype=cp.int64))
+        self._knn_module.get_function("topk_select")(
+            (m, 1, 1), (256, 1, 1), (keys, *best_in, *best_out, np.uint32(t), np.uint32(kk),
+                                     np.int64(0)))
+        return finish_cell_scan(self, self.to_host(best_out[0]), self.to_host(best_out[1]),
+                                segs, k, mode, params)
 
     def kmeans_sums(self, x, assign, k):
         cp = self.cp

@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 
 from .._resources import shader_dir
-from .base import MODE_SPLAT, Backend, BackendInfo, HebbianPlan, HebbianRates
+from .base import (
+    MODE_SPLAT,
+    Backend,
+    BackendInfo,
+    HebbianPlan,
+    HebbianRates,
+    cell_segments,
+    finish_cell_scan,
+)
 
 CHUNK_BYTES = 64 << 20  # largest single device buffer
 CHUNK_ROWS_MAX = 32768  # rows per chunk (queries per dispatch stay under the 65535 limit)
@@ -476,6 +484,49 @@ class VulkanBackend(Backend):
                 out[sel] = self._download(dense).reshape(sel.size, width)
         return out
 
+    def scan_cells(self, queries, rows, ranges, probes, k, mode, params=None, sqnorms=None):
+        kp, mgr = self.kp, self.mgr
+        segs, t = cell_segments(ranges, probes)
+        m, p = probes.shape
+        d = rows.shape[1]
+        if t == 0:
+            return (np.full((m, k), np.inf, np.float32), np.full((m, k), -1, np.int64),
+                    np.full((m, k), np.inf, np.float32))
+        qtensor = queries.parts[0][2] if len(queries.parts) == 1 else self._upload(
+            self.to_host(queries))
+        kk = min(k, t)
+        keys_t = mgr.tensor_t(np.zeros(m * t, dtype=np.float32))
+        best = [(mgr.tensor_t(np.full(m * kk, np.inf, dtype=np.float32)),
+                 mgr.tensor_t(np.full(m * kk, -1, dtype=np.int32))) for _ in range(2)]
+        seq = mgr.sequence()
+        seq.record(kp.OpTensorSyncDevice([*best[0]]))
+        keep = []
+        pchunks = params.chunks() if params is not None else None
+        for c, (first, count, chunk) in enumerate(rows.chunks()):
+            lo = np.maximum(segs[..., 0], first)
+            hi = np.minimum(segs[..., 0] + segs[..., 1], first + count)
+            length = np.maximum(hi - lo, 0)
+            local = np.stack([np.where(length > 0, lo - first, 0), length,
+                              segs[..., 2] + (lo - segs[..., 0])], -1).astype(np.uint32)
+            st = self._upload(local.ravel())
+            ptensor = pchunks[c][2] if pchunks is not None else self._dummy
+            algo = mgr.algorithm([qtensor, chunk, st, keys_t, ptensor],
+                                 self.spirv("cells_distance"), [-(-t // 64), m, 1], [],
+                                 np.zeros(6, dtype=np.uint32))
+            eff = mode if params is not None else 0
+            seq.record(kp.OpAlgoDispatch(algo, np.array([m, d, t, p, eff, int(c == 0)],
+                                                        dtype=np.uint32)))
+            keep.append((st, algo))
+        select = mgr.algorithm([keys_t, *best[0], *best[1]], self.spirv("topk_select"),
+                               [m, 1, 1], [], np.zeros(3, dtype=np.uint32))
+        seq.record(kp.OpAlgoDispatch(select, np.array([t, kk, 0], dtype=np.uint32)))
+        seq.record(kp.OpTensorSyncLocal([*best[1]]))
+        seq.eval()
+        keys = best[1][0].data().reshape(m, kk).copy()
+        cand = best[1][1].data().reshape(m, kk).astype(np.int64)
+        self.transfers.add_d2h(keys.nbytes + cand.nbytes // 2)
+        return finish_cell_scan(self, keys, cand, segs, k, mode, params)
+
     def kmeans_sums(self, x, assign, k):
         kp, mgr = self.kp, self.mgr
         d = x.shape[1]
@@ -510,3 +561,4 @@ class VulkanBackend(Backend):
 
     def scatter_rows(self, native, index, values):
         self._rows_copy(native, index, np.asarray(values).reshape(len(index), -1))
+

@@ -1,0 +1,46 @@
+#version 450
+// HRM2 scan: distances from each query to the rows of the cells it probes, laid end to end
+// in one candidate row per query (keys[i, j], j < t; +inf past the query's rows), then
+// ranked by topk_select.comp. A query's probed cells are segments (row start inside this
+// chunk, length, destination offset in its candidate row); invocation (j, i) finds the
+// segment holding candidate j. Direct form; modes as in knn_distance.comp (0: d2, 2: splat
+// key, 3: d2 masked by alpha). Rows outside this chunk are written by another dispatch.
+// Mirrors kernels/knn.cu (cells_distance).
+layout(local_size_x = 64, local_size_y = 1, local_size_z = 1) in;
+
+layout(std430, binding = 0) readonly buffer Queries { float q[]; };     // [m, d]
+layout(std430, binding = 1) readonly buffer Rows { float x[]; };        // chunk [rows, d]
+layout(std430, binding = 2) readonly buffer Segs { uint segs[]; };      // [m, p, 3]
+layout(std430, binding = 3) buffer Keys { float keys[]; };              // [m, t]
+layout(std430, binding = 4) readonly buffer Params { vec4 params[]; };  // chunk rows
+
+layout(push_constant) uniform Push {
+    uint m, d, t, p, mode, fill;  // fill: write +inf where no segment covers j
+} pc;
+
+void main() {
+    uint j = gl_GlobalInvocationID.x;
+    uint i = gl_GlobalInvocationID.y;
+    if (j >= pc.t || i >= pc.m) return;
+    uint base = i * pc.p * 3u;
+    for (uint s = 0u; s < pc.p; ++s) {
+        uint start = segs[base + 3u * s], len = segs[base + 3u * s + 1u];
+        uint dst = segs[base + 3u * s + 2u];
+        if (j >= dst && j < dst + len) {
+            uint r = start + (j - dst);
+            float acc = 0.0;
+            for (uint c = 0u; c < pc.d; ++c) {
+                float df = q[i * pc.d + c] - x[r * pc.d + c];
+                acc = fma(df, df, acc);
+            }
+            if (pc.mode >= 2u) {
+                vec4 prm = params[r];
+                if (!(prm.x > 0.0)) acc = uintBitsToFloat(0x7F800000u);
+                else if (pc.mode == 2u) acc = fma(prm.y, acc, -log(prm.x));
+            }
+            keys[i * pc.t + j] = acc;
+            return;
+        }
+    }
+    if (pc.fill != 0u) keys[i * pc.t + j] = uintBitsToFloat(0x7F800000u);
+}

@@ -1,0 +1,136 @@
+"""HRM2 (SPEC section 3): recall floors on seeded data, exactness with full probing, adaptive
+probing, updates; on every backend (small sizes where the backend is a CPU Vulkan driver)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import m2m_gpu
+from m2m_gpu import InvalidInputError
+from m2m_gpu.hrm2 import IndexHRM2, default_probes, default_shape
+
+from .knn_check import assert_knn_matches
+
+
+def data(n, m, d=16, seed=4, clusters=40):
+    x = m2m_gpu.synthetic(n, d, seed=seed, kind="clustered", clusters=clusters, spread=0.3)
+    q = m2m_gpu.synthetic(m, d, seed=seed, kind="clustered", clusters=clusters, spread=0.3,
+                          part="queries")
+    return x, q
+
+
+def recall(I, I0):
+    return float(np.mean([len(np.intersect1d(a, b)) / I0.shape[1] for a, b in zip(I, I0,
+                                                                               strict=True)]))
+
+
+def small(backend):
+    """Sizes per backend: lavapipe compiles a pipeline per k-means step."""
+    return (20_000, None, None) if backend.name != "vulkan" else (2_000, 6, 6)
+
+
+def test_recall_floor_at_default_probing(backend):
+    n, n1, n2 = small(backend)
+    x, q = data(n, 200)
+    _, I0 = m2m_gpu.knn(q, x, 10)
+    idx = IndexHRM2(16, n1, n2, backend=backend.name)
+    idx.train(x)
+    idx.add(x)
+    D, I = idx.search(q, 10)
+    assert recall(I, I0) >= 0.9
+    rep = idx.last_report
+    assert rep.cells.shape == (200,) and (rep.cells >= 1).all()
+    assert rep.vectors.mean() < 0.5 * n  # it is not an exact scan in disguise
+    ok = I >= 0
+    assert (np.diff(D, axis=1)[ok[:, 1:]] >= -1e-6).all()  # sorted
+
+
+def test_full_probing_is_exact(backend, rng):
+    x = rng.standard_normal((600, 8)).astype(np.float32)
+    q = rng.standard_normal((20, 8)).astype(np.float32)
+    idx = IndexHRM2(8, 4, 5, backend=backend.name, p1=4, p2=20)
+    idx.train(x)
+    idx.add(x)
+    D, I = idx.search(q, 15)
+    assert_knn_matches(D, I, q, x, 15, "l2", 1e-5, 1e-5)
+    assert (idx.last_report.vectors == 600).all()
+
+
+def test_adaptive_bound_never_loses_results(backend):
+    n, n1, n2 = small(backend)
+    x, q = data(n, 100)
+    idx = IndexHRM2(16, n1, n2, backend=backend.name)
+    idx.train(x)
+    idx.add(x)
+    idx.nprobe = 24
+    D, I = idx.search(q, 10)
+    full = idx.last_report.vectors.copy()
+    idx.adaptive = True
+    Da, Ia = idx.search(q, 10)
+    np.testing.assert_allclose(Da, D, rtol=1e-6, atol=1e-6)  # the bound is exact
+    assert (idx.last_report.vectors <= full).all()
+    assert idx.last_report.vectors.sum() < full.sum()
+    idx.ratio = 1.05  # the heuristic part: fewer cells still
+    idx.search(q, 10)
+    assert idx.last_report.cells.sum() <= (full > 0).sum() * 24
+
+
+def test_adds_are_found_at_once_and_rebuild(backend, rng):
+    n, n1, n2 = small(backend)
+    x, _ = data(n, 1)
+    idx = IndexHRM2(16, n1, n2, backend=backend.name)
+    idx.train(x)
+    idx.add(x[: n // 2])
+    new = x[n // 2 : n // 2 + 50]
+    idx.add_with_ids(new, np.arange(10**6, 10**6 + 50))
+    assert idx.ntotal == n // 2 + 50 and idx.hrm2.rebuilds == 0
+    D, I = idx.search(new, 1)
+    np.testing.assert_array_equal(I[:, 0], np.arange(10**6, 10**6 + 50))
+    np.testing.assert_allclose(D[:, 0], 0, atol=1e-4)
+    idx.add(x[n // 2 + 50 :])  # past the overflow threshold: a re-layout
+    assert idx.hrm2.rebuilds >= 1 and idx.ntotal == n
+    D, I = idx.search(new[:5], 1)
+    np.testing.assert_array_equal(I[:, 0], np.arange(10**6, 10**6 + 5))
+
+
+def test_remove_ids_and_reset(backend, rng):
+    x = rng.standard_normal((500, 6)).astype(np.float32)
+    idx = IndexHRM2(6, 3, 3, backend=backend.name, p1=3, p2=9)
+    idx.train(x)
+    idx.add(x)
+    assert idx.remove_ids(np.arange(0, 500, 2)) == 250
+    D, I = idx.search(x[:10], 5)
+    assert (I % 2 == 1).all() and idx.ntotal == 250
+    idx.reset()
+    D, I = idx.search(x[:2], 3)
+    assert (I == -1).all() and np.isinf(D).all()
+
+
+def test_cosine_and_faiss_shape(backend, rng):
+    x = rng.standard_normal((400, 5)).astype(np.float32)
+    idx = IndexHRM2(5, 3, 3, metric="cosine", backend=backend.name, p1=3, p2=9)
+    assert not idx.is_trained
+    with pytest.raises(InvalidInputError):
+        idx.add(x)
+    with pytest.raises(InvalidInputError):
+        idx.search(x[:1], 3)
+    idx.train(x)
+    idx.add(x)
+    D, I = idx.search(x[:4], 3)
+    np.testing.assert_array_equal(I[:, 0], np.arange(4))
+    np.testing.assert_allclose(D[:, 0], 1.0, atol=1e-5)  # similarity
+    assert_knn_matches(D, I, x[:4], x, 3, "cosine", 1e-5, 1e-5)
+    with pytest.raises(InvalidInputError):
+        idx.search(np.ones((1, 4), np.float32), 3)
+    with pytest.raises(InvalidInputError):
+        idx.search(x[:1], 0)
+    with pytest.raises(m2m_gpu.UnknownMetricError):
+        IndexHRM2(5, metric="ip")
+
+
+def test_default_shape_grows_with_n():
+    assert default_shape(20_000) == (24, 23)
+    n1, n2 = default_shape(1_000_000)
+    assert 60 <= n1 <= 65 and n1 * n2 >= 3900
+    assert default_probes(*default_shape(1_000_000))[1] >= 8
