@@ -42,6 +42,7 @@ BATCH_TILE_BYTES = 1 << 20  # GEMM output tile of the batch path: stays in L2
 QUERY_CHUNK = 1024  # most queries per block in the batch path
 GATHER_BUDGET_BYTES = 64 << 20  # re-ranking gathers at most this many bytes of rows at once
 ENERGY_FIX_TERMS = 4  # energy: the largest terms per query are recomputed in the direct form
+SCAN_BATCH = 1 << 16  # HRM2 cell scan: candidates formed per batch before a merge
 MASKED_KEY = np.float32(1e30)  # key of rows with alpha = 0 while ranking
 PHILOX_ROWS = 8192  # rows per task when generating Philox data
 
@@ -468,49 +469,64 @@ class CpuBackend(Backend):
 
     def scan_cells(self, queries, rows, ranges, probes, k, mode, params=None, sqnorms=None):
         """Per probed cell, one GEMM of the queries that probe it against its rows (the
-        cell is read once for all of them), a per-query top-k inside the cell, then one
-        merge of every query's candidates and the direct-form finish."""
+        cell is read once for all of them), written into one flat candidate buffer; then
+        the keys, ids and query of every candidate are formed with whole-array operations,
+        one merge keeps each query's k best, and the k are finished in the direct form."""
         m = queries.shape[0]
         qi, col = np.nonzero(probes >= 0)
         cells = probes[qi, col]
         order = np.argsort(cells, kind="stable")
         qi, cells = qi[order], cells[order]
-        uniq, start = np.unique(cells, return_index=True)
-        bounds = np.append(start, cells.size)
-        qn_all = np.einsum("ij,ij->i", queries, queries)
-        groups = [(int(c), qi[bounds[j] : bounds[j + 1]]) for j, c in enumerate(uniq)
-                  if ranges[c, 1] > ranges[c, 0]]
-
-        def job(group):
-            c, qs = group
-            a, b = int(ranges[c, 0]), int(ranges[c, 1])
-            x = rows[a:b]
-            keys = x @ (queries[qs].T * np.float32(-2.0))  # (cell rows, queries)
-            keys += (sqnorms[a:b] if sqnorms is not None else np.einsum("ij,ij->i", x, x))[:, None]
-            if params is not None:
-                alpha = params[a:b, PARAM_ALPHA]
-                live = alpha > 0
-                if mode == MODE_SPLAT:
-                    keys += qn_all[qs][None, :]
-                    keys *= params[a:b, PARAM_KAPPA][:, None]
-                    with np.errstate(divide="ignore"):
-                        keys -= np.log(np.where(live, alpha, 1))[:, None]
-                keys[~live] = np.inf
-            kk = min(k, b - a)
-            if kk < b - a:
-                top = np.argpartition(keys, kk - 1, axis=0)[:kk]
-                keys = np.take_along_axis(keys, top, 0)
-            else:
-                top = np.broadcast_to(np.arange(b - a)[:, None], keys.shape)
-            return keys.T.ravel(), (top.T + a).ravel(), np.repeat(qs, kk)
-
-        parts = list(self._pool.map(job, groups)) if len(groups) > 1 else list(map(job, groups))
+        uniq, start, nq = np.unique(cells, return_index=True, return_counts=True)
+        size = (ranges[uniq, 1] - ranges[uniq, 0]).astype(np.int64)
+        keep = size > 0
+        uniq, start, nq, size = uniq[keep], start[keep], nq[keep], size[keep]
+        block = size * nq  # candidates per probed cell
+        qt = np.ascontiguousarray((queries * np.float32(-2.0)).T)
+        qn = np.einsum("ij,ij->i", queries, queries)
         best_k = np.full((m, k), np.inf, dtype=np.float32)
         best_i = np.full((m, k), -1, dtype=np.int64)
-        if parts:
-            keys, ids, qs = (np.concatenate(p) for p in zip(*parts, strict=True))
-            best_k, best_i = merge_candidates(best_k, best_i, keys.astype(np.float32),
-                                              ids, qs, k)
+        bound = np.full(m, np.inf, dtype=np.float32)
+        # cells in batches of about SCAN_BATCH candidates: after each batch, only entries
+        # below their query's running k-th key are merged
+        edges = np.searchsorted(np.cumsum(block), np.arange(1, 1 + block.sum() // SCAN_BATCH)
+                                * SCAN_BATCH)
+        edges = np.unique(np.concatenate([[0], edges + 1, [uniq.size]]).clip(0, uniq.size))
+        with self._blas_limit(1):  # many small products: BLAS threads cost more than they give
+            for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+                sl = slice(int(lo), int(hi))
+                bl = block[sl]
+                offset = np.cumsum(bl) - bl
+                total = int(bl.sum())
+                if total == 0:
+                    continue
+                keys = np.empty(total, dtype=np.float32)
+                for c, s0, n_q, sz, o in zip(uniq[sl].tolist(), start[sl].tolist(),
+                                             nq[sl].tolist(), size[sl].tolist(),
+                                             offset.tolist(), strict=True):
+                    a = int(ranges[c, 0])
+                    np.matmul(rows[a : a + sz], qt[:, qi[s0 : s0 + n_q]],
+                              out=keys[o : o + sz * n_q].reshape(sz, n_q))
+                # candidate j of cell g: row a_g + j // nq_g, query qi[start_g + j % nq_g]
+                g = np.repeat(np.arange(bl.size), bl)
+                local = np.arange(total) - offset[g]
+                ids = ranges[uniq[sl], 0][g] + local // nq[sl][g]
+                cq = qi[start[sl][g] + local % nq[sl][g]]
+                keys += sqnorms[ids] if sqnorms is not None else np.einsum(
+                    "ij,ij->i", rows[ids], rows[ids])
+                if params is not None:
+                    alpha = params[ids, PARAM_ALPHA]
+                    live = alpha > 0
+                    if mode == MODE_SPLAT:
+                        keys += qn[cq]
+                        keys *= params[ids, PARAM_KAPPA]
+                        with np.errstate(divide="ignore"):
+                            keys -= np.log(np.where(live, alpha, 1))
+                    keys[~live] = np.inf
+                sel = keys < bound[cq]
+                best_k, best_i = merge_candidates(best_k, best_i, keys[sel], ids[sel],
+                                                  cq[sel], k)
+                bound = best_k.max(axis=1)
         found = best_i >= 0
         safe = np.where(found, best_i, 0)
         d2 = self._direct_d2(queries, rows, safe)
