@@ -110,9 +110,6 @@ class Columns:
         for key, col in list(self.cols.items()):
             self.cols[key] = tuple(a[keep] for a in col)
 
-    def clear(self) -> None:
-        self.cols.clear()
-
 
 def evaluate(filt: dict, metadata: list[dict], columns: Columns) -> np.ndarray:
     """Boolean mask over slots."""

@@ -130,6 +130,7 @@ class HRM2:
     def _clear_rows(self) -> None:
         self._rows = self.backend.row_store(self.d)
         self.host_rows = np.zeros((0, self.d), np.float32)  # host copy, for re-layouts
+        self.sqnorms = np.zeros(0, np.float32)  # |x|^2 per position (cpu ranks with it)
         self.ids = np.zeros(0, np.int64)  # per position
         self.cell_of = np.zeros(0, np.int64)  # per position
         self.main_end = 0
@@ -152,6 +153,9 @@ class HRM2:
         if x.shape[0]:
             self._rows.append(self.host_rows)
         self.main_end = self.ntotal
+        self.sqnorms = np.einsum("ij,ij->i", self.host_rows, self.host_rows)
+        self.radius = np.zeros(self.fine.shape[0], np.float32)
+        self._grow_radius(self.host_rows, self.cell_of)
         self._index_ranges()
 
     def add_rows(self, x: np.ndarray, ids: np.ndarray) -> None:
@@ -170,6 +174,9 @@ class HRM2:
         self.host_rows = np.concatenate([self.host_rows[: self.main_end], tail_rows[order]])
         self.ids = np.concatenate([self.ids[: self.main_end], tail_ids[order]])
         self.cell_of = np.concatenate([self.cell_of[: self.main_end], tail_cells[order]])
+        tail_sq = np.concatenate([self.sqnorms[self.main_end :], np.einsum("ij,ij->i", x, x)])
+        self.sqnorms = np.concatenate([self.sqnorms[: self.main_end], tail_sq[order]])
+        self._grow_radius(x, cells)  # radii only grow with new members
         be = self.backend
         if old_tail:  # rewrite the old tail in its new order, then append the rest
             pos = np.arange(self.main_end, self.main_end + old_tail)
@@ -190,8 +197,12 @@ class HRM2:
             cells = None
         self.set_rows(x, ids, cells)
 
+    def _grow_radius(self, x: np.ndarray, cells: np.ndarray) -> None:
+        diff = x - self.fine[cells]
+        np.maximum.at(self.radius, cells, np.sqrt(np.einsum("ij,ij->i", diff, diff)))
+
     def _index_ranges(self) -> None:
-        """Main range of cell c: ranges[c]; overflow range: ranges[C + c]; radius per cell."""
+        """Main range of cell c: ranges[c]; overflow range: ranges[C + c]."""
         C = self.fine.shape[0]
         main = np.bincount(self.cell_of[: self.main_end], minlength=C)
         tail = np.bincount(self.cell_of[self.main_end :], minlength=C)
@@ -199,10 +210,6 @@ class HRM2:
         ts = self.main_end + np.cumsum(tail) - tail
         self.ranges = np.concatenate([np.stack([ms, ms + main], 1),
                                       np.stack([ts, ts + tail], 1)]).astype(np.int64)
-        diff = self.host_rows - self.fine[self.cell_of]
-        dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-        self.radius = np.zeros(C, np.float32)
-        np.maximum.at(self.radius, self.cell_of, dist.astype(np.float32))
 
     # ---- search ----------------------------------------------------------------------------
     def route(self, q: np.ndarray, p1: int, p2: int):
@@ -247,6 +254,8 @@ class HRM2:
         sizes = self.ranges[:C, 1] - self.ranges[:C, 0] + self.ranges[C:, 1] - self.ranges[C:, 0]
         qn = be.from_host(q)
         rows = self._rows.view()
+        if sqnorms is None and be.uses_sqnorms:  # kept per position, not recomputed per scan
+            sqnorms = be.from_host(self.sqnorms)
 
         def scan(c):
             probes = np.concatenate([c, np.where(c >= 0, c + C, -1)], 1)
@@ -353,15 +362,17 @@ class IndexHRM2:
             raise InvalidInputError("IndexHRM2 must be trained (train(x)) before add/search")
 
     def add(self, x) -> None:
-        self.add_with_ids(x, np.arange(self.ntotal, self.ntotal + np.asarray(
-            self._rows(x)).shape[0]))
-
-    def add_with_ids(self, x, ids) -> None:
-        from .errors import InvalidInputError
-
         self._need_trained()
         rows = self._rows(x)
-        ids = np.asarray(ids)
+        self._add(rows, np.arange(self.ntotal, self.ntotal + rows.shape[0]))
+
+    def add_with_ids(self, x, ids) -> None:
+        self._need_trained()
+        self._add(self._rows(x), np.asarray(ids))
+
+    def _add(self, rows: np.ndarray, ids: np.ndarray) -> None:
+        from .errors import InvalidInputError
+
         if ids.shape != (rows.shape[0],) or (ids.size and ids.dtype.kind not in "iu"):
             raise InvalidInputError(f"ids must be {rows.shape[0]} integers, got {ids.shape}")
         if rows.shape[0] == 0:
@@ -378,8 +389,7 @@ class IndexHRM2:
         return int(drop.size)
 
     def reset(self) -> None:
-        self.hrm2._clear_rows()
-        self.hrm2._index_ranges() if self.is_trained else None
+        self.hrm2._clear_rows()  # the next add lays the rows out again
 
     def search(self, x, k: int):
         from .knn import check_k, empty_result

@@ -103,19 +103,22 @@ class ConsolidationReport:
     reason: str = "manual"
 
 
+_RATES = HebbianRates()  # the learning rates and clips have one set of defaults
+
+
 @dataclass(frozen=True)
 class StoreOptions:
     """The store options of SPEC sections 1-2, with their defaults."""
 
     kappa0: float = 10.0
-    lr_alpha: float = 0.1
-    lr_kappa: float = 0.5
-    lr_mu: float = 0.01
-    alpha_min: float = 0.01
-    alpha_max: float = 10.0
-    kappa_min: float = 0.5
-    kappa_max: float = 100.0
-    eps: float = 1e-6  # in kappa += lr_kappa / (d2 + eps)
+    lr_alpha: float = _RATES.lr_alpha
+    lr_kappa: float = _RATES.lr_kappa
+    lr_mu: float = _RATES.lr_mu
+    alpha_min: float = _RATES.alpha_min
+    alpha_max: float = _RATES.alpha_max
+    kappa_min: float = _RATES.kappa_min
+    kappa_max: float = _RATES.kappa_max
+    eps: float = _RATES.eps  # in kappa += lr_kappa / (d2 + eps)
     half_life: float = 30 * 86400.0  # decay half-life, in the units of `now` (30 days in s)
     alpha_prune: float = 0.01
     merge_radius: float = 0.0  # 0 disables merging; pairs with d2 < merge_radius^2 merge
@@ -263,7 +266,7 @@ class SplatStore:
         if new.size:
             take = new if new.size < n else slice(None)
             self._mu.append(x_rows[take])
-            self._params.append(self._param_rows(params[take]))
+            self._params.append(params[take])
             if self._sq is not None:
                 self._sq.append(sq_rows[take])
         # host bookkeeping, after the device work succeeded
@@ -288,9 +291,6 @@ class SplatStore:
         if self.options.auto_consolidate and cap is not None and len(self) > cap:
             self.consolidate(reason=f"size {len(self)} passed capacity {cap}")
         return list(keys)
-
-    def _param_rows(self, params: np.ndarray):
-        return self.backend.from_host(params) if self.backend.name == "cuda" else params
 
     def _new_ids(self, n: int) -> list[int]:
         out = []
@@ -482,9 +482,10 @@ class SplatStore:
         plan = HebbianPlan.build(np.array(ev_q), np.array(ev_rows), np.array(ev_sign))
         be = self.backend
         be.hebbian(self._mu.view(), self._params.view(), to_native(be, q), plan, self._rates)
-        moved = np.unique(np.array(ev_rows)[np.array(ev_sign) > 0])
+        rel_rows = np.array(ev_rows)[np.array(ev_sign) > 0]
+        moved = np.unique(rel_rows)
         if moved.size:
-            np.add.at(self._hits, np.array(ev_rows)[np.array(ev_sign) > 0], 1)
+            np.add.at(self._hits, rel_rows, 1)
             self._dirty[moved] = True
             if self._sq is not None:  # cpu: keep ||mu||^2 in step with the moved rows
                 rows = be.gather_rows(self._mu.view(), moved)
@@ -530,18 +531,21 @@ class SplatStore:
         return np.asarray(self.backend.to_host(self._params.view()))[:, PARAM_ALPHA]
 
     def _maybe_consolidate_for_alpha(self) -> None:
-        alpha = self._alpha()[self._live]
-        total = float(alpha.sum())
-        low = float(alpha[alpha < self.options.alpha_prune].sum())
+        alpha = self._alpha()
+        live = alpha[self._live]
+        total = float(live.sum())
+        low = float(live[live < self.options.alpha_prune].sum())
         if total > 0 and low > self.options.prune_share * total:
-            self.consolidate(reason=f"{low / total:.0%} of total alpha is under alpha_prune")
+            self._consolidate(f"{low / total:.0%} of total alpha is under alpha_prune", alpha)
 
     def consolidate(self, reason: str = "manual") -> ConsolidationReport:
         """Prune splats with ``alpha < alpha_prune``, then merge pairs closer than
         ``merge_radius`` (mutually nearest pairs, found with the k-NN kernel, in rounds
         until none is left); merged ids resolve to the survivor."""
+        return self._consolidate(reason, self._alpha())
+
+    def _consolidate(self, reason: str, alpha: np.ndarray) -> ConsolidationReport:
         report = ConsolidationReport(before=len(self), reason=reason)
-        alpha = self._alpha()
         prune = np.flatnonzero(self._live & (alpha < self.options.alpha_prune))
         if prune.size:
             report.pruned = [self._ids[s] for s in prune]

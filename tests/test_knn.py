@@ -7,8 +7,6 @@ import pytest
 
 import m2m_gpu
 from m2m_gpu import InvalidInputError, UnknownMetricError
-from m2m_gpu.backends import cpu as cpu_backend
-from m2m_gpu.backends import vulkan as vulkan_backend
 
 from .knn_check import assert_knn_matches
 from .tolerances import tolerance
@@ -47,12 +45,8 @@ def test_knn_matches_reference(backend, rng, m, n, d, k, metric):
 
 
 @pytest.mark.parametrize("metric", METRICS)
-def test_knn_many_tiles_and_chunks(backend, rng, metric, monkeypatch):
+def test_knn_many_tiles_and_chunks(backend, rng, metric, small_tiles):
     """Small tile budgets force the merge across many tiles (and Vulkan chunks)."""
-    monkeypatch.setattr(cpu_backend, "BATCH_TILE_BYTES", 4096)
-    monkeypatch.setattr(cpu_backend, "SCAN_TILE_ROWS", 37)
-    monkeypatch.setattr(vulkan_backend, "TILE_BUDGET_BYTES", 4096)
-    monkeypatch.setattr(vulkan_backend, "CHUNK_BYTES", 64 * 1024)
     for m in (1, 3, 40):  # the streaming path and the batched path of the cpu backend
         Q = rng.standard_normal((m, 24)).astype(np.float32)
         X = rng.standard_normal((3001, 24)).astype(np.float32)

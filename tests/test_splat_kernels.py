@@ -10,7 +10,6 @@ import m2m_gpu
 from m2m_gpu import InvalidInputError, UnknownMetricError
 from m2m_gpu import reference as ref
 from m2m_gpu import synthetic as syn_fn
-from m2m_gpu.backends import cpu as cpu_backend
 from m2m_gpu.backends import vulkan as vulkan_backend
 from m2m_gpu.backends.base import PARAM_WIDTH, HebbianPlan, HebbianRates
 from m2m_gpu.synthetic import assignments, normals, reference, words
@@ -62,11 +61,7 @@ def test_splat_topk_matches_reference(backend, rng, m, n, d, k, metric):
 
 
 @pytest.mark.parametrize("metric", METRICS)
-def test_splat_topk_many_tiles_and_chunks(backend, rng, metric, monkeypatch):
-    monkeypatch.setattr(cpu_backend, "BATCH_TILE_BYTES", 4096)
-    monkeypatch.setattr(cpu_backend, "SCAN_TILE_ROWS", 37)
-    monkeypatch.setattr(vulkan_backend, "TILE_BUDGET_BYTES", 4096)
-    monkeypatch.setattr(vulkan_backend, "CHUNK_BYTES", 64 * 1024)
+def test_splat_topk_many_tiles_and_chunks(backend, rng, metric, small_tiles):
     for m in (1, 3, 40):  # streaming and batched cpu paths
         Q, X, alpha, kappa = splat_data(rng, m, 3001, 24)
         L, I, D = m2m_gpu.splat_topk(Q, X, alpha, kappa, 50, metric, backend=backend.name)

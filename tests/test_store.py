@@ -25,6 +25,13 @@ def snapshot(s: SplatStore):
             [(r["vector"].tobytes(), r["alpha"], r["kappa"], r["metadata"]) for r in recs])
 
 
+def splats_of(s: SplatStore, ids):
+    """``(mu, alpha, kappa)`` of the given ids, read back through ``get``."""
+    recs = s.get(ids)
+    return (np.stack([r["vector"] for r in recs]), np.array([r["alpha"] for r in recs]),
+            np.array([r["kappa"] for r in recs]))
+
+
 # ---- add / get / delete ------------------------------------------------------------------------
 def test_add_generates_ids_and_upserts(backend, rng):
     s = make(backend)
@@ -298,10 +305,7 @@ def test_search_agrees_with_reference_after_feedback(backend, rng):
     s.add(X)
     Q = rng.standard_normal((20, 12)).astype(np.float32)
     s.feedback(Q[:10], relevant=[[i] for i in range(10)], irrelevant=[[i + 10] for i in range(10)])
-    recs = s.get(list(range(500)))
-    mu = np.stack([r["vector"] for r in recs])
-    alpha = np.array([r["alpha"] for r in recs])
-    kappa = np.array([r["kappa"] for r in recs])
+    mu, alpha, kappa = splats_of(s, list(range(500)))
     L, I, D = ref.splat_topk(Q, mu, alpha, kappa, 7, "cosine")
     r = s.search(Q, k=7)
     np.testing.assert_allclose(r.log_scores, L, *tolerance(backend.name, what="log_score"))
@@ -411,10 +415,7 @@ def test_store_across_many_device_chunks_and_tiles(backend, rng, monkeypatch):
     report = s.consolidate()
     assert len(report.merged) == 3 and len(s) == 1000
     live = sorted((k for k in s._slot), key=repr)
-    recs = s.get(live)
-    mu = np.stack([r["vector"] for r in recs])
-    alpha = np.array([r["alpha"] for r in recs])
-    kappa = np.array([r["kappa"] for r in recs])
+    mu, alpha, kappa = splats_of(s, live)
     L, I, D = ref.splat_topk(Q, mu, alpha, kappa, 25, "cosine")
     r = s.search(Q, k=25)
     np.testing.assert_allclose(r.log_scores, L, *tolerance(backend.name, what="log_score"))

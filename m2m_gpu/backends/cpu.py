@@ -226,21 +226,13 @@ class CpuBackend(Backend):
 
     def _finish(self, queries, database, keys, ids, metric):
         """Exact distances for the selected ids, rows sorted best first."""
-        m, k = ids.shape
-        d = database.shape[1]
         if metric == "l2":
-            dist = np.empty((m, k), dtype=np.float32)
-            step = max(1, GATHER_BUDGET_BYTES // max(1, 4 * k * d))
-            for r in range(0, m, step):
-                rows = database[ids[r : r + step]]  # (step, k, d)
-                rows -= queries[r : r + step, None, :]
-                np.einsum("ijk,ijk->ij", rows, rows, out=dist[r : r + step])
+            dist = self._direct_d2(queries, database, ids)
             order = np.argsort(dist, axis=1, kind="stable")
         else:
             dist = -keys
             order = np.argsort(keys, axis=1, kind="stable")
         return np.take_along_axis(dist, order, 1), np.take_along_axis(ids, order, 1)
-
 
     # ---- splat kernels ----------------------------------------------------------------
     # All of them rank or weigh by the key  kappa_i * d2 - log(alpha_i)  (= -log-score).

@@ -254,19 +254,21 @@ class VulkanBackend(Backend):
 
     # ---- k-NN --------------------------------------------------------------------------
     def knn(self, queries, database, k, metric, *, database_sqnorms=None):
+        keys, ids = self._topk(queries, database, k, 0 if metric == "l2" else 1, None)
+        return (keys if metric == "l2" else -keys), ids
+
+    def _topk(self, queries, database, k, mode, params):
+        """Keys and ids of the k best rows per query (any mode of knn_distance), sorted."""
         d = database.shape[1]
-        metric_code = 0 if metric == "l2" else 1
         out_keys, out_ids = [], []
         for _, mq, qtensor in queries.chunks():
-            keys, ids = self._knn_block(qtensor, mq, database, d, k, metric_code, None)
+            keys, ids = self._knn_block(qtensor, mq, database, d, k, mode, params)
             out_keys.append(keys)
             out_ids.append(ids)
         keys = np.concatenate(out_keys)
         ids = np.concatenate(out_ids).astype(np.int64)
         order = np.argsort(keys, axis=1, kind="stable")  # the k survivors, best first
-        keys = np.take_along_axis(keys, order, 1)
-        ids = np.take_along_axis(ids, order, 1)
-        return (keys if metric == "l2" else -keys), ids
+        return np.take_along_axis(keys, order, 1), np.take_along_axis(ids, order, 1)
 
     def _knn_block(self, qtensor, mq, database, d, k, metric_code, params):
         kp, mgr = self.kp, self.mgr
@@ -317,17 +319,7 @@ class VulkanBackend(Backend):
 
     def splat_topk(self, queries, mu, params, k, mode, *, sqnorms=None):
         self._check_aligned(mu, params)
-        d = mu.shape[1]
-        out_keys, out_ids = [], []
-        for _, mq, qtensor in queries.chunks():
-            keys, ids = self._knn_block(qtensor, mq, mu, d, k, mode, params)
-            out_keys.append(keys)
-            out_ids.append(ids)
-        keys = np.concatenate(out_keys)
-        ids = np.concatenate(out_ids).astype(np.int64)
-        order = np.argsort(keys, axis=1, kind="stable")
-        keys = np.take_along_axis(keys, order, 1)
-        ids = np.take_along_axis(ids, order, 1)
+        keys, ids = self._topk(queries, mu, k, mode, params)
         if mode != MODE_SPLAT:
             return keys, ids, keys.copy()
         # d2 from the key: the kernel computed key = fma(kappa, d2, -log alpha) in the direct
