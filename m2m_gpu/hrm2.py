@@ -1,10 +1,13 @@
 """HRM2: hierarchical routing over two levels of k-means (SPEC section 3).
 
-``n1`` coarse centroids over the data; inside each coarse cell up to ``n2`` fine centroids.
+``n1`` coarse centroids over the data; ``n1 * n2`` fine centroids in all, each coarse cell
+getting a share in proportion to its rows (so fine cells are of similar size where the data
+is dense and where it is sparse), trained by k-means on that cell's rows.
 Rows are stored on the device grouped by fine cell, so a probe reads one contiguous range.
 A query scores the coarse centroids, keeps the best ``p1`` coarse cells, scores their fine
 centroids, keeps the best ``p2`` fine cells, and scans their rows exactly
-(``Backend.scan_cells``: one GEMM per probed cell on cpu).
+(``Backend.scan_cells``; on cpu a compiled loop that reads each probed cell once for
+all the queries of a batch that probe it).
 
 Adaptive probing (``adaptive=True``): the fine cells are scanned nearest first in two
 rounds; after the first quarter, a cell is skipped when it cannot hold anything better
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backends import Backend, get_backend
+from .backends import Backend, _jit, get_backend
 from .backends.base import MODE_DISTANCE
 from .kmeans import kmeans
 
@@ -47,6 +50,23 @@ def default_shape(n: int) -> tuple[int, int]:
 
 def default_probes(n1: int, n2: int) -> tuple[int, int]:
     return max(2, n1 // 8), max(8, (n1 * n2) // 64)
+
+
+def split_cells(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Fine cells per coarse cell: ``total`` in all (more only if there are more non-empty
+    coarse cells than that), in proportion to ``sizes``, at least one per non-empty cell;
+    the remainders go to the largest fractional parts (ties: lower index)."""
+    sizes = np.asarray(sizes, np.int64)
+    live = sizes > 0
+    if not live.any():
+        return np.zeros_like(sizes)
+    ideal = sizes * (total / sizes.sum())
+    share = np.where(live, np.maximum(1, np.floor(ideal)), 0).astype(np.int64)
+    left = total - int(share.sum())
+    if left > 0:
+        order = np.argsort(-(ideal - np.floor(ideal)), kind="stable")
+        share[order[:left]] += 1
+    return share
 
 
 @dataclass
@@ -86,10 +106,13 @@ class HRM2:
         coarse = kmeans(x, n1, iters=self.kmeans_iters, seed=self.seed,
                         max_points_per_centroid=self.mppc, backend=be).centroids
         _, cid = self._nearest(x, coarse)
+        # n1 * n2 fine cells in all, shared among coarse cells in proportion to their rows,
+        # so fine cells hold about the same number of rows wherever the data is dense
+        share = split_cells(np.bincount(cid, minlength=n1), n1 * n2)
         fine, parent = [], []
         for c in range(n1):  # a loop over coarse cells, not rows
             members = x[cid == c]
-            kc = min(n2, max(1, members.shape[0] // MIN_ROWS_PER_FINE_CELL))
+            kc = int(min(share[c], max(1, members.shape[0] // MIN_ROWS_PER_FINE_CELL)))
             if members.shape[0] == 0:
                 continue
             if kc == 1:
@@ -215,6 +238,8 @@ class HRM2:
     def route(self, q: np.ndarray, p1: int, p2: int):
         """Fine cells to scan per query, nearest first: ``(cells int64[m, p2] (-1 pad),
         squared centroid distances)``."""
+        if _jit.available():  # one compiled loop on the host, whatever the backend
+            return _jit.route(q, self.coarse, self.fine, self.fine_ranges, p1, p2)
         be = self.backend
         m = q.shape[0]
         p1 = min(p1, self.coarse.shape[0])

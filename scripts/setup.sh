@@ -3,7 +3,8 @@
 #   1. Debian packages: Python venv + headers, a C++ toolchain and CMake (to build Kompute),
 #      the Vulkan loader and headers, fmt, glslang (shader compiler), and Mesa's Vulkan
 #      drivers (lavapipe: Vulkan on the CPU, so the Vulkan backend runs with no GPU).
-#   2. A virtual environment in .venv with m2m-gpu (editable) and its dev + bench extras.
+#   2. A virtual environment in .venv with m2m-gpu (editable) and its dev, bench and jit
+#      (Numba: the compiled cpu loops of HRM2) extras.
 #   3. Kompute (kp 0.9.0) built offline from its sdist against the system headers (it has no
 #      wheels, and its own build would download its dependencies).
 #   4. PyTorch, only if a local wheel is available to pip (optional; for interop tests).
@@ -38,10 +39,10 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 stamp=$venv/.m2m-setup-stamp
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
-  say "installing m2m-gpu (editable) with extras dev,bench"
+  say "installing m2m-gpu (editable) with extras dev,bench,jit"
   "${pip[@]}" install -q --upgrade pip setuptools wheel
   "${pip[@]}" install -q "pybind11<3" hatchling editables
-  "${pip[@]}" install -q -e ".[dev,bench]"
+  "${pip[@]}" install -q -e ".[dev,bench,jit]"
   echo "$want" > "$stamp"
 fi
 

@@ -8,6 +8,7 @@ import pytest
 
 import m2m_gpu
 from m2m_gpu import InvalidInputError
+from m2m_gpu.backends import _jit
 from m2m_gpu.hrm2 import IndexHRM2, default_probes, default_shape
 
 from .knn_check import assert_knn_matches
@@ -140,7 +141,6 @@ def test_default_shape_grows_with_n():
 def test_scan_cells_matches_reference_on_the_probed_rows(backend, rng, mode):
     """The scan kernel alone, with splat parameters (some rows masked by alpha = 0), against
     the reference over exactly the rows of each query's probed cells."""
-    from m2m_gpu import reference as ref
     from m2m_gpu.backends.base import MODE_DISTANCE, MODE_SPLAT, PARAM_WIDTH
 
     n, d, m, k = 300, 7, 9, 12
@@ -156,9 +156,30 @@ def test_scan_cells_matches_reference_on_the_probed_rows(backend, rng, mode):
     xn = backend.from_host(x)
     kw = {"chunk_rows": xn.chunk_rows} if backend.name == "vulkan" else {}
     code = MODE_SPLAT if mode == "splat" else MODE_DISTANCE
-    keys, pos, d2 = backend.scan_cells(backend.from_host(q), xn, ranges, probes, k, code,
-                                       backend.from_host(params, **kw))
-    for i in range(m):
+    for _ in cpu_scan_paths(backend):
+        keys, pos, d2 = backend.scan_cells(backend.from_host(q), xn, ranges, probes, k, code,
+                                           backend.from_host(params, **kw))
+        check_scan(keys, pos, d2, q, x, ranges, probes, params, k, mode)
+
+
+def cpu_scan_paths(backend):
+    """On cpu, the scan runs through both paths (compiled loop and NumPy); elsewhere once."""
+    if backend.name != "cpu":
+        yield None
+        return
+    saved = backend.jit
+    try:
+        for jit in ([True] if _jit.available() else []) + [False]:
+            backend.jit = jit
+            yield jit
+    finally:
+        backend.jit = saved
+
+
+def check_scan(keys, pos, d2, q, x, ranges, probes, params, k, mode):
+    from m2m_gpu import reference as ref
+
+    for i in range(q.shape[0]):
         rows = np.concatenate([np.arange(*ranges[c]) for c in probes[i] if c >= 0])
         rows = rows[params[rows, 0] > 0]
         want = min(k, rows.size)
@@ -173,3 +194,62 @@ def test_scan_cells_matches_reference_on_the_probed_rows(backend, rng, mode):
         where = {r: j for j, r in enumerate(rows.tolist())}
         np.testing.assert_allclose(d2[i, :want], d2_ref[0][[where[r] for r in got]],
                                    rtol=1e-5, atol=1e-4)
+
+
+def test_jit_required_when_asked():
+    """CI sets M2M_REQUIRE_JIT=1: the compiled cpu loops must then really be in use."""
+    import os
+
+    if os.environ.get("M2M_REQUIRE_JIT") == "1":
+        assert _jit.available(), "M2M_REQUIRE_JIT=1 but numba is not importable"
+        assert m2m_gpu.backends.get_backend("cpu").jit
+
+
+@pytest.mark.skipif(not _jit.available(), reason="numba not installed (M2M_REQUIRE_JIT=1 in CI)")
+def test_jit_scan_ties_resolve_to_the_smaller_row_whatever_the_threads(rng):
+    """Many equal keys spread over cells: the compiled scan keeps the smallest rows among
+    the tied ones, with 1 thread or with 2."""
+    import numba
+
+    from m2m_gpu.backends.base import MODE_DISTANCE
+
+    base = rng.standard_normal((6, 4)).astype(np.float32)
+    x = np.repeat(base, 50, axis=0)[rng.permutation(300)]  # every row has 49 twins
+    q = base[:3] + np.float32(0.01)
+    ranges = np.array([[0, 70], [70, 71], [71, 200], [200, 300]])
+    probes = np.array([[3, 0, 2, 1], [1, 2, -1, -1], [0, 1, 2, 3]])
+    sq = np.einsum("ij,ij->i", x, x)
+    runs = []
+    for threads in (1, 2):
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        runs.append(_jit.scan_cells(q, x, sq, ranges, probes, 7, MODE_DISTANCE))
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    for i in range(3):
+        rows = np.concatenate([np.arange(*ranges[c]) for c in probes[i] if c >= 0])
+        d2 = ((x[rows] - q[i]) ** 2).sum(1)
+        best = np.isclose(d2, d2.min(), rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(runs[0][1][i], np.sort(rows[best])[:7])
+
+
+@pytest.mark.skipif(not _jit.available(), reason="numba not installed (M2M_REQUIRE_JIT=1 in CI)")
+def test_jit_routing_matches_numpy_routing(monkeypatch):
+    x, q = data(5_000, 64)
+    idx = IndexHRM2(16, 8, 8)
+    idx.train(x)
+    idx.add(x)
+    cells, d2 = idx.hrm2.route(q, 3, 10)
+    monkeypatch.setenv("M2M_NO_JIT", "1")
+    cells0, d20 = idx.hrm2.route(q, 3, 10)
+    np.testing.assert_array_equal(cells, cells0)
+    np.testing.assert_allclose(d2, d20, rtol=1e-5, atol=1e-5)
+
+
+def test_split_cells_is_proportional_and_exact():
+    from m2m_gpu.hrm2 import split_cells
+
+    share = split_cells(np.array([1000, 10, 0, 490]), 30)
+    assert share.sum() == 30 and share[2] == 0 and share[1] >= 1
+    np.testing.assert_array_equal(share, [20, 1, 0, 9])
+    assert split_cells(np.array([5, 5, 5]), 2).tolist() == [1, 1, 1]  # one per live cell
+    assert split_cells(np.zeros(3, np.int64), 4).sum() == 0

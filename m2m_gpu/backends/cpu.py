@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _jit
 from .base import (
     MODE_SPLAT,
     PARAM_ALPHA,
@@ -77,6 +78,7 @@ class CpuBackend(Backend):
         super().__init__(info)
         self.threads = threads or os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="m2m-cpu")
+        self.jit = _jit.available()  # compiled HRM2 cell scan (Numba); else NumPy
         self._blas = None  # threadpoolctl controller, made on first use (it scans libraries)
 
     def _blas_limit(self, threads: int):
@@ -460,6 +462,25 @@ class CpuBackend(Backend):
         native[index] = values
 
     def scan_cells(self, queries, rows, ranges, probes, k, mode, params=None, sqnorms=None):
+        """The probed cells' k best rows per query: the candidate pass is the compiled loop
+        of ``_jit`` when Numba is available (else ``_scan_cells_numpy``), and the k found
+        are finished in the direct form."""
+        if sqnorms is None:
+            sqnorms = np.einsum("ij,ij->i", rows, rows)
+        if self.jit:
+            alpha = kappa = None
+            if params is not None:
+                alpha = np.ascontiguousarray(params[:, PARAM_ALPHA])
+                if mode == MODE_SPLAT:
+                    kappa = np.ascontiguousarray(params[:, PARAM_KAPPA])
+            _, best_i = _jit.scan_cells(queries, rows, sqnorms, ranges, probes, k, mode,
+                                        alpha, kappa)
+        else:
+            best_i = self._scan_cells_numpy(queries, rows, ranges, probes, k, mode, params,
+                                            sqnorms)
+        return self._finish_scan(queries, rows, best_i, mode, params)
+
+    def _scan_cells_numpy(self, queries, rows, ranges, probes, k, mode, params, sqnorms):
         """Per probed cell, one GEMM of the queries that probe it against its rows (the
         cell is read once for all of them), written into one flat candidate buffer; then
         the keys, ids and query of every candidate are formed with whole-array operations,
@@ -504,8 +525,7 @@ class CpuBackend(Backend):
                 local = np.arange(total) - offset[g]
                 ids = ranges[uniq[sl], 0][g] + local // nq[sl][g]
                 cq = qi[start[sl][g] + local % nq[sl][g]]
-                keys += sqnorms[ids] if sqnorms is not None else np.einsum(
-                    "ij,ij->i", rows[ids], rows[ids])
+                keys += sqnorms[ids]
                 if params is not None:
                     alpha = params[ids, PARAM_ALPHA]
                     live = alpha > 0
@@ -519,6 +539,9 @@ class CpuBackend(Backend):
                 best_k, best_i = merge_candidates(best_k, best_i, keys[sel], ids[sel],
                                                   cq[sel], k)
                 bound = best_k.max(axis=1)
+        return best_i
+
+    def _finish_scan(self, queries, rows, best_i, mode, params):
         found = best_i >= 0
         safe = np.where(found, best_i, 0)
         d2 = self._direct_d2(queries, rows, safe)
