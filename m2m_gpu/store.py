@@ -9,6 +9,13 @@ quarter of them are free. All heavy work (ranking, energy, feedback, decay, find
 near-duplicates) runs in the backend's kernels; the host does bookkeeping proportional to
 the ids a call names.
 
+Index. ``index="flat"`` (default) ranks every splat exactly. ``index="hrm2"`` adds an HRM2
+index (:mod:`m2m_gpu.store_index`) once the store holds ``index_options["train_min"]``
+splats: searches then scan only the probed cells, and every change to a splat (add, upsert,
+feedback that moves mu, delete, merge, decay) is passed on to the index, so a splat whose mu
+crosses into another cell is re-assigned and stays findable. ``search(..., exact=True)``
+ranks every splat whatever the index.
+
 Validation happens before the first change: a call that raises leaves the store as it was.
 """
 
@@ -37,6 +44,7 @@ from .backends.base import (
 )
 from .errors import InvalidInputError, UnknownIdError, UnknownMetricError
 from .knn import check_k, prepare
+from .store_index import IndexOptions, StoreIndex
 from .tensor import array_module, to_native
 
 log = logging.getLogger("m2m_gpu")
@@ -158,12 +166,15 @@ class StoreOptions:
 class SplatStore:
     """A store of splats on one backend (SPEC sections 1-2).
 
-    ``SplatStore(dim, metric="cosine", backend=None, **options)``; ``metric`` is
-    ``"cosine"`` (vectors and queries are normalised on the way in) or ``"l2"``. Options and
-    defaults are those of :class:`StoreOptions`. Ids are ints or strings.
+    ``SplatStore(dim, metric="cosine", backend=None, index="flat", index_options=None,
+    **options)``; ``metric`` is ``"cosine"`` (vectors and queries are normalised on the way
+    in) or ``"l2"``. ``index`` is ``"flat"`` (exact) or ``"hrm2"`` (approximate, with
+    ``index_options`` of :class:`m2m_gpu.store_index.IndexOptions`). Options and defaults
+    are those of :class:`StoreOptions`. Ids are ints or strings.
     """
 
     def __init__(self, dim: int, metric: str = "cosine", backend: str | Backend | None = None,
+                 index: str = "flat", index_options: dict | None = None,
                  **options: Any) -> None:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise InvalidInputError(f"dim must be a positive integer, got {dim!r}")
@@ -179,6 +190,12 @@ class SplatStore:
                                     f"{sorted(StoreOptions.__dataclass_fields__)}")
         self.options = StoreOptions(**options)
         self.options.check()
+        if index not in ("flat", "hrm2"):
+            raise InvalidInputError(f"index must be 'flat' or 'hrm2', got {index!r}")
+        if index == "flat" and index_options:
+            raise InvalidInputError("index_options apply to index='hrm2' only")
+        self.index_kind = index
+        self._index_opts = IndexOptions.parse(index_options) if index == "hrm2" else None
         self.dim = int(dim)
         self.metric = name
         self.backend = get_backend(backend)
@@ -203,6 +220,8 @@ class SplatStore:
         self._alias: dict[Any, Any] = {}  # merged id -> survivor id
         self._next_id = 0
         self._columns = _filters.Columns()
+        self._index = StoreIndex(self.dim, be, self._index_opts) \
+            if self._index_opts is not None else None
 
     @property
     def slots(self) -> int:
@@ -287,10 +306,23 @@ class SplatStore:
         set_slots = np.concatenate([existing[old], first + np.arange(new.size)])
         self._columns.on_set(set_slots, [meta[i] for i in old] + [meta[i] for i in new],
                              self.slots)
+        if self._index is not None:
+            hx = np.asarray(host(x_rows), np.float32)
+            self._index.moved(existing[old], hx[old])
+            self._index.added(first + np.arange(new.size), hx[new])
+            self._sync_index()
         cap = self.options.capacity
         if self.options.auto_consolidate and cap is not None and len(self) > cap:
             self.consolidate(reason=f"size {len(self)} passed capacity {cap}")
         return list(keys)
+
+    def _sync_index(self) -> None:
+        """Train (or retrain) the HRM2 index when the store has reached its size for it."""
+        if self._index is not None and self._index.needs_training(len(self)):
+            live = np.flatnonzero(self._live)
+            rows = self.backend.gather_rows(self._mu.view(), live)
+            self._index.train(np.ascontiguousarray(rows, np.float32), live)
+            log.info("hrm2 index trained on %d splats", live.size)
 
     def _new_ids(self, n: int) -> list[int]:
         out = []
@@ -348,6 +380,8 @@ class SplatStore:
             del self._alias[a]
         self._live[slots] = False
         self._dirty[slots] = False
+        if self._index is not None:
+            self._index.freed(slots)
         free = self.slots - len(self)
         if free > COMPACT_MIN_FREE and free * 4 > self.slots:
             self.compact()
@@ -358,6 +392,7 @@ class SplatStore:
         keep = np.flatnonzero(self._live)
         if keep.size == self.slots:
             return
+        before = self.slots
         idx = self.backend.from_host(keep) if self.backend.name == "cuda" else keep
         self._mu.keep(idx)
         self._params.keep(idx)
@@ -369,6 +404,8 @@ class SplatStore:
                                                self._hits[keep])
         self._slot = {k: i for i, k in enumerate(self._ids)}
         self._columns.on_keep(keep)
+        if self._index is not None:
+            self._index.compacted(keep, before)
 
     # ---- search and energy --------------------------------------------------------------
     def _queries(self, queries: Any):
@@ -379,12 +416,16 @@ class SplatStore:
         return self._sq.view()[:, 0] if self._sq is not None else None
 
     def search(self, queries: Any, k: int = 10, filter: dict | None = None,
-               rank: str = "splat") -> SearchResult:
+               rank: str = "splat", exact: bool = False) -> SearchResult:
         """The ``k`` best splats for each query row (a 1-D vector is one query).
 
         ``rank="splat"`` orders by ``score = alpha exp(-kappa d2)``; ``rank="distance"`` by
         ``d2`` alone. ``filter`` (see :mod:`m2m_gpu.filters`) is applied before the top-k,
         so each query gets ``min(k, matching splats)`` hits.
+
+        With ``index="hrm2"`` (once trained) only the probed cells are ranked, unless
+        ``exact=True``; a query whose probed cells hold fewer than ``min(k, matches)``
+        matching splats (a selective filter) is answered by the exact ranking instead.
         """
         k = check_k(k)
         if rank not in ("splat", "distance"):
@@ -401,10 +442,11 @@ class SplatStore:
             return SearchResult([[] for _ in range(m)], z, z.copy(), z.copy(),
                                 [[] for _ in range(m)])
         be = self.backend
-        params = self._params.view() if filter is None else self._masked_params(mask)
         mode = MODE_SPLAT if rank == "splat" else MODE_DISTANCE
-        keys, slots, d2 = (np.asarray(be.to_host(a)) for a in be.splat_topk(
-            to_native(be, q), self._mu.view(), params, kk, mode, sqnorms=self._sq_view()))
+        if self._index is not None and self._index.ready and not exact:
+            keys, slots, d2 = self._index_search(q, kk, mode, mask, filter is not None)
+        else:
+            keys, slots, d2 = self._flat_search(q, kk, mode, mask, filter is not None)
         if mode == MODE_SPLAT:
             log_scores = -keys
         else:
@@ -416,6 +458,28 @@ class SplatStore:
         ids = [[self._ids[s] for s in row] for row in slots.tolist()]
         meta = [[dict(self._meta[s]) for s in row] for row in slots.tolist()]
         return SearchResult(ids, np.exp(log_scores), log_scores, d2.astype(np.float32), meta)
+
+    def _flat_search(self, q, kk: int, mode: int, mask: np.ndarray, filtered: bool):
+        be = self.backend
+        params = self._masked_params(mask) if filtered else self._params.view()
+        return (np.asarray(be.to_host(a)) for a in be.splat_topk(
+            to_native(be, q), self._mu.view(), params, kk, mode, sqnorms=self._sq_view()))
+
+    def _index_search(self, q, kk: int, mode: int, mask: np.ndarray, filtered: bool):
+        host_q = np.asarray(q.get() if hasattr(q, "get") else q, np.float32)
+
+        def host_params():  # read only when the index's copy is stale, or for a filter
+            p = np.array(self.backend.to_host(self._params.view()), np.float32)
+            if filtered:
+                p[~mask, PARAM_ALPHA] = 0.0
+            return p
+
+        keys, slots, d2 = self._index.search(host_q, kk, mode, host_params, filtered)
+        short = np.flatnonzero((slots < 0).any(axis=1))
+        if short.size:  # too few matches in the probed cells: exact for those queries
+            fk, fs, fd = self._flat_search(host_q[short], kk, mode, mask, filtered)
+            keys[short], slots[short], d2[short] = fk, fs, fd
+        return keys, slots, d2
 
     def _masked_params(self, mask: np.ndarray):
         """A copy of params with alpha = 0 outside ``mask`` (O(slots) on the device)."""
@@ -487,10 +551,15 @@ class SplatStore:
         if moved.size:
             np.add.at(self._hits, rel_rows, 1)
             self._dirty[moved] = True
-            if self._sq is not None:  # cpu: keep ||mu||^2 in step with the moved rows
+            if self._sq is not None or self._index is not None:
                 rows = be.gather_rows(self._mu.view(), moved)
+            if self._sq is not None:  # cpu: keep ||mu||^2 in step with the moved rows
                 be.scatter_rows(self._sq.view(), moved,
                                 np.einsum("ij,ij->i", rows, rows).reshape(-1, 1))
+            if self._index is not None:  # re-assigned if mu crossed into another cell
+                self._index.moved(moved, np.asarray(rows, np.float32))
+        if self._index is not None:
+            self._index.params_changed()
         touched = np.unique(plan.rows)
         alpha = be.gather_rows(self._params.view(), touched)[:, PARAM_ALPHA]
         if self.options.auto_consolidate and (alpha < self.options.alpha_prune).any():
@@ -523,6 +592,8 @@ class SplatStore:
         self._advance(now)
         if self.slots:
             self.backend.decay(self._params.view(), float(now) - self.options.clock, self._lam)
+            if self._index is not None:
+                self._index.params_changed()
         self.clock = float(now)
         if self.options.auto_consolidate:
             self._maybe_consolidate_for_alpha()
@@ -621,6 +692,8 @@ class SplatStore:
         be.scatter_rows(self._params.view(), surv, params)
         if self._sq is not None:
             be.scatter_rows(self._sq.view(), surv, np.einsum("ij,ij->i", mu, mu).reshape(-1, 1))
+        if self._index is not None:
+            self._index.moved(surv, mu)
         for g, s in zip(gone.tolist(), surv.tolist(), strict=True):
             gid, sid = self._ids[g], self._ids[s]
             report.merged.append((gid, sid))
@@ -656,6 +729,7 @@ class SplatStore:
             "below_alpha_prune": int((par[:, PARAM_ALPHA] < self.options.alpha_prune).sum()),
             "backend": self.backend.name, "device": self.backend.info.device,
             "device_bytes": int(nbytes), "clock": self.clock,
+            "index": self._index.stats() if self._index is not None else {"kind": "flat"},
             "transfers": self.backend.transfers.snapshot(),
         }
 

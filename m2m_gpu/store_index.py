@@ -1,0 +1,180 @@
+"""The approximate index behind ``SplatStore(index="hrm2")``.
+
+The store keeps its splats in slot order (the source of truth for mu, alpha and kappa); the
+index keeps an HRM2 layout of the same rows, cell by cell, whose ids are store slots. The
+store tells it about every change:
+
+* new slots and moved rows (upserts, Hebbian feedback, merges): :meth:`HRM2.add_rows` and
+  :meth:`HRM2.relocate` (a row whose mu crossed into another cell is re-assigned, so it stays
+  findable);
+* freed slots (delete, prune, merge) and compaction (slot renumbering);
+* any change of alpha or kappa: the index's position-ordered copy of the parameters is
+  marked stale and gathered again (O(n), once) before the next search.
+
+Until the store holds ``train_min`` splats the index is untrained and searches are exact;
+it trains on the splats present then, and again when the store has grown ``RETRAIN_GROWTH``
+times since (the default cell counts depend on n) or when its cells become unbalanced
+(HRM2's own rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backends.base import PARAM_ALPHA
+from .errors import InvalidInputError
+from .hrm2 import HRM2, ProbeReport, default_probes
+
+RETRAIN_GROWTH = 4.0  # retrain when the store has grown this many times since training
+
+
+@dataclass
+class IndexOptions:
+    """``index_options`` of ``SplatStore(index="hrm2")``.
+
+    ``train_min``: splats needed before the index is trained (searches are exact before);
+    ``n1``, ``n2``: HRM2 shape (None: from n, see :func:`m2m_gpu.hrm2.default_shape`);
+    ``p1``, ``p2``: probes (None: :func:`m2m_gpu.hrm2.default_probes`); ``adaptive``,
+    ``ratio``: adaptive probing as in :class:`m2m_gpu.IndexHRM2`; ``seed``: k-means seed.
+    """
+
+    train_min: int = 10_000
+    n1: int | None = None
+    n2: int | None = None
+    p1: int | None = None
+    p2: int | None = None
+    adaptive: bool = False
+    ratio: float | None = None
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, raw: dict | None) -> IndexOptions:
+        raw = dict(raw or {})
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise InvalidInputError(f"unknown index_options {sorted(unknown)}; known: "
+                                    f"{sorted(cls.__dataclass_fields__)}")
+        opts = cls(**raw)
+        for name in ("n1", "n2", "p1", "p2"):
+            v = getattr(opts, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                                  or v < 1):
+                raise InvalidInputError(f"index_options {name} must be a positive integer "
+                                        f"or None, got {v!r}")
+        if isinstance(opts.train_min, bool) or not isinstance(opts.train_min, (int, np.integer)) \
+                or opts.train_min < 1:
+            raise InvalidInputError(f"index_options train_min must be a positive integer, "
+                                    f"got {opts.train_min!r}")
+        if opts.ratio is not None and not opts.ratio >= 1:
+            raise InvalidInputError(f"index_options ratio must be >= 1, got {opts.ratio!r}")
+        return opts
+
+
+class StoreIndex:
+    """HRM2 over a store's slots (see the module docstring)."""
+
+    def __init__(self, dim: int, backend, options: IndexOptions) -> None:
+        self.opts = options
+        self.hrm2 = HRM2(dim, backend, options.n1, options.n2, seed=options.seed)
+        self.trained_on = 0
+        self._params = None  # position-ordered params on the device; None: stale
+        self.last_report: ProbeReport | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.hrm2.trained and self.hrm2.ntotal > 0
+
+    def probes(self) -> tuple[int, int]:
+        h = self.hrm2
+        n1 = h.coarse.shape[0]
+        d1, d2 = default_probes(n1, max(1, h.fine.shape[0] // n1))
+        return self.opts.p1 or d1, self.opts.p2 or d2
+
+    # ---- keeping in step with the store ----------------------------------------------------
+    def train(self, rows: np.ndarray, slots: np.ndarray) -> None:
+        """(Re)train on the store's live rows and lay them out."""
+        self.hrm2.train(rows)
+        self.hrm2.set_rows(rows, slots)
+        self.trained_on = rows.shape[0]
+        self._params = None
+
+    def needs_training(self, live: int) -> bool:
+        if not self.hrm2.trained:
+            return live >= self.opts.train_min
+        return live > RETRAIN_GROWTH * max(1, self.trained_on)
+
+    def added(self, slots: np.ndarray, rows: np.ndarray) -> None:
+        if self.hrm2.trained and slots.size:
+            if self.hrm2.ntotal == 0:
+                self.hrm2.set_rows(rows, slots)
+            else:
+                self.hrm2.add_rows(rows, slots)
+        self._params = None
+
+    def moved(self, slots: np.ndarray, rows: np.ndarray) -> None:
+        if self.hrm2.trained and slots.size:
+            pos = self.hrm2.positions_of(slots)
+            ok = pos >= 0
+            self.hrm2.relocate(pos[ok], rows[ok])
+        self._params = None
+
+    def freed(self, slots: np.ndarray) -> None:
+        if self.hrm2.trained and slots.size and self.hrm2.ntotal:
+            pos = self.hrm2.positions_of(slots)
+            pos = pos[pos >= 0]
+            self.hrm2.dead[pos] = True  # masked now; dropped at the next re-layout
+            self.hrm2.version += 1
+        self._params = None
+
+    def compacted(self, keep: np.ndarray, slots_before: int) -> None:
+        """Slots were renumbered: old slot ``keep[i]`` is now slot ``i``."""
+        if self.hrm2.trained and self.hrm2.ntotal:
+            new = np.full(slots_before, -1, np.int64)
+            new[keep] = np.arange(keep.size)
+            ids = new[self.hrm2.ids]
+            gone = ids < 0
+            self.hrm2.ids = np.where(gone, 0, ids)
+            self.hrm2.dead |= gone
+            if self.hrm2.dead.mean() > 0.25:  # mostly holes: lay the rows out again
+                self.hrm2.remove_positions(np.zeros(0, np.int64))
+        self._params = None
+
+    def params_changed(self) -> None:
+        self._params = None
+
+    # ---- search ----------------------------------------------------------------------------
+    def _position_params(self, host_params: np.ndarray):
+        p = host_params[self.hrm2.ids]
+        p[self.hrm2.dead, PARAM_ALPHA] = 0.0
+        return self.hrm2.upload_like_rows(np.ascontiguousarray(p))
+
+    def search(self, q: np.ndarray, k: int, mode: int, host_params, masked: bool):
+        """``(keys, slots, d2)`` host arrays, -1 slots where fewer than k were found.
+        ``host_params()``: the store's params in slot order, on the host (alpha 0 where
+        filtered out when ``masked``; such params are used once and not cached)."""
+        if masked or self._params is None:
+            params = self._position_params(host_params())
+            if not masked:
+                self._params = params
+        else:
+            params = self._params
+        p1, p2 = self.probes()
+        keys, pos, d2, report = self.hrm2.search(q, k, p1, p2, adaptive=self.opts.adaptive,
+                                                 ratio=self.opts.ratio, mode=mode,
+                                                 params=params)
+        self.last_report = report
+        keys, pos, d2 = (np.asarray(self.hrm2.backend.to_host(a)) for a in (keys, pos, d2))
+        slots = np.where(pos >= 0, self.hrm2.ids[np.where(pos >= 0, pos, 0)], -1)
+        return keys, slots, d2
+
+    def stats(self) -> dict:
+        h = self.hrm2
+        out = {"kind": "hrm2", "trained": bool(h.trained), "train_min": self.opts.train_min}
+        if h.trained:
+            out.update({"coarse_cells": int(h.coarse.shape[0]),
+                        "fine_cells": int(h.fine.shape[0]), "probes": list(self.probes()),
+                        "positions": int(h.ntotal), "dead_positions": int(h.dead.sum()),
+                        "rebuilds": int(h.rebuilds), "trained_on": int(self.trained_on)})
+        return out
