@@ -89,8 +89,8 @@ class StoreIndex:
     def probes(self) -> tuple[int, int]:
         h = self.hrm2
         n1 = h.coarse.shape[0]
-        d1, d2 = default_probes(n1, max(1, h.fine.shape[0] // n1))
-        return self.opts.p1 or d1, self.opts.p2 or d2
+        d1, d2 = default_probes(n1, max(1, h.fine.shape[0] // n1), self.opts.p2)
+        return self.opts.p1 or d1, d2
 
     # ---- keeping in step with the store ----------------------------------------------------
     def train(self, rows: np.ndarray, slots: np.ndarray) -> None:

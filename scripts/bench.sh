@@ -5,6 +5,8 @@
 #   1. exact k-NN vs NumPy and FAISS (bench/bench_knn.py; extra arguments go to it)
 #   2. the splat kernels: fused energy vs NumPy, Hebbian events/s, splat_topk vs knn
 #      (bench/bench_splat.py; --quick is passed on)
+#   3. HRM2 approximate search: recall@10 vs queries/s against faiss IVF-Flat and hnswlib,
+#      on 100,000 clustered vectors (20,000 with --quick) (bench/bench_hrm2.py)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$root/scripts/setup.sh"
@@ -14,3 +16,8 @@ quick=()
 for a in "$@"; do [[ $a == --quick ]] && quick=(--quick); done
 "$py" bench/bench_knn.py "$@"
 "$py" bench/bench_splat.py "${quick[@]}"
+if ((${#quick[@]})); then
+  "$py" bench/bench_hrm2.py --n 20000 --repeat 3 --out bench/results/hrm2-quick.json
+else
+  "$py" bench/bench_hrm2.py --n 100000
+fi
