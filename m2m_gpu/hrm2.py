@@ -2,7 +2,10 @@
 
 ``n1`` coarse centroids over the data; ``n1 * n2`` fine centroids in all, each coarse cell
 getting a share in proportion to its rows (so fine cells are of similar size where the data
-is dense and where it is sparse), trained by k-means on that cell's rows.
+is dense and where it is sparse), trained by k-means on that cell's rows and then refined
+together (``REFINE_ITERS`` Lloyd iterations over all fine centroids, each fine centroid
+joining its nearest coarse cell), so that fine cells follow the data, not the coarse
+boundaries.
 Rows are stored on the device grouped by fine cell, so a probe reads one contiguous range.
 A query scores the coarse centroids, keeps the best ``p1`` coarse cells, scores their fine
 centroids, keeps the best ``p2`` fine cells, and scans their rows exactly

@@ -134,7 +134,10 @@ def test_default_shape_grows_with_n():
     assert default_shape(20_000) == (24, 23)
     n1, n2 = default_shape(1_000_000)
     assert 60 <= n1 <= 65 and n1 * n2 >= 3900
-    assert default_probes(*default_shape(1_000_000))[1] >= 8
+    assert default_probes(*default_shape(1_000_000)) == (7, 16)
+    assert default_probes(32, 31, 64) == (32, 64)  # p1 follows p2, capped at n1
+    assert default_probes(32, 31, 16) == (9, 16)  # ceil(16 * 16 / 31)
+    assert default_probes(40, 40, 1) == (5, 1)  # at least n1 // 8
 
 
 @pytest.mark.parametrize("mode", ["splat", "distance"])
