@@ -30,3 +30,13 @@ class UnknownIdError(InvalidInputError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class StoreFormatError(M2MError, ValueError):
+    """A store directory that cannot be opened: missing or corrupt files, a checksum that
+    does not match, or a format version newer than this library."""
+
+
+class IntegrityError(M2MError, RuntimeError):
+    """``SplatStore.check_integrity`` found the store's parts disagreeing; the message
+    lists what."""

@@ -25,12 +25,15 @@ import json
 import logging
 import math
 import numbers
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import filters as _filters
+from . import persist
 from .backends import Backend, get_backend
 from .backends.base import (
     MODE_DISTANCE,
@@ -42,8 +45,14 @@ from .backends.base import (
     HebbianPlan,
     HebbianRates,
 )
-from .errors import InvalidInputError, UnknownIdError, UnknownMetricError
-from .knn import check_k, prepare
+from .errors import (
+    IntegrityError,
+    InvalidInputError,
+    StoreFormatError,
+    UnknownIdError,
+    UnknownMetricError,
+)
+from .knn import check_k, prepare, row_sqnorms
 from .store_index import IndexOptions, StoreIndex
 from .tensor import array_module, to_native
 
@@ -51,6 +60,7 @@ log = logging.getLogger("m2m_gpu")
 
 SPLAT_METRICS = ("cosine", "l2")
 COMPACT_MIN_FREE = 1024  # compact when more than this many slots and a quarter are free
+CHECKPOINT_BYTES = 256 << 20  # a store on a path checkpoints when its log passes this
 MERGE_ROUNDS_MAX = 64
 
 
@@ -175,6 +185,7 @@ class SplatStore:
 
     def __init__(self, dim: int, metric: str = "cosine", backend: str | Backend | None = None,
                  index: str = "flat", index_options: dict | None = None,
+                 path: str | os.PathLike | None = None, fsync: str = "every",
                  **options: Any) -> None:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise InvalidInputError(f"dim must be a positive integer, got {dim!r}")
@@ -202,8 +213,24 @@ class SplatStore:
         self._rates = self.options.rates(renormalize=name == "cosine")
         self._lam = math.log(2.0) / self.options.half_life
         self.clock = float(self.options.clock)
+        if fsync not in persist.FSYNC_POLICIES:
+            raise InvalidInputError(f"fsync must be one of {persist.FSYNC_POLICIES}, "
+                                    f"got {fsync!r}")
+        self._index_options_raw = dict(index_options or {})
+        self._wal: persist.Wal | None = None
+        self._replaying = False
+        self.path: Path | None = None
+        self.generation = 0
         self._reset()
-
+        if path is not None:
+            target = Path(path)
+            if (target / "manifest.json").exists():
+                raise InvalidInputError(f"{target} already holds a store; use "
+                                        "SplatStore.open(path)")
+            self.path = target
+            self.generation = 1
+            self._write_generation(target, 1)
+            self._wal = persist.Wal(target / persist.wal_name(1), 1, fsync, create=False)
     # ---- storage ------------------------------------------------------------------------
     def _reset(self) -> None:
         be = self.backend
@@ -264,6 +291,15 @@ class SplatStore:
         meta = _check_metadata(metadata, n)
         if n == 0:
             return []
+        if self._wal is not None:
+            self._journal("add", {"ids": keys, "meta": meta, "next_id": self._next_id},
+                          [np.asarray(x.get() if hasattr(x, "get") else x, np.float32)])
+        out = self._apply_add(x, sq, keys, meta)
+        self._after_write()
+        return out
+
+    def _apply_add(self, x, sq, keys: list, meta: list[dict]) -> list[Any]:
+        n = x.shape[0]
         be = self.backend
         existing = np.array([self._slot.get(k, -1) for k in keys], dtype=np.int64)
         old = np.flatnonzero(existing >= 0)
@@ -357,6 +393,13 @@ class SplatStore:
         splat and every id that resolves to it."""
         keys = [ids] if _is_single_id(ids) else list(ids)
         checked = [_check_id(k) for k in keys]
+        if self._wal is not None and checked:
+            self._journal("delete", {"ids": checked}, [])
+        out = self._apply_delete(checked)
+        self._after_write()
+        return out
+
+    def _apply_delete(self, checked: list) -> int:
         slots = []
         for k in checked:
             if k in self._alias:
@@ -384,11 +427,17 @@ class SplatStore:
             self._index.freed(slots)
         free = self.slots - len(self)
         if free > COMPACT_MIN_FREE and free * 4 > self.slots:
-            self.compact()
+            self._compact()
 
     def compact(self) -> None:
         """Drop free slots from the device matrices (one pass; runs by itself when more
         than a quarter of the slots are free)."""
+        if self._wal is not None and self.slots != len(self):
+            self._journal("compact", {}, [])
+        self._compact()
+        self._after_write()
+
+    def _compact(self) -> None:
         keep = np.flatnonzero(self._live)
         if keep.size == self.slots:
             return
@@ -529,6 +578,12 @@ class SplatStore:
         m = q.shape[0]
         rel = _per_event(relevant, m, single, "relevant")
         irr = _per_event(irrelevant, m, single, "irrelevant")
+        out = self._apply_feedback(q, rel, irr)
+        self._after_write()
+        return out
+
+    def _apply_feedback(self, q, rel: list[list], irr: list[list]) -> int:
+        m = q.shape[0]
         ev_q, ev_rows, ev_sign = [], [], []
         for e in range(m):
             r_slots = self._slots_for(rel[e])
@@ -543,6 +598,10 @@ class SplatStore:
                 ev_q.append(e), ev_rows.append(s), ev_sign.append(-1)
         if not ev_rows:
             return 0
+        if self._wal is not None:  # validated: every id known, no id on both sides
+            self._journal("feedback", {"rel": [list(r) for r in rel],
+                                       "irr": [list(r) for r in irr]},
+                          [np.asarray(q.get() if hasattr(q, "get") else q, np.float32)])
         plan = HebbianPlan.build(np.array(ev_q), np.array(ev_rows), np.array(ev_sign))
         be = self.backend
         be.hebbian(self._mu.view(), self._params.view(), to_native(be, q), plan, self._rates)
@@ -590,6 +649,12 @@ class SplatStore:
         """``alpha *= exp(-ln2 / half_life * (now - last_tick))`` for every splat; time is
         the caller's (seconds, ticks, ...: the unit of ``half_life``)."""
         self._advance(now)
+        if self._wal is not None:
+            self._journal("decay", {"now": float(now)}, [])
+        self._apply_decay(now)
+        self._after_write()
+
+    def _apply_decay(self, now: float) -> None:
         if self.slots:
             self.backend.decay(self._params.view(), float(now) - self.options.clock, self._lam)
             if self._index is not None:
@@ -613,7 +678,11 @@ class SplatStore:
         """Prune splats with ``alpha < alpha_prune``, then merge pairs closer than
         ``merge_radius`` (mutually nearest pairs, found with the k-NN kernel, in rounds
         until none is left); merged ids resolve to the survivor."""
-        return self._consolidate(reason, self._alpha())
+        if self._wal is not None:
+            self._journal("consolidate", {"reason": str(reason)}, [])
+        out = self._consolidate(reason, self._alpha())
+        self._after_write()
+        return out
 
     def _consolidate(self, reason: str, alpha: np.ndarray) -> ConsolidationReport:
         report = ConsolidationReport(before=len(self), reason=reason)
@@ -706,6 +775,198 @@ class SplatStore:
         self._free(np.sort(gone))  # may compact: slots change, ids do not
         for gid, sid in zip(gone_ids, surv_ids, strict=True):
             self._alias[gid] = sid
+
+    # ---- persistence (SPEC section 5; the format is described in m2m_gpu/persist.py) -------
+    def _journal(self, op: str, header: dict, arrays: list[np.ndarray]) -> None:
+        """Log a validated change before it is applied (write-through stores only)."""
+        self._wal.append(op, header, arrays)
+
+    def _after_write(self) -> None:
+        if self._wal is not None and self._wal.bytes > CHECKPOINT_BYTES:
+            self.checkpoint()
+
+    def _manifest(self) -> dict:
+        return {"library": "m2m-gpu", "dim": self.dim, "dtype": "float32",
+                "metric": self.metric, "index": self.index_kind,
+                "index_options": self._index_options_raw,
+                "options": dict(self.options.__dict__),
+                "counts": {"slots": self.slots, "live": len(self),
+                           "aliases": len(self._alias)}}
+
+    def _write_generation(self, path: Path, generation: int) -> dict:
+        be = self.backend
+        n = self.slots
+        mu = np.asarray(be.to_host(self._mu.view()), np.float32) if n else \
+            np.zeros((0, self.dim), np.float32)
+        params = np.asarray(be.to_host(self._params.view()), np.float32) if n else \
+            np.zeros((0, PARAM_WIDTH), np.float32)
+        flags = self._live.astype(np.uint8) | (self._dirty.astype(np.uint8) << 1)
+        records = [None if k is None else [k, m] for k, m in zip(self._ids, self._meta,
+                                                                  strict=True)]
+        state = {"clock": self.clock, "next_id": self._next_id,
+                 "aliases": [[a, t] for a, t in self._alias.items()]}
+        return persist.write_snapshot(path, generation, self._manifest(),
+                                      {"vectors": mu, "params": params, "hits": self._hits,
+                                       "flags": flags}, records, state)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the whole store to a new directory (``SplatStore.open(path)`` reads it).
+        The store itself is unchanged and keeps writing where it did before, if anywhere."""
+        target = Path(path)
+        if (target / "manifest.json").exists():
+            raise InvalidInputError(f"{target} already holds a store; save to a new path")
+        self._write_generation(target, 1)
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the data files (a new generation; the old one is
+        removed once the new manifest is committed)."""
+        if self.path is None:
+            raise InvalidInputError("this store is not opened on a path (use save(path), or "
+                                    "SplatStore(..., path=...) / SplatStore.open(path))")
+        fsync = self._wal.fsync
+        self._wal.close()
+        self._write_generation(self.path, self.generation + 1)
+        self.generation += 1
+        self._wal = persist.Wal(self.path / persist.wal_name(self.generation),
+                                self.generation, fsync, create=False)
+
+    def close(self) -> None:
+        """Flush and close the log (a store on a path); the store stays usable in memory
+        but no longer writes through."""
+        if self._wal is not None:
+            self._wal.close()
+            self._wal = None
+
+    def __enter__(self) -> SplatStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, backend: str | Backend | None = None,
+             fsync: str = "every", verify: bool = True) -> SplatStore:
+        """Open a store directory and write through to it from now on: the last checkpoint
+        is loaded, the log replayed (a torn or corrupt tail is cut off, with a warning),
+        every later change logged. ``verify`` checks the CRC32 of every data file."""
+        root = Path(path)
+        manifest = persist.read_manifest(root)
+        try:
+            store = cls(manifest["dim"], metric=manifest["metric"], backend=backend,
+                        index=manifest.get("index", "flat"),
+                        index_options=manifest.get("index_options") or None,
+                        fsync=fsync, **manifest["options"])
+        except (KeyError, TypeError) as e:
+            raise StoreFormatError(f"{root}/manifest.json: bad field ({e})") from None
+        arrays, records, state = persist.read_snapshot(root, manifest, verify=verify)
+        store._restore(arrays, records, state)
+        gen = int(manifest["generation"])
+        wal_path = root / persist.wal_name(gen)
+        if not wal_path.exists():
+            raise StoreFormatError(f"{wal_path}: missing")
+        recs, good, size = persist.read_wal(wal_path, gen)
+        for rec in recs:
+            store._replay(rec)
+        if good < size:
+            log.warning("%s: cut a torn or corrupt log tail (%d of %d bytes kept, %d records "
+                        "replayed)", wal_path, good, size, len(recs))
+            with open(wal_path, "r+b") as f:
+                f.truncate(max(good, persist._WAL_HEAD.size))
+                os.fsync(f.fileno())
+        store.path, store.generation = root, gen
+        store._wal = persist.Wal(wal_path, gen, fsync, create=good < persist._WAL_HEAD.size)
+        store._sync_index()
+        return store
+
+    def _restore(self, arrays: dict, records: list, state: dict) -> None:
+        n = len(records)
+        if n:
+            self._mu.append(self._stage_rows(np.ascontiguousarray(arrays["vectors"],
+                                                                    np.float32)))
+            self._params.append(self._stage_rows(np.ascontiguousarray(arrays["params"],
+                                                                        np.float32)))
+            if self._sq is not None:
+                x = np.asarray(arrays["vectors"], np.float32)
+                self._sq.append(np.einsum("ij,ij->i", x, x).reshape(-1, 1))
+        flags = np.asarray(arrays["flags"])
+        self._live = (flags & 1).astype(bool)
+        self._dirty = (flags & 2).astype(bool)
+        self._hits = np.asarray(arrays["hits"], np.int64).copy()
+        self._ids = [None if r is None else r[0] for r in records]
+        self._meta = [None if r is None else r[1] for r in records]
+        self._slot = {k: i for i, k in enumerate(self._ids) if k is not None}
+        if len(self._slot) != int(self._live.sum()):
+            raise StoreFormatError("records and live flags disagree")
+        self._alias = {a: t for a, t in state["aliases"]}
+        self._next_id = int(state["next_id"])
+        self.clock = float(state["clock"])
+        live = np.flatnonzero(self._live)
+        self._columns.on_set(live, [self._meta[s] for s in live], self.slots)
+        self._sync_index()
+
+    def _replay(self, rec: persist.Record) -> None:
+        h = rec.header
+        if rec.op == "add":
+            x = rec.arrays[0]
+            sq = np.ones(x.shape[0], np.float32) if self.metric == "cosine" \
+                else row_sqnorms(x, "vectors")
+            self._apply_add(x, sq, list(h["ids"]), list(h["meta"]))
+            self._next_id = int(h["next_id"])
+        elif rec.op == "delete":
+            self._apply_delete(list(h["ids"]))
+        elif rec.op == "feedback":
+            self._apply_feedback(rec.arrays[0], h["rel"], h["irr"])
+        elif rec.op == "decay":
+            self._apply_decay(float(h["now"]))
+        elif rec.op == "consolidate":
+            self._consolidate(h["reason"], self._alpha())
+        elif rec.op == "compact":
+            self._compact()
+        else:
+            raise StoreFormatError(f"unknown log record {rec.op!r}")
+
+    def check_integrity(self) -> dict:
+        """Check that the store's parts agree (ids, slots, flags, parameters, aliases, the
+        index); raises :class:`IntegrityError` listing every problem, else returns counts."""
+        problems = []
+        n = self.slots
+        lens = {"ids": len(self._ids), "meta": len(self._meta), "live": self._live.size,
+                "dirty": self._dirty.size, "hits": self._hits.size,
+                "mu": self._mu.view().shape[0], "params": self._params.view().shape[0]}
+        if len(set(lens.values())) != 1:
+            problems.append(f"per-slot arrays of different lengths: {lens}")
+        if n and lens["mu"] == n and lens["params"] == n:
+            mu = np.asarray(self.backend.to_host(self._mu.view()))
+            par = np.asarray(self.backend.to_host(self._params.view()))
+            live = self._live
+            if not np.isfinite(mu[live]).all() or not np.isfinite(par[live]).all():
+                problems.append("non-finite vectors or parameters in live slots")
+            if (par[~live, PARAM_ALPHA] != 0).any():
+                problems.append("free slots with alpha != 0")
+            if (par[live, PARAM_ALPHA] < 0).any():
+                problems.append("negative alpha")
+            if self.metric == "cosine" and live.any():
+                norms = np.linalg.norm(mu[live], axis=1)
+                if np.abs(norms - 1).max() > 1e-3:
+                    problems.append("cosine store with vectors off the unit sphere")
+        for s, k in enumerate(self._ids):
+            if (k is None) == bool(s < self._live.size and self._live[s]):
+                problems.append(f"slot {s}: id {k!r} but live={bool(self._live[s])}")
+                break
+        if any(self._slot.get(k) != s for s, k in enumerate(self._ids) if k is not None) or \
+                len(self._slot) != int(self._live.sum()):
+            problems.append("id -> slot map disagrees with the slots")
+        dangling = [a for a, t in self._alias.items() if t not in self._slot]
+        if dangling:
+            problems.append(f"aliases to missing ids: {dangling[:5]}")
+        if self._index is not None and self._index.ready:
+            h = self._index.hrm2
+            pos = h.positions_of(np.flatnonzero(self._live))
+            if (pos < 0).any() or (~h.dead).sum() != len(self):
+                problems.append("the hrm2 index does not hold every live splat once")
+        if problems:
+            raise IntegrityError("; ".join(problems))
+        return {"slots": n, "live": len(self), "aliases": len(self._alias)}
 
     # ---- introspection ------------------------------------------------------------------
     def stats(self) -> dict:

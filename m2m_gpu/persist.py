@@ -1,0 +1,287 @@
+"""Durable storage of a SplatStore (SPEC section 5): a directory with a manifest, flat
+little-endian data files and a write-ahead log.
+
+Directory layout (generation ``g`` = the checkpoint the files belong to)::
+
+    manifest.json        format version, dim, dtype, metric, options, counts, generation,
+                         and the size and CRC32 of every data file of generation g
+    vectors-g.f32        float32[slots, dim], little-endian, row-major (memory-mappable)
+    params-g.f32         float32[slots, 4]: alpha, kappa, last tick, -
+    hits-g.i64           int64[slots]
+    flags-g.u8           uint8[slots]: bit 0 live, bit 1 dirty (merge candidate)
+    records-g.jsonl      one JSON line per slot: [id, metadata] or null for a free slot
+    state-g.json         clock, next generated id, aliases (merged id -> survivor)
+    wal-g.log            the write-ahead log of every change since checkpoint g
+
+A checkpoint writes generation g+1's files, then the new manifest (written to a temporary
+file, fsynced and renamed over the old one: the commit point), then removes generation g.
+A crash at any moment leaves either the old manifest with its files and log, or the new
+one with its files and an empty log.
+
+Log records: ``u32 length | u32 CRC32 | body`` with ``body = u32 header length | JSON header
+| raw little-endian arrays`` (dtype and shape of each are in the header). On open the log is
+read up to the first record whose length or CRC does not check out (a torn or corrupt
+tail), the file is cut there, and the records before it are replayed. Nothing is ever read
+with pickle: arrays are raw bytes, everything else JSON.
+
+``fsync`` policies: ``"every"`` (default): each change is fsynced before the call returns,
+so an acknowledged write survives a process kill and a power loss. ``"batch"``: fsync once
+every ``BATCH_RECORDS`` records and on checkpoint/close; a process kill loses nothing
+acknowledged (the bytes are in the OS page cache), a power loss can lose up to the last
+``BATCH_RECORDS`` acknowledged writes. ``"off"``: never fsync (the OS writes back when it
+likes): for bulk loads followed by ``checkpoint()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import StoreFormatError
+
+FORMAT_VERSION = 1
+WAL_MAGIC = b"M2MWAL01"
+BATCH_RECORDS = 64
+FSYNC_POLICIES = ("every", "batch", "off")
+_REC = struct.Struct("<II")  # length, crc32
+_U32 = struct.Struct("<I")
+_WAL_HEAD = struct.Struct("<8sQ")  # magic, generation
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def crc32_file(path: Path, chunk: int = 1 << 22) -> int:
+    """CRC32 of a file, streamed (never the whole file in memory)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                return crc
+            crc = zlib.crc32(block, crc)
+
+
+def write_file(path: Path, data: bytes | np.ndarray) -> dict:
+    """Write, fsync; return ``{"bytes", "crc32"}``."""
+    raw = data.tobytes() if isinstance(data, np.ndarray) else data
+    with open(path, "wb") as f:
+        f.write(raw)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"bytes": len(raw), "crc32": zlib.crc32(raw)}
+
+
+def le(a: np.ndarray, dtype: str) -> np.ndarray:
+    """C-contiguous little-endian copy (or view) of ``a`` as ``dtype``."""
+    return np.ascontiguousarray(a, dtype=np.dtype(dtype).newbyteorder("<"))
+
+
+# ---- write-ahead log ---------------------------------------------------------------------------
+@dataclass
+class Record:
+    op: str
+    header: dict
+    arrays: list[np.ndarray]
+
+
+def encode_record(op: str, header: dict, arrays: list[np.ndarray]) -> bytes:
+    arrays = [np.ascontiguousarray(a) for a in arrays]
+    specs = [[a.dtype.newbyteorder("<").str, list(a.shape)] for a in arrays]
+    head = json.dumps({"op": op, "arrays": specs, **header}, separators=(",", ":")).encode()
+    body = b"".join([_U32.pack(len(head)), head] +
+                    [a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes() for a in arrays])
+    return _REC.pack(len(body), zlib.crc32(body)) + body
+
+
+def decode_body(body: bytes) -> Record:
+    (hl,) = _U32.unpack_from(body, 0)
+    header = json.loads(body[4 : 4 + hl])
+    off = 4 + hl
+    arrays = []
+    for dt, shape in header.pop("arrays"):
+        dtype = np.dtype(dt)
+        count = int(np.prod(shape)) if shape else 1
+        a = np.frombuffer(body, dtype=dtype, count=count, offset=off).reshape(shape)
+        arrays.append(a.astype(dtype.type, copy=True))  # native byte order
+        off += count * dtype.itemsize
+    if off != len(body):
+        raise ValueError("record body size does not match its arrays")
+    return Record(header.pop("op"), header, arrays)
+
+
+def read_wal(path: Path, generation: int) -> tuple[list[Record], int, int]:
+    """``(records, good_bytes, file_bytes)``: every record up to the first torn or corrupt
+    one; ``good_bytes`` is where the file should be cut."""
+    data = path.read_bytes()
+    if len(data) < _WAL_HEAD.size:
+        return [], 0, len(data)
+    magic, gen = _WAL_HEAD.unpack_from(data, 0)
+    if magic != WAL_MAGIC:
+        raise StoreFormatError(f"{path}: not an m2m-gpu write-ahead log")
+    if gen != generation:
+        raise StoreFormatError(f"{path}: log of generation {gen}, manifest says {generation}")
+    off, records = _WAL_HEAD.size, []
+    while off + _REC.size <= len(data):
+        length, crc = _REC.unpack_from(data, off)
+        end = off + _REC.size + length
+        if end > len(data):
+            break  # torn: the record was not written whole
+        body = data[off + _REC.size : end]
+        if zlib.crc32(body) != crc:
+            break
+        try:
+            records.append(decode_body(body))
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+            break
+        off = end
+    return records, off, len(data)
+
+
+class Wal:
+    """Append-only log file; each record is one ``os.write`` (no user-space buffer)."""
+
+    def __init__(self, path: Path, generation: int, fsync: str, create: bool) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
+        self.path, self.fsync, self.generation = Path(path), fsync, generation
+        flags = os.O_WRONLY | os.O_APPEND | (os.O_CREAT | os.O_TRUNC if create else 0)
+        self.fd = os.open(self.path, flags, 0o644)
+        if create:
+            os.write(self.fd, _WAL_HEAD.pack(WAL_MAGIC, generation))
+            os.fsync(self.fd)
+        self.unsynced = 0
+        self.bytes = os.fstat(self.fd).st_size
+        self.records = 0
+
+    def append(self, op: str, header: dict, arrays: list[np.ndarray]) -> None:
+        rec = encode_record(op, header, arrays)
+        view, done = memoryview(rec), 0
+        while done < len(rec):
+            done += os.write(self.fd, view[done:])
+        self.bytes += len(rec)
+        self.records += 1
+        self.unsynced += 1
+        if self.fsync == "every" or (self.fsync == "batch" and self.unsynced >= BATCH_RECORDS):
+            self.sync()
+
+    def sync(self) -> None:
+        if self.unsynced and self.fsync != "off":
+            os.fsync(self.fd)
+        self.unsynced = 0
+
+    def close(self) -> None:
+        if self.fd is not None:
+            if self.fsync != "off":
+                os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = None
+
+
+# ---- snapshot files ----------------------------------------------------------------------------
+FILES = {  # name -> (file pattern, dtype or None for text, columns or None)
+    "vectors": "vectors-{g}.f32",
+    "params": "params-{g}.f32",
+    "hits": "hits-{g}.i64",
+    "flags": "flags-{g}.u8",
+    "records": "records-{g}.jsonl",
+    "state": "state-{g}.json",
+}
+
+
+def wal_name(generation: int) -> str:
+    return f"wal-{generation}.log"
+
+
+def write_snapshot(path: Path, generation: int, manifest: dict, arrays: dict[str, Any],
+                   records: list, state: dict) -> dict:
+    """Write generation ``generation``'s files and commit them with the manifest (atomic
+    rename); an empty log for the generation is created before the commit. Returns the
+    manifest written."""
+    path.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, dtype in (("vectors", "f4"), ("params", "f4"), ("hits", "i8"), ("flags", "u1")):
+        files[name] = write_file(path / FILES[name].format(g=generation),
+                                 le(arrays[name], dtype))
+    lines = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
+    files["records"] = write_file(path / FILES["records"].format(g=generation), lines)
+    files["state"] = write_file(path / FILES["state"].format(g=generation),
+                                json.dumps(state).encode())
+    Wal(path / wal_name(generation), generation, "every", create=True).close()
+    manifest = {**manifest, "format_version": FORMAT_VERSION, "generation": generation,
+                "files": {k: {"name": FILES[k].format(g=generation), **v}
+                          for k, v in files.items()}}
+    tmp = path / "manifest.json.tmp"
+    write_file(tmp, json.dumps(manifest, indent=1).encode())
+    os.replace(tmp, path / "manifest.json")  # the commit point
+    fsync_dir(path)
+    for old in path.iterdir():  # files of earlier generations
+        stem = old.name.split("-", 1)
+        if len(stem) == 2 and stem[0] in ("vectors", "params", "hits", "flags", "records",
+                                          "state", "wal"):
+            g = stem[1].split(".", 1)[0]
+            if g.isdigit() and int(g) != generation:
+                old.unlink()
+    return manifest
+
+
+def read_manifest(path: Path) -> dict:
+    mpath = Path(path) / "manifest.json"
+    if not mpath.exists():
+        raise StoreFormatError(f"{path}: no manifest.json (not an m2m-gpu store directory)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise StoreFormatError(f"{mpath}: not valid JSON ({e})") from None
+    version = manifest.get("format_version")
+    if not isinstance(version, int):
+        raise StoreFormatError(f"{mpath}: no format_version")
+    if version > FORMAT_VERSION:
+        raise StoreFormatError(f"{mpath}: format version {version} is newer than this "
+                               f"m2m-gpu understands ({FORMAT_VERSION}); upgrade m2m-gpu")
+    return manifest
+
+
+def read_snapshot(path: Path, manifest: dict, verify: bool = True, mmap: bool = False):
+    """``(arrays, records, state)`` of the manifest's generation. ``verify`` checks every
+    file's size and CRC32 (streamed). ``mmap`` maps the vectors read-only instead of
+    reading them."""
+    path = Path(path)
+    files = manifest["files"]
+    slots, dim = manifest["counts"]["slots"], manifest["dim"]
+    for info in files.values():
+        f = path / info["name"]
+        if not f.exists():
+            raise StoreFormatError(f"{f}: missing")
+        if f.stat().st_size != info["bytes"]:
+            raise StoreFormatError(f"{f}: {f.stat().st_size} bytes, manifest says "
+                                   f"{info['bytes']}")
+        if verify and crc32_file(f) != info["crc32"]:
+            raise StoreFormatError(f"{f}: CRC32 does not match the manifest")
+    shapes = {"vectors": ("<f4", (slots, dim)), "params": ("<f4", (slots, 4)),
+              "hits": ("<i8", (slots,)), "flags": ("u1", (slots,))}
+    arrays = {}
+    for name, (dt, shape) in shapes.items():
+        f = path / files[name]["name"]
+        if name == "vectors" and mmap and slots:
+            arrays[name] = np.memmap(f, dtype=dt, mode="r", shape=shape)
+        else:
+            arrays[name] = np.fromfile(f, dtype=dt).reshape(shape)
+    records = [json.loads(line) for line in
+               (path / files["records"]["name"]).read_text().splitlines()]
+    if len(records) != slots:
+        raise StoreFormatError(f"{path}: {len(records)} records for {slots} slots")
+    state = json.loads((path / files["state"]["name"]).read_text())
+    return arrays, records, state
