@@ -21,6 +21,7 @@ Validation happens before the first change: a call that raises leaves the store 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -144,6 +145,7 @@ class StoreOptions:
     prune_share: float = 0.25  # auto-consolidate when this share of alpha is under prune
     auto_consolidate: bool = True
     clock: float = 0.0  # the store's time origin; `now` values are relative to it
+    dedup: bool = False  # content-hash deduplication: identical vectors stored once
 
     def check(self) -> None:
         pos = ("kappa0", "alpha_min", "alpha_max", "kappa_min", "kappa_max", "eps", "half_life")
@@ -244,7 +246,8 @@ class SplatStore:
         self._dirty = np.zeros(0, dtype=bool)  # added or moved since the last merge pass
         self._hits = np.zeros(0, dtype=np.int64)
         self._slot: dict[Any, int] = {}
-        self._alias: dict[Any, Any] = {}  # merged id -> survivor id
+        self._alias: dict[Any, Any] = {}  # merged (or deduplicated) id -> survivor id
+        self._hashes: dict[bytes, Any] = {}  # dedup: vector digest -> id that stored it
         self._next_id = 0
         self._columns = _filters.Columns()
         self._index = StoreIndex(self.dim, be, self._index_opts) \
@@ -299,6 +302,17 @@ class SplatStore:
         return out
 
     def _apply_add(self, x, sq, keys: list, meta: list[dict]) -> list[Any]:
+        all_keys = list(keys)
+        if self.options.dedup:  # identical vectors stored once; later ids become aliases
+            kept, dup = self._dedup(x, keys)
+            if dup:
+                for k, target in dup:
+                    self._alias[k] = target
+                idx = np.asarray(kept, dtype=np.int64)
+                x, sq = x[idx], sq[idx]
+                keys, meta = [keys[i] for i in kept], [meta[i] for i in kept]
+                if not keys:
+                    return all_keys
         n = x.shape[0]
         be = self.backend
         existing = np.array([self._slot.get(k, -1) for k in keys], dtype=np.int64)
@@ -350,7 +364,33 @@ class SplatStore:
         cap = self.options.capacity
         if self.options.auto_consolidate and cap is not None and len(self) > cap:
             self.consolidate(reason=f"size {len(self)} passed capacity {cap}")
-        return list(keys)
+        return all_keys
+
+    def _dedup(self, x, keys: list) -> tuple[list[int], list[tuple]]:
+        """Rows of an add that are new ids with a vector identical (bit for bit) to a stored
+        splat's or to an earlier row of the same add: ``(rows to store, [(id, alias
+        target)])``. The hash map is checked lazily: a target that was deleted or has moved
+        since is not used."""
+        host = np.asarray(x.get() if hasattr(x, "get") else x, np.float32)
+        kept, dup, batch = [], [], {}
+        for i, k in enumerate(keys):
+            h = hashlib.blake2b(host[i].tobytes(), digest_size=16).digest()
+            if k in self._slot:  # an upsert replaces its own splat
+                kept.append(i)
+                continue
+            if h in batch:
+                dup.append((k, batch[h]))
+                continue
+            target = self._hashes.get(h)
+            s = self._slot.get(target, -1) if target is not None else -1
+            if s >= 0 and np.array_equal(self.backend.gather_rows(self._mu.view(),
+                                                                  np.array([s]))[0], host[i]):
+                dup.append((k, target))
+                continue
+            batch[h] = k
+            self._hashes[h] = k
+            kept.append(i)
+        return kept, dup
 
     def _sync_index(self) -> None:
         """Train (or retrain) the HRM2 index when the store has reached its size for it."""
@@ -902,6 +942,11 @@ class SplatStore:
         self.clock = float(state["clock"])
         live = np.flatnonzero(self._live)
         self._columns.on_set(live, [self._meta[s] for s in live], self.slots)
+        if self.options.dedup and live.size:
+            x = np.asarray(arrays["vectors"], np.float32)
+            for s_ in live.tolist():
+                self._hashes[hashlib.blake2b(x[s_].tobytes(), digest_size=16).digest()] = \
+                    self._ids[s_]
         self._sync_index()
 
     def _replay(self, rec: persist.Record) -> None:

@@ -160,3 +160,16 @@ def test_crash_loop_fifty_sigkills(tmp_path):
     its integrity check (m2m_gpu.crashtest; 500 runs with ``python -m m2m_gpu.crashtest``)."""
     totals = crash_loop(tmp_path / "crash", runs=50, seed=1, log=lambda *_: None)
     assert totals["runs"] == 50 and totals["acked"] > 500
+
+
+def test_dedup_survives_reopen(tmp_path):
+    v = np.arange(8, dtype=np.float32).reshape(2, 4) + 1
+    s = SplatStore(4, backend="cpu", path=tmp_path / "d", dedup=True)
+    s.add(v, ids=["x", "y"])
+    s.checkpoint()
+    s.add(v[:1], ids=["x2"])  # from the log
+    s.close()
+    t = SplatStore.open(tmp_path / "d", backend="cpu")
+    assert len(t) == 2 and t.get("x2")[0]["id"] == "x"
+    t.add(v[1:], ids=["y2"])  # the hash map was rebuilt from the data files
+    assert len(t) == 2 and t.get("y2")[0]["id"] == "y"

@@ -424,3 +424,24 @@ def test_store_across_many_device_chunks_and_tiles(backend, rng, monkeypatch):
     assert len(got ^ want) <= 2  # float32 near-ties at the k-th place at most
     np.testing.assert_allclose(s.energy(Q).energy, ref.energy(Q, mu, alpha, kappa, "cosine"),
                                *tolerance(backend.name, what="energy"))
+
+
+def test_dedup_stores_identical_vectors_once(backend, rng):
+    s = make(backend, dedup=True)
+    v = rng.standard_normal((3, 8)).astype(np.float32)
+    assert s.add(np.stack([v[0], v[1], v[0]]), ids=["a", "b", "a2"]) == ["a", "b", "a2"]
+    assert len(s) == 2 and s.slots == 2  # a2 is an alias of a
+    assert s.add(v[1], ids=["b3"]) == ["b3"]  # in a later add: still found
+    assert len(s) == 2 and s.get("b3")[0]["id"] == "b" and "a2" in s
+    s.add(v[2], ids=["c"])
+    assert len(s) == 3
+    s.feedback(v[2], relevant=["a2"])  # feedback through the alias reaches a
+    assert s.get("a")[0]["hits"] == 1
+    s.add(v[0] + 1, ids=["a"])  # a moves: a new copy of the old vector is stored again
+    s.add(v[0], ids=["z"])
+    assert len(s) == 4 and s.get("z")[0]["id"] == "z"
+    s.delete("a")  # the survivor goes, and the ids resolving to it
+    assert "a" not in s and "a2" not in s and "z" in s
+    plain = make(backend)
+    plain.add(np.stack([v[0], v[0]]))
+    assert len(plain) == 2  # off by default
