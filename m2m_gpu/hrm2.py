@@ -42,7 +42,8 @@ import numpy as np
 
 from .backends import Backend, _jit, get_backend
 from .backends.base import MODE_DISTANCE, PARAM_ALPHA, PARAM_KAPPA, PARAM_WIDTH
-from .kmeans import kmeans
+from .kmeans import kmeans, rng_for
+from .tensor import host_array
 
 REBUILD_OVERFLOW = 0.25  # share of rows living in the overflow region before a re-layout
 REBUILD_IMBALANCE = 8.0  # largest cell / mean cell size before the centroids are retrained
@@ -160,7 +161,7 @@ class HRM2:
             return
         be = self.backend
         total = self.fine.shape[0]
-        rng = np.random.Generator(np.random.Philox(self.seed + 7919))
+        rng = rng_for(self.seed + 7919)
         sample = x
         if x.shape[0] > self.mppc * total:
             sample = x[np.sort(rng.choice(x.shape[0], self.mppc * total, replace=False))]
@@ -179,6 +180,12 @@ class HRM2:
         D, I = be.knn(be.from_host(np.ascontiguousarray(x, dtype=np.float32)),
                       be.from_host(np.ascontiguousarray(centroids)), 1, "l2")
         return np.asarray(be.to_host(D))[:, 0], np.asarray(be.to_host(I))[:, 0]
+
+    def probes(self, p1: int | None, p2: int | None) -> tuple[int, int]:
+        """``(p1, p2)`` with the defaults of :func:`default_probes` for what is None."""
+        n1 = self.coarse.shape[0]
+        d1, d2 = default_probes(n1, max(1, self.fine.shape[0] // n1), p2)
+        return p1 or d1, d2
 
     def assign_p1(self) -> int:
         """Coarse cells searched for a row's fine cell (adds, training)."""
@@ -203,7 +210,6 @@ class HRM2:
         self.ids = np.zeros(0, np.int64)  # per position
         self.cell_of = np.zeros(0, np.int64)  # per position
         self.dead = np.zeros(0, bool)  # per position: left behind by relocate(), masked
-        self.version = 0  # bumped whenever positions change
         self.main_end = 0
         self.ranges = np.zeros((0, 2), np.int64)
         self.radius = np.zeros(0, np.float32)
@@ -225,11 +231,17 @@ class HRM2:
             self._rows.append(self.host_rows)
         self.main_end = self.ntotal
         self.dead = np.zeros(self.ntotal, bool)
-        self.version += 1
         self.sqnorms = np.einsum("ij,ij->i", self.host_rows, self.host_rows)
         self.radius = np.zeros(self.fine.shape[0], np.float32)
         self._grow_radius(self.host_rows, self.cell_of)
         self._index_ranges()
+
+    def add(self, x: np.ndarray, ids: np.ndarray) -> None:
+        """Rows into an empty index are laid out; into a filled one they go via add_rows."""
+        if self.ntotal == 0:
+            self.set_rows(x, ids)
+        else:
+            self.add_rows(x, ids)
 
     def add_rows(self, x: np.ndarray, ids: np.ndarray) -> None:
         """New rows go to their nearest fine cell now, via the sorted overflow region."""
@@ -250,7 +262,6 @@ class HRM2:
         self.ids = np.concatenate([self.ids[: self.main_end], tail_ids[order]])
         self.cell_of = np.concatenate([self.cell_of[: self.main_end], tail_cells[order]])
         self.dead = np.concatenate([self.dead[: self.main_end], tail_dead[order]])
-        self.version += 1
         tail_sq = np.concatenate([self.sqnorms[self.main_end :], np.einsum("ij,ij->i", x, x)])
         self.sqnorms = np.concatenate([self.sqnorms[: self.main_end], tail_sq[order]])
         self._grow_radius(x, cells)  # radii only grow with new members
@@ -287,7 +298,6 @@ class HRM2:
         moved = ~same
         if moved.any():
             self.dead[pos[moved]] = True
-            self.version += 1
             self.add_rows(x[moved], self.ids[pos[moved]])
         return int(moved.sum())
 
@@ -472,9 +482,7 @@ class IndexHRM2:
     def probes(self) -> tuple[int, int]:
         if not self.is_trained:
             return 0, 0
-        n1 = self.hrm2.coarse.shape[0]
-        d1, d2 = default_probes(n1, max(1, self.hrm2.fine.shape[0] // n1), self.p2)
-        return self.p1 or d1, d2
+        return self.hrm2.probes(self.p1, self.p2)
 
     def __len__(self) -> int:
         return self.ntotal
@@ -483,7 +491,7 @@ class IndexHRM2:
         from .knn import prepare
 
         rows, _, _ = prepare(x, what, self.metric, dim=self.d)
-        return np.asarray(rows.get() if hasattr(rows, "get") else rows)
+        return host_array(rows)
 
     def train(self, x) -> None:
         self.hrm2.train(self._rows(x))
@@ -510,10 +518,7 @@ class IndexHRM2:
             raise InvalidInputError(f"ids must be {rows.shape[0]} integers, got {ids.shape}")
         if rows.shape[0] == 0:
             return
-        if self.ntotal == 0:
-            self.hrm2.set_rows(rows, ids.astype(np.int64))
-        else:
-            self.hrm2.add_rows(rows, ids.astype(np.int64))
+        self.hrm2.add(rows, ids.astype(np.int64))
 
     def remove_ids(self, ids) -> int:
         drop = np.flatnonzero(np.isin(self.hrm2.ids, np.asarray(ids).ravel()))

@@ -17,7 +17,7 @@ import numpy as np
 from .backends import Backend, get_backend
 from .errors import InvalidInputError
 from .knn import check_k, check_metric, prepare, search_native
-from .tensor import array_module, stage, to_caller, to_native
+from .tensor import array_module, host_array, stage, to_caller, to_native
 
 # FAISS's metric constants, so `index.metric_type == faiss.METRIC_L2` style checks carry over.
 METRIC_INNER_PRODUCT = 0
@@ -149,7 +149,7 @@ class IndexFlat:
 def _host_array(obj: Any) -> np.ndarray:
     """A caller's array of ids (NumPy, CuPy, torch, list) as a NumPy array."""
     staged, _ = stage(obj)
-    return np.asarray(staged.get() if hasattr(staged, "get") else staged)
+    return host_array(staged)
 
 
 class IndexFlatL2(IndexFlat):

@@ -21,7 +21,7 @@ import numpy as np
 from .backends import Backend, get_backend
 from .errors import InvalidInputError
 from .knn import prepare
-from .tensor import to_native
+from .tensor import host_array, to_native
 
 INIT_POINTS_PER_CENTROID = 16  # k-means++ runs on at most this many rows per centroid
 
@@ -80,7 +80,7 @@ def kmeans(x: Any, k: int, *, iters: int = 20, seed: int = 0,
     """
     be = get_backend(backend)
     xs, _, _ = prepare(x, "x", "l2")
-    xh = np.asarray(xs.get() if hasattr(xs, "get") else xs)
+    xh = host_array(xs)
     n, d = xh.shape
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
         raise InvalidInputError(f"k must be an integer in [1, n = {n}], got {k!r}")

@@ -164,7 +164,6 @@ class Wal:
             os.fsync(self.fd)
         self.unsynced = 0
         self.bytes = os.fstat(self.fd).st_size
-        self.records = 0
 
     def append(self, op: str, header: dict, arrays: list[np.ndarray]) -> None:
         rec = encode_record(op, header, arrays)
@@ -172,7 +171,6 @@ class Wal:
         while done < len(rec):
             done += os.write(self.fd, view[done:])
         self.bytes += len(rec)
-        self.records += 1
         self.unsynced += 1
         if self.fsync == "every" or (self.fsync == "batch" and self.unsynced >= BATCH_RECORDS):
             self.sync()
@@ -191,7 +189,7 @@ class Wal:
 
 
 # ---- snapshot files ----------------------------------------------------------------------------
-FILES = {  # name -> (file pattern, dtype or None for text, columns or None)
+FILES = {  # name -> file name pattern of generation g
     "vectors": "vectors-{g}.f32",
     "params": "params-{g}.f32",
     "hits": "hits-{g}.i64",
@@ -254,10 +252,9 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
-def read_snapshot(path: Path, manifest: dict, verify: bool = True, mmap: bool = False):
+def read_snapshot(path: Path, manifest: dict, verify: bool = True):
     """``(arrays, records, state)`` of the manifest's generation. ``verify`` checks every
-    file's size and CRC32 (streamed). ``mmap`` maps the vectors read-only instead of
-    reading them."""
+    file's size and CRC32 (streamed)."""
     path = Path(path)
     files = manifest["files"]
     slots, dim = manifest["counts"]["slots"], manifest["dim"]
@@ -274,11 +271,7 @@ def read_snapshot(path: Path, manifest: dict, verify: bool = True, mmap: bool = 
               "hits": ("<i8", (slots,)), "flags": ("u1", (slots,))}
     arrays = {}
     for name, (dt, shape) in shapes.items():
-        f = path / files[name]["name"]
-        if name == "vectors" and mmap and slots:
-            arrays[name] = np.memmap(f, dtype=dt, mode="r", shape=shape)
-        else:
-            arrays[name] = np.fromfile(f, dtype=dt).reshape(shape)
+        arrays[name] = np.fromfile(path / files[name]["name"], dtype=dt).reshape(shape)
     records = [json.loads(line) for line in
                (path / files["records"]["name"]).read_text().splitlines()]
     if len(records) != slots:

@@ -55,7 +55,7 @@ from .errors import (
 )
 from .knn import check_k, prepare, row_sqnorms
 from .store_index import IndexOptions, StoreIndex
-from .tensor import array_module, to_native
+from .tensor import array_module, host_array, to_native
 
 log = logging.getLogger("m2m_gpu")
 
@@ -220,7 +220,6 @@ class SplatStore:
                                     f"got {fsync!r}")
         self._index_options_raw = dict(index_options or {})
         self._wal: persist.Wal | None = None
-        self._replaying = False
         self.path: Path | None = None
         self.generation = 0
         self._reset()
@@ -296,7 +295,7 @@ class SplatStore:
             return []
         if self._wal is not None:
             self._journal("add", {"ids": keys, "meta": meta, "next_id": self._next_id},
-                          [np.asarray(x.get() if hasattr(x, "get") else x, np.float32)])
+                          [host_array(x, np.float32)])
         out = self._apply_add(x, sq, keys, meta)
         self._after_write()
         return out
@@ -324,13 +323,12 @@ class SplatStore:
         params[:, PARAM_TICK] = self.clock - self.options.clock
         x_rows = self._stage_rows(x)
         sq_rows = self._stage_rows(sq.reshape(-1, 1)) if self._sq is not None else None
-        host = lambda a: a if isinstance(a, np.ndarray) else a.get()  # noqa: E731
         if old.size:  # replace in place
             slots = existing[old]
-            be.scatter_rows(self._mu.view(), slots, host(x_rows)[old])
+            be.scatter_rows(self._mu.view(), slots, host_array(x_rows)[old])
             be.scatter_rows(self._params.view(), slots, params[old])
             if self._sq is not None:
-                be.scatter_rows(self._sq.view(), slots, host(sq_rows)[old])
+                be.scatter_rows(self._sq.view(), slots, host_array(sq_rows)[old])
         first = self.slots
         if new.size:
             take = new if new.size < n else slice(None)
@@ -357,7 +355,7 @@ class SplatStore:
         self._columns.on_set(set_slots, [meta[i] for i in old] + [meta[i] for i in new],
                              self.slots)
         if self._index is not None:
-            hx = np.asarray(host(x_rows), np.float32)
+            hx = host_array(x_rows, np.float32)
             self._index.moved(existing[old], hx[old])
             self._index.added(first + np.arange(new.size), hx[new])
             self._sync_index()
@@ -371,7 +369,7 @@ class SplatStore:
         splat's or to an earlier row of the same add: ``(rows to store, [(id, alias
         target)])``. The hash map is checked lazily: a target that was deleted or has moved
         since is not used."""
-        host = np.asarray(x.get() if hasattr(x, "get") else x, np.float32)
+        host = host_array(x, np.float32)
         kept, dup, batch = [], [], {}
         for i, k in enumerate(keys):
             h = hashlib.blake2b(host[i].tobytes(), digest_size=16).digest()
@@ -555,7 +553,7 @@ class SplatStore:
             to_native(be, q), self._mu.view(), params, kk, mode, sqnorms=self._sq_view()))
 
     def _index_search(self, q, kk: int, mode: int, mask: np.ndarray, filtered: bool):
-        host_q = np.asarray(q.get() if hasattr(q, "get") else q, np.float32)
+        host_q = host_array(q, np.float32)
 
         def host_params():  # read only when the index's copy is stale, or for a filter
             p = np.array(self.backend.to_host(self._params.view()), np.float32)
@@ -641,7 +639,7 @@ class SplatStore:
         if self._wal is not None:  # validated: every id known, no id on both sides
             self._journal("feedback", {"rel": [list(r) for r in rel],
                                        "irr": [list(r) for r in irr]},
-                          [np.asarray(q.get() if hasattr(q, "get") else q, np.float32)])
+                          [host_array(q, np.float32)])
         plan = HebbianPlan.build(np.array(ev_q), np.array(ev_rows), np.array(ev_sign))
         be = self.backend
         be.hebbian(self._mu.view(), self._params.view(), to_native(be, q), plan, self._rates)
@@ -947,7 +945,6 @@ class SplatStore:
             for s_ in live.tolist():
                 self._hashes[hashlib.blake2b(x[s_].tobytes(), digest_size=16).digest()] = \
                     self._ids[s_]
-        self._sync_index()
 
     def _replay(self, rec: persist.Record) -> None:
         h = rec.header

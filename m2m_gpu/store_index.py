@@ -25,7 +25,7 @@ import numpy as np
 
 from .backends.base import PARAM_ALPHA
 from .errors import InvalidInputError
-from .hrm2 import HRM2, ProbeReport, default_probes
+from .hrm2 import HRM2, ProbeReport
 
 RETRAIN_GROWTH = 4.0  # retrain when the store has grown this many times since training
 
@@ -87,10 +87,7 @@ class StoreIndex:
         return self.hrm2.trained and self.hrm2.ntotal > 0
 
     def probes(self) -> tuple[int, int]:
-        h = self.hrm2
-        n1 = h.coarse.shape[0]
-        d1, d2 = default_probes(n1, max(1, h.fine.shape[0] // n1), self.opts.p2)
-        return self.opts.p1 or d1, d2
+        return self.hrm2.probes(self.opts.p1, self.opts.p2)
 
     # ---- keeping in step with the store ----------------------------------------------------
     def train(self, rows: np.ndarray, slots: np.ndarray) -> None:
@@ -107,10 +104,7 @@ class StoreIndex:
 
     def added(self, slots: np.ndarray, rows: np.ndarray) -> None:
         if self.hrm2.trained and slots.size:
-            if self.hrm2.ntotal == 0:
-                self.hrm2.set_rows(rows, slots)
-            else:
-                self.hrm2.add_rows(rows, slots)
+            self.hrm2.add(rows, slots)
         self._params = None
 
     def moved(self, slots: np.ndarray, rows: np.ndarray) -> None:
@@ -125,7 +119,6 @@ class StoreIndex:
             pos = self.hrm2.positions_of(slots)
             pos = pos[pos >= 0]
             self.hrm2.dead[pos] = True  # masked now; dropped at the next re-layout
-            self.hrm2.version += 1
         self._params = None
 
     def compacted(self, keep: np.ndarray, slots_before: int) -> None:

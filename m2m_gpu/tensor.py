@@ -146,6 +146,11 @@ def array_module(staged: Any):
     return cupy
 
 
+def host_array(staged: Any, dtype: Any = None) -> np.ndarray:
+    """A staged array (NumPy or CuPy) as a NumPy array (CuPy: copied down)."""
+    return np.asarray(staged.get() if hasattr(staged, "get") else staged, dtype=dtype)
+
+
 def to_native(backend: Backend, staged: Any) -> Any:
     """Hand a staged array to ``backend``: adopt device memory, else copy (counted)."""
     if isinstance(staged, np.ndarray):

@@ -468,13 +468,8 @@ class CpuBackend(Backend):
         if sqnorms is None:
             sqnorms = np.einsum("ij,ij->i", rows, rows)
         if self.jit:
-            alpha = kappa = None
-            if params is not None:
-                alpha = np.ascontiguousarray(params[:, PARAM_ALPHA])
-                if mode == MODE_SPLAT:
-                    kappa = np.ascontiguousarray(params[:, PARAM_KAPPA])
             _, best_i = _jit.scan_cells(queries, rows, sqnorms, ranges, probes, k, mode,
-                                        alpha, kappa)
+                                        params)
         else:
             best_i = self._scan_cells_numpy(queries, rows, ranges, probes, k, mode, params,
                                             sqnorms)
