@@ -24,10 +24,12 @@ from .splat import energy, splat_topk
 from .store import SearchResult, SplatStore
 from .synthetic import synthetic
 from .tensor import DeviceArray, tensor
+from .tiers import TierOptions
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "TierOptions",
     "knn",
     "splat_topk",
     "energy",

@@ -5,7 +5,10 @@ store that applied exactly the acknowledged writes (plus, possibly, the one writ
 when the child died). Some writes are checkpoints, so kills also land inside checkpoints.
 Repeated ``runs`` times on the same directory.
 
-    python -m m2m_gpu.crashtest --runs 500 [--dir DIR] [--fsync every|batch|off]
+    python -m m2m_gpu.crashtest --runs 500 [--dir DIR] [--fsync every|batch|off] [--tiered]
+
+``--tiered`` opens the store (child and parent) with tiny hot and warm budgets, so most
+vectors live in the cold tier: the checkpoint's memory-mapped vectors file and the spill.
 
 ``tests/test_persist.py`` runs it 50 times. Every write is a function of (run, op index) and
 of the writes acknowledged before it, so the parent can replay them exactly.
@@ -14,6 +17,7 @@ of the writes acknowledged before it, so the parent can replay them exactly.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import signal
@@ -26,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 DIM = 8
+TIERED = {"hot_bytes": 6 * 4 * DIM, "warm_bytes": 5 * 4 * DIM, "block_bytes": 7 * 4 * DIM,
+          "rebalance_every": 3}  # most splats cold; moves on most writes
 
 
 def plan(run: int, i: int, alive: list) -> tuple[str, dict]:
@@ -65,11 +71,11 @@ def apply(store, run: int, i: int, alive: list) -> None:
         store.decay(store.clock + a["dt"])
 
 
-def writer(path: str, run: int, fsync: str) -> None:
+def writer(path: str, run: int, fsync: str, tiers: dict | None = None) -> None:
     """The child: open, then write forever, acknowledging each write."""
     from m2m_gpu import SplatStore
 
-    store = SplatStore.open(path, backend="cpu", fsync=fsync)
+    store = SplatStore.open(path, backend="cpu", fsync=fsync, tiers=tiers)
     alive: list = []
     print("ready", flush=True)
     i = 0
@@ -89,7 +95,7 @@ def digest(store) -> tuple:
 
 
 def crash_loop(root: Path, runs: int, fsync: str = "every", seed: int = 0,
-               max_delay: float = 0.3, log=print) -> dict:
+               max_delay: float = 0.3, log=print, tiers: dict | None = None) -> dict:
     """Run the crash test; raises AssertionError on the first lost or corrupted write."""
     from m2m_gpu import SplatStore
 
@@ -101,7 +107,8 @@ def crash_loop(root: Path, runs: int, fsync: str = "every", seed: int = 0,
     totals = {"runs": 0, "acked": 0, "in_flight_applied": 0, "torn_tails": 0}
     for run in range(runs):
         child = subprocess.Popen([sys.executable, "-m", "m2m_gpu.crashtest", "--child",
-                                  "--dir", str(root), "--run", str(run), "--fsync", fsync],
+                                  "--dir", str(root), "--run", str(run), "--fsync", fsync,
+                                  "--tiers", json.dumps(tiers)],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         line = child.stdout.readline()
         if line.strip() != b"ready":
@@ -116,7 +123,7 @@ def crash_loop(root: Path, runs: int, fsync: str = "every", seed: int = 0,
         alive: list = []
         for i in range(acked):
             apply(shadow, run, i, alive)
-        store = SplatStore.open(root, backend="cpu", fsync=fsync)
+        store = SplatStore.open(root, backend="cpu", fsync=fsync, tiers=tiers)
         store.check_integrity()
         got = digest(store)
         if got != digest(shadow):  # the write in flight at the kill may have landed
@@ -137,14 +144,17 @@ def main() -> int:
     ap.add_argument("--fsync", default="every", choices=("every", "batch", "off"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--run", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--tiers", default="null", help=argparse.SUPPRESS)
+    ap.add_argument("--tiered", action="store_true", help="tiny hot/warm budgets")
     args = ap.parse_args()
     if args.child:
-        writer(args.dir, args.run, args.fsync)
+        writer(args.dir, args.run, args.fsync, json.loads(args.tiers))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.dir) if args.dir else Path(tmp) / "store"
         t0 = time.perf_counter()
-        totals = crash_loop(root, args.runs, args.fsync)
+        totals = crash_loop(root, args.runs, args.fsync,
+                            tiers=TIERED if args.tiered else None)
         print(f"{totals['runs']} kills, {totals['acked']} acknowledged writes, all present "
               f"({totals['in_flight_applied']} in-flight writes had landed) in "
               f"{time.perf_counter() - t0:.0f} s")

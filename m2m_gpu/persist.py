@@ -12,6 +12,8 @@ Directory layout (generation ``g`` = the checkpoint the files belong to)::
     records-g.jsonl      one JSON line per slot: [id, metadata] or null for a free slot
     state-g.json         clock, next generated id, aliases (merged id -> survivor)
     wal-g.log            the write-ahead log of every change since checkpoint g
+    m2m-cold-*.f32       scratch: vectors a tiered store demoted to its cold tier since the
+                         checkpoint (also in the log); removed on open
 
 A checkpoint writes generation g+1's files, then the new manifest (written to a temporary
 file, fsynced and renamed over the old one: the commit point), then removes generation g.
@@ -82,6 +84,20 @@ def write_file(path: Path, data: bytes | np.ndarray) -> dict:
         f.flush()
         os.fsync(f.fileno())
     return {"bytes": len(raw), "crc32": zlib.crc32(raw)}
+
+
+def write_blocks(path: Path, blocks, dtype: str) -> dict:
+    """Write an iterable of arrays one after another (never all in memory), fsync; return
+    ``{"bytes", "crc32"}``."""
+    crc, size = 0, 0
+    with open(path, "wb") as f:
+        for block in blocks:
+            raw = le(block, dtype).tobytes()
+            f.write(raw)
+            crc, size = zlib.crc32(raw, crc), size + len(raw)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"bytes": size, "crc32": crc}
 
 
 def le(a: np.ndarray, dtype: str) -> np.ndarray:
@@ -199,6 +215,9 @@ FILES = {  # name -> file name pattern of generation g
 }
 
 
+SPILL_PREFIX = "m2m-cold-"  # the cold tier's scratch spill files (m2m_gpu.tiers); never data
+
+
 def wal_name(generation: int) -> str:
     return f"wal-{generation}.log"
 
@@ -206,13 +225,16 @@ def wal_name(generation: int) -> str:
 def write_snapshot(path: Path, generation: int, manifest: dict, arrays: dict[str, Any],
                    records: list, state: dict) -> dict:
     """Write generation ``generation``'s files and commit them with the manifest (atomic
-    rename); an empty log for the generation is created before the commit. Returns the
-    manifest written."""
+    rename); an empty log for the generation is created before the commit. An array may
+    also be given as an iterable of row blocks (the vectors of a tiered store, streamed).
+    Returns the manifest written."""
     path.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, dtype in (("vectors", "f4"), ("params", "f4"), ("hits", "i8"), ("flags", "u1")):
-        files[name] = write_file(path / FILES[name].format(g=generation),
-                                 le(arrays[name], dtype))
+        target = path / FILES[name].format(g=generation)
+        data = arrays[name]
+        files[name] = write_file(target, le(data, dtype)) if isinstance(data, np.ndarray) \
+            else write_blocks(target, data, dtype)
     lines = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
     files["records"] = write_file(path / FILES["records"].format(g=generation), lines)
     files["state"] = write_file(path / FILES["state"].format(g=generation),
@@ -233,6 +255,13 @@ def write_snapshot(path: Path, generation: int, manifest: dict, arrays: dict[str
             if g.isdigit() and int(g) != generation:
                 old.unlink()
     return manifest
+
+
+def map_vectors(path: Path, slots: int, dim: int) -> np.ndarray:
+    """A read-only memory map of a vectors file (an empty array for an empty store)."""
+    if slots == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.memmap(path, dtype="<f4", mode="r", shape=(slots, dim))
 
 
 def read_manifest(path: Path) -> dict:
@@ -271,7 +300,11 @@ def read_snapshot(path: Path, manifest: dict, verify: bool = True):
               "hits": ("<i8", (slots,)), "flags": ("u1", (slots,))}
     arrays = {}
     for name, (dt, shape) in shapes.items():
-        arrays[name] = np.fromfile(path / files[name]["name"], dtype=dt).reshape(shape)
+        f = path / files[name]["name"]
+        if name == "vectors":  # memory-mapped: read only where the caller touches it
+            arrays[name] = map_vectors(f, slots, dim)
+        else:
+            arrays[name] = np.fromfile(f, dtype=dt).reshape(shape)
     records = [json.loads(line) for line in
                (path / files["records"]["name"]).read_text().splitlines()]
     if len(records) != slots:

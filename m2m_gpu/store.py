@@ -1,8 +1,11 @@
 """``SplatStore``: ids, metadata, feedback, decay and consolidation over the splat kernels.
 
-Layout. Splats occupy *slots*: rows of two device matrices on the store's backend, ``mu``
-(float32[slots, d]) and ``params`` (float32[slots, 4]: alpha, kappa, last_tick, -), plus
-``||mu||^2`` on the cpu backend (its kernels use the fast form). Ids, metadata and counters
+Layout. Splats occupy *slots*. Their vectors ``mu`` (float32[slots, d]) are held by a
+:class:`m2m_gpu.tiers.TierManager`: by default all on the device as one dense matrix; with
+tier budgets (``tiers=``) spread over device, host and a memory-mapped file and streamed
+through the device by search and energy. ``params`` (float32[slots, 4]: alpha, kappa,
+last_tick, -) stay on the device for every slot, plus ``||mu||^2`` on the cpu backend (its
+kernels use the fast form). Ids, metadata and counters
 live on the host. Deleting a splat sets its alpha to 0 on the device (every kernel then
 ignores the row) and frees the slot; slots are compacted in one pass when more than a
 quarter of them are free. All heavy work (ranking, energy, feedback, decay, finding
@@ -56,6 +59,7 @@ from .errors import (
 from .knn import check_k, prepare, row_sqnorms
 from .store_index import IndexOptions, StoreIndex
 from .tensor import array_module, host_array, to_native
+from .tiers import HOT, TierManager, TierOptions
 
 log = logging.getLogger("m2m_gpu")
 
@@ -181,14 +185,17 @@ class SplatStore:
     ``SplatStore(dim, metric="cosine", backend=None, index="flat", index_options=None,
     **options)``; ``metric`` is ``"cosine"`` (vectors and queries are normalised on the way
     in) or ``"l2"``. ``index`` is ``"flat"`` (exact) or ``"hrm2"`` (approximate, with
-    ``index_options`` of :class:`m2m_gpu.store_index.IndexOptions`). Options and defaults
-    are those of :class:`StoreOptions`. Ids are ints or strings.
+    ``index_options`` of :class:`m2m_gpu.store_index.IndexOptions`). ``path`` and
+    ``fsync``: write through to a store directory (:mod:`m2m_gpu.persist`). ``tiers``: byte
+    budgets and placement policy of the memory tiers (:class:`m2m_gpu.tiers.TierOptions`;
+    default: every vector on the device). Options and defaults are those of
+    :class:`StoreOptions`. Ids are ints or strings.
     """
 
     def __init__(self, dim: int, metric: str = "cosine", backend: str | Backend | None = None,
                  index: str = "flat", index_options: dict | None = None,
                  path: str | os.PathLike | None = None, fsync: str = "every",
-                 **options: Any) -> None:
+                 tiers: dict | TierOptions | None = None, **options: Any) -> None:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise InvalidInputError(f"dim must be a positive integer, got {dim!r}")
         name = metric.lower() if isinstance(metric, str) else metric
@@ -219,8 +226,14 @@ class SplatStore:
             raise InvalidInputError(f"fsync must be one of {persist.FSYNC_POLICIES}, "
                                     f"got {fsync!r}")
         self._index_options_raw = dict(index_options or {})
+        self._tier_opts = TierOptions.parse(tiers)
+        if self._tier_opts.bounded and index == "hrm2":
+            raise InvalidInputError(
+                "tier budgets apply to index='flat' only: the hrm2 index keeps its own "
+                "cell-ordered copy of every vector on the device and in host memory, which "
+                "the tiers do not manage yet")
         self._wal: persist.Wal | None = None
-        self.path: Path | None = None
+        self.path: Path | None = None if path is None else Path(path)
         self.generation = 0
         self._reset()
         if path is not None:
@@ -228,15 +241,16 @@ class SplatStore:
             if (target / "manifest.json").exists():
                 raise InvalidInputError(f"{target} already holds a store; use "
                                         "SplatStore.open(path)")
-            self.path = target
             self.generation = 1
             self._write_generation(target, 1)
             self._wal = persist.Wal(target / persist.wal_name(1), 1, fsync, create=False)
     # ---- storage ------------------------------------------------------------------------
     def _reset(self) -> None:
         be = self.backend
-        self._mu = be.row_store(self.dim)
-        kw = {"like": self._mu} if be.name == "vulkan" else {}
+        if getattr(self, "_rows", None) is not None:
+            self._rows.close()
+        self._rows = TierManager(self.dim, be, self._tier_opts, cold_dir=self.path)
+        kw = {"like": self._rows.hot_store} if be.name == "vulkan" else {}
         self._params = be.row_store(PARAM_WIDTH, **kw)
         self._sq = be.row_store(1) if be.uses_sqnorms else None
         self._ids: list[Any] = []  # per slot: external id, or None when free
@@ -325,14 +339,15 @@ class SplatStore:
         sq_rows = self._stage_rows(sq.reshape(-1, 1)) if self._sq is not None else None
         if old.size:  # replace in place
             slots = existing[old]
-            be.scatter_rows(self._mu.view(), slots, host_array(x_rows)[old])
+            self._rows.scatter(slots, host_array(x_rows)[old])
+            self._rows.reset(slots)
             be.scatter_rows(self._params.view(), slots, params[old])
             if self._sq is not None:
                 be.scatter_rows(self._sq.view(), slots, host_array(sq_rows)[old])
         first = self.slots
         if new.size:
             take = new if new.size < n else slice(None)
-            self._mu.append(x_rows[take])
+            self._rows.place(x_rows[take])
             self._params.append(params[take])
             if self._sq is not None:
                 self._sq.append(sq_rows[take])
@@ -381,8 +396,7 @@ class SplatStore:
                 continue
             target = self._hashes.get(h)
             s = self._slot.get(target, -1) if target is not None else -1
-            if s >= 0 and np.array_equal(self.backend.gather_rows(self._mu.view(),
-                                                                  np.array([s]))[0], host[i]):
+            if s >= 0 and np.array_equal(self._rows.gather(np.array([s]))[0], host[i]):
                 dup.append((k, target))
                 continue
             batch[h] = k
@@ -394,7 +408,7 @@ class SplatStore:
         """Train (or retrain) the HRM2 index when the store has reached its size for it."""
         if self._index is not None and self._index.needs_training(len(self)):
             live = np.flatnonzero(self._live)
-            rows = self.backend.gather_rows(self._mu.view(), live)
+            rows = self._rows.gather(live)
             self._index.train(np.ascontiguousarray(rows, np.float32), live)
             log.info("hrm2 index trained on %d splats", live.size)
 
@@ -415,7 +429,7 @@ class SplatStore:
         found = np.flatnonzero(slots >= 0)
         out: list[dict | None] = [None] * len(keys)
         if found.size:
-            vec = self.backend.gather_rows(self._mu.view(), slots[found])
+            vec = self._rows.gather(slots[found])
             par = self.backend.gather_rows(self._params.view(), slots[found])
             for j, i in enumerate(found):
                 s = int(slots[i])
@@ -481,7 +495,7 @@ class SplatStore:
             return
         before = self.slots
         idx = self.backend.from_host(keep) if self.backend.name == "cuda" else keep
-        self._mu.keep(idx)
+        self._rows.keep(keep)
         self._params.keep(idx)
         if self._sq is not None:
             self._sq.keep(idx)
@@ -542,15 +556,57 @@ class SplatStore:
             with np.errstate(divide="ignore"):
                 log_scores = (np.log(p[..., PARAM_ALPHA]) - p[..., PARAM_KAPPA] * d2)
         log_scores = log_scores.astype(np.float32)
+        if self._rows.bounded:
+            self._rows.touch(slots.ravel())
+            self._maybe_rebalance()
         ids = [[self._ids[s] for s in row] for row in slots.tolist()]
         meta = [[dict(self._meta[s]) for s in row] for row in slots.tolist()]
         return SearchResult(ids, np.exp(log_scores), log_scores, d2.astype(np.float32), meta)
 
     def _flat_search(self, q, kk: int, mode: int, mask: np.ndarray, filtered: bool):
-        be = self.backend
         params = self._masked_params(mask) if filtered else self._params.view()
-        return (np.asarray(be.to_host(a)) for a in be.splat_topk(
-            to_native(be, q), self._mu.view(), params, kk, mode, sqnorms=self._sq_view()))
+        return self._topk_all(q, kk, mode, params)
+
+    def _topk_all(self, q, k: int, mode: int, params):
+        """Top-k over every slot (host ``keys, slots, d2``, best first, ties by slot): one
+        kernel call on the dense matrix when every row is hot, else one per tier block,
+        merged. Device memory running out shrinks the hot tier and retries."""
+        return self._retry_oom(lambda: self._topk_blocks(q, k, mode, params))
+
+    def _retry_oom(self, fn):
+        for attempt in range(3):
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
+                if attempt == 2 or not self.backend.is_out_of_memory(exc) or \
+                        self._rows.counts()[HOT] == 0:
+                    raise
+                self._rows.shrink_hot(exc)
+                self._rebalance()
+
+    def _topk_blocks(self, q, k: int, mode: int, params):
+        be = self.backend
+        qn = to_native(be, q)
+        mu = self._rows.dense()
+        if mu is not None:
+            out = be.splat_topk(qn, mu, params, k, mode, sqnorms=self._sq_view())
+            return _by_key_then_slot(*(np.asarray(be.to_host(a)) for a in out), k)
+        host_params = host_array(be.to_host(params), np.float32)
+        sq = self._sq_view()
+        parts = []
+        for blk in self._rows.blocks():  # kernels are queued block after block ...
+            prm = self._rows.upload(np.ascontiguousarray(host_params[blk.slots]),
+                                    chunk_rows=getattr(blk.rows, "chunk_rows", None))
+            bsq = None if sq is None else np.ascontiguousarray(sq[blk.slots])
+            out = be.splat_topk(qn, blk.rows, prm, min(k, blk.slots.size), mode, sqnorms=bsq)
+            parts.append((blk.slots, out))
+        keys, slots, d2 = [], [], []
+        for bslots, (kb, ib, db) in parts:  # ... and read back once all are queued
+            keys.append(np.asarray(be.to_host(kb)))
+            slots.append(bslots[np.asarray(be.to_host(ib))])
+            d2.append(np.asarray(be.to_host(db)))
+        return _by_key_then_slot(np.concatenate(keys, 1), np.concatenate(slots, 1),
+                                 np.concatenate(d2, 1), k)
 
     def _index_search(self, q, kk: int, mode: int, mask: np.ndarray, filtered: bool):
         host_q = host_array(q, np.float32)
@@ -579,7 +635,9 @@ class SplatStore:
             return out
         host = np.array(be.to_host(view))
         host[~mask, PARAM_ALPHA] = 0.0
-        return be.from_host(host, chunk_rows=self._mu.chunk_rows)
+        if self._rows.dense() is None:
+            return host  # the tier blocks upload their own rows of it
+        return be.from_host(host, chunk_rows=self._rows.hot_store.chunk_rows)
 
     def energy(self, queries: Any, grad: bool = False) -> EnergyResult:
         """Energy of each query under the whole store (fused; O(queries + splats) memory),
@@ -591,15 +649,49 @@ class SplatStore:
             E = np.full(m, np.inf, dtype=np.float32)
             G = np.zeros((m, self.dim), dtype=np.float32) if grad else None
         else:
-            be = self.backend
-            out = be.energy(to_native(be, q), self._mu.view(), self._params.view(), grad=grad,
-                            sqnorms=self._sq_view())
-            E, G = (out if grad else (out, None))
-            E = np.asarray(be.to_host(E), dtype=np.float32)
-            G = np.asarray(be.to_host(G), dtype=np.float32) if grad else None
+            E, G = self._retry_oom(lambda: self._energy_blocks(q, grad))
         with np.errstate(over="ignore"):
             conf = (1.0 / (1.0 + np.exp(E.astype(np.float64)))).astype(np.float32)
         return EnergyResult(E, conf, G)
+
+    def _energy_blocks(self, q, grad: bool):
+        """Energy (and gradient) over every slot: one call on the dense matrix, or per tier
+        block combined as ``E = -log sum_b exp(-E_b)``, ``G = sum_b exp(E - E_b) G_b``."""
+        be = self.backend
+        qn = to_native(be, q)
+        mu = self._rows.dense()
+        blocks = [(None, mu)] if mu is not None else \
+            [(b.slots, b.rows) for b in self._rows.blocks()]
+        if mu is None:
+            host_params = host_array(be.to_host(self._params.view()), np.float32)
+            sq = self._sq_view()
+        Es, Gs = [], []
+        for slots, rows in blocks:
+            if slots is None:
+                out = be.energy(qn, rows, self._params.view(), grad=grad,
+                                sqnorms=self._sq_view())
+            else:
+                prm = self._rows.upload(np.ascontiguousarray(host_params[slots]),
+                                        chunk_rows=getattr(rows, "chunk_rows", None))
+                bsq = None if sq is None else np.ascontiguousarray(sq[slots])
+                out = be.energy(qn, rows, prm, grad=grad, sqnorms=bsq)
+            Es.append(out[0] if grad else out)
+            Gs.append(out[1] if grad else None)
+        Es = [np.asarray(be.to_host(e), dtype=np.float32) for e in Es]
+        Gs = [np.asarray(be.to_host(g), dtype=np.float32) for g in Gs] if grad else None
+        if len(Es) == 1:
+            return Es[0], (Gs[0] if grad else None)
+        eb = np.stack(Es).astype(np.float64)  # (blocks, m)
+        lo = eb.min(axis=0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            w = np.where(np.isfinite(eb), np.exp(-(eb - lo)), 0.0)
+            total = w.sum(axis=0)
+            E = np.where(np.isfinite(lo), lo - np.log(np.where(total > 0, total, 1)), np.inf)
+            G = None
+            if grad:
+                share = np.where(total > 0, w / np.where(total > 0, total, 1), 0.0)
+                G = np.einsum("bm,bmd->md", share, np.stack(Gs).astype(np.float64))
+        return E.astype(np.float32), (G.astype(np.float32) if grad else None)
 
     # ---- learning -----------------------------------------------------------------------
     def feedback(self, queries: Any, relevant: Any = None, irrelevant: Any = None) -> int:
@@ -642,14 +734,20 @@ class SplatStore:
                           [host_array(q, np.float32)])
         plan = HebbianPlan.build(np.array(ev_q), np.array(ev_rows), np.array(ev_sign))
         be = self.backend
-        be.hebbian(self._mu.view(), self._params.view(), to_native(be, q), plan, self._rates)
+        mu = self._rows.dense()
+        if mu is not None:
+            be.hebbian(mu, self._params.view(), to_native(be, q), plan, self._rates)
+        else:  # the touched rows only, wherever they live: gathered, updated, written back
+            self._hebbian_gathered(q, plan)
         rel_rows = np.array(ev_rows)[np.array(ev_sign) > 0]
         moved = np.unique(rel_rows)
+        if self._rows.bounded:
+            self._rows.touch(moved)
         if moved.size:
             np.add.at(self._hits, rel_rows, 1)
             self._dirty[moved] = True
             if self._sq is not None or self._index is not None:
-                rows = be.gather_rows(self._mu.view(), moved)
+                rows = self._rows.gather(moved)
             if self._sq is not None:  # cpu: keep ||mu||^2 in step with the moved rows
                 be.scatter_rows(self._sq.view(), moved,
                                 np.einsum("ij,ij->i", rows, rows).reshape(-1, 1))
@@ -662,6 +760,18 @@ class SplatStore:
         if self.options.auto_consolidate and (alpha < self.options.alpha_prune).any():
             self._maybe_consolidate_for_alpha()
         return m
+
+    def _hebbian_gathered(self, q, plan: HebbianPlan) -> None:
+        be = self.backend
+        rows = plan.rows
+        mu = self._rows.upload(self._rows.gather(rows))
+        prm = self._rows.upload(np.ascontiguousarray(be.gather_rows(self._params.view(), rows)),
+                                chunk_rows=getattr(mu, "chunk_rows", None))
+        local = HebbianPlan(np.arange(rows.size, dtype=np.int64), plan.starts, plan.counts,
+                            plan.ev_query, plan.ev_sign)
+        be.hebbian(mu, prm, to_native(be, q), local, self._rates)
+        self._rows.scatter(rows, host_array(be.to_host(mu), np.float32))
+        be.scatter_rows(self._params.view(), rows, host_array(be.to_host(prm), np.float32))
 
     def _slots_for(self, ids: list) -> list[int]:
         out = []
@@ -737,17 +847,14 @@ class SplatStore:
         return report
 
     def _merge(self, report: ConsolidationReport) -> None:
-        be = self.backend
         r2 = np.float32(self.options.merge_radius) ** 2
         for _ in range(MERGE_ROUNDS_MAX):
             cand = np.flatnonzero(self._dirty & self._live)
             if cand.size == 0 or len(self) < 2:
                 return
-            qrows = be.gather_rows(self._mu.view(), cand)
+            qrows = self._rows.gather(cand)
             kk = min(3, len(self))
-            _, nb, d2 = (np.asarray(be.to_host(a)) for a in be.splat_topk(
-                be.from_host(np.ascontiguousarray(qrows)), self._mu.view(),
-                self._params.view(), kk, MODE_DISTANCE, sqnorms=self._sq_view()))
+            _, nb, d2 = self._topk_all(qrows, kk, MODE_DISTANCE, self._params.view())
             other = nb != cand[:, None]
             first = np.argmax(other, axis=1)  # nearest neighbour that is not the row itself
             j = nb[np.arange(cand.size), first]
@@ -785,8 +892,8 @@ class SplatStore:
         first_wins = a1 >= a2
         surv = np.where(first_wins, s1, s2)
         gone = np.where(first_wins, s2, s1)
-        m1 = be.gather_rows(self._mu.view(), s1).astype(np.float64)
-        m2 = be.gather_rows(self._mu.view(), s2).astype(np.float64)
+        m1 = self._rows.gather(s1).astype(np.float64)
+        m2 = self._rows.gather(s2).astype(np.float64)
         w1, w2 = a1.astype(np.float64), a2.astype(np.float64)
         mu = (w1[:, None] * m1 + w2[:, None] * m2) / (w1 + w2)[:, None]
         if self.metric == "cosine":
@@ -795,7 +902,7 @@ class SplatStore:
         params = np.where(first_wins[:, None], p1, p2).astype(np.float32)
         params[:, PARAM_ALPHA] = a1 + a2
         params[:, PARAM_KAPPA] = np.minimum(p1[:, PARAM_KAPPA], p2[:, PARAM_KAPPA])
-        be.scatter_rows(self._mu.view(), surv, mu)
+        self._rows.scatter(surv, mu)
         be.scatter_rows(self._params.view(), surv, params)
         if self._sq is not None:
             be.scatter_rows(self._sq.view(), surv, np.einsum("ij,ij->i", mu, mu).reshape(-1, 1))
@@ -822,6 +929,21 @@ class SplatStore:
     def _after_write(self) -> None:
         if self._wal is not None and self._wal.bytes > CHECKPOINT_BYTES:
             self.checkpoint()
+        self._maybe_rebalance()
+
+    # ---- tiers (SPEC section 4; m2m_gpu/tiers.py) -----------------------------------------
+    def _maybe_rebalance(self) -> None:
+        if self._rows.due():
+            self._rebalance()
+
+    def _rebalance(self) -> dict:
+        alpha = self._alpha() if self.slots else np.zeros(0, np.float32)
+        return self._rows.rebalance(alpha, self._live)
+
+    def rebalance(self) -> dict:
+        """Run the tier placement pass now (it also runs every ``rebalance_every`` calls
+        and whenever a tier is over budget); returns the splats moved per direction."""
+        return self._rebalance()
 
     def _manifest(self) -> dict:
         return {"library": "m2m-gpu", "dim": self.dim, "dtype": "float32",
@@ -834,8 +956,7 @@ class SplatStore:
     def _write_generation(self, path: Path, generation: int) -> dict:
         be = self.backend
         n = self.slots
-        mu = np.asarray(be.to_host(self._mu.view()), np.float32) if n else \
-            np.zeros((0, self.dim), np.float32)
+        mu = self._vector_blocks()
         params = np.asarray(be.to_host(self._params.view()), np.float32) if n else \
             np.zeros((0, PARAM_WIDTH), np.float32)
         flags = self._live.astype(np.uint8) | (self._dirty.astype(np.uint8) << 1)
@@ -846,6 +967,11 @@ class SplatStore:
         return persist.write_snapshot(path, generation, self._manifest(),
                                       {"vectors": mu, "params": params, "hits": self._hits,
                                        "flags": flags}, records, state)
+
+    def _vector_blocks(self, rows: int = 1 << 16):
+        """Every slot's vector in slot order, in host blocks of at most ``rows`` rows."""
+        for a in range(0, self.slots, rows):
+            yield self._rows.gather(np.arange(a, min(self.slots, a + rows)))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the whole store to a new directory (``SplatStore.open(path)`` reads it).
@@ -863,8 +989,11 @@ class SplatStore:
                                     "SplatStore(..., path=...) / SplatStore.open(path))")
         fsync = self._wal.fsync
         self._wal.close()
-        self._write_generation(self.path, self.generation + 1)
+        manifest = self._write_generation(self.path, self.generation + 1)
         self.generation += 1
+        if self._rows.counts()[2]:  # cold rows are read from the new checkpoint from now on
+            self._rows.rebase(persist.map_vectors(self.path / manifest["files"]["vectors"]
+                                                  ["name"], self.slots, self.dim))
         self._wal = persist.Wal(self.path / persist.wal_name(self.generation),
                                 self.generation, fsync, create=False)
 
@@ -883,20 +1012,27 @@ class SplatStore:
 
     @classmethod
     def open(cls, path: str | os.PathLike, backend: str | Backend | None = None,
-             fsync: str = "every", verify: bool = True) -> SplatStore:
+             fsync: str = "every", verify: bool = True,
+             tiers: dict | TierOptions | None = None) -> SplatStore:
         """Open a store directory and write through to it from now on: the last checkpoint
         is loaded, the log replayed (a torn or corrupt tail is cut off, with a warning),
-        every later change logged. ``verify`` checks the CRC32 of every data file."""
+        every later change logged. ``verify`` checks the CRC32 of every data file
+        (streamed). With tier budgets (``tiers``), the vectors file is memory-mapped as
+        the cold tier and only the splats the budgets and policy place in the hot and warm
+        tiers are read."""
         root = Path(path)
         manifest = persist.read_manifest(root)
         try:
             store = cls(manifest["dim"], metric=manifest["metric"], backend=backend,
                         index=manifest.get("index", "flat"),
                         index_options=manifest.get("index_options") or None,
-                        fsync=fsync, **manifest["options"])
+                        fsync=fsync, tiers=tiers, **manifest["options"])
         except (KeyError, TypeError) as e:
             raise StoreFormatError(f"{root}/manifest.json: bad field ({e})") from None
         arrays, records, state = persist.read_snapshot(root, manifest, verify=verify)
+        for stale in root.glob(f"{persist.SPILL_PREFIX}*"):  # scratch of an earlier process
+            stale.unlink(missing_ok=True)
+        store._rows.set_cold_dir(root)
         store._restore(arrays, records, state)
         gen = int(manifest["generation"])
         wal_path = root / persist.wal_name(gen)
@@ -918,14 +1054,21 @@ class SplatStore:
 
     def _restore(self, arrays: dict, records: list, state: dict) -> None:
         n = len(records)
+        vectors = arrays["vectors"]  # a memory map of the checkpoint's vectors file
+        step = 1 << 16
         if n:
-            self._mu.append(self._stage_rows(np.ascontiguousarray(arrays["vectors"],
-                                                                    np.float32)))
+            if self._rows.bounded:  # cold until the placement pass below reads some
+                self._rows.adopt(vectors)
+            else:
+                for a in range(0, n, step):
+                    self._rows.place(self._stage_rows(np.ascontiguousarray(vectors[a:a + step],
+                                                                             np.float32)))
             self._params.append(self._stage_rows(np.ascontiguousarray(arrays["params"],
                                                                         np.float32)))
             if self._sq is not None:
-                x = np.asarray(arrays["vectors"], np.float32)
-                self._sq.append(np.einsum("ij,ij->i", x, x).reshape(-1, 1))
+                for a in range(0, n, step):
+                    x = np.asarray(vectors[a:a + step], np.float32)
+                    self._sq.append(np.einsum("ij,ij->i", x, x).reshape(-1, 1))
         flags = np.asarray(arrays["flags"])
         self._live = (flags & 1).astype(bool)
         self._dirty = (flags & 2).astype(bool)
@@ -941,10 +1084,12 @@ class SplatStore:
         live = np.flatnonzero(self._live)
         self._columns.on_set(live, [self._meta[s] for s in live], self.slots)
         if self.options.dedup and live.size:
-            x = np.asarray(arrays["vectors"], np.float32)
             for s_ in live.tolist():
-                self._hashes[hashlib.blake2b(x[s_].tobytes(), digest_size=16).digest()] = \
+                row = np.asarray(vectors[s_], np.float32)
+                self._hashes[hashlib.blake2b(row.tobytes(), digest_size=16).digest()] = \
                     self._ids[s_]
+        if self._rows.bounded:
+            self._rebalance()
 
     def _replay(self, rec: persist.Record) -> None:
         h = rec.header
@@ -974,11 +1119,12 @@ class SplatStore:
         n = self.slots
         lens = {"ids": len(self._ids), "meta": len(self._meta), "live": self._live.size,
                 "dirty": self._dirty.size, "hits": self._hits.size,
-                "mu": self._mu.view().shape[0], "params": self._params.view().shape[0]}
+                "mu": self._rows.n, "params": self._params.view().shape[0]}
         if len(set(lens.values())) != 1:
             problems.append(f"per-slot arrays of different lengths: {lens}")
-        if n and lens["mu"] == n and lens["params"] == n:
-            mu = np.asarray(self.backend.to_host(self._mu.view()))
+        problems += self._rows.check()
+        if n and lens["mu"] == n and lens["params"] == n and not problems:
+            mu = np.concatenate(list(self._vector_blocks()))
             par = np.asarray(self.backend.to_host(self._params.view()))
             live = self._live
             if not np.isfinite(mu[live]).all() or not np.isfinite(par[live]).all():
@@ -1023,7 +1169,8 @@ class SplatStore:
             return {"min": float(p[0]), "p10": float(p[1]), "median": float(p[2]),
                     "p90": float(p[3]), "max": float(p[4]), "mean": float(v.mean())}
 
-        nbytes = self._mu.nbytes + self._params.nbytes + (self._sq.nbytes if self._sq else 0)
+        nbytes = self._rows.nbytes(HOT) + self._params.nbytes + \
+            (self._sq.nbytes if self._sq else 0)
         return {
             "count": len(self), "slots": self.slots, "free_slots": self.slots - len(self),
             "aliases": len(self._alias), "dim": self.dim, "metric": self.metric,
@@ -1033,8 +1180,18 @@ class SplatStore:
             "backend": self.backend.name, "device": self.backend.info.device,
             "device_bytes": int(nbytes), "clock": self.clock,
             "index": self._index.stats() if self._index is not None else {"kind": "flat"},
+            "tiers": self._rows.stats(),
             "transfers": self.backend.transfers.snapshot(),
         }
+
+
+def _by_key_then_slot(keys, slots, d2, k: int):
+    """Sort each row by (key, slot) and keep k: the one order every search path returns,
+    so that a tie between equal scores is broken the same way on every tier layout."""
+    order = np.lexsort((slots, keys), axis=-1) if keys.size else \
+        np.zeros(keys.shape, np.int64)
+    take = lambda a: np.take_along_axis(a, order, 1)[:, :k]  # noqa: E731
+    return take(keys), take(slots), take(d2)
 
 
 # ---- argument checks ---------------------------------------------------------------------------

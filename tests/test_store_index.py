@@ -34,7 +34,7 @@ def assert_index_consistent(s: SplatStore):
     pos = h.positions_of(live)
     assert (pos >= 0).all()
     assert np.unique(h.ids[~h.dead]).size == (~h.dead).sum() == live.size
-    mu = s.backend.gather_rows(s._mu.view(), live)
+    mu = s._rows.gather(live)
     np.testing.assert_array_equal(h.host_rows[pos], mu)
     np.testing.assert_array_equal(h.cell_of[pos], h.assign(np.ascontiguousarray(mu)))
 

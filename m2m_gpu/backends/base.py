@@ -205,6 +205,11 @@ class Backend(ABC):
         """Take a foreign array that lives on this device without copying (DLPack), or None."""
         return None
 
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a failed device allocation (the tiers then shrink the hot tier
+        and retry); cupy's OutOfMemoryError is a MemoryError."""
+        return isinstance(exc, MemoryError)
+
     def synchronize(self) -> None:  # noqa: B027 - a no-op unless the backend queues work
         """Wait until queued device work is finished (a no-op for synchronous backends)."""
 

@@ -164,9 +164,11 @@ class VkArray:
         return self
 
     def append(self, rows: np.ndarray) -> None:
+        """Append rows; if an upload fails (device out of memory) nothing is changed."""
         rows = np.ascontiguousarray(rows)
-        if self.parts and self.parts[-1][1] < self.chunk_rows:  # top up the last chunk
-            first, count, tensor = self.parts.pop()
+        parts = list(self.parts)
+        if parts and parts[-1][1] < self.chunk_rows:  # top up the last chunk
+            first, count, tensor = parts.pop()
             last = self.backend._download(tensor).reshape((count,) + self.shape[1:])
             rows = np.concatenate([last.astype(rows.dtype, copy=False), rows])
             start = first
@@ -174,7 +176,8 @@ class VkArray:
             start = self.shape[0]
         for s in range(0, rows.shape[0], self.chunk_rows):
             block = rows[s : s + self.chunk_rows]
-            self.parts.append((start + s, block.shape[0], self.backend._upload(block)))
+            parts.append((start + s, block.shape[0], self.backend._upload(block)))
+        self.parts = parts
         self.shape = (start + rows.shape[0],) + self.shape[1:]
 
     def keep(self, index: np.ndarray) -> None:
@@ -212,6 +215,12 @@ class VulkanBackend(Backend):
     # ---- arrays -------------------------------------------------------------------------
     def is_native(self, obj: Any) -> bool:
         return isinstance(obj, VkArray)
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        """Kompute reports a failed device allocation as a RuntimeError from Vulkan."""
+        text = str(exc)
+        return isinstance(exc, MemoryError) or "OutOfDeviceMemory" in text or \
+            "OutOfHostMemory" in text
 
     def _chunk_rows(self, shape: tuple[int, ...], itemsize: int) -> int:
         row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * itemsize)

@@ -1,0 +1,280 @@
+"""Memory tiers (SPEC section 4): a tiered store returns exactly what a single-tier store
+returns, on every backend; budgets, policies, counted moves, device out-of-memory, and
+stores opened with their vectors memory-mapped as the cold tier."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from m2m_gpu import InvalidInputError, SplatStore
+from m2m_gpu.backends import get_backend
+from m2m_gpu.crashtest import digest
+from m2m_gpu.tiers import COLD, HOT, WARM, TierManager, TierOptions
+from tests.tolerances import tolerance
+
+D = 16
+ROW = 4 * D
+
+
+def tiers(hot, warm, block=37, **kw):
+    """Budgets in splats; ``block`` rows per streamed block (awkward on purpose)."""
+    return {"hot_bytes": hot * ROW, "warm_bytes": None if warm is None else warm * ROW,
+            "block_bytes": block * ROW, **kw}
+
+
+def twin_stores(backend, metric="cosine", **tier_kw):
+    """The same writes applied to a single-tier store and to a tiered one (hot 100, warm
+    150, the rest cold: 4x the hot budget and more)."""
+    rng = np.random.default_rng(11)
+    flat = SplatStore(D, metric=metric, backend=backend.name, merge_radius=0.02)
+    tiered = SplatStore(D, metric=metric, backend=backend.name, merge_radius=0.02,
+                        tiers=tiers(100, 150, **tier_kw))
+    x = rng.standard_normal((503, D)).astype(np.float32)
+    q = rng.standard_normal((7, D)).astype(np.float32)
+    for s in (flat, tiered):
+        s.add(x[:300], metadata=[{"g": i % 3} for i in range(300)])
+        s.add(x[300:], metadata=[{"g": i % 3} for i in range(300, 503)])
+        s.add(x[:5] * 0.5 + 0.1, ids=[0, 1, 2, 3, 4])  # upserts
+        s.feedback(q[:4], relevant=[[10, 400], [450], [499, 1], [2]], irrelevant=[[3], [], [],
+                                                                                  [500]])
+        s.delete(list(range(20, 40)))
+        s.add(s.get(7)[0]["vector"] + np.float32(1e-3), ids=["near7"])
+        s.consolidate()  # merges near7 into 7
+        s.decay(100.0)
+    return flat, tiered
+
+
+def test_tiered_store_returns_what_a_single_tier_store_returns(backend):
+    flat, tiered = twin_stores(backend)
+    c = tiered.stats()["tiers"]
+    assert c["hot"]["splats"] <= 100 and c["warm"]["splats"] <= 150 and c["cold"]["splats"] > 0
+    assert c["hot"]["splats"] + c["warm"]["splats"] + c["cold"]["splats"] == tiered.slots
+    assert flat.stats()["tiers"]["hot"]["splats"] == flat.slots  # the default: all hot
+    q = np.random.default_rng(3).standard_normal((33, D)).astype(np.float32)
+    for kw in ({"k": 10}, {"k": 1}, {"k": 600}, {"k": 5, "rank": "distance"},
+               {"k": 8, "filter": {"g": 1}}):
+        a, b = flat.search(q, **kw), tiered.search(q, **kw)
+        assert a.ids == b.ids, kw
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.distances, b.distances)
+    assert tiered.stats()["tiers"]["streamed"]["bytes"] > 0
+    ea, eb = flat.energy(q, grad=True), tiered.energy(q, grad=True)
+    rtol, atol = tolerance(backend.name, what="energy")
+    np.testing.assert_allclose(eb.energy, ea.energy, rtol=rtol, atol=atol)
+    rtol, atol = tolerance(backend.name, what="energy_grad")
+    np.testing.assert_allclose(eb.gradient, ea.gradient, rtol=rtol, atol=atol)
+    assert digest(tiered) == digest(flat)  # every vector, parameter, id and alias
+    tiered.check_integrity()
+
+
+def test_ties_break_the_same_way_on_every_layout(backend):
+    v = np.random.default_rng(1).standard_normal((1, D)).astype(np.float32)
+    x = np.repeat(v, 60, axis=0)  # 60 identical splats: every score ties
+    flat = SplatStore(D, backend=backend.name)
+    tiered = SplatStore(D, backend=backend.name, tiers=tiers(7, 11, block=5))
+    for s in (flat, tiered):
+        s.add(x)
+    a, b = flat.search(v, k=25), tiered.search(v, k=25)
+    assert a.ids == b.ids == [list(range(25))]  # ties go to the smaller slot
+
+
+def test_budgets_hold_and_moves_are_counted(backend):
+    rng = np.random.default_rng(2)
+    s = SplatStore(D, backend=backend.name, tiers=tiers(50, 60, rebalance_every=4))
+    s.add(rng.standard_normal((400, D)).astype(np.float32))
+    st = s.stats()["tiers"]
+    assert [st[t]["splats"] for t in ("hot", "warm", "cold")] == [50, 60, 290]
+    assert st["hot"]["bytes"] == 50 * ROW and st["hot"]["budget_bytes"] == 50 * ROW
+    assert s.stats()["device_bytes"] < 400 * ROW  # only the hot vectors are on the device
+    # searches near splats that start cold make them hot
+    target = [390, 391, 392]
+    q = np.stack([r["vector"] for r in s.get(target)])
+    for _ in range(8):
+        s.search(q, k=1)
+    assert all(s._rows.tier[s._slot[t]] == HOT for t in target)
+    moves = s.stats()["tiers"]["moves"]
+    assert moves["cold->hot"]["splats"] >= 3
+    assert moves["cold->hot"]["bytes"] == moves["cold->hot"]["splats"] * ROW
+    assert sum(v["splats"] for k, v in moves.items() if k.startswith("hot->")) >= 3
+    st = s.stats()["tiers"]
+    assert st["hot"]["splats"] <= 50 and st["warm"]["splats"] <= 60
+    s.check_integrity()
+
+
+@pytest.mark.parametrize("policy", ["hotness", "lru", "lfu"])
+def test_policies_rank_what_they_say(policy):
+    be = get_backend("cpu")
+    tm = TierManager(4, be, TierOptions(hot_bytes=2 * 16, warm_bytes=2 * 16, policy=policy))
+    tm.place(np.arange(24, dtype=np.float32).reshape(6, 4))
+    alpha = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 5.0])
+    live = np.ones(6, dtype=bool)
+    for _ in range(3):
+        tm.touch([0])  # slot 0: often, long ago
+    tm.touch([1])  # slot 1: once, most recently
+    tm.rebalance(alpha, live)
+    hot = set(np.flatnonzero(tm.tier == HOT).tolist())
+    if policy == "hotness":
+        assert hot == {0, 5}  # most accessed (decayed), and the heaviest alpha
+    elif policy == "lru":
+        assert 1 in hot and 0 in hot  # the two most recently touched
+    else:
+        assert 0 in hot  # the most frequently touched
+    assert (tm.tier == WARM).sum() == 2 and (tm.tier == COLD).sum() == 2
+    np.testing.assert_array_equal(tm.gather(np.arange(6)),
+                                  np.arange(24, dtype=np.float32).reshape(6, 4))
+    assert tm.check() == []
+
+
+def test_tier_manager_interface_place_promote_demote_blocks():
+    be = get_backend("cpu")
+    tm = TierManager(3, be, TierOptions(hot_bytes=4 * 12, warm_bytes=3 * 12, block_bytes=24))
+    rows = np.arange(30, dtype=np.float32).reshape(10, 3)
+    tm.place(rows)
+    assert tm.counts() == [4, 3, 3]
+    tm.demote([0, 1])  # to warm while it has room, then cold
+    tm.promote([9, 8])
+    assert tm.tier[8] == HOT and tm.tier[9] == HOT and tm.tier[0] != HOT
+    seen = np.concatenate([b.slots for b in tm.blocks()])
+    assert sorted(seen.tolist()) == list(range(10))  # every row once
+    for b in tm.blocks():
+        np.testing.assert_array_equal(be.to_host(b.rows), rows[b.slots])
+        assert (np.diff(b.slots) > 0).all()
+    tm.scatter([0, 5], np.full((2, 3), -1, np.float32))
+    assert (tm.gather([0, 5]) == -1).all()
+    tm.keep(np.array([1, 2, 5, 9]))
+    np.testing.assert_array_equal(tm.gather(np.arange(4))[3], rows[9])
+    assert tm.check() == []
+    assert tm.stats()["moves"]["hot->warm"]["splats"] + \
+        tm.stats()["moves"]["hot->cold"]["splats"] >= 2
+
+
+def test_device_out_of_memory_caps_the_hot_tier_and_says_so_once(backend, monkeypatch):
+    """The device "fills up" after 70 rows: later rows go to host memory, with one warning;
+    results stay those of a store that never ran out."""
+    real = backend.row_store
+
+    def limited(dim, *a, **kw):
+        store = real(dim, *a, **kw)
+        append = store.append
+
+        def guarded(rows):
+            if dim == D and store.view().shape[0] + rows.shape[0] > 70:
+                raise MemoryError("simulated device out of memory")
+            append(rows)
+
+        store.append = guarded
+        return store
+
+    monkeypatch.setattr(backend, "row_store", limited)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((300, D)).astype(np.float32)
+    with pytest.warns(ResourceWarning, match="ran out of memory") as rec:
+        s = SplatStore(D, backend=backend.name)
+        for i in range(0, 300, 40):
+            s.add(x[i : i + 40])
+    assert len(rec) == 1
+    st = s.stats()["tiers"]
+    assert st["hot"]["splats"] <= 70 and st["warm"]["splats"] + st["hot"]["splats"] == 300
+    assert st["device_memory_shrinks"] == 1
+    monkeypatch.undo()
+    ref = SplatStore(D, backend=backend.name)
+    ref.add(x)
+    q = rng.standard_normal((9, D)).astype(np.float32)
+    assert s.search(q, k=12).ids == ref.search(q, k=12).ids
+    s.check_integrity()
+
+
+def test_out_of_memory_in_a_kernel_shrinks_the_hot_tier_and_retries(backend, monkeypatch):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((200, D)).astype(np.float32)
+    s = SplatStore(D, backend=backend.name)
+    s.add(x)
+    q = rng.standard_normal((5, D)).astype(np.float32)
+    want = s.search(q, k=7).ids
+    real = backend.splat_topk
+    calls = {"n": 0}
+
+    def flaky(queries, mu, *a, **kw):
+        calls["n"] += 1
+        if mu.shape[0] == 200:  # the whole store on the device: "no room" for the work
+            raise MemoryError("simulated")
+        return real(queries, mu, *a, **kw)
+
+    monkeypatch.setattr(backend, "splat_topk", flaky)
+    with pytest.warns(ResourceWarning):
+        got = s.search(q, k=7).ids
+    assert got == want
+    st = s.stats()["tiers"]
+    assert st["hot"]["splats"] == 100 and st["warm"]["splats"] == 100
+
+
+def test_open_maps_the_vectors_and_reads_only_what_the_budgets_place(backend, tmp_path):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((600, D)).astype(np.float32)
+    s = SplatStore(D, backend=backend.name, path=tmp_path / "st")
+    s.add(x)
+    s.feedback(x[:2], relevant=[[598], [599]])  # heavier alpha: placed hot on open
+    s.checkpoint()
+    s.add(x[:3] + 1, ids=["w0", "w1", "w2"])  # in the log only
+    want = digest(s)
+    s.close()
+    t = SplatStore.open(tmp_path / "st", backend=backend.name, tiers=tiers(50, 25))
+    st = t.stats()["tiers"]
+    read = sum(v["bytes"] for k, v in st["moves"].items() if k.startswith("cold->"))
+    assert read == 75 * ROW  # the hot and warm budgets, not the 600 stored vectors
+    assert st["cold"]["splats"] == 603 - 75
+    assert t._rows.tier[t._slot[598]] == HOT and t._rows.tier[t._slot[599]] == HOT
+    assert digest(t) == want
+    t.feedback(x[100], relevant=[100])  # a cold splat written: moved out of the map
+    t.checkpoint()  # cold rows are read from the new checkpoint's file
+    assert not list((tmp_path / "st").glob("m2m-cold-*"))
+    want = digest(t)
+    q = rng.standard_normal((4, D)).astype(np.float32)
+    hits = t.search(q, k=9).ids
+    t.close()
+    u = SplatStore.open(tmp_path / "st", backend=backend.name)  # untiered: all in memory
+    assert digest(u) == want and u.search(q, k=9).ids == hits
+    u.check_integrity()
+
+
+def test_tier_options_are_checked(backend):
+    for bad in ({"hot_bytes": -1}, {"policy": "random"}, {"tau": 0}, {"block_bytes": 0},
+                {"hot": 5}, {"warm_bytes": 1.5}):
+        with pytest.raises(InvalidInputError):
+            SplatStore(D, backend=backend.name, tiers=bad)
+    with pytest.raises(InvalidInputError):
+        SplatStore(D, backend=backend.name, tiers=[1, 2])
+
+
+def test_every_splat_is_in_exactly_one_tier_through_compaction(backend):
+    rng = np.random.default_rng(9)
+    s = SplatStore(D, backend=backend.name, tiers=tiers(40, 40, block=16))
+    s.add(rng.standard_normal((1500, D)).astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s.delete(list(range(0, 1500, 2)) + list(range(1, 700, 2)))  # compacts
+    assert s.slots == len(s) == 400
+    st = s.stats()["tiers"]
+    assert st["hot"]["splats"] + st["warm"]["splats"] + st["cold"]["splats"] == 400
+    s.check_integrity()
+    got = s.get(list(range(701, 1500, 2)))
+    assert all(g is not None for g in got)
+
+
+def test_crash_loop_with_most_vectors_cold(tmp_path):
+    """The SIGKILL crash test (m2m_gpu.crashtest) on a tiered store: after each kill the
+    reopened store, its vectors memory-mapped as the cold tier, holds every acknowledged
+    write and passes its integrity check."""
+    from m2m_gpu.crashtest import TIERED, crash_loop
+
+    totals = crash_loop(tmp_path / "crash", runs=15, seed=2, log=lambda *_: None,
+                        tiers=TIERED)
+    assert totals["runs"] == 15 and totals["acked"] > 100
+
+
+def test_tier_budgets_with_the_hrm2_index_are_refused_clearly():
+    with pytest.raises(InvalidInputError, match="index='flat' only"):
+        SplatStore(D, backend="cpu", index="hrm2", tiers={"hot_bytes": 1 << 20})
