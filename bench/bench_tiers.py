@@ -16,7 +16,7 @@ synchronised), the ratio to ``memory``, bytes streamed per batch and the streami
 against the machine's copy bandwidth measured in the same run (host memcpy on cpu,
 host-to-device from page-locked memory on cuda, ``from_host`` on vulkan).
 
-    python bench/bench_tiers.py [--backend cpu|cuda|vulkan] [--n 400000] [--d 64]
+    python bench/bench_tiers.py [--backend auto|cpu|cuda|vulkan] [--n 400000] [--d 64]
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def evict(store) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backend", default="cpu")
+    ap.add_argument("--backend", default="auto", help="cpu, cuda, vulkan or auto")
     ap.add_argument("--n", type=int, default=400_000)
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--m", type=int, default=256, help="queries per batch")
@@ -151,7 +151,7 @@ def main() -> int:
                  "timing": t}
         res["layouts"].append(entry)
         print(f"{name:14s} {qps:10,.0f} q/s  {qps / base_qps:5.2f}x memory  "
-              f"streamed {per_batch / 2**20:8.1f} MiB/batch at {rate:6.2f} GB/s "
+              f"streamed {per_batch / 2**20:8.1f} MiB/batch at {rate * 1e3:7.1f} MB/s "
               f"({rate / bw['gb_per_s']:.2f} of copy bw)  identical={identical}", flush=True)
         store.close()
         del store

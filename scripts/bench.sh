@@ -7,6 +7,9 @@
 #      (bench/bench_splat.py; --quick is passed on)
 #   3. HRM2 approximate search: recall@10 vs queries/s against faiss IVF-Flat and hnswlib,
 #      on 100,000 clustered vectors (20,000 with --quick) (bench/bench_hrm2.py)
+#   4. memory tiers: exact search over a store 4x its hot budget (warm, and warm + cold)
+#      against the same store fully in memory, 400,000 x 64 (50,000 with --quick)
+#      (bench/bench_tiers.py, on the best available backend)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$root/scripts/setup.sh"
@@ -18,6 +21,8 @@ for a in "$@"; do [[ $a == --quick ]] && quick=(--quick); done
 "$py" bench/bench_splat.py "${quick[@]}"
 if ((${#quick[@]})); then
   "$py" bench/bench_hrm2.py --n 20000 --repeat 3 --out bench/results/hrm2-quick.json
+  "$py" bench/bench_tiers.py --n 50000 --repeat 3 --out bench/results/tiers-quick.json
 else
   "$py" bench/bench_hrm2.py --n 100000
+  "$py" bench/bench_tiers.py --n 400000
 fi
