@@ -17,6 +17,11 @@ against the machine's copy bandwidth measured in the same run (host memcpy on cp
 host-to-device from page-locked memory on cuda, ``from_host`` on vulkan).
 
     python bench/bench_tiers.py [--backend auto|cpu|cuda|vulkan] [--n 400000] [--d 64]
+
+``--open``: instead, write a store of ``n`` splats to a directory, then open it in fresh
+processes with and without budgets (hot 1/16 of the vectors, warm 0: the rest stays in the
+memory-mapped file) and report each process's open time, peak resident memory, and its
+anonymous (heap) and file-backed (page cache, reclaimable) resident memory after the open.
 """
 
 from __future__ import annotations
@@ -86,7 +91,64 @@ def evict(store) -> None:
             os.close(fd)
 
 
+def open_child(path: str, budget: str) -> None:
+    import resource
+
+    tiers = json.loads(budget)
+    t0 = time.perf_counter()
+    store = SplatStore.open(path, backend="cpu", tiers=tiers, verify=True)
+    t = time.perf_counter() - t0
+    status = dict(line.split(":", 1) for line in
+                  Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    mib = lambda key: int(status[key].split()[0]) / 1024  # noqa: E731 (kB)
+    print(json.dumps({"open_s": t, "peak_rss_mib":
+                      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "anon_rss_mib": mib("RssAnon"), "file_rss_mib": mib("RssFile"),
+                      "tiers": {k: store.stats()["tiers"][k]["splats"]
+                                for k in ("hot", "warm", "cold")}}))
+
+
+def open_bench(args) -> int:
+    import subprocess
+    import tempfile
+
+    n, d = args.n, args.d
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        path = Path(tmp) / "store"
+        s = SplatStore(d, metric="l2", backend="cpu", path=path, fsync="off")
+        for a in range(0, n, 1 << 16):
+            s.add(m2m_gpu.synthetic(min(1 << 16, n - a), d, seed=5, start=a))
+        s.checkpoint()
+        s.close()
+        del s
+        vec_mib = n * d * 4 / 2**20
+        res = {"n": n, "d": d, "vectors_mib": vec_mib, "cases": []}
+        budgets = {"no budgets": None,
+                   "hot 1/16, warm 0": {"hot_bytes": n * d * 4 // 16, "warm_bytes": 0}}
+        for name, tiers in budgets.items():
+            out = subprocess.run([sys.executable, __file__, "--open-child", str(path),
+                                  json.dumps(tiers)], capture_output=True, text=True,
+                                 check=True).stdout
+            row = {"case": name, **json.loads(out.strip().splitlines()[-1])}
+            res["cases"].append(row)
+            print(f"open {name:18s} {row['open_s']:6.2f} s, peak RSS "
+                  f"{row['peak_rss_mib']:5.0f} MiB, now anonymous {row['anon_rss_mib']:5.0f} "
+                  f"MiB + file-backed {row['file_rss_mib']:5.0f} MiB (vectors "
+                  f"{vec_mib:.0f} MiB), tiers "
+                  f"{row['tiers']}", flush=True)
+    res["meta"] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                   "git": git_revision(), "machine": platform.machine(),
+                   "cpus": os.cpu_count(), "python": platform.python_version()}
+    out = Path(args.out) if args.out else RESULTS / f"tiers-open-cpu-n{n}-d{d}.json"
+    out.write_text(json.dumps(res, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
 def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--open-child":
+        open_child(sys.argv[2], sys.argv[3])
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="auto", help="cpu, cuda, vulkan or auto")
     ap.add_argument("--n", type=int, default=400_000)
@@ -97,7 +159,11 @@ def main() -> int:
     ap.add_argument("--block-mb", type=int, default=64)
     ap.add_argument("--evict", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--open", action="store_true", help="measure opening a stored store")
+    ap.add_argument("--dir", default=None, help="--open: where to write the store")
     args = ap.parse_args()
+    if args.open:
+        return open_bench(args)
     be = backends.get_backend(args.backend)
     n, d = args.n, args.d
     X = m2m_gpu.synthetic(n, d, seed=4, kind="clustered", spread=0.3)
