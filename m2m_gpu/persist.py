@@ -78,21 +78,15 @@ def crc32_file(path: Path, chunk: int = 1 << 22) -> int:
 
 def write_file(path: Path, data: bytes | np.ndarray) -> dict:
     """Write, fsync; return ``{"bytes", "crc32"}``."""
-    raw = data.tobytes() if isinstance(data, np.ndarray) else data
-    with open(path, "wb") as f:
-        f.write(raw)
-        f.flush()
-        os.fsync(f.fileno())
-    return {"bytes": len(raw), "crc32": zlib.crc32(raw)}
+    return write_chunks(path, [data.tobytes() if isinstance(data, np.ndarray) else data])
 
 
-def write_blocks(path: Path, blocks, dtype: str) -> dict:
-    """Write an iterable of arrays one after another (never all in memory), fsync; return
-    ``{"bytes", "crc32"}``."""
+def write_chunks(path: Path, chunks) -> dict:
+    """Write an iterable of byte strings one after another (never all in memory), fsync;
+    return ``{"bytes", "crc32"}``."""
     crc, size = 0, 0
     with open(path, "wb") as f:
-        for block in blocks:
-            raw = le(block, dtype).tobytes()
+        for raw in chunks:
             f.write(raw)
             crc, size = zlib.crc32(raw, crc), size + len(raw)
         f.flush()
@@ -233,8 +227,8 @@ def write_snapshot(path: Path, generation: int, manifest: dict, arrays: dict[str
     for name, dtype in (("vectors", "f4"), ("params", "f4"), ("hits", "i8"), ("flags", "u1")):
         target = path / FILES[name].format(g=generation)
         data = arrays[name]
-        files[name] = write_file(target, le(data, dtype)) if isinstance(data, np.ndarray) \
-            else write_blocks(target, data, dtype)
+        blocks = [data] if isinstance(data, np.ndarray) else data
+        files[name] = write_chunks(target, (le(b, dtype).tobytes() for b in blocks))
     lines = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
     files["records"] = write_file(path / FILES["records"].format(g=generation), lines)
     files["state"] = write_file(path / FILES["state"].format(g=generation),

@@ -556,9 +556,8 @@ class SplatStore:
             with np.errstate(divide="ignore"):
                 log_scores = (np.log(p[..., PARAM_ALPHA]) - p[..., PARAM_KAPPA] * d2)
         log_scores = log_scores.astype(np.float32)
-        if self._rows.bounded:
-            self._rows.touch(slots.ravel())
-            self._maybe_rebalance()
+        self._rows.touch(slots.ravel())
+        self._maybe_rebalance()
         ids = [[self._ids[s] for s in row] for row in slots.tolist()]
         meta = [[dict(self._meta[s]) for s in row] for row in slots.tolist()]
         return SearchResult(ids, np.exp(log_scores), log_scores, d2.astype(np.float32), meta)
@@ -584,26 +583,36 @@ class SplatStore:
                 self._rows.shrink_hot(exc)
                 self._rebalance()
 
-    def _topk_blocks(self, q, k: int, mode: int, params):
-        be = self.backend
-        qn = to_native(be, q)
+    def _kernel_blocks(self, params):
+        """``(slots, mu, params, sqnorms)`` to run a kernel on, covering every slot: the
+        dense matrix once (slots None) when every row is hot, else each tier block with its
+        rows of ``params`` and ``||mu||^2``. Lazy: on cuda a block's buffer is reused two
+        blocks later, so its kernels must be queued before the next block is asked for."""
         mu = self._rows.dense()
         if mu is not None:
-            out = be.splat_topk(qn, mu, params, k, mode, sqnorms=self._sq_view())
-            return _by_key_then_slot(*(np.asarray(be.to_host(a)) for a in out), k)
-        host_params = host_array(be.to_host(params), np.float32)
+            yield None, mu, params, self._sq_view()
+            return
+        host_params = host_array(self.backend.to_host(params), np.float32)
         sq = self._sq_view()
-        parts = []
-        for blk in self._rows.blocks():  # kernels are queued block after block ...
+        for blk in self._rows.blocks():
             prm = self._rows.upload(np.ascontiguousarray(host_params[blk.slots]),
                                     chunk_rows=getattr(blk.rows, "chunk_rows", None))
             bsq = None if sq is None else np.ascontiguousarray(sq[blk.slots])
-            out = be.splat_topk(qn, blk.rows, prm, min(k, blk.slots.size), mode, sqnorms=bsq)
-            parts.append((blk.slots, out))
+            yield blk.slots, blk.rows, prm, bsq
+
+    def _topk_blocks(self, q, k: int, mode: int, params):
+        be = self.backend
+        qn = to_native(be, q)
+        parts = []
+        for slots, mu, prm, sq in self._kernel_blocks(params):  # queued block by block ...
+            out = be.splat_topk(qn, mu, prm, k if slots is None else min(k, slots.size), mode,
+                                sqnorms=sq)
+            parts.append((slots, out))
         keys, slots, d2 = [], [], []
         for bslots, (kb, ib, db) in parts:  # ... and read back once all are queued
+            ib = np.asarray(be.to_host(ib))
             keys.append(np.asarray(be.to_host(kb)))
-            slots.append(bslots[np.asarray(be.to_host(ib))])
+            slots.append(ib if bslots is None else bslots[ib])
             d2.append(np.asarray(be.to_host(db)))
         return _by_key_then_slot(np.concatenate(keys, 1), np.concatenate(slots, 1),
                                  np.concatenate(d2, 1), k)
@@ -659,22 +668,9 @@ class SplatStore:
         block combined as ``E = -log sum_b exp(-E_b)``, ``G = sum_b exp(E - E_b) G_b``."""
         be = self.backend
         qn = to_native(be, q)
-        mu = self._rows.dense()
-        blocks = [(None, mu)] if mu is not None else \
-            [(b.slots, b.rows) for b in self._rows.blocks()]
-        if mu is None:
-            host_params = host_array(be.to_host(self._params.view()), np.float32)
-            sq = self._sq_view()
         Es, Gs = [], []
-        for slots, rows in blocks:
-            if slots is None:
-                out = be.energy(qn, rows, self._params.view(), grad=grad,
-                                sqnorms=self._sq_view())
-            else:
-                prm = self._rows.upload(np.ascontiguousarray(host_params[slots]),
-                                        chunk_rows=getattr(rows, "chunk_rows", None))
-                bsq = None if sq is None else np.ascontiguousarray(sq[slots])
-                out = be.energy(qn, rows, prm, grad=grad, sqnorms=bsq)
+        for _, mu, prm, sq in self._kernel_blocks(self._params.view()):
+            out = be.energy(qn, mu, prm, grad=grad, sqnorms=sq)
             Es.append(out[0] if grad else out)
             Gs.append(out[1] if grad else None)
         Es = [np.asarray(be.to_host(e), dtype=np.float32) for e in Es]
@@ -741,8 +737,7 @@ class SplatStore:
             self._hebbian_gathered(q, plan)
         rel_rows = np.array(ev_rows)[np.array(ev_sign) > 0]
         moved = np.unique(rel_rows)
-        if self._rows.bounded:
-            self._rows.touch(moved)
+        self._rows.touch(moved)
         if moved.size:
             np.add.at(self._hits, rel_rows, 1)
             self._dirty[moved] = True
@@ -1059,16 +1054,15 @@ class SplatStore:
         if n:
             if self._rows.bounded:  # cold until the placement pass below reads some
                 self._rows.adopt(vectors)
-            else:
-                for a in range(0, n, step):
-                    self._rows.place(self._stage_rows(np.ascontiguousarray(vectors[a:a + step],
-                                                                             np.float32)))
+            if not self._rows.bounded or self._sq is not None:
+                for a in range(0, n, step):  # one pass over the file
+                    x = np.ascontiguousarray(vectors[a:a + step], np.float32)
+                    if not self._rows.bounded:
+                        self._rows.place(self._stage_rows(x))
+                    if self._sq is not None:
+                        self._sq.append(np.einsum("ij,ij->i", x, x).reshape(-1, 1))
             self._params.append(self._stage_rows(np.ascontiguousarray(arrays["params"],
                                                                         np.float32)))
-            if self._sq is not None:
-                for a in range(0, n, step):
-                    x = np.asarray(vectors[a:a + step], np.float32)
-                    self._sq.append(np.einsum("ij,ij->i", x, x).reshape(-1, 1))
         flags = np.asarray(arrays["flags"])
         self._live = (flags & 1).astype(bool)
         self._dirty = (flags & 2).astype(bool)

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from .backends.base import RowBuffer
 from .errors import InvalidInputError
 from .persist import SPILL_PREFIX
 from .tensor import host_array
@@ -168,38 +169,6 @@ class AccessStats:
         return self.count.astype(np.float64)
 
 
-class _HostRows:
-    """Growable host matrix (page-locked through CuPy when ``pinned``)."""
-
-    def __init__(self, dim: int, pinned_alloc=None) -> None:
-        self.dim = dim
-        self._alloc = pinned_alloc
-        self.buf = self._empty(0)
-        self.n = 0
-
-    def _empty(self, rows: int) -> np.ndarray:
-        if self._alloc is not None and rows:
-            return self._alloc((rows, self.dim))
-        return np.empty((rows, self.dim), dtype=np.float32)
-
-    def view(self) -> np.ndarray:
-        return self.buf[: self.n]
-
-    def append(self, rows: np.ndarray) -> None:
-        need = self.n + rows.shape[0]
-        if need > self.buf.shape[0]:
-            grown = self._empty(max(need, 2 * self.buf.shape[0]))
-            grown[: self.n] = self.buf[: self.n]
-            self.buf = grown
-        self.buf[self.n : need] = rows
-        self.n = need
-
-    def keep(self, index: np.ndarray) -> None:
-        kept = self.buf[index]
-        self.buf[: kept.shape[0]] = kept
-        self.n = kept.shape[0]
-
-
 class _ColdRows:
     """The cold tier: a read-only ``base`` file (a checkpoint's vectors, row = slot at that
     checkpoint) and an append-only spill file. Position ``p < base_rows`` is base row ``p``,
@@ -283,12 +252,13 @@ class TierManager:
         self.pos = np.zeros(0, dtype=np.int64)
         self._hot = backend.row_store(self.dim)
         self._hot_slots = np.zeros(0, dtype=np.int64)
-        pinned = None
-        if backend.name == "cuda":
+        self._pinned = backend.name == "cuda"  # warm rows page-locked: async copies
+        empty = None
+        if self._pinned:
             import cupyx
 
-            pinned = lambda shape: cupyx.empty_pinned(shape, dtype=np.float32)  # noqa: E731
-        self._warm = _HostRows(self.dim, pinned)
+            empty = cupyx.empty_pinned
+        self._warm = RowBuffer(np, self.dim, empty=empty)
         self._warm_slots = np.zeros(0, dtype=np.int64)
         directory = self.options.cold_dir or (str(cold_dir) if cold_dir else None)
         self._cold = _ColdRows(self.dim, directory)
@@ -374,8 +344,7 @@ class TierManager:
             for s in range(0, slots.size, self.block_rows):  # bounded staging on the device
                 part = rows[s : s + self.block_rows]
                 try:
-                    self._hot.append(part if self.backend.name != "vulkan"
-                                     else host_array(part, np.float32))
+                    self._hot.append(part)
                 except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
                     if not self._is_oom(exc):
                         raise
@@ -657,8 +626,9 @@ class TierManager:
         return be.from_host(host)
 
     def _stream_cuda(self, specs) -> Iterator[Block]:
-        """Double-buffered upload: block i+1 is staged in page-locked memory and copied on
-        a side stream while the caller's kernels on block i run on the current stream."""
+        """Double-buffered upload: block i+1 (cold blocks staged in page-locked memory
+        first; warm rows are page-locked already) is copied on a side stream while the
+        caller's kernels on block i run on the current stream."""
         import cupy as cp
         import cupyx
 
@@ -677,8 +647,10 @@ class TierManager:
                 done[b].synchronize()  # block i-2's kernels are finished with buffer b
             host = self._host_block(tier, slots, start)
             r = host.shape[0]
-            stage[b][:r] = host
-            dev[b][:r].set(stage[b][:r], stream=copy)
+            if tier == COLD or not self._pinned:  # warm rows are page-locked already
+                stage[b][:r] = host
+                host = stage[b][:r]
+            dev[b][:r].set(host, stream=copy)
             ready[b] = copy.record()
             self.backend.transfers.add_h2d(host.nbytes)
             self.streamed["blocks"] += 1

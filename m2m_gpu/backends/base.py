@@ -302,12 +302,14 @@ class RowBuffer:
     """A growable row-major matrix in NumPy or CuPy memory, for indexes that grow.
 
     Appends are amortised O(rows) (capacity doubles, like ``std::vector`` in FAISS);
-    :meth:`view` is the C-contiguous ``(n, dim)`` block in use.
+    :meth:`view` is the C-contiguous ``(n, dim)`` block in use. ``empty(shape, dtype)``
+    allocates the storage (default ``xp.empty``; the warm tier passes page-locked memory).
     """
 
-    def __init__(self, xp, dim: int, dtype=np.float32) -> None:
+    def __init__(self, xp, dim: int, dtype=np.float32, empty=None) -> None:
         self.xp = xp
-        self.buf = xp.empty((0, dim), dtype=dtype)
+        self._empty = empty or xp.empty
+        self.buf = self._empty((0, dim), dtype=dtype)
         self.n = 0
 
     def view(self):
@@ -316,8 +318,8 @@ class RowBuffer:
     def append(self, rows) -> None:
         need = self.n + rows.shape[0]
         if need > self.buf.shape[0]:
-            grown = self.xp.empty((max(need, 2 * self.buf.shape[0]),) + self.buf.shape[1:],
-                                  dtype=self.buf.dtype)
+            grown = self._empty((max(need, 2 * self.buf.shape[0]),) + self.buf.shape[1:],
+                                dtype=self.buf.dtype)
             grown[: self.n] = self.buf[: self.n]
             self.buf = grown
         self.buf[self.n : need] = rows
