@@ -18,6 +18,12 @@ host-to-device from page-locked memory on cuda, ``from_host`` on vulkan).
 
     python bench/bench_tiers.py [--backend auto|cpu|cuda|vulkan] [--n 400000] [--d 64]
 
+``--index hrm2``: the same layouts for the HRM2 approximate index (``IndexHRM2(tiers=...)``,
+default probing): hot cells are scanned in place, probed rows that are not hot are fetched
+per batch; results are checked identical to the untiered index's (ids and distances) and
+recall@k against exact search is reported. The placement policy is given ``--settle``
+batches first, so that the cells the queries probe can become hot.
+
 ``--open``: instead, write a store of ``n`` splats to a directory, then open it in fresh
 processes with and without budgets (hot 1/16 of the vectors, warm 0: the rest stays in the
 memory-mapped file) and report each process's open time, peak resident memory, and its
@@ -145,6 +151,58 @@ def open_bench(args) -> int:
     return 0
 
 
+def hrm2_layouts(args, be, X, Q, layouts, bw, res) -> None:
+    """Each layout of an IndexHRM2: identical to the untiered index, recall, q/s."""
+    from m2m_gpu.hrm2 import IndexHRM2
+
+    n = X.shape[0]
+    _, exact = m2m_gpu.knn(Q, X, args.k, backend=be.name)
+    ref = None
+    base_qps = None
+    for name, tiers in layouts.items():
+        t0 = time.perf_counter()
+        idx = IndexHRM2(args.d, backend=be.name, tiers=tiers)
+        idx.train(X)
+        for a in range(0, n, 1 << 17):
+            idx.add(X[a : a + (1 << 17)])
+        build = time.perf_counter() - t0
+        for _ in range(args.settle):  # the policy sees which cells these queries probe
+            got = idx.search(Q, args.k)
+        idx.hrm2.rebalance()
+        got = idx.search(Q, args.k)
+        ref = ref or got
+        identical = np.array_equal(got[1], ref[1]) and np.array_equal(got[0], ref[0])
+        assert identical, f"{name}: results differ from the untiered index"
+        recall = float(np.mean([np.intersect1d(a, b).size / args.k
+                                for a, b in zip(got[1], exact, strict=True)]))
+        tm = idx.hrm2.tiers
+        before = dict(tm.stats()["streamed"])
+
+        def run(idx=idx):
+            idx.search(Q, args.k)
+            be.synchronize()
+
+        t = timeit(run, args.repeat)
+        after = tm.stats()
+        calls = args.repeat + 1
+        per_batch = (after["streamed"]["bytes"] - before["bytes"]) / calls
+        qps = args.m / t["median_s"]
+        base_qps = base_qps or qps
+        rate = per_batch / t["median_s"] / 1e9
+        scanned = float(idx.last_report.vectors.mean())
+        res["layouts"].append({
+            "layout": name, "tiers": tiers, "identical_to_memory": identical,
+            "recall": recall, "qps": qps, "vs_memory": qps / base_qps, "build_s": build,
+            "vectors_scanned_per_query": scanned, "streamed_bytes_per_batch": per_batch,
+            "streamed_gb_per_s": rate, "streamed_vs_copy_bandwidth": rate / bw["gb_per_s"],
+            "tier_splats": {k: after[k]["splats"] for k in ("hot", "warm", "cold")},
+            "moves": {k: v for k, v in after["moves"].items() if v["splats"]}, "timing": t})
+        print(f"{name:14s} {qps:10,.0f} q/s  {qps / base_qps:5.2f}x memory  recall@{args.k} "
+              f"{recall:.3f}  streamed {per_batch / 2**20:7.1f} MiB/batch at "
+              f"{rate * 1e3:7.1f} MB/s  identical={identical}", flush=True)
+        idx.hrm2.tiers.close()
+
+
 def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "--open-child":
         open_child(sys.argv[2], sys.argv[3])
@@ -159,6 +217,8 @@ def main() -> int:
     ap.add_argument("--block-mb", type=int, default=64)
     ap.add_argument("--evict", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--index", default="flat", choices=["flat", "hrm2"])
+    ap.add_argument("--settle", type=int, default=4, help="hrm2: batches before timing")
     ap.add_argument("--open", action="store_true", help="measure opening a stored store")
     ap.add_argument("--dir", default=None, help="--open: where to write the store")
     args = ap.parse_args()
@@ -176,10 +236,13 @@ def main() -> int:
                           "block_bytes": args.block_mb << 20},
     }
     bw = copy_bandwidth(be)
-    print(f"{be.name} ({be.info.device}): n={n:,} d={d} batch={args.m} k={args.k}; "
-          f"copy bandwidth {bw['gb_per_s']:.1f} GB/s ({bw['what']})", flush=True)
-    res = {"backend": be.info.as_dict(), "n": n, "d": d, "m": args.m, "k": args.k,
-           "copy_bandwidth": bw, "evict": args.evict, "layouts": []}
+    print(f"{be.name} ({be.info.device}): {args.index} n={n:,} d={d} batch={args.m} "
+          f"k={args.k}; copy bandwidth {bw['gb_per_s']:.1f} GB/s ({bw['what']})", flush=True)
+    res = {"backend": be.info.as_dict(), "index": args.index, "n": n, "d": d, "m": args.m,
+           "k": args.k, "copy_bandwidth": bw, "evict": args.evict, "layouts": []}
+    if args.index == "hrm2":
+        hrm2_layouts(args, be, X, Q, layouts, bw, res)
+        return write(res, args, be)
     ref = None
     base_qps = None
     for name, tiers in layouts.items():
@@ -221,10 +284,15 @@ def main() -> int:
               f"({rate / bw['gb_per_s']:.2f} of copy bw)  identical={identical}", flush=True)
         store.close()
         del store
+    return write(res, args, be)
+
+
+def write(res: dict, args, be) -> int:
+    n, d = args.n, args.d
     res["meta"] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                    "git": git_revision(), "machine": platform.machine(),
                    "cpus": os.cpu_count(), "python": platform.python_version()}
-    tag = "-evict" if args.evict else ""
+    tag = ("-hrm2" if args.index == "hrm2" else "") + ("-evict" if args.evict else "")
     out = Path(args.out) if args.out else \
         RESULTS / f"tiers-{be.name}-n{n}-d{d}{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,15 @@ cell's radius: exact for l2), or when its centroid is more than ``ratio`` times 
 the nearest one (the query sits deep inside its cell). Every search reports how many cells
 and vectors each query scanned.
 
+Memory tiers: the rows live in a :class:`m2m_gpu.tiers.TierManager` keyed by position
+(``tiers=``; default: all on the device, one dense matrix). Each tier keeps its rows in
+position order, so the hot rows of a cell are one range of the hot tier and are scanned in
+place; the probed rows that are not hot are fetched to the device in blocks and scanned by
+the same kernel, and the parts are merged by (key, position), the order every layout
+returns. The rows of every probed cell count as accessed, so the placement policy keeps the
+cells that queries probe hot. Re-layouts stream the rows through host memory a block at a
+time (no full host copy is kept).
+
 Adds go to their nearest fine cell at once, into an overflow region kept sorted by cell
 (each cell = its main range + its overflow range). When the overflow passes
 ``REBUILD_OVERFLOW`` of the rows, the layout is rebuilt; when the largest cell passes
@@ -44,6 +53,7 @@ from .backends import Backend, _jit, get_backend
 from .backends.base import MODE_DISTANCE, PARAM_ALPHA, PARAM_KAPPA, PARAM_WIDTH
 from .kmeans import kmeans, rng_for
 from .tensor import host_array
+from .tiers import HOT, TierManager, TierOptions
 
 REBUILD_OVERFLOW = 0.25  # share of rows living in the overflow region before a re-layout
 REBUILD_IMBALANCE = 8.0  # largest cell / mean cell size before the centroids are retrained
@@ -99,9 +109,12 @@ class HRM2:
 
     def __init__(self, d: int, backend: str | Backend | None = None, n1: int | None = None,
                  n2: int | None = None, *, seed: int = 0, kmeans_iters: int = 10,
-                 max_points_per_centroid: int = 256, refine_iters: int = REFINE_ITERS) -> None:
+                 max_points_per_centroid: int = 256, refine_iters: int = REFINE_ITERS,
+                 tiers: TierOptions | None = None, cold_dir=None) -> None:
         self.d = d
         self.backend = get_backend(backend)
+        self.tier_options = tiers or TierOptions()
+        self.cold_dir = cold_dir
         self.n1_opt, self.n2_opt = n1, n2
         self.seed = seed
         self.kmeans_iters = kmeans_iters
@@ -203,9 +216,14 @@ class HRM2:
         return cells
 
     # ---- rows ------------------------------------------------------------------------------
+    def _new_tiers(self) -> TierManager:
+        return TierManager(self.d, self.backend, self.tier_options, cold_dir=self.cold_dir)
+
     def _clear_rows(self) -> None:
-        self._rows = self.backend.row_store(self.d)
-        self.host_rows = np.zeros((0, self.d), np.float32)  # host copy, for re-layouts
+        old = getattr(self, "_tm", None)
+        if old is not None:
+            old.close()
+        self._tm = self._new_tiers()  # the rows by position, in the memory tiers
         self.sqnorms = np.zeros(0, np.float32)  # |x|^2 per position (cpu ranks with it)
         self.ids = np.zeros(0, np.int64)  # per position
         self.cell_of = np.zeros(0, np.int64)  # per position
@@ -213,28 +231,93 @@ class HRM2:
         self.main_end = 0
         self.ranges = np.zeros((0, 2), np.int64)
         self.radius = np.zeros(0, np.float32)
+        self._cache: dict = {}  # device copies of params / sqnorms, see _cached()
+        self._alpha_params = None  # the last unfiltered params (the hotness policy's alpha)
 
     @property
     def ntotal(self) -> int:
         return int(self.ids.shape[0])
 
+    @property
+    def tiers(self) -> TierManager:
+        """Where the rows live: position ``p`` is slot ``p`` of this tier manager."""
+        return self._tm
+
+    def rows_at(self, pos) -> np.ndarray:
+        """Host float32 rows at positions ``pos``."""
+        return self._tm.gather(np.asarray(pos, np.int64))
+
     def set_rows(self, x: np.ndarray, ids: np.ndarray, cells: np.ndarray | None = None) -> None:
-        """Lay out all rows grouped by fine cell (a full re-layout)."""
+        """Lay out all rows grouped by fine cell (a full re-layout). A row whose id was
+        already indexed keeps its access history (the tier placement policy's input)."""
+        x = np.asarray(x, np.float32)
+        ids = np.asarray(ids, np.int64)
         if cells is None:
             cells = self.assign(x) if x.shape[0] else np.zeros(0, np.int64)
+        history = None
+        if self._tm.bounded and self.ntotal and ids.size and ids.min() >= 0:
+            history = self._history(self.positions_of(ids))
+        self._relayout(-1 - np.arange(x.shape[0], dtype=np.int64), x, ids, cells, history)
+
+    def _history(self, old_pos: np.ndarray):
+        """Access history of old positions (-1: none) for :meth:`_append`; None when the
+        tiers are unbounded (no policy runs)."""
+        if not self._tm.bounded:
+            return None
+        ok = old_pos >= 0
+        return ok, self._tm.access.take(np.where(ok, old_pos, 0))
+
+    def _append(self, tm: TierManager, n: int, rows_of, history=None) -> None:
+        """Append rows ``rows_of(s, e)`` for ``s, e`` covering ``0 .. n`` to ``tm`` a block
+        at a time (bounded host memory), with their access ``history``."""
+        for s in range(0, n, tm.block_rows):
+            e = min(n, s + tm.block_rows)
+            slots = tm.place(rows_of(s, e))
+            if history is not None:
+                ok, hist = history
+                sel = np.flatnonzero(ok[s:e])
+                if sel.size:
+                    tm.access.assign(slots[sel], tuple(a[s:e][sel] for a in hist))
+
+    def _relayout(self, src: np.ndarray, new_rows: np.ndarray, ids: np.ndarray,
+                  cells: np.ndarray, history=None) -> None:
+        """A fresh layout of the rows ``src`` (``>= 0``: a current position; ``< 0``: row
+        ``-1 - src`` of ``new_rows``), grouped by cell; rows stream through host memory a
+        block at a time, and cell radii are measured on the way."""
         order = np.argsort(cells, kind="stable")
-        self.host_rows = np.ascontiguousarray(x[order], dtype=np.float32)
-        self.ids = np.asarray(ids, np.int64)[order]
-        self.cell_of = cells[order]
-        self._rows = self.backend.row_store(self.d)
-        if x.shape[0]:
-            self._rows.append(self.host_rows)
+        src, ids, cells = src[order], ids[order], cells[order]
+        if history is not None:
+            history = (history[0][order], tuple(a[order] for a in history[1]))
+        old = self._tm
+        new_rows = np.asarray(new_rows, np.float32)
+        mine = src >= 0
+        sq = np.empty(src.size, np.float32)
+        sq[mine] = self.sqnorms[src[mine]]
+        fresh = new_rows[-1 - src[~mine]]
+        sq[~mine] = np.einsum("ij,ij->i", fresh, fresh)
+        self.radius = np.zeros(self.fine.shape[0], np.float32)
+
+        def rows_of(s: int, e: int) -> np.ndarray:
+            part = src[s:e]
+            out = np.empty((part.size, self.d), np.float32)
+            o = part >= 0
+            if o.any():
+                out[o] = old.gather(part[o])
+            if not o.all():
+                out[~o] = new_rows[-1 - part[~o]]
+            self._grow_radius(out, cells[s:e])
+            return out
+
+        tm = self._new_tiers()
+        tm.access.tick = old.access.tick
+        self._append(tm, src.size, rows_of, history)
+        old.close()
+        self._tm = tm
+        self.ids, self.cell_of, self.sqnorms = ids, cells, sq
         self.main_end = self.ntotal
         self.dead = np.zeros(self.ntotal, bool)
-        self.sqnorms = np.einsum("ij,ij->i", self.host_rows, self.host_rows)
-        self.radius = np.zeros(self.fine.shape[0], np.float32)
-        self._grow_radius(self.host_rows, self.cell_of)
         self._index_ranges()
+        self._cache.clear()
 
     def add(self, x: np.ndarray, ids: np.ndarray) -> None:
         """Rows into an empty index are laid out; into a filled one they go via add_rows."""
@@ -244,38 +327,42 @@ class HRM2:
             self.add_rows(x, ids)
 
     def add_rows(self, x: np.ndarray, ids: np.ndarray) -> None:
-        """New rows go to their nearest fine cell now, via the sorted overflow region."""
+        """New rows go to their nearest fine cell now, via the sorted overflow region: the
+        old overflow rows and the new ones are written again in cell order after the main
+        region (which does not move)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        ids = np.asarray(ids, np.int64)
+        r = x.shape[0]
         cells = self.assign(x)
-        tail_cells = np.concatenate([self.cell_of[self.main_end :], cells])
-        tail_rows = np.concatenate([self.host_rows[self.main_end :], x])
-        tail_ids = np.concatenate([self.ids[self.main_end :], ids])
-        tail_dead = np.concatenate([self.dead[self.main_end :], np.zeros(x.shape[0], bool)])
+        tail = np.arange(self.main_end, self.ntotal, dtype=np.int64)
+        tail_cells = np.concatenate([self.cell_of[tail], cells])
         if tail_cells.size > REBUILD_OVERFLOW * max(1, self.main_end):
-            live = ~np.concatenate([self.dead[: self.main_end], tail_dead])
-            self.rebuild(np.concatenate([self.host_rows[: self.main_end], tail_rows])[live],
-                         np.concatenate([self.ids[: self.main_end], tail_ids])[live],
-                         np.concatenate([self.cell_of[: self.main_end], tail_cells])[live])
+            live = np.flatnonzero(~self.dead)
+            self.rebuild(np.concatenate([live, -1 - np.arange(r, dtype=np.int64)]), x,
+                         np.concatenate([self.ids[live], ids]),
+                         np.concatenate([self.cell_of[live], cells]))
             return
         order = np.argsort(tail_cells, kind="stable")
-        old_tail = self.ntotal - self.main_end
-        self.host_rows = np.concatenate([self.host_rows[: self.main_end], tail_rows[order]])
-        self.ids = np.concatenate([self.ids[: self.main_end], tail_ids[order]])
-        self.cell_of = np.concatenate([self.cell_of[: self.main_end], tail_cells[order]])
-        self.dead = np.concatenate([self.dead[: self.main_end], tail_dead[order]])
-        tail_sq = np.concatenate([self.sqnorms[self.main_end :], np.einsum("ij,ij->i", x, x)])
-        self.sqnorms = np.concatenate([self.sqnorms[: self.main_end], tail_sq[order]])
+        tail_rows = np.concatenate([self._tm.gather(tail), x])[order]
+        history = self._history(np.concatenate([tail, np.full(r, -1, np.int64)])[order])
+        self._tm.keep(np.arange(self.main_end, dtype=np.int64))  # a prefix: nothing moves
+        self._append(self._tm, order.size, lambda s, e: tail_rows[s:e], history)
+        m = self.main_end
+        self.ids = np.concatenate([self.ids[:m], np.concatenate([self.ids[m:], ids])[order]])
+        self.cell_of = np.concatenate([self.cell_of[:m], tail_cells[order]])
+        self.dead = np.concatenate([self.dead[:m], np.concatenate(
+            [self.dead[m:], np.zeros(r, bool)])[order]])
+        tail_sq = np.concatenate([self.sqnorms[m:], np.einsum("ij,ij->i", x, x)])
+        self.sqnorms = np.concatenate([self.sqnorms[:m], tail_sq[order]])
         self._grow_radius(x, cells)  # radii only grow with new members
-        be = self.backend
-        if old_tail:  # rewrite the old tail in its new order, then append the rest
-            pos = np.arange(self.main_end, self.main_end + old_tail)
-            be.scatter_rows(self._rows.view(), pos, self.host_rows[pos])
-        self._rows.append(self.host_rows[self.main_end + old_tail :])
         self._index_ranges()
+        self._cache.clear()
 
     def remove_positions(self, drop: np.ndarray) -> None:
         """Drop positions (and any left dead by ``relocate``): a full re-layout."""
         keep = np.setdiff1d(np.flatnonzero(~self.dead), drop)
-        self.set_rows(self.host_rows[keep], self.ids[keep], self.cell_of[keep])
+        self._relayout(keep, np.zeros((0, self.d), np.float32), self.ids[keep],
+                       self.cell_of[keep], self._history(keep))
 
     def relocate(self, pos: np.ndarray, x: np.ndarray) -> int:
         """Rows at positions ``pos`` now hold ``x`` (a splat's mu moved). A row still
@@ -291,10 +378,10 @@ class HRM2:
         same = cells == self.cell_of[pos]
         if same.any():
             p, r = pos[same], x[same]
-            self.host_rows[p] = r
+            self._tm.scatter(p, r)
             self.sqnorms[p] = np.einsum("ij,ij->i", r, r)
-            self.backend.scatter_rows(self._rows.view(), p, r)
             self._grow_radius(r, cells[same])
+            self._cache.clear()
         moved = ~same
         if moved.any():
             self.dead[pos[moved]] = True
@@ -310,31 +397,31 @@ class HRM2:
         where[self.ids[live]] = live
         return where[ids]
 
-    def mask_params(self):
-        """Params that only mask the dead positions (alpha 0), for scans without splat
-        parameters; None when nothing is dead."""
+    def mask_params(self) -> np.ndarray | None:
+        """Host params that only mask the dead positions (alpha 0), for scans without
+        splat parameters; None when nothing is dead."""
         if not self.dead.any():
             return None
         host = np.zeros((self.ntotal, PARAM_WIDTH), np.float32)
         host[:, PARAM_ALPHA] = (~self.dead).astype(np.float32)
         host[:, PARAM_KAPPA] = 1.0
-        return self.upload_like_rows(host)
+        return host
 
-    def upload_like_rows(self, host: np.ndarray):
-        """A host array laid out on the device like the rows (vulkan: same chunks)."""
-        be = self.backend
-        if be.name == "vulkan":
-            return be.from_host(host, chunk_rows=self._rows.chunk_rows)
-        return be.from_host(host)
-
-    def rebuild(self, x: np.ndarray, ids: np.ndarray, cells: np.ndarray) -> None:
-        """Re-layout; retrain first when cells are unbalanced past REBUILD_IMBALANCE."""
+    def rebuild(self, src: np.ndarray, new_rows: np.ndarray, ids: np.ndarray,
+                cells: np.ndarray) -> None:
+        """Re-layout of ``src`` (as in :meth:`_relayout`); retrain first when cells are
+        unbalanced past REBUILD_IMBALANCE (training reads every row into host memory)."""
         self.rebuilds += 1
         sizes = np.bincount(cells, minlength=self.fine.shape[0])
-        if x.shape[0] and sizes.max() > REBUILD_IMBALANCE * max(1.0, sizes.mean()):
+        if src.size and sizes.max() > REBUILD_IMBALANCE * max(1.0, sizes.mean()):
+            x = np.empty((src.size, self.d), np.float32)
+            mine = src >= 0
+            x[mine] = self._tm.gather(src[mine])
+            x[~mine] = new_rows[-1 - src[~mine]]
             self.train(x)
-            cells = None
-        self.set_rows(x, ids, cells)
+            self.set_rows(x, ids)
+            return
+        self._relayout(src, new_rows, ids, cells, self._history(src))
 
     def _grow_radius(self, x: np.ndarray, cells: np.ndarray) -> None:
         diff = x - self.fine[cells]
@@ -384,8 +471,17 @@ class HRM2:
 
     def search(self, q: np.ndarray, k: int, p1: int, p2: int, *, adaptive: bool = False,
                ratio: float | None = None, mode: int = MODE_DISTANCE, params=None,
-               sqnorms=None):
-        """``(keys, positions, d2, report)`` for validated float32 queries ``q``."""
+               cache: bool = True):
+        """``(keys, positions, d2, report)`` (host) for validated float32 queries ``q``,
+        best first, ties by position. ``params``: host float32[ntotal, PARAM_WIDTH] in
+        position order (None: alpha = kappa = 1, dead positions masked); its device copy is
+        kept for the next search with the same array unless ``cache=False`` (a filter's
+        one-off mask). Device memory running out shrinks the hot tier and retries."""
+        return self._tm.retry_out_of_memory(
+            lambda: self._search(q, k, p1, p2, adaptive, ratio, mode, params, cache),
+            self.rebalance)
+
+    def _search(self, q, k, p1, p2, adaptive, ratio, mode, params, cache):
         be = self.backend
         cells, cdist = self.route(q, p1, p2)
         C = self.fine.shape[0]
@@ -394,15 +490,14 @@ class HRM2:
             cells = np.where(far, -1, cells)
         sizes = self.ranges[:C, 1] - self.ranges[:C, 0] + self.ranges[C:, 1] - self.ranges[C:, 0]
         qn = be.from_host(q)
-        rows = self._rows.view()
         if params is None:
-            params = self.mask_params()
-        if sqnorms is None and be.uses_sqnorms:  # kept per position, not recomputed per scan
-            sqnorms = be.from_host(self.sqnorms)
+            params, cache = self.mask_params(), False
+        elif cache:
+            self._alpha_params = params
 
         def scan(c):
             probes = np.concatenate([c, np.where(c >= 0, c + C, -1)], 1)
-            return be.scan_cells(qn, rows, self.ranges, probes, k, mode, params, sqnorms)
+            return self._scan(qn, probes, k, mode, params, cache)
 
         if not adaptive or cells.shape[1] < 4:
             keys, pos, d2 = scan(cells)
@@ -417,20 +512,127 @@ class HRM2:
             rest = np.where(lower[:, first:] < kth[:, None], rest, -1)
             scanned = np.concatenate([cells[:, :first], rest], 1)
             if (rest >= 0).any():
-                k2, p2_, d2_ = scan(rest)
-                keys, pos, d2 = _merge_sorted(keys, pos, d2, k2, p2_, d2_, k)
+                keys, pos, d2 = _merge_sorted([(keys, pos, d2), scan(rest)], k)
         counted = np.where(scanned >= 0, sizes[np.where(scanned >= 0, scanned, 0)], 0)
         report = ProbeReport((scanned >= 0).sum(1), counted.sum(1))
+        self._touch(scanned)
+        if self._tm.due():
+            self.rebalance()
         return keys, pos, d2, report
 
+    def _cached(self, name: str, source, make):
+        """``make()``, kept while ``source`` is the same object and the hot tier has not
+        changed (the cache is cleared when rows or their norms change)."""
+        version = self._tm.version
+        hit = self._cache.get(name)
+        if hit is not None and hit[0] is source and hit[1] == version:
+            return hit[2]
+        value = make()
+        self._cache[name] = (source, version, value)
+        return value
 
-def _merge_sorted(k1, p1, d1, k2, p2, d2, k):
-    keys = np.concatenate([k1, k2], 1)
-    pos = np.concatenate([p1, p2], 1)
-    dd = np.concatenate([d1, d2], 1)
-    order = np.argsort(keys, axis=1, kind="stable")[:, :k]
+    def _scan(self, qn, probes: np.ndarray, k: int, mode: int, params, cache: bool):
+        """Top-k over the probed ranges: in place on the dense matrix when every row is
+        hot; else the hot rows in place (ranges mapped into the hot store) and the probed
+        rows that are not hot fetched to the device in blocks; merged by (key, position)."""
+        be, tm = self.backend, self._tm
+        sq_all = self.sqnorms if be.uses_sqnorms else None
+
+        def upload(host, like):
+            return tm.upload(np.ascontiguousarray(host), getattr(like, "chunk_rows", None))
+
+        def keep(name, source, make):
+            return self._cached(name, source, make) if cache or source is None else make()
+
+        dense = tm.dense()
+        if dense is not None:
+            prm = None if params is None else keep("params", params,
+                                                   lambda: upload(params, dense))
+            sq = None if sq_all is None else self._cached("sq", None,
+                                                          lambda: be.from_host(sq_all))
+            return _merge_sorted([be.scan_cells(qn, dense, self.ranges, probes, k, mode, prm,
+                                                sq)], k)
+        parts = []
+        hot = tm.hot_slots
+        hot_ranges = np.searchsorted(hot, self.ranges)  # hot rows are in position order
+        if hot.size:
+            rows = tm.hot_store.view()
+            prm = None if params is None else keep(
+                "hot_params", params, lambda: upload(params[hot], rows))
+            sq = None if sq_all is None else self._cached(
+                "hot_sq", None, lambda: be.from_host(np.ascontiguousarray(sq_all[hot])))
+            kk, pp, dd = be.scan_cells(qn, rows, hot_ranges, probes, k, mode, prm, sq)
+            parts.append((kk, np.where(pp >= 0, hot[np.maximum(pp, 0)], -1), dd))
+        used = np.unique(probes[probes >= 0])
+        rest = (self.ranges[used, 1] - self.ranges[used, 0]) - \
+            (hot_ranges[used, 1] - hot_ranges[used, 0])
+        used, rest = used[rest > 0], rest[rest > 0]
+        start = 0
+        while start < used.size:  # ranges in groups of about block_rows non-hot rows
+            stop = start + max(1, int(np.searchsorted(np.cumsum(rest[start:]), tm.block_rows,
+                                                      side="right")))
+            group, count = used[start:stop], rest[start:stop]
+            pos = _expand(self.ranges[group])
+            pos = pos[tm.tier[pos] != HOT]  # per range, in position order
+            local = np.zeros_like(self.ranges)
+            local[group, 1] = np.cumsum(count)
+            local[group, 0] = local[group, 1] - count
+            rows = tm.fetch(pos, tm.hot_store.chunk_rows if be.name == "vulkan" else None)
+            prm = None if params is None else upload(params[pos], rows)
+            sq = None if sq_all is None else be.from_host(np.ascontiguousarray(sq_all[pos]))
+            kk, pp, dd = be.scan_cells(qn, rows, local, probes, k, mode, prm, sq)
+            parts.append((kk, np.where(pp >= 0, pos[np.maximum(pp, 0)], -1), dd))
+            start = stop
+        if not parts:
+            m = probes.shape[0]
+            return (np.full((m, k), np.inf, np.float32), np.full((m, k), -1, np.int64),
+                    np.full((m, k), np.inf, np.float32))
+        return _merge_sorted(parts, k)
+
+    # ---- tiers -----------------------------------------------------------------------------
+    def _touch(self, scanned: np.ndarray) -> None:
+        """The rows of the scanned cells (main and overflow) count as accessed."""
+        tm = self._tm
+        if not tm.bounded:
+            tm.touch(np.zeros(0, np.int64))  # the clock only
+            return
+        C = self.fine.shape[0]
+        cells = np.unique(scanned[scanned >= 0])
+        tm.touch(_expand(self.ranges[np.concatenate([cells, cells + C])]), unique=True)
+
+    def rebalance(self) -> dict:
+        """Place rows by the tier policy now (alpha from the last unfiltered params)."""
+        p = self._alpha_params
+        alpha = p[:, PARAM_ALPHA] if p is not None and p.shape[0] == self.ntotal else \
+            np.ones(self.ntotal, np.float32)
+        return self._tm.rebalance(alpha, ~self.dead)
+
+
+def _expand(ranges: np.ndarray) -> np.ndarray:
+    """Every position of the ``[start, stop)`` ranges, range by range."""
+    lens = ranges[:, 1] - ranges[:, 0]
+    total = int(lens.sum())
+    offsets = np.cumsum(lens) - lens
+    return np.repeat(ranges[:, 0] - offsets, lens) + np.arange(total, dtype=np.int64)
+
+
+def _merge_sorted(parts, k):
+    """Top-k of several ``(keys, positions, d2)`` host results, by key then position (-1
+    positions last): the order every search path returns, whatever the layout."""
+    keys = np.concatenate([np.asarray(p[0], np.float32) for p in parts], 1)
+    pos = np.concatenate([np.asarray(p[1], np.int64) for p in parts], 1)
+    dd = np.concatenate([np.asarray(p[2], np.float32) for p in parts], 1)
+    tie = np.where(pos < 0, np.iinfo(np.int64).max, pos)
+    order = np.lexsort((tie, keys), axis=1)[:, :k]
     take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
-    return take(keys), take(pos), take(dd)
+    keys, pos, dd = take(keys), take(pos), take(dd)
+    if keys.shape[1] < k:  # fewer candidates than k in all
+        pad = k - keys.shape[1]
+        m = keys.shape[0]
+        keys = np.concatenate([keys, np.full((m, pad), np.inf, np.float32)], 1)
+        pos = np.concatenate([pos, np.full((m, pad), -1, np.int64)], 1)
+        dd = np.concatenate([dd, np.full((m, pad), np.inf, np.float32)], 1)
+    return keys, pos, dd
 
 
 class IndexHRM2:
@@ -442,12 +644,16 @@ class IndexHRM2:
     of :func:`default_probes`); ``nprobe`` is FAISS's name for ``p2``. ``adaptive=True``
     turns on the early stop; ``last_report`` says what each query of the last search
     scanned.
+    ``tiers``: byte budgets of the memory tiers for the index's rows
+    (:class:`m2m_gpu.tiers.TierOptions`; default: all on the device). Hot cells are scanned
+    in place, probed rows that are not hot are fetched to the device per search, and the
+    placement policy counts the rows of every probed cell as accessed.
     """
 
     def __init__(self, d: int, n1: int | None = None, n2: int | None = None,
                  metric: str = "l2", backend: str | Backend | None = None, *, seed: int = 0,
                  p1: int | None = None, p2: int | None = None, adaptive: bool = False,
-                 ratio: float | None = None) -> None:
+                 ratio: float | None = None, tiers: dict | TierOptions | None = None) -> None:
         from .errors import InvalidInputError, UnknownMetricError
 
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
@@ -455,7 +661,7 @@ class IndexHRM2:
         if metric not in ("l2", "cosine"):
             raise UnknownMetricError(f"IndexHRM2 supports 'l2' and 'cosine', got {metric!r}")
         self.d, self.metric = int(d), metric
-        self.hrm2 = HRM2(self.d, backend, n1, n2, seed=seed)
+        self.hrm2 = HRM2(self.d, backend, n1, n2, seed=seed, tiers=TierOptions.parse(tiers))
         self.p1, self.p2, self.adaptive, self.ratio = p1, p2, adaptive, ratio
         self.last_report: ProbeReport | None = None
 

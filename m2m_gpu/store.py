@@ -17,13 +17,15 @@ index (:mod:`m2m_gpu.store_index`) once the store holds ``index_options["train_m
 splats: searches then scan only the probed cells, and every change to a splat (add, upsert,
 feedback that moves mu, delete, merge, decay) is passed on to the index, so a splat whose mu
 crosses into another cell is re-assigned and stays findable. ``search(..., exact=True)``
-ranks every splat whatever the index.
+ranks every splat whatever the index. With tier budgets the index's copy of the vectors
+(the one searched) takes them, and the store's own copy stays in the cold tier.
 
 Validation happens before the first change: a call that raises leaves the store as it was.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -227,11 +229,6 @@ class SplatStore:
                                     f"got {fsync!r}")
         self._index_options_raw = dict(index_options or {})
         self._tier_opts = TierOptions.parse(tiers)
-        if self._tier_opts.bounded and index == "hrm2":
-            raise InvalidInputError(
-                "tier budgets apply to index='flat' only: the hrm2 index keeps its own "
-                "cell-ordered copy of every vector on the device and in host memory, which "
-                "the tiers do not manage yet")
         self._wal: persist.Wal | None = None
         self.path: Path | None = None if path is None else Path(path)
         self.generation = 0
@@ -249,7 +246,13 @@ class SplatStore:
         be = self.backend
         if getattr(self, "_rows", None) is not None:
             self._rows.close()
-        self._rows = TierManager(self.dim, be, self._tier_opts, cold_dir=self.path)
+        own = self._tier_opts
+        if self._index_opts is not None and own.bounded:
+            # the hrm2 index's cell-ordered copy is the one searched: it takes the budgets;
+            # the store's slot-ordered copy (exact search, feedback, checkpoints) stays in
+            # the memory-mapped cold tier
+            own = dataclasses.replace(own, hot_bytes=0, warm_bytes=0)
+        self._rows = TierManager(self.dim, be, own, cold_dir=self.path)
         kw = {"like": self._rows.hot_store} if be.name == "vulkan" else {}
         self._params = be.row_store(PARAM_WIDTH, **kw)
         self._sq = be.row_store(1) if be.uses_sqnorms else None
@@ -263,8 +266,10 @@ class SplatStore:
         self._hashes: dict[bytes, Any] = {}  # dedup: vector digest -> id that stored it
         self._next_id = 0
         self._columns = _filters.Columns()
-        self._index = StoreIndex(self.dim, be, self._index_opts) \
-            if self._index_opts is not None else None
+        if getattr(self, "_index", None) is not None:
+            self._index.close()
+        self._index = StoreIndex(self.dim, be, self._index_opts, self._tier_opts,
+                                 cold_dir=self.path) if self._index_opts is not None else None
 
     @property
     def slots(self) -> int:
@@ -573,15 +578,7 @@ class SplatStore:
         return self._retry_oom(lambda: self._topk_blocks(q, k, mode, params))
 
     def _retry_oom(self, fn):
-        for attempt in range(3):
-            try:
-                return fn()
-            except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
-                if attempt == 2 or not self.backend.is_out_of_memory(exc) or \
-                        self._rows.counts()[HOT] == 0:
-                    raise
-                self._rows.shrink_hot(exc)
-                self._rebalance()
+        return self._rows.retry_out_of_memory(fn, self._rebalance)
 
     def _kernel_blocks(self, params):
         """``(slots, mu, params, sqnorms)`` to run a kernel on, covering every slot: the
@@ -1028,6 +1025,8 @@ class SplatStore:
         for stale in root.glob(f"{persist.SPILL_PREFIX}*"):  # scratch of an earlier process
             stale.unlink(missing_ok=True)
         store._rows.set_cold_dir(root)
+        if store._index is not None:
+            store._index.set_cold_dir(root)
         store._restore(arrays, records, state)
         gen = int(manifest["generation"])
         wal_path = root / persist.wal_name(gen)
@@ -1165,6 +1164,8 @@ class SplatStore:
 
         nbytes = self._rows.nbytes(HOT) + self._params.nbytes + \
             (self._sq.nbytes if self._sq else 0)
+        if self._index is not None:  # the index's hot copy of the vectors
+            nbytes += self._index.hrm2.tiers.nbytes(HOT)
         return {
             "count": len(self), "slots": self.slots, "free_slots": self.slots - len(self),
             "aliases": len(self._alias), "dim": self.dim, "metric": self.metric,

@@ -75,11 +75,13 @@ class IndexOptions:
 class StoreIndex:
     """HRM2 over a store's slots (see the module docstring)."""
 
-    def __init__(self, dim: int, backend, options: IndexOptions) -> None:
+    def __init__(self, dim: int, backend, options: IndexOptions, tiers=None,
+                 cold_dir=None) -> None:
         self.opts = options
-        self.hrm2 = HRM2(dim, backend, options.n1, options.n2, seed=options.seed)
+        self.hrm2 = HRM2(dim, backend, options.n1, options.n2, seed=options.seed,
+                         tiers=tiers, cold_dir=cold_dir)
         self.trained_on = 0
-        self._params = None  # position-ordered params on the device; None: stale
+        self._params = None  # position-ordered params (host; HRM2 keeps the device copy)
         self.last_report: ProbeReport | None = None
 
     @property
@@ -137,11 +139,19 @@ class StoreIndex:
     def params_changed(self) -> None:
         self._params = None
 
+    def set_cold_dir(self, directory) -> None:
+        """Where the index's spill file goes (the store's directory once it has one)."""
+        self.hrm2.cold_dir = directory
+        self.hrm2.tiers.set_cold_dir(directory)
+
+    def close(self) -> None:
+        self.hrm2.tiers.close()
+
     # ---- search ----------------------------------------------------------------------------
     def _position_params(self, host_params: np.ndarray):
-        p = host_params[self.hrm2.ids]
+        p = np.ascontiguousarray(host_params[self.hrm2.ids])
         p[self.hrm2.dead, PARAM_ALPHA] = 0.0
-        return self.hrm2.upload_like_rows(np.ascontiguousarray(p))
+        return p
 
     def search(self, q: np.ndarray, k: int, mode: int, host_params, masked: bool):
         """``(keys, slots, d2)`` host arrays, -1 slots where fewer than k were found.
@@ -156,7 +166,7 @@ class StoreIndex:
         p1, p2 = self.probes()
         keys, pos, d2, report = self.hrm2.search(q, k, p1, p2, adaptive=self.opts.adaptive,
                                                  ratio=self.opts.ratio, mode=mode,
-                                                 params=params)
+                                                 params=params, cache=not masked)
         self.last_report = report
         keys, pos, d2 = (np.asarray(self.hrm2.backend.to_host(a)) for a in (keys, pos, d2))
         slots = np.where(pos >= 0, self.hrm2.ids[np.where(pos >= 0, pos, 0)], -1)
@@ -169,5 +179,6 @@ class StoreIndex:
             out.update({"coarse_cells": int(h.coarse.shape[0]),
                         "fine_cells": int(h.fine.shape[0]), "probes": list(self.probes()),
                         "positions": int(h.ntotal), "dead_positions": int(h.dead.sum()),
-                        "rebuilds": int(h.rebuilds), "trained_on": int(self.trained_on)})
+                        "rebuilds": int(h.rebuilds), "trained_on": int(self.trained_on),
+                        "tiers": h.tiers.stats()})
         return out

@@ -13,9 +13,11 @@ Every slot's vector is in exactly one tier. Budgets count vector bytes (``4 * di
 splat); the splat parameters (16 bytes per splat, and 4 bytes of ``||mu||^2`` on cpu) stay
 on the device for every splat, because decay and feedback update them in place.
 
-:class:`TierManager` is the small interface the store uses and nothing else needs to know
-about: :meth:`~TierManager.place` new rows, :meth:`~TierManager.promote` and
+:class:`TierManager` is the small interface that the store (rows = slots) and the HRM2 index
+(rows = positions in cell order) use, and nothing else needs to know about:
+:meth:`~TierManager.place` new rows, :meth:`~TierManager.promote` and
 :meth:`~TierManager.demote` (batched; splats and bytes counted per direction),
+:meth:`~TierManager.fetch` chosen rows as one device block,
 :meth:`~TierManager.blocks` (every row, tier by tier, as device blocks; warm and cold blocks
 are uploaded with the next block's copy overlapping the current block's compute on cuda),
 :meth:`~TierManager.gather` / :meth:`~TierManager.scatter` rows by slot, and
@@ -149,10 +151,20 @@ class AccessStats:
     def keep(self, keep: np.ndarray) -> None:
         self.h, self.last, self.count = self.h[keep], self.last[keep], self.count[keep]
 
-    def touch(self, slots: np.ndarray) -> None:
-        """One access to each of ``slots`` (repeats count once per call) at the current tick."""
-        s = np.unique(np.asarray(slots, np.int64))
-        s = s[(s >= 0) & (s < self.h.size)]
+    def take(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A copy of the history of ``slots`` (to carry it across a re-layout)."""
+        return self.h[slots], self.last[slots], self.count[slots]
+
+    def assign(self, slots: np.ndarray, history) -> None:
+        self.h[slots], self.last[slots], self.count[slots] = history
+
+    def touch(self, slots: np.ndarray, unique: bool = False) -> None:
+        """One access to each of ``slots`` (repeats count once per call; ``unique``: the
+        caller knows there are none) at the current tick."""
+        s = np.asarray(slots, np.int64)
+        if not unique:
+            s = np.unique(s)
+            s = s[(s >= 0) & (s < self.h.size)]
         self.h[s] = self.hotness(s) + 1.0
         self.last[s] = self.tick
         self.count[s] += 1
@@ -268,6 +280,9 @@ class TierManager:
         self.streamed = {"blocks": 0, "bytes": 0}
         self.shrinks = 0
         self._since_rebalance = 0
+        self.spill_compact_min = 1 << 16  # spill rows before compaction is considered
+        self.spill_compactions = 0
+        self.version = 0  # bumped whenever the hot tier's rows change (callers cache by it)
 
     # ---- sizes --------------------------------------------------------------------------
     @property
@@ -285,6 +300,12 @@ class TierManager:
     def dense(self):
         """The native (n, dim) matrix in slot order when every row is hot, else None."""
         return self._hot.view() if self._hot_slots.size == self.n else None
+
+    @property
+    def hot_slots(self) -> np.ndarray:
+        """The hot tier's slots, ascending: row ``i`` of :attr:`hot_store` is slot
+        ``hot_slots[i]``."""
+        return self._hot_slots
 
     @property
     def hot_store(self):
@@ -311,9 +332,10 @@ class TierManager:
     def _truncate(self, n: int) -> None:
         """Undo a failed place(): drop slots >= n from every tier."""
         keep = np.arange(n, dtype=np.int64)
+        self.version += 1
         hot_keep = np.flatnonzero(self._hot_slots < n)
         if hot_keep.size != self._hot_slots.size:
-            self._hot.keep(self._dev_index(hot_keep))
+            self._keep_hot(hot_keep)
             self._hot_slots = self._hot_slots[hot_keep]
         warm_keep = np.flatnonzero(self._warm_slots < n)
         self._warm.keep(warm_keep)
@@ -366,10 +388,32 @@ class TierManager:
         else:
             self.pos[slots] = self._cold.append(host)
         self.tier[slots] = tier
+        if tier == COLD:
+            self._compact_cold()
         return slots.size
+
+    def _compact_cold(self) -> None:
+        """The spill file is append-only: rows that left the cold tier, or were written
+        again, leave dead rows behind. Once it holds more than twice the rows still in use
+        (and at least ``spill_compact_min``), the live ones are copied to a fresh file."""
+        c = self._cold
+        if c.spill_rows < self.spill_compact_min:
+            return
+        spilled = np.flatnonzero((self.tier == COLD) & (self.pos >= c.base_rows))
+        if c.spill_rows < 2 * spilled.size:
+            return
+        fresh = _ColdRows(self.dim, c.directory)
+        fresh.set_base(c.base)
+        for s in range(0, spilled.size, self.block_rows):
+            part = spilled[s : s + self.block_rows]
+            self.pos[part] = fresh.append(c.read(self.pos[part]))
+        c.reset_spill()
+        self._cold = fresh
+        self.spill_compactions += 1
 
     def _sort_tier(self, tier: int) -> None:
         if tier == HOT:
+            self.version += 1
             s = self._hot_slots
             if s.size > 1 and (np.diff(s) < 0).any():
                 order = np.argsort(s, kind="stable")
@@ -383,6 +427,13 @@ class TierManager:
                 self._warm.keep(order)
                 self._warm_slots = s[order]
             self.pos[self._warm_slots] = np.arange(self._warm_slots.size)
+
+    def _keep_hot(self, index: np.ndarray) -> None:
+        """Keep hot rows ``index`` (ascending); a prefix is cut without moving rows."""
+        if index.size == 0 or index[-1] == index.size - 1:
+            self._hot.truncate(index.size)
+        else:
+            self._hot.keep(self._dev_index(index))
 
     def _dev_index(self, idx: np.ndarray):
         return self.backend.from_host(idx) if self.backend.name == "cuda" else idx
@@ -409,6 +460,19 @@ class TierManager:
         target = int(self._hot_slots.size * fraction)
         self._out_of_memory(exc)
         self.hot_limit = target
+
+    def retry_out_of_memory(self, fn, rebalance):
+        """``fn()``; when the device runs out of memory inside it (a kernel's workspace),
+        the hot tier is halved (:meth:`shrink_hot`), ``rebalance()`` demotes the rows the
+        policy values least, and ``fn`` runs again (three tries in all)."""
+        for attempt in range(3):
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
+                if attempt == 2 or not self._is_oom(exc) or self._hot_slots.size == 0:
+                    raise
+                self.shrink_hot(exc)
+                rebalance()
 
     def promote(self, slots, to: int = HOT) -> None:
         """Move ``slots`` up to tier ``to`` (one batch)."""
@@ -449,9 +513,10 @@ class TierManager:
         gone[slots] = True
         hk = np.flatnonzero(~gone[self._hot_slots])
         if hk.size != self._hot_slots.size:
-            self._hot.keep(self._dev_index(hk))
+            self._keep_hot(hk)
             self._hot_slots = self._hot_slots[hk]
             self.pos[self._hot_slots] = np.arange(hk.size)
+            self.version += 1
         wk = np.flatnonzero(~gone[self._warm_slots])
         if wk.size != self._warm_slots.size:
             self._warm.keep(wk)
@@ -502,11 +567,12 @@ class TierManager:
     def keep(self, keep: np.ndarray) -> None:
         """Compaction: keep slots ``keep`` (ascending), renumbered 0 .. len(keep) - 1."""
         keep = np.asarray(keep, np.int64)
+        self.version += 1
         remap = np.full(self.n, -1, dtype=np.int64)
         remap[keep] = np.arange(keep.size)
         hk = np.flatnonzero(remap[self._hot_slots] >= 0)
         if hk.size != self._hot_slots.size:
-            self._hot.keep(self._dev_index(hk))
+            self._keep_hot(hk)
         self._hot_slots = remap[self._hot_slots[hk]]
         wk = np.flatnonzero(remap[self._warm_slots] >= 0)
         if wk.size != self._warm_slots.size:
@@ -549,10 +615,11 @@ class TierManager:
             self._cold.directory = str(directory)
 
     # ---- placement policy ---------------------------------------------------------------
-    def touch(self, slots) -> None:
-        """Count one access to each of ``slots`` and advance the clock by one call."""
+    def touch(self, slots, unique: bool = False) -> None:
+        """Count one access to each of ``slots`` and advance the clock by one call
+        (``unique``: the slots are distinct and in range, as HRM2's cell ranges are)."""
         if self.bounded:
-            self.access.touch(slots)
+            self.access.touch(slots, unique)
         self.access.tick += 1
         self._since_rebalance += 1
 
@@ -615,6 +682,14 @@ class TierManager:
         if tier == WARM:
             return self._warm.view()[start : start + slots.size]
         return self._cold.read(self.pos[slots])
+
+    def fetch(self, slots, chunk_rows: int | None = None):
+        """The rows of ``slots`` (any tiers, in that order) as one device block: what HRM2
+        uses for the probed cells that are not hot. Counted as streamed."""
+        host = self.gather(slots)
+        self.streamed["blocks"] += 1
+        self.streamed["bytes"] += host.nbytes
+        return self.upload(host, chunk_rows)
 
     def upload(self, host: np.ndarray, chunk_rows: int | None = None):
         """A host block on the device (cpu: the block itself, no copy)."""
@@ -695,5 +770,6 @@ class TierManager:
         out.update({"policy": self.options.policy, "moves": {k: dict(v) for k, v in
                                                              self.moves.items()},
                     "streamed": dict(self.streamed), "device_memory_shrinks": self.shrinks,
-                    "cold_file_rows": self._cold.base_rows + self._cold.spill_rows})
+                    "cold_file_rows": self._cold.base_rows + self._cold.spill_rows,
+                    "spill_compactions": self.spill_compactions})
         return out

@@ -35,7 +35,7 @@ def assert_index_consistent(s: SplatStore):
     assert (pos >= 0).all()
     assert np.unique(h.ids[~h.dead]).size == (~h.dead).sum() == live.size
     mu = s._rows.gather(live)
-    np.testing.assert_array_equal(h.host_rows[pos], mu)
+    np.testing.assert_array_equal(h.rows_at(pos), mu)
     np.testing.assert_array_equal(h.cell_of[pos], h.assign(np.ascontiguousarray(mu)))
 
 

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
+import m2m_gpu
 from m2m_gpu import InvalidInputError, SplatStore
 from m2m_gpu.backends import get_backend
 from m2m_gpu.crashtest import digest
@@ -275,6 +276,180 @@ def test_crash_loop_with_most_vectors_cold(tmp_path):
     assert totals["runs"] == 15 and totals["acked"] > 100
 
 
-def test_tier_budgets_with_the_hrm2_index_are_refused_clearly():
-    with pytest.raises(InvalidInputError, match="index='flat' only"):
-        SplatStore(D, backend="cpu", index="hrm2", tiers={"hot_bytes": 1 << 20})
+# ---- the HRM2 index on the tier manager ----------------------------------------------------
+def hrm2_pair(backend, budgets, n=1500, seed=4, only_tiered=False, **kw):
+    """The same index twice, untiered and with ``budgets``; sizes small on lavapipe."""
+    from m2m_gpu.hrm2 import IndexHRM2
+
+    shape = {"n1": 5, "n2": 5} if backend.name == "vulkan" else {"n1": 8, "n2": 8}
+    x = m2m_gpu.synthetic(n, D, seed=seed, kind="clustered", clusters=20, spread=0.3)
+    q = m2m_gpu.synthetic(40, D, seed=seed, kind="clustered", clusters=20, spread=0.3,
+                          part="queries")
+    out = []
+    for t in ((budgets,) if only_tiered else (None, budgets)):
+        idx = IndexHRM2(D, backend=backend.name, tiers=t, **shape, **kw)
+        idx.train(x[:1000])
+        idx.add(x[:1000])
+        idx.add_with_ids(x[1000:1100], np.arange(5000, 5100))  # the overflow region
+        out.append(idx)
+    return out[0], out[-1], x, q
+
+
+def test_tiered_hrm2_returns_what_the_untiered_index_returns(backend):
+    """Hot 150 rows, warm 300, the rest cold, 41-row fetch blocks: default, full and
+    adaptive probing give the untiered index's ids and distances exactly, through adds,
+    the overflow region, removals and a re-layout."""
+    flat, tiered, x, q = hrm2_pair(backend, tiers(150, 300, block=41, rebalance_every=3))
+    st = tiered.hrm2.tiers.stats()
+    assert st["hot"]["splats"] == 150 and st["warm"]["splats"] == 300
+    assert st["cold"]["splats"] == tiered.ntotal - 450
+
+    def same(**probe):
+        for idx in (flat, tiered):
+            for name, v in probe.items():
+                setattr(idx, name, v)
+        for k in (1, 10, 70):
+            Da, Ia = flat.search(q, k)
+            Db, Ib = tiered.search(q, k)
+            np.testing.assert_array_equal(Ia, Ib)
+            np.testing.assert_array_equal(Da, Db)
+            np.testing.assert_array_equal(flat.last_report.vectors,
+                                          tiered.last_report.vectors)
+
+    same()
+    same(p2=10_000, p1=10_000)  # every cell: exact
+    same(p1=None, p2=None, adaptive=True)
+    for idx in (flat, tiered):
+        idx.remove_ids(np.arange(0, 1000, 7))
+        idx.add_with_ids(x[1100:1500], np.arange(6000, 6400))  # past the overflow limit
+    assert tiered.hrm2.rebuilds == flat.hrm2.rebuilds >= 1
+    same(adaptive=False)
+    st = tiered.hrm2.tiers.stats()
+    assert st["streamed"]["bytes"] > 0 and st["hot"]["splats"] <= 150
+    assert sum(v["splats"] for v in st["moves"].values()) > 0  # placement passes ran
+    assert tiered.hrm2.tiers.check() == []
+    np.testing.assert_array_equal(tiered.hrm2.rows_at(np.arange(tiered.ntotal)),
+                                  flat.hrm2.rows_at(np.arange(flat.ntotal)))
+
+
+def test_tiered_hrm2_keeps_the_probed_cells_hot(backend):
+    """Searches that keep probing the same cells make exactly those cells' rows hot."""
+    _, idx, x, q = hrm2_pair(backend, tiers(400, 0, rebalance_every=2), only_tiered=True,
+                             p1=2, p2=2)
+    h = idx.hrm2
+    cells, _ = h.route(np.ascontiguousarray(q[:3]), 2, 2)
+    C = h.fine.shape[0]
+    u = np.unique(cells[cells >= 0])
+    probed = np.concatenate([np.arange(*h.ranges[c]) for c in np.concatenate([u, u + C])])
+    assert 0 < probed.size <= 400
+    for _ in range(4):
+        idx.search(q[:3], 5)
+    assert (h.tiers.tier[probed] == HOT).all()
+    assert h.tiers.counts() == [400, 0, idx.ntotal - 400]
+
+
+def test_hrm2_out_of_memory_in_a_scan_shrinks_the_hot_tier_and_retries(backend, monkeypatch):
+    from m2m_gpu.hrm2 import IndexHRM2
+
+    x = m2m_gpu.synthetic(300, D, seed=5, kind="clustered", clusters=6, spread=0.3)
+    idx = IndexHRM2(D, 3, 3, backend=backend.name)
+    idx.train(x)
+    idx.add(x)
+    want = idx.search(x[:9], 5)
+    real = backend.scan_cells
+
+    def flaky(queries, rows, *a, **kw):
+        if rows.shape[0] == 300:  # every row on the device: "no room" for the work
+            raise MemoryError("simulated")
+        return real(queries, rows, *a, **kw)
+
+    monkeypatch.setattr(backend, "scan_cells", flaky)
+    with pytest.warns(ResourceWarning):
+        got = idx.search(x[:9], 5)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+    assert idx.hrm2.tiers.counts()[HOT] == 150
+
+
+def test_hrm2_store_with_budgets_equals_the_untiered_store(backend, tmp_path):
+    """SplatStore(index="hrm2", tiers=...): the index's copy takes the budgets, the
+    store's own copy stays cold; after every kind of write the results equal those of the
+    same store without budgets, and again after reopening with budgets."""
+    from m2m_gpu import store as store_mod
+
+    x = m2m_gpu.synthetic(700, D, seed=11, kind="clustered", clusters=30, spread=0.3)
+    q = m2m_gpu.synthetic(12, D, seed=11, kind="clustered", clusters=30, spread=0.3,
+                          part="queries")
+    opts = {"train_min": 300, "n1": 4, "n2": 4}
+    budgets = tiers(120, 150, block=29)
+    stores = [SplatStore(D, backend=backend.name, index="hrm2", index_options=opts,
+                         merge_radius=0.05, **kw)
+              for kw in ({}, {"tiers": budgets, "path": tmp_path / "t"})]
+    flat, tiered = stores
+
+    def check():
+        for kw in ({"k": 7}, {"k": 7, "rank": "distance"}, {"k": 4, "filter": {"g": 1}}):
+            a, b = flat.search(q, **kw), tiered.search(q, **kw)
+            assert a.ids == b.ids, kw
+            np.testing.assert_array_equal(a.log_scores, b.log_scores)
+        tiered.check_integrity()
+
+    for s in stores:
+        s.add(x[:500], metadata=[{"g": i % 3} for i in range(500)])
+    check()
+    for s in stores:
+        s.add(x[500:], ids=list(range(1000, 1200)))
+        s.add(-x[:20], ids=list(range(20)))
+        s.feedback(q[:6], relevant=[[i] for i in range(30, 36)],
+                   irrelevant=[[i + 100] for i in range(6)])
+        s.decay(50.0)
+    check()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(store_mod, "COMPACT_MIN_FREE", 8)
+        for s in stores:
+            s.delete(list(range(200, 420)))
+            s.consolidate()
+    check()
+    st = tiered.stats()
+    own, idx = st["tiers"], st["index"]["tiers"]
+    assert own["hot"]["splats"] == own["warm"]["splats"] == 0  # the store's copy: cold
+    assert idx["hot"]["splats"] <= 120 and idx["warm"]["splats"] <= 150
+    assert idx["cold"]["splats"] > 0 and idx["streamed"]["bytes"] > 0
+    tiered.checkpoint()
+    tiered.close()
+    again = SplatStore.open(tmp_path / "t", backend=backend.name, tiers=budgets)
+    a, b = flat.search(q, k=7), again.search(q, k=7)
+    assert a.ids == b.ids
+    np.testing.assert_array_equal(a.log_scores, b.log_scores)
+    assert again.stats()["index"]["tiers"]["hot"]["splats"] <= 120
+
+
+def test_spill_file_is_compacted(tmp_path):
+    """Rows demoted again and again leave dead rows in the append-only spill file; past
+    twice the live rows it is rewritten, and every row still reads back."""
+    be = get_backend("cpu")
+    tm = TierManager(4, be, TierOptions(hot_bytes=2 * 16, warm_bytes=0, cold_dir=str(tmp_path)))
+    tm.spill_compact_min = 8
+    rows = np.arange(40, dtype=np.float32).reshape(10, 4)
+    tm.place(rows)
+    for i in range(30):
+        tm.promote([i % 10])
+        tm.demote([i % 10], to=COLD)
+    assert tm.spill_compactions >= 1
+    assert tm.stats()["cold_file_rows"] < 3 * 10 + 8
+    np.testing.assert_array_equal(tm.gather(np.arange(10)), rows)
+    assert tm.check() == []
+    tm.close()
+    assert not list(tmp_path.iterdir())  # the spill file goes with the manager
+
+
+def test_row_store_truncate_keeps_the_prefix(backend):
+    rows = np.arange(7 * 300, dtype=np.float32).reshape(300, 7)
+    st = backend.row_store(7)
+    st.append(rows)
+    for n in (299, 180, 180, 1, 0):
+        st.truncate(n)
+        np.testing.assert_array_equal(np.asarray(backend.to_host(st.view())).reshape(-1, 7),
+                                      rows[:n])
+    st.append(rows[:5])
+    np.testing.assert_array_equal(np.asarray(backend.to_host(st.view())), rows[:5])

@@ -325,6 +325,10 @@ class RowBuffer:
         self.buf[self.n : need] = rows
         self.n = need
 
+    def truncate(self, n: int) -> None:
+        """Keep only the first ``n`` rows (no copy)."""
+        self.n = min(self.n, int(n))
+
     def keep(self, index) -> None:
         """Keep only rows ``index`` (ascending), in that order."""
         kept = self.buf[index]

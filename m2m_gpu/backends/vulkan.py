@@ -180,6 +180,18 @@ class VkArray:
         self.parts = parts
         self.shape = (start + rows.shape[0],) + self.shape[1:]
 
+    def truncate(self, n: int) -> None:
+        """Keep only the first ``n`` rows: later chunks are dropped, and only a chunk cut
+        in the middle is rewritten."""
+        n = min(int(n), self.shape[0])
+        parts = [p for p in self.parts if p[0] < n]
+        if parts and parts[-1][0] + parts[-1][1] > n:
+            first, count, tensor = parts.pop()
+            last = self.backend._download(tensor).reshape((count,) + self.shape[1:])
+            parts.append((first, n - first, self.backend._upload(last[: n - first].copy())))
+        self.parts = parts
+        self.shape = (n,) + self.shape[1:]
+
     def keep(self, index: np.ndarray) -> None:
         host = self.backend.to_host(self)[index]
         self.parts, self.shape = [], (0,) + self.shape[1:]
