@@ -22,7 +22,9 @@ host-to-device from page-locked memory on cuda, ``from_host`` on vulkan).
 default probing): hot cells are scanned in place, probed rows that are not hot are fetched
 per batch; results are checked identical to the untiered index's (ids and distances) and
 recall@k against exact search is reported. The placement policy is given ``--settle``
-batches first, so that the cells the queries probe can become hot.
+batches first, so that the cells the queries probe can become hot. ``--local``: the batch is
+the ``m`` queries nearest to one query out of a pool of ``16 m`` (a working set concentrated
+in one part of the space, as a session's queries are) instead of ``m`` spread over all of it.
 
 ``--open``: instead, write a store of ``n`` splats to a directory, then open it in fresh
 processes with and without budgets (hot 1/16 of the vectors, warm 0: the rest stays in the
@@ -161,8 +163,11 @@ def hrm2_layouts(args, be, X, Q, layouts, bw, res) -> None:
     base_qps = None
     for name, tiers in layouts.items():
         t0 = time.perf_counter()
+        if ref is None:  # k-means once, on cpu (slow on lavapipe); every layout takes it
+            first = IndexHRM2(args.d, backend="cpu")
+            first.train(X)
         idx = IndexHRM2(args.d, backend=be.name, tiers=tiers)
-        idx.train(X)
+        idx.copy_training(first)
         for a in range(0, n, 1 << 17):
             idx.add(X[a : a + (1 << 17)])
         build = time.perf_counter() - t0
@@ -219,6 +224,7 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--index", default="flat", choices=["flat", "hrm2"])
     ap.add_argument("--settle", type=int, default=4, help="hrm2: batches before timing")
+    ap.add_argument("--local", action="store_true", help="hrm2: a concentrated query batch")
     ap.add_argument("--open", action="store_true", help="measure opening a stored store")
     ap.add_argument("--dir", default=None, help="--open: where to write the store")
     args = ap.parse_args()
@@ -228,6 +234,10 @@ def main() -> int:
     n, d = args.n, args.d
     X = m2m_gpu.synthetic(n, d, seed=4, kind="clustered", spread=0.3)
     Q = m2m_gpu.synthetic(args.m, d, seed=4, kind="clustered", spread=0.3, part="queries")
+    if args.local:
+        pool = m2m_gpu.synthetic(16 * args.m, d, seed=4, kind="clustered", spread=0.3,
+                                 part="queries")
+        Q = pool[np.argsort(((pool - pool[0]) ** 2).sum(1), kind="stable")[: args.m]]
     row = 4 * d
     layouts = {
         "memory": None,
@@ -238,7 +248,8 @@ def main() -> int:
     bw = copy_bandwidth(be)
     print(f"{be.name} ({be.info.device}): {args.index} n={n:,} d={d} batch={args.m} "
           f"k={args.k}; copy bandwidth {bw['gb_per_s']:.1f} GB/s ({bw['what']})", flush=True)
-    res = {"backend": be.info.as_dict(), "index": args.index, "n": n, "d": d, "m": args.m,
+    res = {"backend": be.info.as_dict(), "index": args.index, "local": args.local,
+           "n": n, "d": d, "m": args.m,
            "k": args.k, "copy_bandwidth": bw, "evict": args.evict, "layouts": []}
     if args.index == "hrm2":
         hrm2_layouts(args, be, X, Q, layouts, bw, res)
@@ -292,7 +303,8 @@ def write(res: dict, args, be) -> int:
     res["meta"] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                    "git": git_revision(), "machine": platform.machine(),
                    "cpus": os.cpu_count(), "python": platform.python_version()}
-    tag = ("-hrm2" if args.index == "hrm2" else "") + ("-evict" if args.evict else "")
+    tag = ("-hrm2" if args.index == "hrm2" else "") + ("-local" if args.local else "") + \
+        ("-evict" if args.evict else "")
     out = Path(args.out) if args.out else \
         RESULTS / f"tiers-{be.name}-n{n}-d{d}{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

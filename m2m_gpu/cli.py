@@ -1,19 +1,27 @@
-"""``m2m-gpu`` command line: ``m2m-gpu info [--json]``."""
+"""``m2m-gpu`` command line (typer): ``info``, ``bench`` and ``report``."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="GPU compute kernels for Gaussian-splat vector memory.")
 
 
-def _info(as_json: bool) -> int:
+@app.command()
+def info(as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False):
+    """List backends: available or not and why, devices, library and driver versions."""
     import m2m_gpu
 
     report = m2m_gpu.info()
     if as_json:
         print(json.dumps(report, indent=2))
-        return 0
+        return
     print(f"m2m-gpu {report['version']}")
     for b in report["backends"]:
         state = "available" if b["available"] else "not available"
@@ -25,20 +33,113 @@ def _info(as_json: bool) -> int:
         for lib, version in b["versions"].items():
             print(f"  {lib}: {version}")
     print(f"\nauto: {report['auto']['reason']}")
-    return 0
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="under two minutes on 2 cores")] = False,
+    standard: Annotated[bool, typer.Option("--standard")] = False,
+    full: Annotated[bool, typer.Option("--full")] = False,
+    preset: Annotated[str | None, typer.Option(
+        help="a preset by name: tiny (seconds, for tests), quick, standard, full")] = None,
+    backend: Annotated[list[str] | None, typer.Option(
+        "--backend", "-b", help="cpu, cuda or vulkan (repeatable; default: all available)")]
+    = None,
+    kernel: Annotated[list[str] | None, typer.Option(
+        "--kernel", "-k", help="knn, splat_topk, energy, hebbian, kmeans_assign, hrm2, "
+                               "tiered (repeatable; default: all)")] = None,
+    out: Annotated[Path, typer.Option(help="directory for the JSON, plots and report")]
+    = Path("bench/results"),
+    name: Annotated[str | None, typer.Option(help="file stem (default: bench-PRESET-HOST)")]
+    = None,
+    no_baselines: Annotated[bool, typer.Option("--no-baselines")] = False,
+):
+    """Sweep the kernels over every available backend against the installed baselines,
+    with the machine's limits measured in the same run; write JSON, plots and a report."""
+    from .bench import report as report_mod
+    from .bench import runner, schema
+    from .bench.presets import PRESETS
+    from .bench.ui import Live
+
+    chosen = [p for p, on in (("quick", quick), ("standard", standard), ("full", full)) if on]
+    chosen += [preset] if preset else []
+    if len(chosen) > 1:
+        raise typer.BadParameter("choose one of --quick, --standard, --full, --preset")
+    preset = chosen[0] if chosen else "quick"
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    from .bench.cases import KERNELS
+
+    bad = [k for k in kernel or [] if k not in KERNELS]
+    if bad:
+        raise typer.BadParameter(f"unknown kernels {bad}; known: {sorted(KERNELS)}")
+    ui = Live() if sys.stderr.isatty() else _Plain()
+    doc = runner.run(preset, backends=backend or None, kernels=kernel or None,
+                     baselines=not no_baselines, ui=ui)
+    schema.validate(doc)
+    stem = name or f"bench-{preset}-" + "-".join(b["name"] for b in doc["backends"])
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}.json"
+    path.write_text(json.dumps(doc, indent=1))
+    md, html, plots = report_mod.write([doc], out, stem)
+    print(f"wrote {path}, {md}, {html} and {len(plots)} plots", file=sys.stderr)
+    problems = runner.problems(doc)
+    for p in problems:
+        print(f"problem: {p}", file=sys.stderr)
+    raise typer.Exit(1 if problems else 0)
+
+
+class _Plain:
+    """Progress as plain lines (output that is not a terminal, e.g. CI logs)."""
+
+    def start(self, total: int) -> None:
+        self.total, self.done = total, 0
+
+    def step(self, label: str, rows=None) -> None:
+        from .bench.ui import _fmt_row
+
+        self.done += 1
+        print(f"[{self.done}/{self.total}] {label}", file=sys.stderr, flush=True)
+        for r in rows or []:
+            print("    " + " | ".join(_fmt_row(r)), file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        pass
+
+
+@app.command()
+def report(
+    results: Annotated[list[Path], typer.Argument(help="JSON files of m2m-gpu bench runs")],
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("bench/results"),
+    name: Annotated[str, typer.Option(help="file stem")] = "report",
+):
+    """Compare runs side by side: Markdown and HTML with the plots embedded."""
+    from .bench import report as report_mod
+    from .bench import schema
+
+    docs = report_mod.load(results)
+    for p, d in zip(results, docs, strict=True):
+        try:
+            schema.validate(d)
+        except Exception as e:  # noqa: BLE001 - name the file and the field
+            raise typer.BadParameter(f"{p}: not an m2m-gpu bench result: {e}") from None
+    md, html, plots = report_mod.write(docs, out, name)
+    print(f"wrote {md}, {html} and {len(plots)} plots")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="m2m-gpu", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_info = sub.add_parser("info", help="list backends: available or not and why, devices, "
-                                         "library and driver versions")
-    p_info.add_argument("--json", action="store_true", help="machine-readable output")
-    args = parser.parse_args(argv)
-    if args.command == "info":
-        return _info(args.json)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    try:
+        app(args=argv, standalone_mode=False)
+    except typer.Exit as e:
+        return e.exit_code
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return e.exit_code
+        raise
+    return 0
 
 
 if __name__ == "__main__":

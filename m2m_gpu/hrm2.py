@@ -702,6 +702,21 @@ class IndexHRM2:
     def train(self, x) -> None:
         self.hrm2.train(self._rows(x))
 
+    def copy_training(self, other: IndexHRM2) -> None:
+        """Take ``other``'s trained centroids instead of training (no k-means): for the
+        same data held in another layout or tier budget, or on another backend. Only an
+        empty index can take them."""
+        from .errors import InvalidInputError
+
+        if other.d != self.d or not other.is_trained:
+            raise InvalidInputError(f"copy_training needs a trained index of d={self.d}")
+        if self.ntotal:
+            raise InvalidInputError("copy_training needs an empty index (reset() first)")
+        h, o = self.hrm2, other.hrm2
+        h.coarse, h.fine = o.coarse.copy(), o.fine.copy()
+        h.parent, h.fine_ranges = o.parent.copy(), o.fine_ranges.copy()
+        h.trained = True
+
     def _need_trained(self) -> None:
         from .errors import InvalidInputError
 

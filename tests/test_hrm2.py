@@ -256,3 +256,19 @@ def test_split_cells_is_proportional_and_exact():
     np.testing.assert_array_equal(share, [20, 1, 0, 9])
     assert split_cells(np.array([5, 5, 5]), 2).tolist() == [1, 1, 1]  # one per live cell
     assert split_cells(np.zeros(3, np.int64), 4).sum() == 0
+
+
+def test_copy_training_gives_the_same_index_without_kmeans(rng):
+    x, q = data(3000, 20)
+    a = IndexHRM2(16, backend="cpu")
+    a.train(x)
+    a.add(x)
+    b = IndexHRM2(16, backend="cpu")
+    b.copy_training(a)
+    b.add(x)
+    for r, s in zip(a.search(q, 10), b.search(q, 10), strict=True):
+        np.testing.assert_array_equal(r, s)
+    with pytest.raises(InvalidInputError, match="empty index"):
+        b.copy_training(a)
+    with pytest.raises(InvalidInputError, match="trained index of d=8"):
+        IndexHRM2(8, backend="cpu").copy_training(a)
