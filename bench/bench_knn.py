@@ -19,30 +19,23 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 import m2m_gpu
 from m2m_gpu import backends
+from m2m_gpu.bench.cases import recall
+from m2m_gpu.bench.runner import git_revision
+from m2m_gpu.bench.timing import measure
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def timeit(fn, repeat: int, warmup: int = 1) -> dict:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    s = np.array(samples)
-    return {"median_s": float(np.median(s)), "p10_s": float(np.percentile(s, 10)),
-            "p90_s": float(np.percentile(s, 90)), "samples_s": [float(x) for x in s]}
+    """Median, p10/p90/p99 and the samples of ``fn()`` (the suite's own timing)."""
+    return measure(fn, warmup=warmup, repeat=repeat)
 
 
 def numpy_brute_force(Q, X, k, xsq):
@@ -54,20 +47,6 @@ def numpy_brute_force(Q, X, k, xsq):
     I = np.take_along_axis(idx, order, 1)
     D = np.take_along_axis(part, order, 1) + (Q * Q).sum(1, keepdims=True)
     return D, I
-
-
-def recall(I, I_ref) -> float:
-    k = I_ref.shape[1]
-    hits = sum(len(np.intersect1d(a, b)) for a, b in zip(I, I_ref, strict=True))
-    return hits / (I_ref.shape[0] * k)
-
-
-def git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def main() -> int:

@@ -39,6 +39,8 @@ import m2m_gpu  # noqa: E402
 from m2m_gpu import backends  # noqa: E402
 from m2m_gpu import reference as ref  # noqa: E402
 from m2m_gpu.backends.base import MODE_SPLAT, PARAM_WIDTH, HebbianPlan, HebbianRates  # noqa: E402
+from m2m_gpu.bench.cases import host as sync_host  # noqa: E402
+from m2m_gpu.bench.cases import resident  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -72,20 +74,6 @@ def params_for(n, rng):
     p[:, 0] = rng.uniform(0.2, 3.0, n)
     p[:, 1] = rng.uniform(5.0, 20.0, n)
     return p
-
-
-def resident(be, X, P):
-    xn = be.from_host(X)
-    kw = {"chunk_rows": xn.chunk_rows} if be.name == "vulkan" else {}
-    sq = be.from_host(np.einsum("ij,ij->i", X, X)) if be.uses_sqnorms else None
-    return xn, be.from_host(P, **kw), sq
-
-
-def sync_host(be, out):
-    """Results back on the host: the device is synchronised by the copy."""
-    if isinstance(out, tuple):
-        return tuple(np.asarray(be.to_host(o)) for o in out)
-    return np.asarray(be.to_host(out))
 
 
 def bench_energy(be, n, m, d, repeat, chunk, rng, run_baseline):

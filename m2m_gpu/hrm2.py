@@ -53,7 +53,7 @@ from .backends import Backend, _jit, get_backend
 from .backends.base import MODE_DISTANCE, PARAM_ALPHA, PARAM_KAPPA, PARAM_WIDTH
 from .kmeans import kmeans, rng_for
 from .tensor import host_array
-from .tiers import HOT, TierManager, TierOptions
+from .tiers import HOT, TierManager, TierOptions, merge_by_key
 
 REBUILD_OVERFLOW = 0.25  # share of rows living in the overflow region before a re-layout
 REBUILD_IMBALANCE = 8.0  # largest cell / mean cell size before the centroids are retrained
@@ -242,6 +242,11 @@ class HRM2:
     def tiers(self) -> TierManager:
         """Where the rows live: position ``p`` is slot ``p`` of this tier manager."""
         return self._tm
+
+    def set_cold_dir(self, directory) -> None:
+        """Where the spill file of this and every later layout goes."""
+        self.cold_dir = directory
+        self._tm.set_cold_dir(directory)
 
     def rows_at(self, pos) -> np.ndarray:
         """Host float32 rows at positions ``pos``."""
@@ -512,7 +517,7 @@ class HRM2:
             rest = np.where(lower[:, first:] < kth[:, None], rest, -1)
             scanned = np.concatenate([cells[:, :first], rest], 1)
             if (rest >= 0).any():
-                keys, pos, d2 = _merge_sorted([(keys, pos, d2), scan(rest)], k)
+                keys, pos, d2 = merge_by_key([(keys, pos, d2), scan(rest)], k)
         counted = np.where(scanned >= 0, sizes[np.where(scanned >= 0, scanned, 0)], 0)
         report = ProbeReport((scanned >= 0).sum(1), counted.sum(1))
         self._touch(scanned)
@@ -541,8 +546,7 @@ class HRM2:
         def upload(host, like):
             return tm.upload(np.ascontiguousarray(host), getattr(like, "chunk_rows", None))
 
-        def keep(name, source, make):
-            return self._cached(name, source, make) if cache or source is None else make()
+        keep = self._cached if cache else (lambda name, source, make: make())
 
         dense = tm.dense()
         if dense is not None:
@@ -550,7 +554,7 @@ class HRM2:
                                                    lambda: upload(params, dense))
             sq = None if sq_all is None else self._cached("sq", None,
                                                           lambda: be.from_host(sq_all))
-            return _merge_sorted([be.scan_cells(qn, dense, self.ranges, probes, k, mode, prm,
+            return merge_by_key([be.scan_cells(qn, dense, self.ranges, probes, k, mode, prm,
                                                 sq)], k)
         parts = []
         hot = tm.hot_slots
@@ -587,7 +591,7 @@ class HRM2:
             m = probes.shape[0]
             return (np.full((m, k), np.inf, np.float32), np.full((m, k), -1, np.int64),
                     np.full((m, k), np.inf, np.float32))
-        return _merge_sorted(parts, k)
+        return merge_by_key(parts, k)
 
     # ---- tiers -----------------------------------------------------------------------------
     def _touch(self, scanned: np.ndarray) -> None:
@@ -614,25 +618,6 @@ def _expand(ranges: np.ndarray) -> np.ndarray:
     total = int(lens.sum())
     offsets = np.cumsum(lens) - lens
     return np.repeat(ranges[:, 0] - offsets, lens) + np.arange(total, dtype=np.int64)
-
-
-def _merge_sorted(parts, k):
-    """Top-k of several ``(keys, positions, d2)`` host results, by key then position (-1
-    positions last): the order every search path returns, whatever the layout."""
-    keys = np.concatenate([np.asarray(p[0], np.float32) for p in parts], 1)
-    pos = np.concatenate([np.asarray(p[1], np.int64) for p in parts], 1)
-    dd = np.concatenate([np.asarray(p[2], np.float32) for p in parts], 1)
-    tie = np.where(pos < 0, np.iinfo(np.int64).max, pos)
-    order = np.lexsort((tie, keys), axis=1)[:, :k]
-    take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
-    keys, pos, dd = take(keys), take(pos), take(dd)
-    if keys.shape[1] < k:  # fewer candidates than k in all
-        pad = k - keys.shape[1]
-        m = keys.shape[0]
-        keys = np.concatenate([keys, np.full((m, pad), np.inf, np.float32)], 1)
-        pos = np.concatenate([pos, np.full((m, pad), -1, np.int64)], 1)
-        dd = np.concatenate([dd, np.full((m, pad), np.inf, np.float32)], 1)
-    return keys, pos, dd
 
 
 class IndexHRM2:

@@ -61,7 +61,7 @@ from .errors import (
 from .knn import check_k, prepare, row_sqnorms
 from .store_index import IndexOptions, StoreIndex
 from .tensor import array_module, host_array, to_native
-from .tiers import HOT, TierManager, TierOptions
+from .tiers import HOT, TierManager, TierOptions, merge_by_key
 
 log = logging.getLogger("m2m_gpu")
 
@@ -605,14 +605,13 @@ class SplatStore:
             out = be.splat_topk(qn, mu, prm, k if slots is None else min(k, slots.size), mode,
                                 sqnorms=sq)
             parts.append((slots, out))
-        keys, slots, d2 = [], [], []
+        host = []
         for bslots, (kb, ib, db) in parts:  # ... and read back once all are queued
             ib = np.asarray(be.to_host(ib))
-            keys.append(np.asarray(be.to_host(kb)))
-            slots.append(ib if bslots is None else bslots[ib])
-            d2.append(np.asarray(be.to_host(db)))
-        return _by_key_then_slot(np.concatenate(keys, 1), np.concatenate(slots, 1),
-                                 np.concatenate(d2, 1), k)
+            if bslots is not None:
+                ib = np.where(ib >= 0, bslots[np.maximum(ib, 0)], -1)
+            host.append((be.to_host(kb), ib, be.to_host(db)))
+        return merge_by_key(host, k)
 
     def _index_search(self, q, kk: int, mode: int, mask: np.ndarray, filtered: bool):
         host_q = host_array(q, np.float32)
@@ -1178,15 +1177,6 @@ class SplatStore:
             "tiers": self._rows.stats(),
             "transfers": self.backend.transfers.snapshot(),
         }
-
-
-def _by_key_then_slot(keys, slots, d2, k: int):
-    """Sort each row by (key, slot) and keep k: the one order every search path returns,
-    so that a tie between equal scores is broken the same way on every tier layout."""
-    order = np.lexsort((slots, keys), axis=-1) if keys.size else \
-        np.zeros(keys.shape, np.int64)
-    take = lambda a: np.take_along_axis(a, order, 1)[:, :k]  # noqa: E731
-    return take(keys), take(slots), take(d2)
 
 
 # ---- argument checks ---------------------------------------------------------------------------

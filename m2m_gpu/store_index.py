@@ -141,8 +141,7 @@ class StoreIndex:
 
     def set_cold_dir(self, directory) -> None:
         """Where the index's spill file goes (the store's directory once it has one)."""
-        self.hrm2.cold_dir = directory
-        self.hrm2.tiers.set_cold_dir(directory)
+        self.hrm2.set_cold_dir(directory)
 
     def close(self) -> None:
         self.hrm2.tiers.close()

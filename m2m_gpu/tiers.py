@@ -130,6 +130,21 @@ class Block:
     rows: Any
 
 
+def merge_by_key(parts, k: int):
+    """Top-k of several host ``(keys, index, d2)`` results (each (m, c)) by key, then by
+    index (slot or position; -1 last): the one order that every search path returns, so
+    that ties are broken the same way whatever the tier layout."""
+    keys = np.concatenate([np.asarray(p[0], np.float32) for p in parts], 1)
+    idx = np.concatenate([np.asarray(p[1], np.int64) for p in parts], 1)
+    d2 = np.concatenate([np.asarray(p[2], np.float32) for p in parts], 1)
+    if keys.size == 0:
+        return keys[:, :k], idx[:, :k], d2[:, :k]
+    tie = np.where(idx < 0, np.iinfo(np.int64).max, idx)
+    order = np.lexsort((tie, keys), axis=-1)[:, :k]
+    take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
+    return take(keys), take(idx), take(d2)
+
+
 class AccessStats:
     """Per-slot accesses for the placement policies (lazily decayed hotness)."""
 
@@ -335,10 +350,10 @@ class TierManager:
         self.version += 1
         hot_keep = np.flatnonzero(self._hot_slots < n)
         if hot_keep.size != self._hot_slots.size:
-            self._keep_hot(hot_keep)
+            self._keep_rows(HOT, hot_keep)
             self._hot_slots = self._hot_slots[hot_keep]
         warm_keep = np.flatnonzero(self._warm_slots < n)
-        self._warm.keep(warm_keep)
+        self._keep_rows(WARM, warm_keep)
         self._warm_slots = self._warm_slots[warm_keep]
         self.tier, self.pos = self.tier[keep], self.pos[keep]
         self.access.keep(keep)
@@ -428,12 +443,14 @@ class TierManager:
                 self._warm_slots = s[order]
             self.pos[self._warm_slots] = np.arange(self._warm_slots.size)
 
-    def _keep_hot(self, index: np.ndarray) -> None:
-        """Keep hot rows ``index`` (ascending); a prefix is cut without moving rows."""
+    def _keep_rows(self, tier: int, index: np.ndarray) -> None:
+        """Keep rows ``index`` (ascending) of the hot or warm store; a prefix is cut
+        without moving rows."""
+        rows = self._hot if tier == HOT else self._warm
         if index.size == 0 or index[-1] == index.size - 1:
-            self._hot.truncate(index.size)
+            rows.truncate(index.size)
         else:
-            self._hot.keep(self._dev_index(index))
+            rows.keep(self._dev_index(index) if tier == HOT else index)
 
     def _dev_index(self, idx: np.ndarray):
         return self.backend.from_host(idx) if self.backend.name == "cuda" else idx
@@ -513,13 +530,13 @@ class TierManager:
         gone[slots] = True
         hk = np.flatnonzero(~gone[self._hot_slots])
         if hk.size != self._hot_slots.size:
-            self._keep_hot(hk)
+            self._keep_rows(HOT, hk)
             self._hot_slots = self._hot_slots[hk]
             self.pos[self._hot_slots] = np.arange(hk.size)
             self.version += 1
         wk = np.flatnonzero(~gone[self._warm_slots])
         if wk.size != self._warm_slots.size:
-            self._warm.keep(wk)
+            self._keep_rows(WARM, wk)
             self._warm_slots = self._warm_slots[wk]
             self.pos[self._warm_slots] = np.arange(wk.size)
 
@@ -572,11 +589,11 @@ class TierManager:
         remap[keep] = np.arange(keep.size)
         hk = np.flatnonzero(remap[self._hot_slots] >= 0)
         if hk.size != self._hot_slots.size:
-            self._keep_hot(hk)
+            self._keep_rows(HOT, hk)
         self._hot_slots = remap[self._hot_slots[hk]]
         wk = np.flatnonzero(remap[self._warm_slots] >= 0)
         if wk.size != self._warm_slots.size:
-            self._warm.keep(wk)
+            self._keep_rows(WARM, wk)
         self._warm_slots = remap[self._warm_slots[wk]]
         self.tier, self.pos = self.tier[keep], self.pos[keep]
         self.pos[self._hot_slots] = np.arange(self._hot_slots.size)

@@ -102,7 +102,8 @@ def _params(n: int, seed: int = 3) -> np.ndarray:
     return P
 
 
-def _resident(be, X, P):
+def resident(be, X, P):
+    """X, P and ||X||^2 (cpu) resident on the device, params chunked like X (vulkan)."""
     xn = be.from_host(X)
     kw = {"chunk_rows": xn.chunk_rows} if be.name == "vulkan" else {}
     pn = be.from_host(P, **kw)
@@ -111,7 +112,7 @@ def _resident(be, X, P):
     return xn, pn, sq
 
 
-def _host(be, out):
+def host(be, out):
     """Results on the host: what a caller waits for."""
     return tuple(np.asarray(be.to_host(a)) for a in out) if isinstance(out, tuple) \
         else np.asarray(be.to_host(out))
@@ -194,9 +195,9 @@ def splat_topk(ctx: Context, be, p: dict, baselines: bool) -> list[dict]:
              "flops": 2 * m * n * d + 3 * m * n}
     out = []
     if be is not None:
-        xn, pn, sq = _resident(be, X, P)
+        xn, pn, sq = resident(be, X, P)
         qn = be.from_host(Q)
-        fn = lambda: _host(be, be.splat_topk(qn, xn, pn, k, MODE_SPLAT, sqnorms=sq))  # noqa: E731
+        fn = lambda: host(be, be.splat_topk(qn, xn, pn, k, MODE_SPLAT, sqnorms=sq))  # noqa: E731
         _, I, _ = fn()
         chk = check("overlap_with_reference", recall(I[c], I0), 0.99)
         t = ctx.time(fn, be.synchronize)
@@ -234,9 +235,9 @@ def energy(ctx: Context, be, p: dict, baselines: bool) -> list[dict]:
 
     out = []
     if be is not None:
-        xn, pn, sq = _resident(be, X, P)
+        xn, pn, sq = resident(be, X, P)
         qn = be.from_host(Q)
-        fn = lambda: _host(be, be.energy(qn, xn, pn, sqnorms=sq))  # noqa: E731
+        fn = lambda: host(be, be.energy(qn, xn, pn, sqnorms=sq))  # noqa: E731
         chk = check("max_rel_err_vs_reference", err(fn()), 1e-3, higher_is_better=False)
         t = ctx.time(fn, be.synchronize)
         out.append(row("energy", be.name, "m2m", p, chk, t, m, "queries/s", model))
@@ -285,12 +286,12 @@ def hebbian(ctx: Context, be, p: dict, baselines: bool) -> list[dict]:
     mr, ar, _ = ref.hebbian(X, P[:, PARAM_ALPHA], P[:, PARAM_KAPPA], Q[:small],
                             [[r] for r in rel[:small]], [[i] for i in irr[:small]],
                             metric="cosine")
-    xn, pn, _ = _resident(be, X, P)
+    xn, pn, _ = resident(be, X, P)
     be.hebbian(xn, pn, be.from_host(Q[:small]), plan(small), rates)
     err = float(max(np.abs(np.asarray(be.to_host(xn)) - mr).max(),
                     np.abs(np.asarray(be.to_host(pn))[:, PARAM_ALPHA] - ar).max()))
     chk = check("max_abs_err_vs_reference", err, 1e-3, higher_is_better=False)
-    xn, pn, _ = _resident(be, X, P)
+    xn, pn, _ = resident(be, X, P)
     qn, full = be.from_host(Q), plan(m)
     t = ctx.time(lambda: be.hebbian(xn, pn, qn, full, rates), be.synchronize)
     model = {"bytes": 4 * 2 * m * (2 * d + PARAM_WIDTH) + 4 * m * d, "flops": 2 * m * 6 * d}
@@ -309,7 +310,7 @@ def kmeans_assign(ctx: Context, be, p: dict, baselines: bool) -> list[dict]:
     out = []
     if be is not None:
         xn, cn = be.from_host(X), be.from_host(cents)
-        fn = lambda: _host(be, be.knn(xn, cn, 1, "l2"))  # noqa: E731
+        fn = lambda: host(be, be.knn(xn, cn, 1, "l2"))  # noqa: E731
         _, A = fn()
         chk = check("agreement_with_reference", float(np.mean(A[sample, 0] == A0)), 0.99)
         t = ctx.time(fn, be.synchronize)
