@@ -15,15 +15,7 @@ import pytest
 
 from m2m_gpu import backends
 from m2m_gpu.backends import NAMES
-
-
-def required_backends() -> set[str]:
-    raw = os.environ.get("M2M_REQUIRE_BACKENDS", "")
-    names = {n.strip().lower() for n in raw.split(",") if n.strip()}
-    unknown = names - set(NAMES)
-    if unknown:
-        raise pytest.UsageError(f"M2M_REQUIRE_BACKENDS names unknown backends: {unknown}")
-    return names
+from m2m_gpu.testing import backend_or_skip
 
 
 def pytest_report_header(config):
@@ -38,15 +30,7 @@ def pytest_report_header(config):
 @pytest.fixture(params=NAMES)
 def backend(request):
     """The backend instance for this parametrisation (skipped or failed if missing)."""
-    name = request.param
-    info = backends.probe(name)
-    if not info.available:
-        if name in required_backends():
-            pytest.fail(f"required backend {name!r} is not available: {info.reason}")
-        pytest.skip(f"backend {name!r} not available: {info.reason}")
-    be = backends.get_backend(name)
-    assert be.name == name
-    return be
+    return backend_or_skip(request.param)
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import pathlib
 import subprocess
 import sys
 
@@ -108,3 +110,26 @@ def test_cli_bench_and_report_end_to_end(tmp_path):
     r = subprocess.run([sys.executable, "-m", "m2m_gpu.cli", "bench", "--preset", "nope"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "unknown preset" in r.stderr
+
+
+def test_micro_benchmarks_run_checked_and_grouped_per_kernel(tmp_path):
+    """bench/micro under pytest-benchmark: every kernel's check passes on every available
+    backend (required ones must be there), and the JSON groups the timings per kernel."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, M2M_MICRO_N="2000", M2M_MICRO_M="32", M2M_MICRO_ROUNDS="2")
+    out = tmp_path / "micro.json"
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        str(root / "bench" / "micro"), f"--benchmark-json={out}"],
+                       capture_output=True, text=True, timeout=600, cwd=root, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    groups = {b["group"] for b in doc["benchmarks"]}
+    assert groups == {"knn-l2", "knn-ip", "splat_topk", "energy", "hebbian", "decay",
+                      "kmeans_assign", "kmeans_sums", "philox", "hrm2_search"}
+    ran = {b["params"].get("backend") for b in doc["benchmarks"]} - {None}
+    from m2m_gpu import backends
+
+    assert ran == {i.name for i in backends.probe_all() if i.available}
+    for b in doc["benchmarks"]:
+        assert b["stats"]["rounds"] == 2 and b["stats"]["median"] > 0
+        assert b["extra_info"]["n"] == 2000
