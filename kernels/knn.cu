@@ -8,11 +8,22 @@
 #define RN 4    // rows per thread
 #define TK 32   // components staged per step
 
+// Database elements as float32: rows stored as float32, or as float16 (IEEE binary16 bits,
+// converted by the hardware instruction; no cuda_fp16.h needed under NVRTC).
+__device__ __forceinline__ float load_x(const float* __restrict__ x, size_t i) { return x[i]; }
+__device__ __forceinline__ float load_x(const unsigned short* __restrict__ x, size_t i) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x[i]));
+    return f;
+}
+
 // keys[i, j] for query i and database row (offset + j), smaller is better; d2 is the direct
 // form. metric (mode) 0: d2; 1: -(q.x); 2: kappa d2 - log(alpha); 3: d2, +inf where
 // alpha = 0. params (float4 per row: alpha, kappa, last_tick, -) is read in modes 2 and 3.
-extern "C" __global__ void knn_distance(
-    const float* __restrict__ q, const float* __restrict__ x, float* __restrict__ keys,
+// T is the stored row type (float or float16 bits); arithmetic is float32 either way.
+template <typename T>
+__device__ __forceinline__ void knn_distance_body(
+    const float* __restrict__ q, const T* __restrict__ x, float* __restrict__ keys,
     unsigned int mq, unsigned int t, unsigned int d, unsigned long long offset,
     unsigned int metric, const float4* __restrict__ params)
 {
@@ -37,7 +48,7 @@ extern "C" __global__ void knn_distance(
         for (unsigned int e = lid; e < BR * TK; e += 256u) {
             unsigned int row = e / TK, col = e % TK;
             unsigned int gr = r0 + row, gk = k0 + col;
-            xs[row][col] = (gr < t && gk < d) ? x[(size_t)(offset + gr) * d + gk] : 0.0f;
+            xs[row][col] = (gr < t && gk < d) ? load_x(x, (size_t)(offset + gr) * d + gk) : 0.0f;
         }
         __syncthreads();
         const unsigned int kn = min((unsigned int)TK, d - k0);
@@ -75,6 +86,23 @@ extern "C" __global__ void knn_distance(
             keys[(size_t)qi * t + j] = v;
         }
     }
+}
+
+extern "C" __global__ void knn_distance(
+    const float* __restrict__ q, const float* __restrict__ x, float* __restrict__ keys,
+    unsigned int mq, unsigned int t, unsigned int d, unsigned long long offset,
+    unsigned int metric, const float4* __restrict__ params)
+{
+    knn_distance_body(q, x, keys, mq, t, d, offset, metric, params);
+}
+
+// The same for float16 rows (half the bytes read per row).
+extern "C" __global__ void knn_distance_f16(
+    const float* __restrict__ q, const unsigned short* __restrict__ x, float* __restrict__ keys,
+    unsigned int mq, unsigned int t, unsigned int d, unsigned long long offset,
+    unsigned int metric, const float4* __restrict__ params)
+{
+    knn_distance_body(q, x, keys, mq, t, d, offset, metric, params);
 }
 
 __device__ __forceinline__ unsigned int ordered(float f) {

@@ -8,11 +8,13 @@
 //   mode 3 (distance): d2 where alpha > 0, +inf where alpha = 0 (masked or deleted rows)
 // A 16x16 workgroup computes a block of 16 queries x 64 database rows; each invocation
 // owns one query and 4 rows. Query and row slices are staged through shared memory, TK
-// components at a time. Mirrors kernels/knn.cu (knn_distance).
+// components at a time. Rows are float32, or float16 (push constant rows_f16 = 1: two halves
+// per 32-bit word, unpacked with unpackHalf2x16, so no 16-bit storage feature is needed);
+// arithmetic is float32 either way. Mirrors kernels/knn.cu (knn_distance, knn_distance_f16).
 layout(local_size_x = 16, local_size_y = 16, local_size_z = 1) in;
 
 layout(std430, binding = 0) readonly buffer Queries { float q[]; };   // [mq, d]
-layout(std430, binding = 1) readonly buffer Database { float x[]; };  // [rows, d] (one chunk)
+layout(std430, binding = 1) readonly buffer Database { uint xw[]; };  // [rows, d] (one chunk)
 layout(std430, binding = 2) writeonly buffer Keys { float keys[]; };  // [mq, t]
 layout(std430, binding = 3) readonly buffer Params { vec4 params[]; }; // [rows] alpha, kappa, ..
 
@@ -22,6 +24,7 @@ layout(push_constant) uniform Push {
     uint d;       // dimension
     uint offset;  // first row of the tile inside the chunk
     uint metric;  // mode: 0 = l2, 1 = ip, 2 = splat, 3 = distance
+    uint rows_f16; // 1: rows are float16, packed two per word
 } pc;
 
 const uint BQ = 16u;   // queries per workgroup
@@ -31,6 +34,13 @@ const uint TK = 32u;   // components staged per step
 
 shared float qs[BQ][TK + 1u];
 shared float xs[BR][TK + 1u];
+
+// Element e of the chunk (row-major), as float32.
+float load_x(uint e) {
+    if (pc.rows_f16 == 0u) return uintBitsToFloat(xw[e]);
+    vec2 pair = unpackHalf2x16(xw[e >> 1u]);  // element 2w in the low half of word w
+    return (e & 1u) == 0u ? pair.x : pair.y;
+}
 
 void main() {
     uint lx = gl_LocalInvocationID.x;  // 0..15 -> rows lx, lx+16, lx+32, lx+48
@@ -53,7 +63,7 @@ void main() {
         for (uint e = lid; e < BR * TK; e += 256u) {
             uint row = e / TK, col = e % TK;
             uint gr = r0 + row, gk = k0 + col;
-            xs[row][col] = (gr < pc.t && gk < pc.d) ? x[(pc.offset + gr) * pc.d + gk] : 0.0;
+            xs[row][col] = (gr < pc.t && gk < pc.d) ? load_x((pc.offset + gr) * pc.d + gk) : 0.0;
         }
         barrier();
         uint kn = min(TK, pc.d - k0);

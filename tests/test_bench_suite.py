@@ -30,6 +30,11 @@ def test_tiny_sweep_validates_and_every_check_passes(backend):
     assert {r["kernel"] for r in ran} == {"knn", "splat_topk", "energy", "hebbian",
                                           "kmeans_assign", "hrm2", "tiered"}
     assert all(r["backend"] == backend.name and r["impl"] == "m2m" for r in ran)
+    knn = {(r["params"]["n"], r["params"]["dtype"]): r for r in ran if r["kernel"] == "knn"}
+    assert set(knn) == {(n, t) for n in (500, 1500) for t in ("float32", "float16")}
+    for n in (500, 1500):  # the cost model counts the bytes each storage dtype reads
+        assert knn[(n, "float32")]["model"]["bytes"] - knn[(n, "float16")]["model"]["bytes"] \
+            == 2 * n * 16
     for r in ran:
         t = r["timing"]
         assert t["repeats"] == len(t["samples_s"]) >= 2
@@ -49,6 +54,8 @@ def test_baselines_are_checked_and_labelled(cpu_doc):
     for name in cpu_doc["baselines"]:
         assert any(r["impl"].startswith(name) for r in base), name
     assert all(r["check"]["passed"] for r in base)
+    half = {r["impl"] for r in base if r["kernel"] == "knn" and r["params"]["dtype"] == "float16"}
+    assert half == ({"faiss-sq-fp16"} if "faiss" in cpu_doc["baselines"] else set())
     hr = [r for r in cpu_doc["results"] if r["kernel"] == "hrm2" and r["impl"] == "m2m"]
     assert [r["params"]["probe"] for r in hr] == [2, 8]
     assert hr[0]["recall"] <= hr[1]["recall"]  # more cells probed, no worse recall
@@ -124,9 +131,9 @@ def test_micro_benchmarks_run_checked_and_grouped_per_kernel(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     doc = json.loads(out.read_text())
     groups = {b["group"] for b in doc["benchmarks"]}
-    assert groups == {"knn-l2", "knn-ip", "splat_topk", "energy", "hebbian", "decay",
-                      "kmeans_assign", "kmeans_sums", "philox", "hrm2_search"}
-    ran = {b["params"].get("backend") for b in doc["benchmarks"]} - {None}
+    assert groups == {"knn-l2", "knn-ip", "knn-ip-float16", "splat_topk", "energy", "hebbian",
+                      "decay", "kmeans_assign", "kmeans_sums", "philox", "hrm2_search"}
+    ran = {(b["params"] or {}).get("backend") for b in doc["benchmarks"]} - {None}
     from m2m_gpu import backends
 
     assert ran == {i.name for i in backends.probe_all() if i.available}

@@ -108,3 +108,61 @@ def test_index_is_a_drop_in_for_faiss_code(backend, rng):
     assert n_f == n_m
     np.testing.assert_allclose(Dm, Df, rtol=1e-4, atol=1e-3)
     assert (Im == If).mean() > 0.99  # ids may differ only among (near-)ties
+
+
+@pytest.mark.parametrize("cls,metric", CLASSES)
+@pytest.mark.parametrize("d", [1, 19, 64])
+def test_float16_storage_matches_reference_over_stored_vectors(backend, rng, small_tiles,
+                                                               cls, metric, d):
+    """dtype='float16': rows are rounded once on add and searched in float32, so results are
+    exact search over the rounded rows. Awkward sizes: d = 1 (rounding makes ties), odd
+    row counts (vulkan packs two halves per word and pads odd chunks), several adds (the
+    last device chunk is topped up), several chunks and tiles (small_tiles), non-contiguous
+    input, removals."""
+    X = rng.standard_normal((2501, 2 * d)).astype(np.float32)[:, ::2]  # non-contiguous
+    Q = rng.standard_normal((13, d)).astype(np.float32)
+    index = cls(d, backend=backend.name, dtype="float16")
+    assert index.dtype == np.float16 and "float16" in repr(index)
+    for part in np.array_split(X, [1, 1000, 1777]):
+        index.add(part)
+    stored = index.reconstruct_n()
+    assert stored.dtype == np.float32 and stored.shape == (2501, d)
+    want = X if metric != "cosine" else X / np.linalg.norm(X, axis=1, keepdims=True)
+    if metric == "cosine":  # normalised in float32 first: one half ulp (2^-11) apart at most
+        np.testing.assert_allclose(stored, want, rtol=2.0**-11, atol=2.0**-24)
+    else:
+        np.testing.assert_array_equal(stored, want.astype(np.float16).astype(np.float32))
+    q = Q if metric != "cosine" else Q / np.linalg.norm(Q, axis=1, keepdims=True)
+    kernel_metric = "ip" if metric == "cosine" else metric
+    for k in (1, 10, 2501, 2600):
+        D, I = index.search(Q, k)
+        assert_knn_matches(D, I, q, stored, k, kernel_metric, *tolerance(backend.name))
+    keep = np.setdiff1d(np.arange(2501), np.arange(0, 2501, 7))
+    assert index.remove_ids(np.arange(0, 2501, 7)) == 2501 - keep.size
+    np.testing.assert_array_equal(index.reconstruct_n(), stored[keep])
+    D, I = index.search(Q, 10)  # ids are the original positions; map them to kept rows
+    assert np.isin(I, keep).all()
+    assert_knn_matches(D, np.searchsorted(keep, I), q, stored[keep], 10, kernel_metric,
+                       *tolerance(backend.name))
+
+
+def test_float16_storage_halves_memory_and_refuses_what_it_cannot_hold(backend, rng):
+    X = rng.standard_normal((300, 16)).astype(np.float32)
+    half = m2m_gpu.IndexFlatL2(16, backend=backend.name, dtype=np.float16)
+    full = m2m_gpu.IndexFlatL2(16, backend=backend.name)
+    half.add(X)
+    full.add(X)
+    assert half._rows.nbytes * 2 == full._rows.nbytes
+    before = half.search(X[:3], 4)
+    big = X[:5].copy()
+    big[3, 2] = 70000.0  # finite in float32, inf in float16
+    with pytest.raises(InvalidInputError, match="row 3 has values beyond float16"):
+        half.add(big)
+    full.add(big)  # float32 storage holds it
+    assert half.ntotal == 300
+    after = half.search(X[:3], 4)
+    np.testing.assert_array_equal(before[0], after[0])
+    np.testing.assert_array_equal(before[1], after[1])
+    for bad in ("int8", "bfloat16", np.float64, None):
+        with pytest.raises(InvalidInputError, match="storage dtype"):
+            m2m_gpu.IndexFlatL2(16, backend=backend.name, dtype=bad)

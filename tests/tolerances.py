@@ -4,7 +4,9 @@ Every backend computes in float32; the references compute in float64 with the di
 
 * knn / splat distances: the cpu backend ranks with the fast form and recomputes the direct
   form for the results; the GPU kernels use the direct form throughout. float16 input is
-  converted first, so its rounding is in the input both sides see.
+  converted first, so its rounding is in the input both sides see. float16 storage
+  (``IndexFlat(dtype="float16")``) is compared with the reference over the stored, rounded
+  rows (``reconstruct_n``), so the same tolerances apply.
 * log_score = log(alpha) - kappa d2: kappa (up to 100) multiplies the error of d2, hence an
   absolute term scaled by kappa_max * the distance tolerance.
 * energy: a float32 log-sum-exp over every splat; the cpu backend corrects its largest terms

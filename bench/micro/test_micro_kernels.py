@@ -88,6 +88,34 @@ def test_knn_l2_baseline(impl, data, timed):
     timed("knn-l2", fn)
 
 
+def test_knn_float16_storage(backend, data, timed):
+    """Rows stored as float16 (half the bytes read), float32 arithmetic."""
+    X, Q, _ = data
+    xh = X.astype(np.float16)
+    xn, qn = backend.from_host(xh), backend.from_host(Q)
+
+    def fn():
+        return host(backend, backend.knn(qn, xn, K, "ip"))
+
+    _, I0 = ref.knn(Q[CHECK], xh.astype(np.float32), K, "ip")
+    assert recall(fn()[1][CHECK], I0) >= 0.99
+    timed("knn-ip-float16", fn, backend.synchronize)
+
+
+def test_knn_float16_storage_faiss(data, timed):
+    if not _installed("faiss"):
+        pytest.skip("baseline faiss is not installed")
+    import faiss
+
+    X, Q, _ = data
+    index = faiss.IndexScalarQuantizer(X.shape[1], faiss.ScalarQuantizer.QT_fp16,
+                                       faiss.METRIC_INNER_PRODUCT)
+    index.add(X)
+    _, I0 = ref.knn(Q[CHECK], X.astype(np.float16).astype(np.float32), K, "ip")
+    assert recall(index.search(Q[CHECK], K)[1], I0) >= 0.99
+    timed("knn-ip-float16", lambda: index.search(Q, K))
+
+
 def test_splat_topk(backend, data, timed):
     X, Q, P = data
     xn, pn, sq = resident(backend, X, P)

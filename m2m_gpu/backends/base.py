@@ -224,7 +224,9 @@ class Backend(ABC):
         *,
         database_sqnorms: Any | None = None,
     ) -> tuple[Any, Any]:
-        """Exact k-NN on float32 C-contiguous native arrays; ``1 <= k <= n``, ``m, n >= 1``.
+        """Exact k-NN on C-contiguous native arrays; ``1 <= k <= n``, ``m, n >= 1``.
+        Queries are float32; the database is float32 or float16 (storage only: every
+        backend widens each element to float32 before it enters the arithmetic).
 
         ``metric`` is ``"l2"`` (squared distances, ascending) or ``"ip"`` (similarities,
         descending): cosine has been reduced to ``ip`` on normalised rows by the caller.

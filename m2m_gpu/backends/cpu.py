@@ -106,7 +106,7 @@ class CpuBackend(Backend):
         out = np.empty(database.shape[0], dtype=np.float32)
 
         def job(s: int) -> None:
-            xt = database[s : s + SCAN_TILE_ROWS]
+            xt = _f32(database[s : s + SCAN_TILE_ROWS])
             np.einsum("ij,ij->i", xt, xt, out=out[s : s + SCAN_TILE_ROWS])
 
         list(self._pool.map(job, range(0, database.shape[0], SCAN_TILE_ROWS)))
@@ -135,7 +135,7 @@ class CpuBackend(Backend):
 
             def job(s: int, q=q) -> None:
                 o = keys[s : s + SCAN_TILE_ROWS]
-                np.einsum("ij,j->i", database[s : s + SCAN_TILE_ROWS], q, out=o)
+                np.einsum("ij,j->i", _f32(database[s : s + SCAN_TILE_ROWS]), q, out=o)
                 if sqnorms is not None:
                     o += sqnorms[s : s + SCAN_TILE_ROWS]
 
@@ -152,7 +152,7 @@ class CpuBackend(Backend):
             qt = np.ascontiguousarray(qt_all[:, a:b])
 
             def fill(start: int, stop: int, out: np.ndarray) -> None:
-                np.matmul(database[start:stop], qt, out=out)
+                np.matmul(_f32(database[start:stop]), qt, out=out)
                 if sqnorms is not None:
                     out += sqnorms[start:stop, None]  # the tile is still in cache
 
@@ -315,7 +315,7 @@ class CpuBackend(Backend):
         dist = np.empty((m, k), dtype=np.float32)
         step = max(1, GATHER_BUDGET_BYTES // max(1, 4 * k * d))
         for r in range(0, m, step):
-            rows = mu[ids[r : r + step]]  # (step, k, d)
+            rows = _f32(mu[ids[r : r + step]])  # (step, k, d), a fresh float32 copy
             rows -= queries[r : r + step, None, :]
             np.einsum("ijk,ijk->ij", rows, rows, out=dist[r : r + step])
         return dist
@@ -562,6 +562,12 @@ class CpuBackend(Backend):
         for s in range(0, x.shape[0], step):
             np.add.at(sums, assign[s : s + step], x[s : s + step].astype(np.float64))
         return sums, np.bincount(assign, minlength=k).astype(np.int64)
+
+
+def _f32(tile: np.ndarray) -> np.ndarray:
+    """A database tile as float32: float16 rows (stored at half the bytes) are widened one
+    cache-sized tile at a time; float32 tiles pass through untouched."""
+    return tile if tile.dtype == np.float32 else tile.astype(np.float32)
 
 
 def _blocks(m: int, parts: int, max_rows: int) -> list[tuple[int, int]]:

@@ -131,7 +131,8 @@ class CudaBackend(Backend):
         cp = self.cp
         m, d = queries.shape
         n = database.shape[0]
-        dist = self._knn_module.get_function("knn_distance")
+        dist = self._knn_module.get_function(
+            "knn_distance_f16" if database.dtype == cp.float16 else "knn_distance")
         select = self._knn_module.get_function("topk_select")
         out_k = cp.empty((m, k), dtype=cp.float32)
         out_i = cp.empty((m, k), dtype=cp.int64)

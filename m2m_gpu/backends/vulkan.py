@@ -129,14 +129,16 @@ def create(info: BackendInfo) -> VulkanBackend:
 
 
 class VkArray:
-    """A row-chunked array in Vulkan device memory (float32, int32 or uint32 elements).
+    """A row-chunked array in Vulkan device memory (float32, float16, int32 or uint32
+    elements; float16 is packed two per 32-bit word, see ``_upload``).
 
     ``parts`` is a list of ``(first_row, rows, tensor)``; chunks hold at most
     ``chunk_rows`` rows. Indexes grow it with :meth:`append` (only the last, partly filled
     chunk is rewritten) and shrink it with :meth:`keep`.
     """
 
-    STORED = {np.dtype(np.float32), np.dtype(np.int32), np.dtype(np.uint32)}
+    STORED = {np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.int32),
+              np.dtype(np.uint32)}
 
     def __init__(self, backend: VulkanBackend, shape: tuple[int, ...], dtype: np.dtype,
                  chunk_rows: int | None = None) -> None:
@@ -144,7 +146,8 @@ class VkArray:
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)  # the dtype handed back by to_host
         # Arrays that kernels read side by side (mu and params) share their chunking.
-        self.chunk_rows = chunk_rows or backend._chunk_rows(self.shape, 4)
+        self.chunk_rows = chunk_rows or backend._chunk_rows(
+            self.shape, _stored_dtype(self.dtype).itemsize)
         self.parts: list[tuple[int, int, Any]] = []
 
     @property
@@ -153,7 +156,7 @@ class VkArray:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * 4
+        return int(np.prod(self.shape, dtype=np.int64)) * _stored_dtype(self.dtype).itemsize
 
     def chunks(self):
         """(first_row, rows, tensor) for every chunk."""
@@ -169,7 +172,7 @@ class VkArray:
         parts = list(self.parts)
         if parts and parts[-1][1] < self.chunk_rows:  # top up the last chunk
             first, count, tensor = parts.pop()
-            last = self.backend._download(tensor).reshape((count,) + self.shape[1:])
+            last = self._chunk_host(count, tensor)
             rows = np.concatenate([last.astype(rows.dtype, copy=False), rows])
             start = first
         else:
@@ -187,10 +190,18 @@ class VkArray:
         parts = [p for p in self.parts if p[0] < n]
         if parts and parts[-1][0] + parts[-1][1] > n:
             first, count, tensor = parts.pop()
-            last = self.backend._download(tensor).reshape((count,) + self.shape[1:])
+            last = self._chunk_host(count, tensor)
             parts.append((first, n - first, self.backend._upload(last[: n - first].copy())))
         self.parts = parts
         self.shape = (n,) + self.shape[1:]
+
+    def _chunk_host(self, count: int, tensor: Any) -> np.ndarray:
+        """One chunk's ``count`` rows on the host, in the stored dtype."""
+        raw = self.backend._download(tensor)
+        size = count * int(np.prod(self.shape[1:], dtype=np.int64))
+        if _stored_dtype(self.dtype) == np.float16:
+            raw = raw.view(np.float16)[:size]  # drop the padding half of an odd count
+        return raw.reshape((count,) + self.shape[1:])
 
     def keep(self, index: np.ndarray) -> None:
         host = self.backend.to_host(self)[index]
@@ -239,7 +250,11 @@ class VulkanBackend(Backend):
         return max(1, min(CHUNK_ROWS_MAX, CHUNK_BYTES // row_bytes))
 
     def _upload(self, block: np.ndarray) -> Any:
-        tensor = self.mgr.tensor_t(np.ascontiguousarray(block).ravel())
+        flat = np.ascontiguousarray(block).ravel()
+        if flat.dtype == np.float16:  # two halves per word; an odd count gets a zero pad
+            flat = np.append(flat, np.float16(0)) if flat.size % 2 else flat
+            flat = flat.view(np.uint32)
+        tensor = self.mgr.tensor_t(flat)
         self.mgr.sequence().eval(self.kp.OpTensorSyncDevice([tensor]))
         self.transfers.add_h2d(block.nbytes)
         return tensor
@@ -266,7 +281,7 @@ class VulkanBackend(Backend):
             return native
         if not native.parts:
             return np.empty(native.shape, dtype=native.dtype)
-        parts = [self._download(t) for _, _, t in native.parts]
+        parts = [native._chunk_host(count, t) for _, count, t in native.parts]
         host = np.concatenate(parts) if len(parts) > 1 else parts[0]
         return host.reshape(native.shape).astype(native.dtype, copy=False)
 
@@ -313,14 +328,15 @@ class VulkanBackend(Backend):
         seq.record(kp.OpTensorSyncDevice(init))
         self.transfers.add_h2d(sum(int(t.size()) * 4 for t in init))
         side = 0
+        rows_f16 = int(database.dtype == np.float16)
         pchunks = params.chunks() if params is not None else None
         for c, (first_row, rows, chunk) in enumerate(database.chunks()):
             ptensor = pchunks[c][2] if pchunks is not None else self._dummy
             dist = mgr.algorithm([qtensor, chunk, tile, ptensor], self.spirv("knn_distance"),
-                                 dist_groups, [], np.zeros(5, dtype=np.uint32))
+                                 dist_groups, [], np.zeros(6, dtype=np.uint32))
             for offset in range(0, rows, t_max):
                 t = min(t_max, rows - offset)
-                push = np.array([mq, t, d, offset, metric_code], dtype=np.uint32)
+                push = np.array([mq, t, d, offset, metric_code, rows_f16], dtype=np.uint32)
                 seq.record(kp.OpAlgoDispatch(dist, push))
                 push = np.array([t, k, first_row + offset], dtype=np.uint32)
                 seq.record(kp.OpAlgoDispatch(select[side], push))
@@ -371,13 +387,13 @@ class VulkanBackend(Backend):
             for (_, rows, chunk), (_, _, ptensor) in zip(mu.chunks(), params.chunks(),
                                                          strict=True):
                 dist = mgr.algorithm([qtensor, chunk, tile, ptensor], self.spirv("knn_distance"),
-                                     groups, [], np.zeros(5, dtype=np.uint32))
+                                     groups, [], np.zeros(6, dtype=np.uint32))
                 acc = mgr.algorithm([tile, state, gbuf, ptensor, chunk],
                                     self.spirv("energy_accumulate"), [mq, 1, 1], [],
                                     np.zeros(4, dtype=np.uint32))
                 for offset in range(0, rows, t_max):
                     t = min(t_max, rows - offset)
-                    seq.record(kp.OpAlgoDispatch(dist, np.array([mq, t, d, offset, MODE_SPLAT],
+                    seq.record(kp.OpAlgoDispatch(dist, np.array([mq, t, d, offset, MODE_SPLAT, 0],
                                                                 dtype=np.uint32)))
                     seq.record(kp.OpAlgoDispatch(acc, np.array([t, d, offset, int(grad)],
                                                                dtype=np.uint32)))

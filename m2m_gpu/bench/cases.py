@@ -120,34 +120,46 @@ def host(be, out):
 
 # ---- knn ----------------------------------------------------------------------------------
 def knn(ctx: Context, be, p: dict, baselines: bool) -> list[dict]:
+    """Exact k-NN through the flat index. ``dtype`` is the storage dtype of the rows
+    (float32 or float16, arithmetic float32); the reference searches the stored values."""
     from ..index import IndexFlatCosine, IndexFlatIP, IndexFlatL2
 
     n, d, m, k, metric = p["n"], p["d"], p["m"], p["k"], p["metric"]
+    dtype = np.dtype(p.get("dtype", "float32"))
     X, Q = ctx.data(n, d, m)
     cls = {"l2": IndexFlatL2, "ip": IndexFlatIP, "cosine": IndexFlatCosine}[metric]
-    model = {"bytes": 4 * (n * d + m * d) + 12 * m * k, "flops": 2 * m * n * d}
+    model = {"bytes": dtype.itemsize * n * d + 4 * m * d + 12 * m * k,
+             "flops": 2 * m * n * d}
     c = slice(0, min(m, 16))
-    _, I0 = ref.knn(Q[c], X, k, metric)
+    Xs = X.astype(dtype).astype(np.float32)  # what float16 storage holds (cosine aside)
+    if metric == "cosine":
+        Xs = _unit(X).astype(dtype).astype(np.float32)
+    _, I0 = ref.knn(_unit(Q[c]) if metric == "cosine" else Q[c], Xs,
+                    k, "ip" if metric == "cosine" else metric)
     out = []
     if be is not None:
-        index = cls(d, backend=be.name)
+        index = cls(d, backend=be.name, dtype=dtype)
         index.add(X)
         _, I = index.search(Q, k)
         chk = check("recall_vs_reference", recall(I[c], I0), 0.99)
         t = ctx.time(lambda: index.search(Q, k), be.synchronize)
         out.append(row("knn", be.name, "m2m", p, chk, t, m, "queries/s", model))
     if baselines:
-        out += _knn_baselines(ctx, p, X, Q, I0, c, model)
+        out += _knn_baselines(ctx, p, X, Q, I0, c, model, dtype)
     return out
 
 
-def _knn_baselines(ctx, p, X, Q, I0, c, model) -> list[dict]:
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _knn_baselines(ctx, p, X, Q, I0, c, model, dtype) -> list[dict]:
+    """float32: NumPy, FAISS IndexFlat, PyTorch mm + topk. float16 storage: FAISS's
+    IndexScalarQuantizer(QT_fp16), the one baseline that stores half-precision rows on a
+    CPU (NumPy and PyTorch have no float16 matrix product there)."""
     d, k, metric = p["d"], p["k"], p["metric"]
     m = Q.shape[0]
-    Xb, Qb = X, Q
-    if metric == "cosine":
-        Xb = X / np.linalg.norm(X, axis=1, keepdims=True)
-        Qb = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+    Xb, Qb = (_unit(X), _unit(Q)) if metric == "cosine" else (X, Q)
     out = []
     xsq = np.einsum("ij,ij->i", Xb, Xb)
 
@@ -158,14 +170,18 @@ def _knn_baselines(ctx, p, X, Q, I0, c, model) -> list[dict]:
         order = np.argsort(np.take_along_axis(key, idx, 1), axis=1)
         return np.take_along_axis(idx, order, 1)
 
-    impls = {"numpy": numpy_knn}
+    impls = {"numpy": numpy_knn} if dtype == np.float32 else {}
     if "faiss" in ctx.baselines:
         import faiss
 
-        fi = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
+        fmetric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        if dtype == np.float32:
+            fi = faiss.IndexFlat(d, fmetric)
+        else:
+            fi = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, fmetric)
         fi.add(Xb)
-        impls["faiss"] = lambda: fi.search(Qb, k)[1]
-    if "torch" in ctx.baselines:
+        impls["faiss" if dtype == np.float32 else "faiss-sq-fp16"] = lambda: fi.search(Qb, k)[1]
+    if "torch" in ctx.baselines and dtype == np.float32:
         import torch
 
         tx, tq = torch.from_numpy(Xb), torch.from_numpy(Qb)

@@ -37,7 +37,8 @@ def latency_vs_n(docs: list[dict], path: Path) -> Path | None:
             if r["kernel"] in kernels:
                 p = r["params"]
                 key = (r["kernel"], label(doc) if len(docs) > 1 else "", r["backend"], r["impl"],
-                       p.get("d"), p.get("m"), p.get("k"), p.get("metric"))
+                       p.get("d"), p.get("m"), p.get("k"), p.get("metric"),
+                       p.get("dtype", "float32"))
                 series[key].append((p["n"], r["timing"]["median_s"] * 1e3))
     shown = [k for k in kernels if any(s[0] == k for s in series)]
     if not shown:
@@ -48,7 +49,8 @@ def latency_vs_n(docs: list[dict], path: Path) -> Path | None:
             if key[0] != kern:
                 continue
             pts.sort()
-            name = f"{key[2]}/{key[3]} d={key[4]} m={key[5]}" + (f" {key[1]}" if key[1] else "")
+            name = f"{key[2]}/{key[3]} d={key[4]} m={key[5]}" + \
+                ("" if key[8] == "float32" else f" {key[8]}") + (f" {key[1]}" if key[1] else "")
             ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label=name)
         ax.set_xscale("log")
         ax.set_yscale("log")
