@@ -41,7 +41,7 @@ SMALL_BATCH = 4  # up to this many queries, stream the database once per query
 SCAN_TILE_ROWS = 4096  # rows per task in the streaming path (fits in L2 for d <= 64)
 BATCH_TILE_BYTES = 1 << 20  # GEMM output tile of the batch path: stays in L2
 QUERY_CHUNK = 1024  # most queries per block in the batch path
-FIRST_TILE_ROWS = 512  # batch path: rows of the first tile, which seeds the running top-k
+SEED_ROWS = 512  # merge_topk: rows of the first tile that seed a running top-k
 GATHER_BUDGET_BYTES = 64 << 20  # re-ranking gathers at most this many bytes of rows at once
 ENERGY_FIX_TERMS = 4  # energy: the largest terms per query are recomputed in the direct form
 SCAN_BATCH = 1 << 16  # HRM2 cell scan: candidates formed per batch before a merge
@@ -205,14 +205,9 @@ class CpuBackend(Backend):
                 best_k, best_i = merge_candidates(best_k, best_i, keys, ids, qs, k)
                 pending, pending_size = [], 0
 
-        # The first tile only seeds the running set, by a full selection over every entry
-        # (argpartition: ~10 ns an entry, many times the GEMM's cost per entry), so it is
-        # kept small; later tiles are only compared with the per-query bound it gives.
-        first = min(rows, max(FIRST_TILE_ROWS, 32 * k))
-        starts = [0, *range(first, n, rows)]
         bound = None
-        for start in starts:
-            stop = min(n, start + (first if start == 0 else rows))
+        for start in range(0, n, rows):
+            stop = min(n, start + rows)
             s = tile[: stop - start]
             fill(start, stop, s)
             if bound is None:  # running set not full yet: take every entry
@@ -226,8 +221,8 @@ class CpuBackend(Backend):
             r, c = np.divmod(flat, mq)
             pending.append((s[r, c], r + start, c))
             pending_size += flat.size
-            if pending_size >= flush_at or start == first:  # the seed's bound is loose:
-                flush()  # tighten it after the first full tile
+            if pending_size >= flush_at:
+                flush()
                 bound = best_k.max(axis=1)
         flush()
         return best_k, best_i
@@ -591,9 +586,16 @@ def merge_topk(best_k, best_i, tile, offset, k):
     """
     threshold = best_k.max(axis=1)
     if tile.shape[0] >= k and np.isinf(threshold).all():  # first tile: plain selection
-        keys = np.ascontiguousarray(tile.T)
+        # ... over a seed of its rows only: argpartition costs ~10 ns an entry, many times
+        # the GEMM's cost per entry, and the seed's k-th keys already reject most of the
+        # rest of the tile, which is merged against them below.
+        seed = min(tile.shape[0], max(SEED_ROWS, 32 * k))
+        keys = np.ascontiguousarray(tile[:seed].T)
         keep = np.argpartition(keys, k - 1, axis=1)[:, :k]
-        return np.take_along_axis(keys, keep, 1), keep + offset
+        best_k, best_i = np.take_along_axis(keys, keep, 1), keep + offset
+        if seed == tile.shape[0]:
+            return best_k, best_i
+        return merge_topk(best_k, best_i, tile[seed:], offset + seed, k)
     rows, queries = np.nonzero(tile < threshold)
     return merge_candidates(best_k, best_i, tile[rows, queries], rows + offset, queries, k)
 
