@@ -154,14 +154,17 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def _knn_baselines(ctx, p, X, Q, I0, c, model, dtype) -> list[dict]:
-    """float32: NumPy, FAISS IndexFlat, PyTorch mm + topk. float16 storage: FAISS's
-    IndexScalarQuantizer(QT_fp16), the one baseline that stores half-precision rows on a
-    CPU (NumPy and PyTorch have no float16 matrix product there)."""
-    d, k, metric = p["d"], p["k"], p["metric"]
+    """On the host: NumPy, FAISS IndexFlat and PyTorch mm + topk for float32 storage, and
+    FAISS's IndexScalarQuantizer(QT_fp16) for float16 (the one CPU library that stores
+    half-precision rows; NumPy and PyTorch have no float16 matrix product there). On a
+    CUDA device, when there is one: PyTorch on it, and faiss-gpu's GpuIndexFlat when it is
+    installed (rows ``backend="cuda"``, measured against the GPU's limits). Every baseline
+    takes host queries and returns host ids, as the m2m calls do."""
+    k, metric = p["k"], p["metric"]
     m = Q.shape[0]
     Xb, Qb = (_unit(X), _unit(Q)) if metric == "cosine" else (X, Q)
-    out = []
     xsq = np.einsum("ij,ij->i", Xb, Xb)
+    impls = []  # (backend, impl, fn)
 
     def numpy_knn():
         s = Qb @ Xb.T
@@ -170,33 +173,62 @@ def _knn_baselines(ctx, p, X, Q, I0, c, model, dtype) -> list[dict]:
         order = np.argsort(np.take_along_axis(key, idx, 1), axis=1)
         return np.take_along_axis(idx, order, 1)
 
-    impls = {"numpy": numpy_knn} if dtype == np.float32 else {}
+    if dtype == np.float32:
+        impls.append(("host", "numpy", numpy_knn))
     if "faiss" in ctx.baselines:
-        import faiss
-
-        fmetric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-        if dtype == np.float32:
-            fi = faiss.IndexFlat(d, fmetric)
-        else:
-            fi = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, fmetric)
-        fi.add(Xb)
-        impls["faiss" if dtype == np.float32 else "faiss-sq-fp16"] = lambda: fi.search(Qb, k)[1]
+        impls += _faiss_knn(Xb, Qb, k, metric, dtype)
     if "torch" in ctx.baselines and dtype == np.float32:
         import torch
 
-        tx, tq = torch.from_numpy(Xb), torch.from_numpy(Qb)
-        tsq = torch.from_numpy(xsq)
-
-        def torch_knn():
-            s = tq @ tx.T
-            key = tsq[None] - 2 * s if metric == "l2" else -s
-            return torch.topk(key, k, dim=1, largest=False).indices.numpy()
-
-        impls["torch"] = torch_knn
-    for name, fn in impls.items():
+        impls.append(("host", "torch", torch_knn(Xb, Qb, xsq, k, metric, "cpu")))
+        if torch.cuda.is_available():
+            impls.append(("cuda", "torch", torch_knn(Xb, Qb, xsq, k, metric, "cuda")))
+    out = []
+    for backend, name, fn in impls:
         chk = check("recall_vs_reference", recall(fn()[c], I0), 0.99)
         t = ctx.time(fn)
-        out.append(row("knn", "host", name, p, chk, t, m, "queries/s", model))
+        out.append(row("knn", backend, name, p, chk, t, m, "queries/s", model))
+    return out
+
+
+def torch_knn(X, Q, xsq, k, metric, device):
+    """PyTorch ``mm`` + ``topk`` with the rows resident on ``device``; the queries go up and
+    the ids come back on every call (``.cpu()`` waits for the device)."""
+    import torch
+
+    tx = torch.from_numpy(X).to(device)
+    tsq = torch.from_numpy(xsq).to(device)
+
+    def fn():
+        tq = torch.from_numpy(Q).to(device)
+        s = tq @ tx.T
+        key = tsq[None] - 2 * s if metric == "l2" else -s
+        return torch.topk(key, k, dim=1, largest=False).indices.cpu().numpy()
+
+    return fn
+
+
+def _faiss_knn(X, Q, k, metric, dtype) -> list:
+    import faiss
+
+    d = X.shape[1]
+    fmetric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    if dtype == np.float32:
+        host = faiss.IndexFlat(d, fmetric)
+        name = "faiss"
+    else:
+        host = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, fmetric)
+        name = "faiss-sq-fp16"
+    host.add(X)
+    out = [("host", name, lambda: host.search(Q, k)[1])]
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        res = faiss.StandardGpuResources()
+        cfg = faiss.GpuIndexFlatConfig()
+        cfg.useFloat16 = dtype == np.float16
+        gpu = faiss.GpuIndexFlat(res, d, fmetric, cfg)
+        gpu.add(X)
+        out.append(("cuda", "faiss" if dtype == np.float32 else "faiss-fp16",
+                    lambda: gpu.search(Q, k)[1]))
     return out
 
 
