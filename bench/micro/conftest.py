@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pytest
 
 from m2m_gpu.backends import NAMES
@@ -66,7 +65,3 @@ def timed(benchmark):
 
     return run
 
-
-def recall(I: np.ndarray, I0: np.ndarray) -> float:
-    k = I0.shape[1]
-    return float(np.mean([np.intersect1d(a, b).size / k for a, b in zip(I, I0, strict=True)]))

@@ -16,7 +16,7 @@ import importlib.util
 
 import numpy as np
 import pytest
-from conftest import SIZES, recall
+from conftest import SIZES
 
 from m2m_gpu import reference as ref
 from m2m_gpu.backends import get_backend
@@ -28,7 +28,7 @@ from m2m_gpu.backends.base import (
     HebbianPlan,
     HebbianRates,
 )
-from m2m_gpu.bench.cases import host, resident
+from m2m_gpu.bench.cases import faiss_knn, host, numpy_knn, recall, resident, torch_knn
 
 K = SIZES["k"]
 CHECK = slice(0, 16)  # queries checked against the reference before timing
@@ -55,34 +55,17 @@ def test_knn(backend, data, timed, metric):
 
 @pytest.mark.parametrize("impl", ["numpy", "faiss", "torch"])
 def test_knn_l2_baseline(impl, data, timed):
+    """The bench suite's host baselines (m2m_gpu.bench.cases), in the knn-l2 group."""
     X, Q, _ = data
+    if impl != "numpy" and not _installed(impl):
+        pytest.skip(f"baseline {impl} is not installed")
     xsq = np.einsum("ij,ij->i", X, X)
     if impl == "numpy":
-        def fn():
-            key = xsq[None] - 2 * (Q @ X.T)
-            idx = np.argpartition(key, K - 1, axis=1)[:, :K]
-            return np.take_along_axis(idx, np.argsort(np.take_along_axis(key, idx, 1), 1), 1)
+        fn = numpy_knn(X, Q, xsq, K, "l2")
     elif impl == "faiss":
-        if not _installed("faiss"):
-            pytest.skip("baseline faiss is not installed")
-        import faiss
-
-        index = faiss.IndexFlatL2(X.shape[1])
-        index.add(X)
-
-        def fn():
-            return index.search(Q, K)[1]
+        [(_, _, fn)] = faiss_knn(X, Q, K, "l2", np.float32, gpu=False)
     else:
-        if not _installed("torch"):
-            pytest.skip("baseline torch is not installed")
-        import torch
-
-        tx, tq, tsq = torch.from_numpy(X), torch.from_numpy(Q), torch.from_numpy(xsq)
-
-        def fn():
-            key = tsq[None] - 2 * (tq @ tx.T)
-            return torch.topk(key, K, dim=1, largest=False).indices.numpy()
-
+        fn = torch_knn(X, Q, xsq, K, "l2", "cpu")
     _, I0 = ref.knn(Q[CHECK], X, K, "l2")
     assert recall(fn()[CHECK], I0) >= 0.99
     timed("knn-l2", fn)
@@ -105,15 +88,11 @@ def test_knn_float16_storage(backend, data, timed):
 def test_knn_float16_storage_faiss(data, timed):
     if not _installed("faiss"):
         pytest.skip("baseline faiss is not installed")
-    import faiss
-
     X, Q, _ = data
-    index = faiss.IndexScalarQuantizer(X.shape[1], faiss.ScalarQuantizer.QT_fp16,
-                                       faiss.METRIC_INNER_PRODUCT)
-    index.add(X)
+    [(_, _, fn)] = faiss_knn(X, Q, K, "ip", np.float16, gpu=False)
     _, I0 = ref.knn(Q[CHECK], X.astype(np.float16).astype(np.float32), K, "ip")
-    assert recall(index.search(Q[CHECK], K)[1], I0) >= 0.99
-    timed("knn-ip-float16", lambda: index.search(Q, K))
+    assert recall(fn()[CHECK], I0) >= 0.99
+    timed("knn-ip-float16", fn)
 
 
 def test_splat_topk(backend, data, timed):

@@ -131,9 +131,8 @@ def knn(ctx: Context, be, p: dict, baselines: bool) -> list[dict]:
     model = {"bytes": dtype.itemsize * n * d + 4 * m * d + 12 * m * k,
              "flops": 2 * m * n * d}
     c = slice(0, min(m, 16))
-    Xs = X.astype(dtype).astype(np.float32)  # what float16 storage holds (cosine aside)
-    if metric == "cosine":
-        Xs = _unit(X).astype(dtype).astype(np.float32)
+    # what the index stores: (normalised under cosine, then) rounded to the storage dtype
+    Xs = (_unit(X) if metric == "cosine" else X).astype(dtype).astype(np.float32)
     _, I0 = ref.knn(_unit(Q[c]) if metric == "cosine" else Q[c], Xs,
                     k, "ip" if metric == "cosine" else metric)
     out = []
@@ -165,18 +164,10 @@ def _knn_baselines(ctx, p, X, Q, I0, c, model, dtype) -> list[dict]:
     Xb, Qb = (_unit(X), _unit(Q)) if metric == "cosine" else (X, Q)
     xsq = np.einsum("ij,ij->i", Xb, Xb)
     impls = []  # (backend, impl, fn)
-
-    def numpy_knn():
-        s = Qb @ Xb.T
-        key = xsq[None] - 2 * s if metric == "l2" else -s
-        idx = np.argpartition(key, k - 1, axis=1)[:, :k]
-        order = np.argsort(np.take_along_axis(key, idx, 1), axis=1)
-        return np.take_along_axis(idx, order, 1)
-
     if dtype == np.float32:
-        impls.append(("host", "numpy", numpy_knn))
+        impls.append(("host", "numpy", numpy_knn(Xb, Qb, xsq, k, metric)))
     if "faiss" in ctx.baselines:
-        impls += _faiss_knn(Xb, Qb, k, metric, dtype)
+        impls += faiss_knn(Xb, Qb, k, metric, dtype)
     if "torch" in ctx.baselines and dtype == np.float32:
         import torch
 
@@ -189,6 +180,18 @@ def _knn_baselines(ctx, p, X, Q, I0, c, model, dtype) -> list[dict]:
         t = ctx.time(fn)
         out.append(row("knn", backend, name, p, chk, t, m, "queries/s", model))
     return out
+
+
+def numpy_knn(X, Q, xsq, k, metric):
+    """NumPy matrix product + ``argpartition``: the textbook baseline (ids, best first)."""
+    def fn():
+        s = Q @ X.T
+        key = xsq[None] - 2 * s if metric == "l2" else -s
+        idx = np.argpartition(key, k - 1, axis=1)[:, :k]
+        order = np.argsort(np.take_along_axis(key, idx, 1), axis=1)
+        return np.take_along_axis(idx, order, 1)
+
+    return fn
 
 
 def torch_knn(X, Q, xsq, k, metric, device):
@@ -208,7 +211,10 @@ def torch_knn(X, Q, xsq, k, metric, device):
     return fn
 
 
-def _faiss_knn(X, Q, k, metric, dtype) -> list:
+def faiss_knn(X, Q, k, metric, dtype, gpu: bool = True) -> list:
+    """``[(backend, impl, fn)]``: FAISS's flat index for float32 rows, its
+    ``IndexScalarQuantizer(QT_fp16)`` for float16 rows, and with ``gpu`` also faiss-gpu's
+    ``GpuIndexFlat`` when faiss-gpu and a GPU are there."""
     import faiss
 
     d = X.shape[1]
@@ -221,7 +227,7 @@ def _faiss_knn(X, Q, k, metric, dtype) -> list:
         name = "faiss-sq-fp16"
     host.add(X)
     out = [("host", name, lambda: host.search(Q, k)[1])]
-    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+    if gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         res = faiss.StandardGpuResources()
         cfg = faiss.GpuIndexFlatConfig()
         cfg.useFloat16 = dtype == np.float16
@@ -318,8 +324,7 @@ def hebbian(ctx: Context, be, p: dict, baselines: bool) -> list[dict]:
     if be is None:
         return []  # the only baseline, the NumPy reference, is a sequential loop
     X, Q = ctx.data(n, d, m)
-    X = X / np.linalg.norm(X, axis=1, keepdims=True)
-    Q = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+    X, Q = _unit(X), _unit(Q)
     rng = np.random.default_rng(5)
     rel = rng.integers(0, n, m)
     irr = (rel + 1 + rng.integers(0, n - 1, m)) % n
