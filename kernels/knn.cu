@@ -3,6 +3,8 @@
 // Compiled by CuPy on first use (cached on disk); CI compiles this file with nvcc for sm_80
 // and sm_90 so that a syntax error is caught without a GPU.
 
+#include "m2m_abi.h"  // key codes, seed entry (generated from m2m_gpu/backends/abi.py)
+
 #define BQ 16   // queries per block
 #define BR 64   // database rows per block
 #define RN 4    // rows per thread
@@ -18,8 +20,9 @@ __device__ __forceinline__ float load_x(const unsigned short* __restrict__ x, si
 }
 
 // keys[i, j] for query i and database row (offset + j), smaller is better; d2 is the direct
-// form. metric (mode) 0: d2; 1: -(q.x); 2: kappa d2 - log(alpha); 3: d2, +inf where
-// alpha = 0. params (float4 per row: alpha, kappa, last_tick, -) is read in modes 2 and 3.
+// form. metric (key code) KEY_L2: d2; KEY_IP: -(q.x); KEY_SPLAT: kappa d2 - log(alpha);
+// KEY_DISTANCE: d2, +inf where alpha = 0. params (float4 per row: alpha, kappa, last_tick,
+// -) is read for KEY_SPLAT and KEY_DISTANCE.
 // T is the stored row type (float or float16 bits); arithmetic is float32 either way.
 template <typename T>
 __device__ __forceinline__ void knn_distance_body(
@@ -52,7 +55,7 @@ __device__ __forceinline__ void knn_distance_body(
         }
         __syncthreads();
         const unsigned int kn = min((unsigned int)TK, d - k0);
-        if (metric != 1u) {
+        if (metric != KEY_IP) {
             for (unsigned int kk = 0; kk < kn; ++kk) {
                 float qv = qs[ly][kk];
 #pragma unroll
@@ -76,12 +79,12 @@ __device__ __forceinline__ void knn_distance_body(
             unsigned int j = r0 + lx + 16u * r;
             if (j >= t) continue;
             float v = acc[r];
-            if (metric == 1u) {
+            if (metric == KEY_IP) {
                 v = -v;
-            } else if (metric >= 2u) {
+            } else if (metric == KEY_SPLAT || metric == KEY_DISTANCE) {
                 const float4 p = params[offset + j];
                 if (!(p.x > 0.0f)) v = __int_as_float(0x7f800000);
-                else if (metric == 2u) v = fmaf(p.y, v, -logf(p.x));
+                else if (metric == KEY_SPLAT) v = fmaf(p.y, v, -logf(p.x));
             }
             keys[(size_t)qi * t + j] = v;
         }
@@ -112,20 +115,25 @@ __device__ __forceinline__ unsigned int ordered(float f) {
 
 // Running top-k merge: per row (one 256-thread block per row), the k smallest keys among the
 // row's current k best and the t keys of a new tile, by exact radix select. Unsorted output.
+// Candidates are written in rounds of 256 with a block-wide prefix sum over the class flags
+// (below / equal to the k-th), so each class keeps input order: among keys equal to the k-th
+// the smallest ids win (the running best precedes the tile and holds smaller ids), and equal
+// keys leave in id order. Seeds (SEED_KEY_BITS) order after every real key.
 extern "C" __global__ void topk_select(
     const float* __restrict__ tile, const float* __restrict__ bk_in,
     const long long* __restrict__ bi_in, float* __restrict__ bk_out,
     long long* __restrict__ bi_out, unsigned int t, unsigned int k, long long id_base)
 {
     __shared__ unsigned int hist[256];
-    __shared__ unsigned int s_prefix, s_want, s_lt, s_eq;
+    __shared__ unsigned int s_prefix, s_want;
+    __shared__ unsigned int scan[256];
     const size_t row = blockIdx.x;
     const unsigned int tid = threadIdx.x;
     const unsigned int total = k + t;
     const float* row_tile = tile + row * t;
     const float* row_bk = bk_in + row * k;
     const long long* row_bi = bi_in + row * k;
-    if (tid == 0) { s_prefix = 0u; s_want = k; s_lt = 0u; s_eq = 0u; }
+    if (tid == 0) { s_prefix = 0u; s_want = k; }
     unsigned int mask = 0u;
     for (int pass = 0; pass < 4; ++pass) {
         const unsigned int shift = 24u - 8u * pass;
@@ -152,21 +160,44 @@ extern "C" __global__ void topk_select(
     const unsigned int kth = s_prefix;
     const unsigned int equal_slots = s_want;
     const unsigned int less_slots = k - equal_slots;
-    for (unsigned int c = tid; c < total; c += 256u) {
-        float v = c < k ? row_bk[c] : row_tile[c - k];
-        unsigned int u = ordered(v);
-        long long id = c < k ? row_bi[c] : id_base + (long long)(c - k);
-        if (u < kth) {
-            unsigned int s = atomicAdd(&s_lt, 1u);
-            bk_out[row * k + s] = v;
-            bi_out[row * k + s] = id;
-        } else if (u == kth) {
-            unsigned int s = atomicAdd(&s_eq, 1u);
-            if (s < equal_slots) {
-                bk_out[row * k + less_slots + s] = v;
-                bi_out[row * k + less_slots + s] = id;
+    unsigned int base_lt = 0u, base_eq = 0u;  // slots filled so far, the same in every thread
+    for (unsigned int r0 = 0; r0 < total; r0 += 256u) {
+        const unsigned int c = r0 + tid;
+        float v = 0.0f;
+        unsigned int flag = 0u;  // 1: below the k-th; 0x10000: equal (at most 256 of each)
+        if (c < total) {
+            v = c < k ? row_bk[c] : row_tile[c - k];
+            const unsigned int u = ordered(v);
+            flag = (u < kth) ? 1u : ((u == kth) ? 0x10000u : 0u);
+        }
+        scan[tid] = flag;
+        __syncthreads();
+        for (unsigned int off = 1u; off < 256u; off <<= 1) {
+            const unsigned int add = tid >= off ? scan[tid - off] : 0u;
+            __syncthreads();
+            scan[tid] += add;
+            __syncthreads();
+        }
+        const unsigned int before = scan[tid] - flag;
+        const unsigned int round_total = scan[255];
+        if (flag != 0u) {
+            const long long id = c < k ? row_bi[c] : id_base + (long long)(c - k);
+            if (flag == 1u) {
+                const unsigned int s = base_lt + (before & 0xFFFFu);
+                bk_out[row * k + s] = v;
+                bi_out[row * k + s] = id;
+            } else {
+                const unsigned int s = base_eq + (before >> 16);
+                if (s < equal_slots) {
+                    bk_out[row * k + less_slots + s] = v;
+                    bi_out[row * k + less_slots + s] = id;
+                }
             }
         }
+        base_lt += round_total & 0xFFFFu;
+        base_eq += round_total >> 16;
+        __syncthreads();  // scan[] is rewritten by the next round
+        if (base_lt >= less_slots && base_eq >= equal_slots) break;  // uniform: all filled
     }
 }
 
@@ -192,10 +223,10 @@ extern "C" __global__ void cells_distance(
                 const float df = q[(size_t)i * d + c] - x[(size_t)r * d + c];
                 acc = fmaf(df, df, acc);
             }
-            if (mode >= 2u) {
+            if (mode == KEY_SPLAT || mode == KEY_DISTANCE) {
                 const float4 prm = params[r];
                 if (!(prm.x > 0.0f)) acc = __int_as_float(0x7f800000);
-                else if (mode == 2u) acc = fmaf(prm.y, acc, -logf(prm.x));
+                else if (mode == KEY_SPLAT) acc = fmaf(prm.y, acc, -logf(prm.x));
             }
             keys[(size_t)i * t + j] = acc;
             return;

@@ -52,8 +52,9 @@ import numpy as np
 from .backends import Backend, _jit, get_backend
 from .backends.base import MODE_DISTANCE, PARAM_ALPHA, PARAM_KAPPA, PARAM_WIDTH
 from .kmeans import kmeans, rng_for
+from .ops.topk import merge_by_key
 from .tensor import host_array
-from .tiers import HOT, TierManager, TierOptions, merge_by_key
+from .tiers import HOT, TierManager, TierOptions
 
 REBUILD_OVERFLOW = 0.25  # share of rows living in the overflow region before a re-layout
 REBUILD_IMBALANCE = 8.0  # largest cell / mean cell size before the centroids are retrained

@@ -59,9 +59,10 @@ from .errors import (
     UnknownMetricError,
 )
 from .knn import check_k, prepare, row_sqnorms
+from .ops.topk import merge_by_key
 from .store_index import IndexOptions, StoreIndex
 from .tensor import array_module, host_array, to_native
-from .tiers import HOT, TierManager, TierOptions, merge_by_key
+from .tiers import HOT, TierManager, TierOptions
 
 log = logging.getLogger("m2m_gpu")
 

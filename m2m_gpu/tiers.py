@@ -130,21 +130,6 @@ class Block:
     rows: Any
 
 
-def merge_by_key(parts, k: int):
-    """Top-k of several host ``(keys, index, d2)`` results (each (m, c)) by key, then by
-    index (slot or position; -1 last): the one order that every search path returns, so
-    that ties are broken the same way whatever the tier layout."""
-    keys = np.concatenate([np.asarray(p[0], np.float32) for p in parts], 1)
-    idx = np.concatenate([np.asarray(p[1], np.int64) for p in parts], 1)
-    d2 = np.concatenate([np.asarray(p[2], np.float32) for p in parts], 1)
-    if keys.size == 0:
-        return keys[:, :k], idx[:, :k], d2[:, :k]
-    tie = np.where(idx < 0, np.iinfo(np.int64).max, idx)
-    order = np.lexsort((tie, keys), axis=-1)[:, :k]
-    take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
-    return take(keys), take(idx), take(d2)
-
-
 class AccessStats:
     """Per-slot accesses for the placement policies (lazily decayed hotness)."""
 

@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Compile shaders/*.comp to SPIR-V (.spv, committed) and record what each was built from.
+"""Generate the kernel ABI headers, compile shaders/*.comp to SPIR-V (.spv, committed) and
+record what each was built from.
 
-    python scripts/build_shaders.py          # rebuild the .spv of every changed .comp
+    python scripts/build_shaders.py          # headers, then the .spv of every changed .comp
     python scripts/build_shaders.py --all    # rebuild every .spv
-    python scripts/build_shaders.py --check  # exit 1 if a .spv is stale or missing
+    python scripts/build_shaders.py --check  # exit 1 if a header or .spv is stale or missing
+
+The headers kernels/m2m_abi.h and shaders/m2m_abi.glsl (key codes, the splat parameter
+row, the top-k seed) are rendered from m2m_gpu/backends/abi.py, their one definition.
 
 Uses glslangValidator (Debian: glslang-tools), or pyshaderc when it is installed. Staleness
 is decided by content, not file times (a git checkout does not keep times): shaders/
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -25,10 +30,44 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHADERS = ROOT / "shaders"
 LOCK = SHADERS / "spirv.lock.json"
+INCLUDE = "m2m_abi.glsl"  # the one header a shader may include (GL_GOOGLE_include_directive)
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def source_sha256(comp: Path) -> str:
+    """Hash of what a .spv is built from: the .comp and, if it includes it, the ABI header."""
+    data = comp.read_bytes()
+    header = comp.parent / INCLUDE
+    if f'#include "{INCLUDE}"'.encode() in data and header.exists():
+        data += b"\0" + header.read_bytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+def abi_module():
+    """m2m_gpu.backends.abi loaded from this tree (without importing the package)."""
+    spec = importlib.util.spec_from_file_location(
+        "m2m_abi", ROOT / "m2m_gpu" / "backends" / "abi.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stale_headers(root: Path = ROOT) -> list[str]:
+    """Generated headers whose content differs from what abi.py renders."""
+    abi = abi_module()
+    return [rel for rel, render in abi.HEADERS.items()
+            if not (root / rel).exists() or (root / rel).read_text() != render()]
+
+
+def write_headers(root: Path = ROOT) -> list[str]:
+    written = []
+    for rel in stale_headers(root):
+        (root / rel).write_text(abi_module().HEADERS[rel]())
+        written.append(rel)
+    return written
 
 
 def load_lock() -> dict:
@@ -44,7 +83,7 @@ def stale(lock: dict) -> list[str]:
         if (
             not spv.exists()
             or entry is None
-            or entry.get("source_sha256") != sha256(comp)
+            or entry.get("source_sha256") != source_sha256(comp)
             or entry.get("spirv_sha256") != sha256(spv)
         ):
             out.append(comp.name)
@@ -82,18 +121,21 @@ def main() -> int:
     ap.add_argument("--all", action="store_true", help="rebuild every shader")
     ap.add_argument("--check", action="store_true", help="only report stale shaders")
     args = ap.parse_args()
-    lock = load_lock()
-    todo = stale(lock)
     if args.check:
+        todo = stale_headers() + stale(load_lock())
         for name in todo:
             print(f"stale: {name}")
         return 1 if todo else 0
+    for rel in write_headers():
+        print(f"generated {rel}")
+    lock = load_lock()
+    todo = stale(lock)
     names = [c.name for c in sorted(SHADERS.glob("*.comp"))] if args.all else todo
     for name in names:
         comp = SHADERS / name
         spv = comp.with_suffix(".spv")
         compiler = compile_one(comp, spv)
-        lock[name] = {"source_sha256": sha256(comp), "spirv_sha256": sha256(spv),
+        lock[name] = {"source_sha256": source_sha256(comp), "spirv_sha256": sha256(spv),
                       "compiler": compiler}
         print(f"compiled {name} -> {spv.name}")
     known = {c.name for c in SHADERS.glob("*.comp")}

@@ -1,10 +1,12 @@
 #version 450
+#extension GL_GOOGLE_include_directive : require
+#include "m2m_abi.glsl"
 // HRM2 scan: distances from each query to the rows of the cells it probes, laid end to end
 // in one candidate row per query (keys[i, j], j < t; +inf past the query's rows), then
 // ranked by topk_select.comp. A query's probed cells are segments (row start inside this
 // chunk, length, destination offset in its candidate row); invocation (j, i) finds the
-// segment holding candidate j. Direct form; modes as in knn_distance.comp (0: d2, 2: splat
-// key, 3: d2 masked by alpha). Rows outside this chunk are written by another dispatch.
+// segment holding candidate j. Direct form; key codes as in knn_distance.comp (KEY_L2,
+// KEY_SPLAT, KEY_DISTANCE). Rows outside this chunk are written by another dispatch.
 // Mirrors kernels/knn.cu (cells_distance).
 layout(local_size_x = 64, local_size_y = 1, local_size_z = 1) in;
 
@@ -33,10 +35,10 @@ void main() {
                 float df = q[i * pc.d + c] - x[r * pc.d + c];
                 acc = fma(df, df, acc);
             }
-            if (pc.mode >= 2u) {
+            if (pc.mode == KEY_SPLAT || pc.mode == KEY_DISTANCE) {
                 vec4 prm = params[r];
                 if (!(prm.x > 0.0)) acc = uintBitsToFloat(0x7F800000u);
-                else if (pc.mode == 2u) acc = fma(prm.y, acc, -log(prm.x));
+                else if (pc.mode == KEY_SPLAT) acc = fma(prm.y, acc, -log(prm.x));
             }
             keys[i * pc.t + j] = acc;
             return;

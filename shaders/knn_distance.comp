@@ -1,11 +1,14 @@
 #version 450
+#extension GL_GOOGLE_include_directive : require
+#include "m2m_abi.glsl"
 // Key tile for exact k-NN and splat ranking: keys[i, j] for query i and row (offset + j).
 // Smaller is better for every mode; d2 = sum((q - x)^2) is the direct form throughout, so
 // there is no cancellation near the query.
-//   mode 0 (l2):       d2
-//   mode 1 (ip):       -(q . x)
-//   mode 2 (splat):    kappa * d2 - log(alpha)   (= -log-score; alpha = 0 gives +inf)
-//   mode 3 (distance): d2 where alpha > 0, +inf where alpha = 0 (masked or deleted rows)
+//   KEY_L2:       d2
+//   KEY_IP:       -(q . x)
+//   KEY_SPLAT:    kappa * d2 - log(alpha)   (= -log-score; alpha = 0 gives +inf)
+//   KEY_DISTANCE: d2 where alpha > 0, +inf where alpha = 0 (masked or deleted rows)
+// (codes in m2m_abi.glsl, generated from m2m_gpu/backends/abi.py)
 // A 16x16 workgroup computes a block of 16 queries x 64 database rows; each invocation
 // owns one query and 4 rows. Query and row slices are staged through shared memory, TK
 // components at a time. Rows are float32, or float16 (push constant rows_f16 = 1: two halves
@@ -23,7 +26,7 @@ layout(push_constant) uniform Push {
     uint t;       // database rows in this tile
     uint d;       // dimension
     uint offset;  // first row of the tile inside the chunk
-    uint metric;  // mode: 0 = l2, 1 = ip, 2 = splat, 3 = distance
+    uint metric;  // key code: KEY_L2, KEY_IP, KEY_SPLAT or KEY_DISTANCE
     uint rows_f16; // 1: rows are float16, packed two per word
 } pc;
 
@@ -67,7 +70,7 @@ void main() {
         }
         barrier();
         uint kn = min(TK, pc.d - k0);
-        if (pc.metric != 1u) {
+        if (pc.metric != KEY_IP) {
             for (uint kk = 0u; kk < kn; ++kk) {
                 float qv = qs[ly][kk];
                 for (uint r = 0u; r < RN; ++r) {
@@ -88,12 +91,12 @@ void main() {
             uint j = r0 + lx + 16u * r;
             if (j >= pc.t) continue;
             float v = acc[r];
-            if (pc.metric == 1u) {
+            if (pc.metric == KEY_IP) {
                 v = -v;
-            } else if (pc.metric >= 2u) {
+            } else if (pc.metric == KEY_SPLAT || pc.metric == KEY_DISTANCE) {
                 vec4 p = params[pc.offset + j];
                 if (!(p.x > 0.0)) v = uintBitsToFloat(0x7F800000u);
-                else if (pc.metric == 2u) v = fma(p.y, v, -log(p.x));
+                else if (pc.metric == KEY_SPLAT) v = fma(p.y, v, -log(p.x));
             }
             keys[qi * pc.t + j] = v;
         }

@@ -1,9 +1,16 @@
 #version 450
+#extension GL_GOOGLE_include_directive : require
+#include "m2m_abi.glsl"
 // Running top-k merge for exact k-NN: for each query row, the k smallest keys among
 // (the row's current k best) + (the row's t keys of a new tile), by exact radix select.
 // One workgroup per row. Keys are mapped to order-preserving uints; four 8-bit histogram
-// passes find the k-th smallest value exactly, then one pass writes every key below it and
-// as many keys equal to it as there are slots left (ties in any order). Works for any k.
+// passes find the k-th smallest value exactly. Then the candidates are written in rounds
+// of 256: a workgroup-wide prefix sum over the round's "below the k-th" and "equal to the
+// k-th" flags gives each kept candidate its slot, so both classes keep input order. The
+// running best comes first and holds smaller ids than the tile (tiles go in row order),
+// so among keys equal to the k-th the smallest ids are kept, whatever the thread timing;
+// and equal keys leave in id order, so a stable sort of the output is a (key, id) sort.
+// Seeds (SEED_KEY_BITS, a NaN above +inf in this order) lose to every real key.
 // The output rows are unsorted. Mirrors kernels/knn.cu (topk_select).
 layout(local_size_x = 256, local_size_y = 1, local_size_z = 1) in;
 
@@ -22,8 +29,7 @@ layout(push_constant) uniform Push {
 shared uint hist[256];
 shared uint s_prefix;
 shared uint s_want;   // rank (1-based) still wanted among keys matching the prefix
-shared uint s_lt;     // slots filled with keys below the k-th
-shared uint s_eq;     // slots filled with keys equal to the k-th
+shared uint scan[256]; // per round: inclusive prefix sums of the packed class flags
 
 uint ordered(float f) {
     uint u = floatBitsToUint(f);
@@ -42,7 +48,7 @@ void main() {
     uint row = gl_WorkGroupID.x;
     uint tid = gl_LocalInvocationID.x;
     uint total = pc.k + pc.t;
-    if (tid == 0u) { s_prefix = 0u; s_want = pc.k; s_lt = 0u; s_eq = 0u; }
+    if (tid == 0u) { s_prefix = 0u; s_want = pc.k; }
     uint mask = 0u;
     for (int pass = 0; pass < 4; ++pass) {
         uint shift = uint(24 - 8 * pass);
@@ -69,19 +75,40 @@ void main() {
     uint kth = s_prefix;
     uint equal_slots = s_want;           // keys equal to the k-th that make the cut
     uint less_slots = pc.k - equal_slots; // keys strictly below it: all of them make it
-    for (uint c = tid; c < total; c += 256u) {
-        float v = key_at(row, c);
-        uint u = ordered(v);
-        if (u < kth) {
-            uint s = atomicAdd(s_lt, 1u);
+    uint base_lt = 0u, base_eq = 0u;     // slots filled so far (the same in every invocation)
+    for (uint r0 = 0u; r0 < total; r0 += 256u) {
+        uint c = r0 + tid;
+        float v = 0.0;
+        uint flag = 0u;  // 1: below the k-th; 0x10000: equal to it (at most 256 of each)
+        if (c < total) {
+            v = key_at(row, c);
+            uint u = ordered(v);
+            flag = (u < kth) ? 1u : ((u == kth) ? 0x10000u : 0u);
+        }
+        scan[tid] = flag;
+        barrier();
+        for (uint off = 1u; off < 256u; off <<= 1u) {
+            uint add = (tid >= off) ? scan[tid - off] : 0u;
+            barrier();
+            scan[tid] += add;
+            barrier();
+        }
+        uint before = scan[tid] - flag;
+        uint round_total = scan[255];
+        if (flag == 1u) {
+            uint s = base_lt + (before & 0xFFFFu);
             bk_out[row * pc.k + s] = v;
             bi_out[row * pc.k + s] = id_at(row, c);
-        } else if (u == kth) {
-            uint s = atomicAdd(s_eq, 1u);
+        } else if (flag == 0x10000u) {
+            uint s = base_eq + (before >> 16u);
             if (s < equal_slots) {
                 bk_out[row * pc.k + less_slots + s] = v;
                 bi_out[row * pc.k + less_slots + s] = id_at(row, c);
             }
         }
+        base_lt += round_total & 0xFFFFu;
+        base_eq += round_total >> 16u;
+        barrier();  // scan[] is rewritten by the next round
+        if (base_lt >= less_slots && base_eq >= equal_slots) break;  // uniform: all filled
     }
 }

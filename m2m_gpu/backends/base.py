@@ -15,23 +15,28 @@ from typing import Any
 
 import numpy as np
 
-# Splat parameters live on the device as one float32 row of PARAM_WIDTH per splat.
-PARAM_ALPHA, PARAM_KAPPA, PARAM_TICK = 0, 1, 2
-PARAM_WIDTH = 4  # [alpha, kappa, last_tick, unused]: 16 bytes, one vec4 load on a GPU
+from .abi import PARAM_ALPHA, PARAM_KAPPA, PARAM_TICK, PARAM_WIDTH, Key  # noqa: F401
 
-# Ranking modes of splat_topk (the same codes as the distance kernels' epilogues).
-MODE_SPLAT = 2  # key = kappa * d2 - log(alpha) = -(log-score); alpha = 0 gives +inf
-MODE_DISTANCE = 3  # key = d2 where alpha > 0, +inf where alpha = 0 (masked or deleted)
+# Ranking modes of splat_topk: the key codes of the distance kernels (see abi.Key).
+MODE_SPLAT = Key.SPLAT
+MODE_DISTANCE = Key.DISTANCE
 
 
 def cell_segments(ranges: np.ndarray, probes: np.ndarray) -> tuple[np.ndarray, int]:
     """HRM2 scan layout: per query, its probed cells' row ranges laid end to end.
 
     Returns ``(segs int64[m, p, 3], t)``: (row start, length, destination offset in the
-    query's candidate row) per probe, and the longest candidate row."""
+    query's candidate row) per probe, and the longest candidate row. A query's segments go
+    in row order (cells do not overlap), so candidate order is row order and the select's
+    tie rule (smaller candidate index) is the index's (smaller position)."""
     safe = np.where(probes >= 0, probes, 0)
     start = ranges[safe, 0]
     length = np.where(probes >= 0, ranges[safe, 1] - ranges[safe, 0], 0)
+    if start.size:
+        order = np.argsort(np.where(length > 0, start, np.iinfo(np.int64).max), axis=1,
+                           kind="stable")
+        start = np.take_along_axis(start, order, 1)
+        length = np.take_along_axis(length, order, 1)
     dst = np.cumsum(length, axis=1) - length
     segs = np.stack([start, length, dst], axis=-1).astype(np.int64)
     return segs, int(length.sum(axis=1).max()) if length.size else 0
@@ -49,24 +54,44 @@ def candidate_positions(segs: np.ndarray, cand: np.ndarray) -> np.ndarray:
 
 def finish_cell_scan(backend, keys, cand, segs, k, mode, params):
     """After a GPU cell scan's top-k (unsorted keys and candidate indexes, host): sort, map
-    candidates to row positions, recover d2 (splat keys: ``(key + log alpha) / kappa``),
-    pad to k."""
-    order = np.argsort(keys, axis=1, kind="stable")
-    keys = np.take_along_axis(keys, order, 1)
-    cand = np.where(np.isinf(keys), -1, np.take_along_axis(cand, order, 1))
+    candidates to row positions (+inf keys: -1), recover d2 (splat keys:
+    ``(key + log alpha) / kappa``), pad to k."""
+    from ..ops.topk import sort_select_output
+
+    keys, cand = sort_select_output(np, keys, cand)
+    cand = np.where(np.isinf(keys), -1, cand)
     pos = candidate_positions(segs, cand)
-    d2 = keys.copy()
+    d2 = np.where(pos >= 0, keys, np.inf).astype(np.float32)
     if params is not None and mode == MODE_SPLAT:
         uniq, inv = np.unique(np.where(pos >= 0, pos, 0), return_inverse=True)
         pr = backend.gather_rows(params, uniq)[inv.reshape(pos.shape)]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            d2 = np.maximum((keys + np.log(pr[..., 0])) / pr[..., 1], 0.0)
-        d2 = np.where(pos >= 0, d2, np.inf).astype(np.float32)
+        d2 = splat_d2(np, keys, pos, pr[..., PARAM_ALPHA], pr[..., PARAM_KAPPA], None)
     m, have = keys.shape
     if have < k:
         pad = lambda a, v: np.concatenate([a, np.full((m, k - have), v, a.dtype)], 1)  # noqa: E731
         return pad(keys, np.inf), pad(pos, -1), pad(d2, np.inf)
     return keys, pos, d2
+
+
+def splat_d2(xp, keys, ids, alpha, kappa, direct, mode=MODE_SPLAT):
+    """d2 of splat-ranked results from their keys: the kernels compute
+    ``key = fma(kappa, d2, -log alpha)`` on the direct-form d2, so ``(key + log alpha) /
+    kappa`` loses only that rounding. Where it is undefined (``alpha <= 0`` gives a +inf
+    key) ``direct(bad)`` returns ``(rows, cols, d2)`` for the entries of the mask ``bad``,
+    computed from the vectors; without it they get +inf. Ids of -1 get +inf: no NaN
+    leaves this function. ``mode=MODE_DISTANCE``: the keys are d2 already."""
+    if mode != MODE_SPLAT:
+        d2 = keys.astype(xp.float32, copy=True)
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d2 = xp.maximum((keys + xp.log(alpha)) / kappa, xp.float32(0.0)).astype(
+                xp.float32)
+    found = ids >= 0
+    bad = found & ~xp.isfinite(d2)
+    if direct is not None and bool(bad.any()):
+        r, c, v = direct(bad)
+        d2[r, c] = v
+    return xp.where(found & ~xp.isnan(d2), d2, xp.float32(np.inf)).astype(xp.float32)
 
 
 @dataclass(frozen=True)
@@ -190,8 +215,10 @@ class Backend(ABC):
 
     # ---- arrays -------------------------------------------------------------------------
     @abstractmethod
-    def from_host(self, array: np.ndarray) -> Any:
-        """Copy a host array to the device (counted) and return the native array."""
+    def from_host(self, array: np.ndarray, like: Any = None) -> Any:
+        """Copy a host array to the device (counted) and return the native array. ``like``:
+        a native array this one is read beside (row for row, e.g. ``params`` beside
+        ``mu``); backends that split arrays into buffers split both the same way."""
 
     @abstractmethod
     def to_host(self, native: Any) -> np.ndarray:
@@ -291,9 +318,10 @@ class Backend(ABC):
         raise NotImplementedError(f"{self.name} has no scatter_rows")
 
     # ---- growable row storage (indexes) -------------------------------------------------
-    def row_store(self, dim: int, dtype=np.float32) -> Any:
+    def row_store(self, dim: int, dtype=np.float32, like: Any = None) -> Any:
         """An empty growable matrix on this device: ``append(rows)``, ``view()``,
-        ``keep(index)``, ``nbytes``. ``rows`` are staged arrays (NumPy or CuPy)."""
+        ``keep(index)``, ``nbytes``. ``rows`` are staged arrays (NumPy or CuPy). ``like``
+        as in :meth:`from_host`."""
         raise NotImplementedError(f"{self.name} has no row store")
 
     def __repr__(self) -> str:

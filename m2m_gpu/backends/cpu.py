@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..ops.topk import select_k, sort_rows
 from . import _jit
 from .base import (
     MODE_SPLAT,
@@ -90,7 +91,7 @@ class CpuBackend(Backend):
             self._blas = ThreadpoolController()
         return self._blas.limit(limits=threads, user_api="blas")
 
-    def from_host(self, array: np.ndarray) -> np.ndarray:
+    def from_host(self, array: np.ndarray, like: Any = None) -> np.ndarray:
         return array
 
     def to_host(self, native: np.ndarray) -> np.ndarray:
@@ -99,7 +100,7 @@ class CpuBackend(Backend):
     def is_native(self, obj: Any) -> bool:
         return isinstance(obj, np.ndarray)
 
-    def row_store(self, dim: int, dtype=np.float32) -> RowBuffer:
+    def row_store(self, dim: int, dtype=np.float32, like: Any = None) -> RowBuffer:
         return RowBuffer(np, dim, dtype)
 
     # ---- helpers -----------------------------------------------------------------------
@@ -141,9 +142,7 @@ class CpuBackend(Backend):
                     o += sqnorms[s : s + SCAN_TILE_ROWS]
 
             list(self._pool.map(job, range(0, n, SCAN_TILE_ROWS)))
-            idx = np.argpartition(keys, k - 1)[:k] if k < n else np.arange(n)
-            out_k[row] = keys[idx]
-            out_i[row] = idx
+            out_k[row], out_i[row] = _select_row(keys, k)
         return out_k, out_i
 
     def _select_batched(self, scaled_q, database, sqnorms, k):
@@ -230,12 +229,9 @@ class CpuBackend(Backend):
     def _finish(self, queries, database, keys, ids, metric):
         """Exact distances for the selected ids, rows sorted best first."""
         if metric == "l2":
-            dist = self._direct_d2(queries, database, ids)
-            order = np.argsort(dist, axis=1, kind="stable")
-        else:
-            dist = -keys
-            order = np.argsort(keys, axis=1, kind="stable")
-        return np.take_along_axis(dist, order, 1), np.take_along_axis(ids, order, 1)
+            return sort_rows(self._direct_d2(queries, database, ids), ids)
+        keys, ids = sort_rows(keys, ids)
+        return -keys, ids
 
     # ---- splat kernels ----------------------------------------------------------------
     # All of them rank or weigh by the key  kappa_i * d2 - log(alpha_i)  (= -log-score).
@@ -303,8 +299,7 @@ class CpuBackend(Backend):
                     o += bias[s:e]
 
                 list(self._pool.map(job, range(0, n, SCAN_TILE_ROWS)))
-                idx = np.argpartition(keys, k - 1)[:k] if k < n else np.arange(n)
-                out_k[row], out_i[row] = keys[idx], idx
+                out_k[row], out_i[row] = _select_row(keys, k)
         else:
             out_k, out_i = self._blocked_topk(
                 m, n, k, lambda a, b: self._splat_fill(queries, mu, kap, bias, a, b))
@@ -330,9 +325,7 @@ class CpuBackend(Backend):
                 keys = params[ids, PARAM_KAPPA] * d2 - np.log(alpha)
         else:
             keys = np.where(alpha > 0, d2, np.float32(np.inf)).astype(np.float32)
-        order = np.argsort(keys, axis=1, kind="stable")
-        take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
-        return take(keys), take(ids), take(d2)
+        return sort_rows(keys.astype(np.float32), ids, d2)
 
     def energy(self, queries, mu, params, *, grad=False, sqnorms=None):
         m, d = queries.shape
@@ -551,10 +544,8 @@ class CpuBackend(Backend):
             keys = d2.copy()
         keys = np.where(found, keys, np.inf).astype(np.float32)
         d2 = np.where(found, d2, np.inf).astype(np.float32)
-        order = np.argsort(keys, axis=1, kind="stable")
-        take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
-        ids = take(np.where(found, best_i, -1))
-        return take(keys), np.where(np.isinf(take(keys)), -1, ids), take(d2)
+        keys, ids, d2 = sort_rows(keys, np.where(found, best_i, -1), d2)
+        return keys, np.where(np.isinf(keys), -1, ids), d2
 
     def kmeans_sums(self, x, assign, k):
         d = x.shape[1]
@@ -591,8 +582,8 @@ def merge_topk(best_k, best_i, tile, offset, k):
         # rest of the tile, which is merged against them below.
         seed = min(tile.shape[0], max(SEED_ROWS, 32 * k))
         keys = np.ascontiguousarray(tile[:seed].T)
-        keep = np.argpartition(keys, k - 1, axis=1)[:, :k]
-        best_k, best_i = np.take_along_axis(keys, keep, 1), keep + offset
+        cols = np.broadcast_to(np.arange(offset, offset + seed, dtype=np.int64), keys.shape)
+        best_k, best_i = select_k(keys, cols, k)
         if seed == tile.shape[0]:
             return best_k, best_i
         return merge_topk(best_k, best_i, tile[seed:], offset + seed, k)
@@ -619,5 +610,13 @@ def merge_candidates(best_k, best_i, keys, ids, queries, k):
     pos = k + np.arange(keys.size) - np.repeat(np.cumsum(counts) - counts, counts)
     cand_k[queries, pos] = keys
     cand_i[queries, pos] = ids
-    keep = np.argpartition(cand_k, k - 1, axis=1)[:, :k]
-    return np.take_along_axis(cand_k, keep, 1), np.take_along_axis(cand_i, keep, 1)
+    return select_k(cand_k, cand_i, k)
+
+
+def _select_row(keys: np.ndarray, k: int):
+    """The k smallest of one row of keys (ids = positions), ties to the smaller id."""
+    n = keys.shape[0]
+    if k >= n:
+        return keys.copy(), np.arange(n)
+    kk, ki = select_k(keys[None, :], np.arange(n, dtype=np.int64)[None, :], k)
+    return kk[0], ki[0]

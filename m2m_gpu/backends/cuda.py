@@ -9,12 +9,13 @@ a copy; host <-> device copies are counted in ``transfers``.
 from __future__ import annotations
 
 import importlib.util
-from functools import cached_property
+import threading
 from typing import Any
 
 import numpy as np
 
 from .._resources import kernel_dir
+from ..ops.topk import seeds, sort_select_output
 from .base import (
     MODE_SPLAT,
     PARAM_ALPHA,
@@ -26,6 +27,7 @@ from .base import (
     RowBuffer,
     cell_segments,
     finish_cell_scan,
+    splat_d2,
 )
 
 TILE_BUDGET_BYTES = 256 << 20  # largest block of distances held on the device at once
@@ -59,7 +61,56 @@ def probe() -> BackendInfo:
         }
     except Exception as exc:
         return BackendInfo("cuda", False, f"cannot query CUDA device 0: {exc}")
+    why = _test_kernel(cupy)
+    if why:
+        return BackendInfo("cuda", False, f"CUDA device {name!r} found, but {why}",
+                           device=name, device_type="gpu", versions=versions)
     return BackendInfo("cuda", True, device=name, device_type="gpu", versions=versions)
+
+
+_PROBE_KERNEL = r"""
+extern "C" __global__ void m2m_probe(int* out) { out[threadIdx.x] = (int)threadIdx.x + 1; }
+"""
+
+
+def _test_kernel(cupy) -> str:
+    """Compile and launch a one-line kernel the way the backend compiles its own (NVRTC
+    through RawModule); '' when it ran and gave the right answer, else why not."""
+    try:
+        fn = cupy.RawModule(code=_PROBE_KERNEL, options=("--std=c++14",)).get_function(
+            "m2m_probe")
+        out = cupy.zeros(4, dtype=cupy.int32)
+        fn((1, 1, 1), (4, 1, 1), (out,))
+        got = cupy.asnumpy(out).tolist()
+    except Exception as exc:
+        return "a test kernel failed to compile or run: " + _explain(exc)
+    if got != [1, 2, 3, 4]:
+        return f"a test kernel ran but returned {got} instead of [1, 2, 3, 4]"
+    return ""
+
+
+def _explain(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    low = text.lower()
+    if "cuda headers" in low or "cuda_runtime" in low or "cuda_fp16" in low:
+        hint = ("no CUDA headers for NVRTC (pip install 'cupy-cuda12x[ctk]' or "
+                "'cupy-cuda13x[ctk]', or install the CUDA toolkit)")
+    elif "nvrtc" in low:
+        hint = ("NVRTC (the runtime compiler) is missing or unusable (pip install "
+                "'cupy-cuda12x[ctk]' or 'cupy-cuda13x[ctk]')")
+    elif "insufficient" in low or "unsupported_ptx" in low or "driver version" in low:
+        hint = "the NVIDIA driver is too old for this CuPy / CUDA toolkit"
+    else:
+        hint = "see the error"
+    return f"{hint} [{text.splitlines()[0][:300] if text else type(exc).__name__}]"
+
+
+def cuda_source(name: str) -> str:
+    """``kernels/<name>.cu`` with ``#include "m2m_abi.h"`` replaced by the header itself, so
+    NVRTC needs no include path (and CuPy's cache key covers the header)."""
+    source = (kernel_dir() / f"{name}.cu").read_text()
+    header = (kernel_dir() / "m2m_abi.h").read_text()
+    return source.replace('#include "m2m_abi.h"', header)
 
 
 def create(info: BackendInfo) -> CudaBackend:
@@ -74,21 +125,28 @@ class CudaBackend(Backend):
         import cupy
 
         self.cp = cupy
+        self._modules: dict[str, Any] = {}
+        self._lock = threading.Lock()
 
-    @cached_property
+    def _module(self, name: str):
+        """The RawModule of ``kernels/<name>.cu``, compiled once (CuPy caches on disk)."""
+        with self._lock:
+            if name not in self._modules:
+                self._modules[name] = self.cp.RawModule(code=cuda_source(name),
+                                                        options=("--std=c++14",))
+            return self._modules[name]
+
+    @property
     def _knn_module(self):
-        source = (kernel_dir() / "knn.cu").read_text()
-        return self.cp.RawModule(code=source, options=("--std=c++14",))
+        return self._module("knn")
 
-    @cached_property
+    @property
     def _kmeans_module(self):
-        source = (kernel_dir() / "kmeans.cu").read_text()
-        return self.cp.RawModule(code=source, options=("--std=c++14",))
+        return self._module("kmeans")
 
-    @cached_property
+    @property
     def _splat_module(self):
-        source = (kernel_dir() / "splat.cu").read_text()
-        return self.cp.RawModule(code=source, options=("--std=c++14",))
+        return self._module("splat")
 
     # ---- arrays -------------------------------------------------------------------------
     def is_native(self, obj: Any) -> bool:
@@ -103,7 +161,7 @@ class CudaBackend(Backend):
                 return self.cp.from_dlpack(obj)
         return None
 
-    def from_host(self, array: np.ndarray) -> Any:
+    def from_host(self, array: np.ndarray, like: Any = None) -> Any:
         out = self.cp.asarray(array)
         self.transfers.add_h2d(out.nbytes)
         return out
@@ -118,7 +176,7 @@ class CudaBackend(Backend):
     def synchronize(self) -> None:
         self.cp.cuda.get_current_stream().synchronize()
 
-    def row_store(self, dim: int, dtype=np.float32) -> _CudaRows:
+    def row_store(self, dim: int, dtype=np.float32, like: Any = None) -> _CudaRows:
         return _CudaRows(self, dim, dtype)
 
     # ---- k-NN --------------------------------------------------------------------------
@@ -142,10 +200,8 @@ class CudaBackend(Backend):
             mq = qb.shape[0]
             t_max = min(n, max(DIST_ROWS_PER_BLOCK, TILE_BUDGET_BYTES // (4 * mq)))
             tile = cp.empty((mq, t_max), dtype=cp.float32)
-            best = [
-                (cp.full((mq, k), cp.inf, dtype=cp.float32), cp.full((mq, k), -1, cp.int64)),
-                (cp.empty((mq, k), dtype=cp.float32), cp.empty((mq, k), dtype=cp.int64)),
-            ]
+            best = [seeds(cp, (mq, k)),
+                    (cp.empty((mq, k), dtype=cp.float32), cp.empty((mq, k), dtype=cp.int64))]
             side = 0
             for offset in range(0, n, t_max):
                 t = min(t_max, n - offset)
@@ -157,22 +213,23 @@ class CudaBackend(Backend):
                 select((mq, 1, 1), (256, 1, 1), (tile, bk_in, bi_in, bk_out, bi_out,
                                                  np.uint32(t), np.uint32(k), np.int64(offset)))
                 side = 1 - side
-            keys, ids = best[side]
-            order = cp.argsort(keys, axis=1)  # the k survivors, best first
-            out_k[q0 : q0 + mq] = cp.take_along_axis(keys, order, 1)
-            out_i[q0 : q0 + mq] = cp.take_along_axis(ids, order, 1)
+            out_k[q0 : q0 + mq], out_i[q0 : q0 + mq] = sort_select_output(cp, *best[side])
         return (-out_k if negate else out_k), out_i
 
     # ---- splat kernels ---------------------------------------------------------------------
     def splat_topk(self, queries, mu, params, k, mode, *, sqnorms=None):
         cp = self.cp
         keys, ids = self._topk(queries, mu, k, mode, params)
-        if mode != MODE_SPLAT:
-            return keys, ids, keys.copy()
-        p = params[ids]  # (m, k, 4)
-        # d2 from key = fma(kappa, d2, -log alpha), computed in the direct form by the kernel
-        d2 = cp.maximum((keys + cp.log(p[..., PARAM_ALPHA])) / p[..., PARAM_KAPPA], 0.0)
-        return keys, ids, d2.astype(cp.float32)
+        p = params[cp.maximum(ids, 0)]  # (m, k, 4)
+        return keys, ids, splat_d2(cp, keys, ids, p[..., PARAM_ALPHA], p[..., PARAM_KAPPA],
+                                   lambda bad: self._direct_d2(queries, mu, ids, bad), mode)
+
+    def _direct_d2(self, queries, mu, ids, bad):
+        """Direct-form d2 of the entries ``bad`` (a mask over ids) only."""
+        cp = self.cp
+        r, c = cp.nonzero(bad)
+        diff = queries[r] - mu[ids[r, c]]
+        return r, c, (diff * diff).sum(axis=1)
 
     def energy(self, queries, mu, params, *, grad=False, sqnorms=None):
         cp = self.cp
@@ -263,7 +320,7 @@ class CudaBackend(Backend):
             (-(-t // 128), m, 1), (128, 1, 1),
             (queries, rows, self.from_host(segs), keys, np.uint32(m), np.uint32(rows.shape[1]),
              np.uint32(t), np.uint32(p), np.uint32(mode if params is not None else 0), pptr))
-        best_in = (cp.full((m, kk), cp.inf, dtype=cp.float32), cp.full((m, kk), -1, cp.int64))
+        best_in = seeds(cp, (m, kk))
         best_out = (cp.empty((m, kk), dtype=cp.float32), cp.empty((m, kk), dtype=cp.int64))
         self._knn_module.get_function("topk_select")(
             (m, 1, 1), (256, 1, 1), (keys, *best_in, *best_out, np.uint32(t), np.uint32(kk),

@@ -24,14 +24,18 @@ from typing import Any
 import numpy as np
 
 from .._resources import shader_dir
+from ..ops.topk import seeds, sort_select_output
 from .base import (
     MODE_SPLAT,
+    PARAM_ALPHA,
+    PARAM_KAPPA,
     Backend,
     BackendInfo,
     HebbianPlan,
     HebbianRates,
     cell_segments,
     finish_cell_scan,
+    splat_d2,
 )
 
 CHUNK_BYTES = 64 << 20  # largest single device buffer
@@ -265,8 +269,11 @@ class VulkanBackend(Backend):
         self.transfers.add_d2h(host.nbytes)
         return host
 
-    def from_host(self, array: np.ndarray, chunk_rows: int | None = None) -> VkArray:
+    def from_host(self, array: np.ndarray, like: VkArray | None = None,
+                  chunk_rows: int | None = None) -> VkArray:
         a = np.asarray(array)
+        if like is not None:
+            chunk_rows = like.chunk_rows
         rows = a.reshape(1) if a.ndim == 0 else a  # chunks split along the first axis
         limits = np.iinfo(np.int32)
         if a.dtype == np.int64 and a.size and (a.min() < limits.min or a.max() > limits.max):
@@ -301,20 +308,18 @@ class VulkanBackend(Backend):
             keys, ids = self._knn_block(qtensor, mq, database, d, k, mode, params)
             out_keys.append(keys)
             out_ids.append(ids)
-        keys = np.concatenate(out_keys)
-        ids = np.concatenate(out_ids).astype(np.int64)
-        order = np.argsort(keys, axis=1, kind="stable")  # the k survivors, best first
-        return np.take_along_axis(keys, order, 1), np.take_along_axis(ids, order, 1)
+        return sort_select_output(np, np.concatenate(out_keys), np.concatenate(out_ids))
+
+    def _seeded(self, size: int):
+        """(keys, ids) tensors holding the seeds of a running top-k (see abi.SEED_KEY_BITS)."""
+        keys, ids = seeds(np, size)
+        return self.mgr.tensor_t(keys), self.mgr.tensor_t(ids.astype(np.int32))
 
     def _knn_block(self, qtensor, mq, database, d, k, metric_code, params):
         kp, mgr = self.kp, self.mgr
         t_max = min(database.chunk_rows, max(DIST_ROWS_PER_GROUP, TILE_BUDGET_BYTES // (4 * mq)))
         tile = mgr.tensor_t(np.zeros(mq * t_max, dtype=np.float32))
-        best = [
-            (mgr.tensor_t(np.full(mq * k, np.inf, dtype=np.float32)),
-             mgr.tensor_t(np.full(mq * k, -1, dtype=np.int32)))
-            for _ in range(2)
-        ]
+        best = [self._seeded(mq * k) for _ in range(2)]
         dist_groups = [
             -(-t_max // DIST_ROWS_PER_GROUP), -(-mq // DIST_QUERIES_PER_GROUP), 1
         ]
@@ -357,15 +362,16 @@ class VulkanBackend(Backend):
     def splat_topk(self, queries, mu, params, k, mode, *, sqnorms=None):
         self._check_aligned(mu, params)
         keys, ids = self._topk(queries, mu, k, mode, params)
-        if mode != MODE_SPLAT:
-            return keys, ids, keys.copy()
-        # d2 from the key: the kernel computed key = fma(kappa, d2, -log alpha) in the direct
-        # form, so inverting it loses only the rounding of that one operation.
-        uniq, inv = np.unique(ids, return_inverse=True)
+        uniq, inv = np.unique(np.maximum(ids, 0), return_inverse=True)
         p = self.gather_rows(params, uniq)[inv.reshape(ids.shape)]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            d2 = np.maximum((keys + np.log(p[..., 0])) / p[..., 1], 0.0).astype(np.float32)
-        return keys, ids, d2
+
+        def direct(bad):
+            r, c = np.nonzero(bad)
+            diff = self.to_host(queries)[r] - self.gather_rows(mu, ids[r, c])
+            return r, c, np.einsum("ij,ij->i", diff, diff)
+
+        return keys, ids, splat_d2(np, keys, ids, p[..., PARAM_ALPHA], p[..., PARAM_KAPPA],
+                                   direct, mode)
 
     def energy(self, queries, mu, params, *, grad=False, sqnorms=None):
         self._check_aligned(mu, params)
@@ -525,8 +531,7 @@ class VulkanBackend(Backend):
             self.to_host(queries))
         kk = min(k, t)
         keys_t = mgr.tensor_t(np.zeros(m * t, dtype=np.float32))
-        best = [(mgr.tensor_t(np.full(m * kk, np.inf, dtype=np.float32)),
-                 mgr.tensor_t(np.full(m * kk, -1, dtype=np.int32))) for _ in range(2)]
+        best = [self._seeded(m * kk) for _ in range(2)]
         seq = mgr.sequence()
         seq.record(kp.OpTensorSyncDevice([*best[0]]))
         keep = []

@@ -1,0 +1,11 @@
+// Generated from m2m_gpu/backends/abi.py by scripts/build_shaders.py; do not edit.
+#pragma once
+#define KEY_L2 0u
+#define KEY_IP 1u
+#define KEY_SPLAT 2u
+#define KEY_DISTANCE 3u
+#define PARAM_ALPHA 0u
+#define PARAM_KAPPA 1u
+#define PARAM_TICK 2u
+#define PARAM_WIDTH 4u
+#define SEED_KEY_BITS 0x7FFFFFFFu

@@ -1,0 +1,78 @@
+"""The one definition of what the kernels and the Python drivers agree on.
+
+Key codes (what a distance kernel writes, smaller is better), the splat parameter row, and
+the seed entry of a running top-k. ``kernels/m2m_abi.h`` (CUDA) and ``shaders/m2m_abi.glsl``
+(GLSL) are generated from this module by ``python scripts/build_shaders.py``; a test fails
+when either file is stale, as it does for SPIR-V.
+
+Adding a key code: add a member to :class:`Key`, run ``scripts/build_shaders.py``, then use
+``KEY_<NAME>`` in the ``.cu`` and ``.comp`` epilogues.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Key(IntEnum):
+    """Key codes of the distance kernels (``knn_distance``, ``cells_distance``).
+
+    ``d2 = sum((q - x)^2)`` in the direct form throughout.
+    """
+
+    L2 = 0  # d2
+    IP = 1  # -(q . x)
+    SPLAT = 2  # kappa * d2 - log(alpha) (= -log-score); alpha <= 0 gives +inf
+    DISTANCE = 3  # d2 where alpha > 0, +inf where alpha <= 0 (masked or deleted rows)
+
+
+# Splat parameters: one float32 row of PARAM_WIDTH per splat (one vec4 / float4 load).
+PARAM_ALPHA = 0
+PARAM_KAPPA = 1
+PARAM_TICK = 2
+PARAM_WIDTH = 4  # [alpha, kappa, last_tick, unused]: 16 bytes
+
+# The entries a running top-k starts from. The key is the NaN whose order-preserving uint
+# is the largest of all (0xFFFFFFFF), so every real key, +inf and NaN included, beats it and
+# a seed never survives once k real rows were seen; its id is -1.
+SEED_KEY_BITS = 0x7FFFFFFF
+SEED_ID = -1
+
+# The largest number of workgroups (thread blocks) any launch puts on grid y or z. CUDA's
+# limit is 65535 on y and z; Vulkan guarantees 65535 on every dimension. Drivers split
+# their launches so that no dimension exceeds it (tests lower it through the backend's
+# ``max_grid`` attribute to run the split path on small inputs).
+MAX_GRID = 65535
+
+_CONSTANTS = {
+    **{f"KEY_{k.name}": int(k) for k in Key},
+    "PARAM_ALPHA": PARAM_ALPHA,
+    "PARAM_KAPPA": PARAM_KAPPA,
+    "PARAM_TICK": PARAM_TICK,
+    "PARAM_WIDTH": PARAM_WIDTH,
+    "SEED_KEY_BITS": SEED_KEY_BITS,
+}
+
+_BANNER = ("Generated from m2m_gpu/backends/abi.py by scripts/build_shaders.py; "
+           "do not edit.")
+
+
+def _value(name: str, value: int) -> str:
+    return f"0x{value:08X}u" if name.endswith("_BITS") else f"{value}u"
+
+
+def render_c() -> str:
+    """The CUDA header (``kernels/m2m_abi.h``)."""
+    lines = [f"// {_BANNER}", "#pragma once"]
+    lines += [f"#define {n} {_value(n, v)}" for n, v in _CONSTANTS.items()]
+    return "\n".join(lines) + "\n"
+
+
+def render_glsl() -> str:
+    """The GLSL include (``shaders/m2m_abi.glsl``)."""
+    lines = [f"// {_BANNER}"]
+    lines += [f"const uint {n} = {_value(n, v)};" for n, v in _CONSTANTS.items()]
+    return "\n".join(lines) + "\n"
+
+
+HEADERS = {"kernels/m2m_abi.h": render_c, "shaders/m2m_abi.glsl": render_glsl}

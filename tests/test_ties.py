@@ -1,0 +1,105 @@
+"""The tie rule, on every backend: among rows with equal keys, the smaller id comes first,
+and at the k-th boundary the smaller ids are the ones kept, whatever the tiling, the
+number of workgroups or the thread timing (SPEC section 2; ops.topk).
+
+The data are integer-valued, so every distance is exact in float32 and the float64
+reference (a stable argsort: ties by index) gives the one right answer, id for id.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import m2m_gpu
+from m2m_gpu import reference as ref
+from m2m_gpu.backends.abi import PARAM_WIDTH, Key
+from m2m_gpu.ops.topk import merge_by_key, select_k, sort_rows
+
+
+def tied_data(n=2900, d=4, distinct=6, seed=7):
+    """n rows drawn from a few distinct integer vectors: hundreds of exact ties per key,
+    spread over every tile and workgroup."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(-3, 4, size=(distinct, d)).astype(np.float32)
+    X = base[rng.integers(0, distinct, n)]
+    Q = np.concatenate([base[:3], base[:2] + 1]).astype(np.float32)
+    return Q, X
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+@pytest.mark.parametrize("k", [1, 37, 700])
+def test_knn_keeps_the_smallest_ids_among_ties(backend, metric, k, small_tiles):
+    Q, X = tied_data()
+    D, I = m2m_gpu.knn(Q, X, k, metric, backend=backend.name)
+    Dr, Ir = ref.knn(Q, X, k, metric)
+    np.testing.assert_array_equal(I, Ir)
+    np.testing.assert_array_equal(D, Dr)
+
+
+@pytest.mark.parametrize("k", [1, 37, 700])
+def test_splat_topk_keeps_the_smallest_ids_among_ties(backend, k, small_tiles):
+    Q, X = tied_data()
+    L, I, D = m2m_gpu.splat_topk(Q, X, 1.0, 1.0, k, "l2", backend=backend.name)
+    Lr, Ir, Dr = ref.splat_topk(Q, X, np.ones(len(X)), np.ones(len(X)), k, "l2")
+    np.testing.assert_array_equal(I, Ir)
+    np.testing.assert_array_equal(D, Dr)
+
+
+@pytest.mark.parametrize("mode", [Key.SPLAT, Key.DISTANCE])
+def test_masked_rows_tie_at_infinity_without_padding_ids_or_nan(backend, mode, small_tiles):
+    """Rows with alpha = 0 rank last with key +inf, tied with each other (and, inside the
+    kernels, with the seeds of the running top-k). Asking for every row returns each real
+    row once, masked ones in id order, with finite d2 and no id -1."""
+    Q, X = tied_data(n=600)
+    n = X.shape[0]
+    params = np.zeros((n, PARAM_WIDTH), np.float32)
+    params[:, 0], params[:, 1] = 1.0, 1.0
+    masked = np.arange(n) % 3 == 0
+    params[masked, 0] = 0.0
+    xn = backend.from_host(X)
+    keys, ids, d2 = (np.asarray(backend.to_host(a)) for a in backend.splat_topk(
+        backend.from_host(Q), xn, backend.from_host(params, like=xn), n, mode))
+    assert (ids >= 0).all() and not np.isnan(d2).any() and not np.isnan(keys).any()
+    full = ((Q[:, None, :].astype(np.float64) - X[None]) ** 2).sum(-1)
+    for r in range(Q.shape[0]):
+        assert sorted(ids[r].tolist()) == list(range(n))
+        tail = ids[r][np.isinf(keys[r])]
+        np.testing.assert_array_equal(tail, np.flatnonzero(masked))
+        np.testing.assert_array_equal(d2[r], full[r, ids[r]].astype(np.float32))
+        live = ~np.isinf(keys[r])
+        order = np.lexsort((np.flatnonzero(~masked), full[r, ~masked]))
+        np.testing.assert_array_equal(ids[r][live], np.flatnonzero(~masked)[order])
+
+
+def test_scan_cells_keeps_the_smallest_positions_among_ties(backend):
+    """HRM2's cell scan: probes listed in any order, cells full of equal rows; the kept
+    positions are the smallest among the tied, as on the flat path."""
+    Q, X = tied_data(n=1200)
+    bounds = np.array([0, 100, 450, 451, 900, 1200])
+    ranges = np.stack([bounds[:-1], bounds[1:]], 1)
+    probes = np.array([[4, 1, 0], [3, -1, 1], [2, 4, 3], [0, 1, 2], [1, 0, -1]])
+    k = 150
+    keys, pos, d2 = backend.scan_cells(backend.from_host(Q), backend.from_host(X), ranges,
+                                       probes, k, Key.L2)
+    for i in range(Q.shape[0]):
+        rows = np.concatenate([np.arange(*ranges[c]) for c in probes[i] if c >= 0])
+        rows.sort()
+        dist = ((X[rows].astype(np.float64) - Q[i]) ** 2).sum(1)
+        order = np.lexsort((rows, dist))[:k]
+        want = rows[order]
+        np.testing.assert_array_equal(pos[i, : want.size], want)
+        np.testing.assert_array_equal(d2[i, : want.size], dist[order].astype(np.float32))
+        assert (pos[i, want.size :] == -1).all()
+
+
+def test_host_selection_helpers():
+    keys = np.array([[3.0, 1.0, 1.0, 2.0, 1.0, 1.0]], np.float32)
+    ids = np.array([[9, 8, 2, 4, 6, 1]])
+    kk, ki = select_k(keys, ids, 3)
+    assert sorted(ki[0].tolist()) == [1, 2, 6]
+    sk, si = sort_rows(kk, ki)
+    assert si[0].tolist() == [1, 2, 6] and (sk == 1).all()
+    k2, i2, _ = merge_by_key([(keys, ids, keys), (np.array([[1.0]], np.float32),
+                                                  np.array([[-1]]), np.zeros((1, 1)))], 5)
+    assert i2[0].tolist() == [1, 2, 6, 8, -1]
