@@ -25,6 +25,11 @@ class DeviceMemoryError(M2MError, MemoryError):
     """A device allocation failed; the message states the size asked for."""
 
 
+class GridLimitError(M2MError, RuntimeError):
+    """A kernel launch would put more workgroups on a grid dimension than the device
+    allows: a driver forgot to split it (a bug of this library, never of the input)."""
+
+
 class UnknownIdError(InvalidInputError, KeyError):
     """An external id that the store does not hold (feedback by id, for example)."""
 

@@ -129,6 +129,10 @@ def synthetic(n: int, d: int, seed: int = 0, kind: str = "gaussian", *, clusters
     from .tensor import DeviceArray
 
     kind, stream, clusters = _check(n, d, kind, part, clusters, start)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InvalidInputError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    key_of(seed)  # the same error on every backend for a seed outside Philox's key range
+    seed = int(seed)
     be = get_backend(backend)
     centers = None
     if kind == "clustered":

@@ -44,6 +44,41 @@ def test_staleness_check_detects_an_edited_shader(tmp_path, monkeypatch):
     assert bs.stale(bs.load_lock()) == ["topk_select.comp"]
 
 
+def test_abi_headers_are_generated_from_the_one_definition(tmp_path):
+    """kernels/m2m_abi.h and shaders/m2m_abi.glsl equal what m2m_gpu/backends/abi.py
+    renders (fix: python scripts/build_shaders.py), and an edit to either is detected."""
+    bs = _build_shaders_module()
+    assert bs.stale_headers() == []
+    from m2m_gpu.backends import abi
+
+    for rel in abi.HEADERS:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text((ROOT / rel).read_text())
+    assert bs.stale_headers(tmp_path) == []
+    header = tmp_path / "kernels" / "m2m_abi.h"
+    header.write_text(header.read_text().replace("KEY_IP 1u", "KEY_IP 5u"))
+    assert bs.stale_headers(tmp_path) == ["kernels/m2m_abi.h"]
+    assert bs.write_headers(tmp_path) == ["kernels/m2m_abi.h"]
+    assert bs.stale_headers(tmp_path) == []
+    for key in abi.Key:  # every code reaches both languages under one name
+        assert f"#define KEY_{key.name} {int(key)}u" in abi.render_c()
+        assert f"const uint KEY_{key.name} = {int(key)}u;" in abi.render_glsl()
+
+
+def test_shader_lock_covers_the_included_header(tmp_path, monkeypatch):
+    """A change to the ABI header makes every shader that includes it stale."""
+    bs = _build_shaders_module()
+    shaders = tmp_path / "shaders"
+    shutil.copytree(ROOT / "shaders", shaders)
+    monkeypatch.setattr(bs, "SHADERS", shaders)
+    monkeypatch.setattr(bs, "LOCK", shaders / "spirv.lock.json")
+    (shaders / "m2m_abi.glsl").write_text((shaders / "m2m_abi.glsl").read_text() + "// x\n")
+    including = sorted(c.name for c in shaders.glob("*.comp")
+                       if '#include "m2m_abi.glsl"' in c.read_text())
+    assert {"knn_distance.comp", "topk_select.comp", "cells_distance.comp"} <= set(including)
+    assert bs.stale(bs.load_lock()) == including
+
+
 @pytest.mark.skipif(shutil.which("glslangValidator") is None, reason="no glslangValidator")
 def test_shaders_compile_cleanly(tmp_path):
     for comp in sorted((ROOT / "shaders").glob("*.comp")):

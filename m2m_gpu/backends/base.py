@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .abi import PARAM_ALPHA, PARAM_KAPPA, PARAM_TICK, PARAM_WIDTH, Key  # noqa: F401
+from ..errors import GridLimitError
+from .abi import MAX_GRID, PARAM_ALPHA, PARAM_KAPPA, PARAM_TICK, PARAM_WIDTH, Key  # noqa: F401
 
 # Ranking modes of splat_topk: the key codes of the distance kernels (see abi.Key).
 MODE_SPLAT = Key.SPLAT
@@ -92,6 +93,29 @@ def splat_d2(xp, keys, ids, alpha, kappa, direct, mode=MODE_SPLAT):
         r, c, v = direct(bad)
         d2[r, c] = v
     return xp.where(found & ~xp.isnan(d2), d2, xp.float32(np.inf)).astype(xp.float32)
+
+
+def empty_scan(m: int, k: int):
+    """The result of a cell scan that found no rows: ``(+inf, -1, +inf)`` everywhere."""
+    return (np.full((m, k), np.inf, np.float32), np.full((m, k), -1, np.int64),
+            np.full((m, k), np.inf, np.float32))
+
+
+def scan_in_query_blocks(backend, block, queries, rows, ranges, probes, k, mode, params,
+                         budget_bytes):
+    """Run a GPU cell scan ``block(queries, rows, ranges, probes, k, mode, params)`` over
+    blocks of queries: at most ``backend.max_grid`` per launch (queries go on grid y) and a
+    key matrix (queries x longest candidate row) within ``budget_bytes``."""
+    m = probes.shape[0]
+    _, t = cell_segments(ranges, probes)
+    if m == 0 or t == 0:
+        return empty_scan(m, k)
+    step = max(1, min(backend.max_grid, budget_bytes // (4 * t)))
+    if m <= step:
+        return block(queries, rows, ranges, probes, k, mode, params)
+    parts = [block(backend.slice_rows(queries, a, min(m, a + step)), rows, ranges,
+                   probes[a : a + step], k, mode, params) for a in range(0, m, step)]
+    return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
 
 
 @dataclass(frozen=True)
@@ -208,6 +232,9 @@ class Backend(ABC):
 
     name: str = ""
     uses_sqnorms: bool = False  # whether knn() makes use of database_sqnorms
+    # Most workgroups a launch may put on grid y or z (tests lower it to run the split
+    # paths on small inputs; abi.MAX_GRID is the hardware's).
+    max_grid: int = MAX_GRID
 
     def __init__(self, info: BackendInfo) -> None:
         self.info = info
@@ -236,6 +263,16 @@ class Backend(ABC):
         """Whether ``exc`` is a failed device allocation (the tiers then shrink the hot tier
         and retry); cupy's OutOfMemoryError is a MemoryError."""
         return isinstance(exc, MemoryError)
+
+    def check_grid(self, grid) -> None:
+        """Raise :class:`GridLimitError` if a launch's grid y or z exceeds ``max_grid``."""
+        if any(int(g) > self.max_grid for g in tuple(grid)[1:]):
+            raise GridLimitError(f"{self.name}: a launch of grid {tuple(grid)} exceeds "
+                                 f"{self.max_grid} workgroups on y or z")
+
+    def slice_rows(self, native, start: int, stop: int):
+        """Rows ``start:stop`` of a native matrix, as a native matrix."""
+        return native[start:stop]
 
     def synchronize(self) -> None:  # noqa: B027 - a no-op unless the backend queues work
         """Wait until queued device work is finished (a no-op for synchronous backends)."""

@@ -24,9 +24,11 @@ from .base import (
     BackendInfo,
     HebbianPlan,
     HebbianRates,
+    Key,
     RowBuffer,
     cell_segments,
     finish_cell_scan,
+    scan_in_query_blocks,
     splat_d2,
 )
 
@@ -136,17 +138,11 @@ class CudaBackend(Backend):
                                                         options=("--std=c++14",))
             return self._modules[name]
 
-    @property
-    def _knn_module(self):
-        return self._module("knn")
-
-    @property
-    def _kmeans_module(self):
-        return self._module("kmeans")
-
-    @property
-    def _splat_module(self):
-        return self._module("splat")
+    def _launch(self, module: str, kernel: str, grid, block, args) -> None:
+        """Launch ``kernel`` of ``kernels/<module>.cu`` after checking the grid limits."""
+        grid = tuple(int(g) for g in grid)
+        self.check_grid(grid)
+        self._module(module).get_function(kernel)(grid, block, args)
 
     # ---- arrays -------------------------------------------------------------------------
     def is_native(self, obj: Any) -> bool:
@@ -181,7 +177,7 @@ class CudaBackend(Backend):
 
     # ---- k-NN --------------------------------------------------------------------------
     def knn(self, queries, database, k, metric, *, database_sqnorms=None):
-        return self._topk(queries, database, k, 0 if metric == "l2" else 1, None,
+        return self._topk(queries, database, k, Key.L2 if metric == "l2" else Key.IP, None,
                           negate=metric != "l2")
 
     def _topk(self, queries, database, k, mode, params, negate=False):
@@ -189,14 +185,13 @@ class CudaBackend(Backend):
         cp = self.cp
         m, d = queries.shape
         n = database.shape[0]
-        dist = self._knn_module.get_function(
-            "knn_distance_f16" if database.dtype == cp.float16 else "knn_distance")
-        select = self._knn_module.get_function("topk_select")
+        dist = "knn_distance_f16" if database.dtype == cp.float16 else "knn_distance"
+        step = min(QUERY_CHUNK, self.max_grid * DIST_QUERIES_PER_BLOCK)
         out_k = cp.empty((m, k), dtype=cp.float32)
         out_i = cp.empty((m, k), dtype=cp.int64)
         pptr = params if params is not None else cp.zeros(4, dtype=cp.float32)
-        for q0 in range(0, m, QUERY_CHUNK):
-            qb = queries[q0 : q0 + QUERY_CHUNK]
+        for q0 in range(0, m, step):
+            qb = queries[q0 : q0 + step]
             mq = qb.shape[0]
             t_max = min(n, max(DIST_ROWS_PER_BLOCK, TILE_BUDGET_BYTES // (4 * mq)))
             tile = cp.empty((mq, t_max), dtype=cp.float32)
@@ -206,12 +201,13 @@ class CudaBackend(Backend):
             for offset in range(0, n, t_max):
                 t = min(t_max, n - offset)
                 grid = (-(-t // DIST_ROWS_PER_BLOCK), -(-mq // DIST_QUERIES_PER_BLOCK), 1)
-                dist(grid, (16, 16, 1), (qb, database, tile, np.uint32(mq), np.uint32(t),
-                                         np.uint32(d), np.uint64(offset), np.uint32(mode),
-                                         pptr))
+                self._launch("knn", dist, grid, (16, 16, 1), (
+                    qb, database, tile, np.uint32(mq), np.uint32(t), np.uint32(d),
+                    np.uint64(offset), np.uint32(mode), pptr))
                 (bk_in, bi_in), (bk_out, bi_out) = best[side], best[1 - side]
-                select((mq, 1, 1), (256, 1, 1), (tile, bk_in, bi_in, bk_out, bi_out,
-                                                 np.uint32(t), np.uint32(k), np.int64(offset)))
+                self._launch("knn", "topk_select", (mq, 1, 1), (256, 1, 1), (
+                    tile, bk_in, bi_in, bk_out, bi_out, np.uint32(t), np.uint32(k),
+                    np.int64(offset)))
                 side = 1 - side
             out_k[q0 : q0 + mq], out_i[q0 : q0 + mq] = sort_select_output(cp, *best[side])
         return (-out_k if negate else out_k), out_i
@@ -235,12 +231,11 @@ class CudaBackend(Backend):
         cp = self.cp
         m, d = queries.shape
         n = mu.shape[0]
-        dist = self._knn_module.get_function("knn_distance")
-        acc = self._splat_module.get_function("energy_accumulate")
         E = cp.empty(m, dtype=cp.float32)
         G = cp.empty((m, d), dtype=cp.float32) if grad else None
-        for q0 in range(0, m, QUERY_CHUNK):
-            qb = queries[q0 : q0 + QUERY_CHUNK]
+        step = min(QUERY_CHUNK, self.max_grid * DIST_QUERIES_PER_BLOCK)
+        for q0 in range(0, m, step):
+            qb = queries[q0 : q0 + step]
             mq = qb.shape[0]
             t_max = min(max(n, 1), max(DIST_ROWS_PER_BLOCK, TILE_BUDGET_BYTES // (4 * mq)))
             tile = cp.empty((mq, t_max), dtype=cp.float32)
@@ -250,12 +245,12 @@ class CudaBackend(Backend):
             for offset in range(0, n, t_max):
                 t = min(t_max, n - offset)
                 grid = (-(-t // DIST_ROWS_PER_BLOCK), -(-mq // DIST_QUERIES_PER_BLOCK), 1)
-                dist(grid, (16, 16, 1), (qb, mu, tile, np.uint32(mq), np.uint32(t),
-                                         np.uint32(d), np.uint64(offset),
-                                         np.uint32(MODE_SPLAT), params))
-                acc((mq, 1, 1), (256, 1, 1), (tile, state, gbuf, params, mu, np.uint32(t),
-                                              np.uint32(d), np.uint64(offset),
-                                              np.uint32(int(grad))))
+                self._launch("knn", "knn_distance", grid, (16, 16, 1), (
+                    qb, mu, tile, np.uint32(mq), np.uint32(t), np.uint32(d),
+                    np.uint64(offset), np.uint32(MODE_SPLAT), params))
+                self._launch("splat", "energy_accumulate", (mq, 1, 1), (256, 1, 1), (
+                    tile, state, gbuf, params, mu, np.uint32(t), np.uint32(d),
+                    np.uint64(offset), np.uint32(int(grad))))
             M, S, SK = state[:, 0], state[:, 1], state[:, 2]
             live = cp.isfinite(M) & (S > 0)
             E[q0 : q0 + mq] = cp.where(live, -(M + cp.log(cp.where(live, S, 1))), cp.inf)
@@ -276,8 +271,8 @@ class CudaBackend(Backend):
             plan.ev_sign.astype(np.int32)))
         u, d = plan.rows.shape[0], mu.shape[1]
         f = np.float32
-        self._splat_module.get_function("hebbian")(
-            (-(-u // 128), 1, 1), (128, 1, 1),
+        self._launch(
+            "splat", "hebbian", (-(-u // 128), 1, 1), (128, 1, 1),
             (mu, params, q, rows, starts, counts, evq, evs, np.uint32(u), np.uint32(d),
              np.uint32(int(rates.renormalize)), f(rates.lr_alpha), f(rates.lr_kappa),
              f(rates.lr_mu), f(rates.alpha_min), f(rates.alpha_max), f(rates.kappa_min),
@@ -287,8 +282,8 @@ class CudaBackend(Backend):
         n = params.shape[0]
         if n == 0:
             return
-        self._splat_module.get_function("decay")(
-            (-(-n // 256), 1, 1), (256, 1, 1),
+        self._launch(
+            "splat", "decay", (-(-n // 256), 1, 1), (256, 1, 1),
             (params, np.uint64(n), np.float32(lam), np.float32(now)))
 
     def philox(self, row0, rows, d, seed, stream, *, normal=True, centers=None, spread=1.0):
@@ -298,33 +293,35 @@ class CudaBackend(Backend):
             return out
         cptr = centers if centers is not None else cp.zeros(1, dtype=cp.float32)
         clusters = 0 if centers is None else centers.shape[0]
-        grid = (-(-((d + 3) // 4) // 16), -(-rows // 16), 1)
-        self._splat_module.get_function("philox")(
-            grid, (16, 16, 1),
-            (out, cptr, np.uint64(row0), np.uint32(rows), np.uint32(d), np.uint64(seed),
-             np.uint32(stream), np.uint32(int(normal)), np.uint32(clusters),
-             np.float32(spread)))
+        step = self.max_grid * 16  # rows go on grid y, 16 per block
+        for s in range(0, rows, step):
+            r = min(step, rows - s)
+            self._launch("splat", "philox", (-(-((d + 3) // 4) // 16), -(-r // 16), 1),
+                         (16, 16, 1),
+                         (out[s : s + r], cptr, np.uint64(row0 + s), np.uint32(r),
+                          np.uint32(d), np.uint64(seed), np.uint32(stream),
+                          np.uint32(int(normal)), np.uint32(clusters), np.float32(spread)))
         return out
 
     def scan_cells(self, queries, rows, ranges, probes, k, mode, params=None, sqnorms=None):
+        return scan_in_query_blocks(self, self._scan_block, queries, rows, ranges, probes, k,
+                                    mode, params, TILE_BUDGET_BYTES)
+
+    def _scan_block(self, queries, rows, ranges, probes, k, mode, params):
         cp = self.cp
         segs, t = cell_segments(ranges, probes)
         m, p = probes.shape
-        if t == 0:
-            return (np.full((m, k), np.inf, np.float32), np.full((m, k), -1, np.int64),
-                    np.full((m, k), np.inf, np.float32))
         kk = min(k, t)
         keys = cp.empty((m, t), dtype=cp.float32)
         pptr = params if params is not None else cp.zeros(4, dtype=cp.float32)
-        self._knn_module.get_function("cells_distance")(
-            (-(-t // 128), m, 1), (128, 1, 1),
+        self._launch(
+            "knn", "cells_distance", (-(-t // 128), m, 1), (128, 1, 1),
             (queries, rows, self.from_host(segs), keys, np.uint32(m), np.uint32(rows.shape[1]),
-             np.uint32(t), np.uint32(p), np.uint32(mode if params is not None else 0), pptr))
+             np.uint32(t), np.uint32(p), np.uint32(mode if params is not None else Key.L2), pptr))
         best_in = seeds(cp, (m, kk))
         best_out = (cp.empty((m, kk), dtype=cp.float32), cp.empty((m, kk), dtype=cp.int64))
-        self._knn_module.get_function("topk_select")(
-            (m, 1, 1), (256, 1, 1), (keys, *best_in, *best_out, np.uint32(t), np.uint32(kk),
-                                     np.int64(0)))
+        self._launch("knn", "topk_select", (m, 1, 1), (256, 1, 1),
+                     (keys, *best_in, *best_out, np.uint32(t), np.uint32(kk), np.int64(0)))
         return finish_cell_scan(self, self.to_host(best_out[0]), self.to_host(best_out[1]),
                                 segs, k, mode, params)
 
@@ -338,8 +335,8 @@ class CudaBackend(Backend):
         d = x.shape[1]
         sums = cp.zeros((k, d), dtype=cp.float32)
         if k:
-            self._kmeans_module.get_function("kmeans_sums")(
-                (k, -(-d // 64), 1), (64, 1, 1),
+            self._launch(
+                "kmeans", "kmeans_sums", (k, -(-d // 64), 1), (64, 1, 1),
                 (x, self.from_host(order.astype(np.int64)), self.from_host(offsets), sums,
                  np.uint32(k), np.uint32(d)))
         return self.to_host(sums).astype(np.float64), counts

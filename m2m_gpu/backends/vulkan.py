@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from .._resources import shader_dir
+from ..errors import GridLimitError
 from ..ops.topk import seeds, sort_select_output
+from .abi import MAX_GRID
 from .base import (
     MODE_SPLAT,
     PARAM_ALPHA,
@@ -33,8 +35,10 @@ from .base import (
     BackendInfo,
     HebbianPlan,
     HebbianRates,
+    Key,
     cell_segments,
     finish_cell_scan,
+    scan_in_query_blocks,
     splat_d2,
 )
 
@@ -234,6 +238,30 @@ class VulkanBackend(Backend):
         self._dummy = self.mgr.tensor_t(np.zeros(4, dtype=np.float32))  # unused bindings
         self.mgr.sequence().eval(kp.OpTensorSyncDevice([self._dummy]))
 
+    def _algorithm(self, tensors, spirv: bytes, groups, spec, push):
+        """``kp.Manager.algorithm`` after checking the workgroup counts: y and z against
+        ``max_grid``, x against the 65535 that Vulkan guarantees on every device."""
+        self.check_grid(groups)
+        if int(groups[0]) > MAX_GRID:
+            raise GridLimitError(f"vulkan: {int(groups[0])} workgroups on x exceed {MAX_GRID}")
+        return self.mgr.algorithm(tensors, spirv, [int(g) for g in groups], spec, push)
+
+    def _query_blocks(self, queries: VkArray):
+        """(first, rows, tensor) of the queries, no block over ``max_grid * 16`` rows (the
+        distance kernel puts 16 queries per workgroup on y); larger chunks are re-cut."""
+        step = self.max_grid * DIST_QUERIES_PER_GROUP
+        for first, mq, tensor in queries.chunks():
+            if mq <= step:
+                yield first, mq, tensor
+                continue
+            host = queries._chunk_host(mq, tensor)
+            for a in range(0, mq, step):
+                block = host[a : a + step]
+                yield first + a, block.shape[0], self._upload(block)
+
+    def slice_rows(self, native, start: int, stop: int):
+        return self.from_host(self.to_host(native)[start:stop])
+
     def spirv(self, name: str) -> bytes:
         if name not in self._spirv:
             self._spirv[name] = (shader_dir() / f"{name}.spv").read_bytes()
@@ -297,14 +325,14 @@ class VulkanBackend(Backend):
 
     # ---- k-NN --------------------------------------------------------------------------
     def knn(self, queries, database, k, metric, *, database_sqnorms=None):
-        keys, ids = self._topk(queries, database, k, 0 if metric == "l2" else 1, None)
+        keys, ids = self._topk(queries, database, k, Key.L2 if metric == "l2" else Key.IP, None)
         return (keys if metric == "l2" else -keys), ids
 
     def _topk(self, queries, database, k, mode, params):
         """Keys and ids of the k best rows per query (any mode of knn_distance), sorted."""
         d = database.shape[1]
         out_keys, out_ids = [], []
-        for _, mq, qtensor in queries.chunks():
+        for _, mq, qtensor in self._query_blocks(queries):
             keys, ids = self._knn_block(qtensor, mq, database, d, k, mode, params)
             out_keys.append(keys)
             out_ids.append(ids)
@@ -324,7 +352,7 @@ class VulkanBackend(Backend):
             -(-t_max // DIST_ROWS_PER_GROUP), -(-mq // DIST_QUERIES_PER_GROUP), 1
         ]
         select = [
-            mgr.algorithm([tile, *best[i], *best[1 - i]], self.spirv("topk_select"), [mq, 1, 1],
+            self._algorithm([tile, *best[i], *best[1 - i]], self.spirv("topk_select"), [mq, 1, 1],
                           [], np.zeros(3, dtype=np.uint32))
             for i in range(2)
         ]
@@ -337,7 +365,7 @@ class VulkanBackend(Backend):
         pchunks = params.chunks() if params is not None else None
         for c, (first_row, rows, chunk) in enumerate(database.chunks()):
             ptensor = pchunks[c][2] if pchunks is not None else self._dummy
-            dist = mgr.algorithm([qtensor, chunk, tile, ptensor], self.spirv("knn_distance"),
+            dist = self._algorithm([qtensor, chunk, tile, ptensor], self.spirv("knn_distance"),
                                  dist_groups, [], np.zeros(6, dtype=np.uint32))
             for offset in range(0, rows, t_max):
                 t = min(t_max, rows - offset)
@@ -378,7 +406,7 @@ class VulkanBackend(Backend):
         kp, mgr = self.kp, self.mgr
         d = mu.shape[1]
         E_parts, G_parts = [], []
-        for _, mq, qtensor in queries.chunks():
+        for _, mq, qtensor in self._query_blocks(queries):
             t_max = min(mu.chunk_rows,
                         max(DIST_ROWS_PER_GROUP, TILE_BUDGET_BYTES // (4 * mq)))
             tile = mgr.tensor_t(np.zeros(mq * t_max, dtype=np.float32))
@@ -392,9 +420,9 @@ class VulkanBackend(Backend):
             groups = [-(-t_max // DIST_ROWS_PER_GROUP), -(-mq // DIST_QUERIES_PER_GROUP), 1]
             for (_, rows, chunk), (_, _, ptensor) in zip(mu.chunks(), params.chunks(),
                                                          strict=True):
-                dist = mgr.algorithm([qtensor, chunk, tile, ptensor], self.spirv("knn_distance"),
+                dist = self._algorithm([qtensor, chunk, tile, ptensor], self.spirv("knn_distance"),
                                      groups, [], np.zeros(6, dtype=np.uint32))
-                acc = mgr.algorithm([tile, state, gbuf, ptensor, chunk],
+                acc = self._algorithm([tile, state, gbuf, ptensor, chunk],
                                     self.spirv("energy_accumulate"), [mq, 1, 1], [],
                                     np.zeros(4, dtype=np.uint32))
                 for offset in range(0, rows, t_max):
@@ -447,7 +475,7 @@ class VulkanBackend(Backend):
                                                           strict=True):
             if b == a:
                 continue
-            algo = mgr.algorithm([chunk, ptensor, tensors[0], rows_t, starts_t, counts_t,
+            algo = self._algorithm([chunk, ptensor, tensors[0], rows_t, starts_t, counts_t,
                                   tensors[1], tensors[2]], self.spirv("hebbian"),
                                  [-(-(b - a) // 64), 1, 1], [], np.zeros(12, dtype=np.uint32))
             push = np.array([b - a, d, a, int(rates.renormalize)] + consts, dtype=np.uint32)
@@ -459,7 +487,7 @@ class VulkanBackend(Backend):
         f = lambda v: int(np.float32(v).view(np.uint32))  # noqa: E731
         seq = mgr.sequence()
         for _, rows, ptensor in params.chunks():
-            algo = mgr.algorithm([ptensor], self.spirv("decay"), [-(-rows // 256), 1, 1], [],
+            algo = self._algorithm([ptensor], self.spirv("decay"), [-(-rows // 256), 1, 1], [],
                                  np.zeros(3, dtype=np.uint32))
             seq.record(kp.OpAlgoDispatch(algo, np.array([rows, f(lam), f(now)], np.uint32)))
         seq.eval()
@@ -468,6 +496,7 @@ class VulkanBackend(Backend):
         kp, mgr = self.kp, self.mgr
         dtype = np.float32 if normal else np.uint32
         out = VkArray(self, (0, d), dtype)
+        out.chunk_rows = min(out.chunk_rows, self.max_grid * 16)  # rows go on grid y
         ctensor = centers.parts[0][2] if centers is not None and centers.parts else self._dummy
         clusters = centers.shape[0] if centers is not None else 0
         spread_bits = int(np.float32(spread).view(np.uint32))
@@ -476,7 +505,7 @@ class VulkanBackend(Backend):
         for s in range(0, rows, out.chunk_rows):
             r = min(out.chunk_rows, rows - s)
             tensor = mgr.tensor_t(np.zeros(r * d, dtype=dtype))
-            algo = mgr.algorithm([tensor, ctensor], self.spirv("philox"),
+            algo = self._algorithm([tensor, ctensor], self.spirv("philox"),
                                  [-(-((d + 3) // 4) // 16), -(-r // 16), 1], [],
                                  np.zeros(10, dtype=np.uint32))
             start = row0 + s
@@ -505,28 +534,31 @@ class VulkanBackend(Backend):
             sel = np.flatnonzero((index >= first) & (index < first + rows))
             if sel.size == 0:
                 continue
-            local = self._upload((index[sel] - first).astype(np.uint32))
-            dense = self._upload(raw[sel].ravel() if raw is not None
-                                 else np.zeros(sel.size * width, dtype=np.uint32))
-            algo = mgr.algorithm([tensor, dense, local], self.spirv("rows_copy"),
-                                 [-(-width // 64), -(-sel.size // 4), 1], [],
-                                 np.zeros(3, dtype=np.uint32))
-            seq = mgr.sequence()
-            seq.record(kp.OpAlgoDispatch(
-                algo, np.array([sel.size, width, 0 if raw is None else 1], np.uint32)))
-            seq.eval()
-            if raw is None:
-                out[sel] = self._download(dense).reshape(sel.size, width)
+            for a in range(0, sel.size, 4 * self.max_grid):  # 4 rows per workgroup on y
+                part = sel[a : a + 4 * self.max_grid]
+                local = self._upload((index[part] - first).astype(np.uint32))
+                dense = self._upload(raw[part].ravel() if raw is not None
+                                     else np.zeros(part.size * width, dtype=np.uint32))
+                algo = self._algorithm([tensor, dense, local], self.spirv("rows_copy"),
+                                       [-(-width // 64), -(-part.size // 4), 1], [],
+                                       np.zeros(3, dtype=np.uint32))
+                seq = mgr.sequence()
+                seq.record(kp.OpAlgoDispatch(
+                    algo, np.array([part.size, width, 0 if raw is None else 1], np.uint32)))
+                seq.eval()
+                if raw is None:
+                    out[part] = self._download(dense).reshape(part.size, width)
         return out
 
     def scan_cells(self, queries, rows, ranges, probes, k, mode, params=None, sqnorms=None):
+        return scan_in_query_blocks(self, self._scan_block, queries, rows, ranges, probes, k,
+                                    mode, params, TILE_BUDGET_BYTES)
+
+    def _scan_block(self, queries, rows, ranges, probes, k, mode, params):
         kp, mgr = self.kp, self.mgr
         segs, t = cell_segments(ranges, probes)
         m, p = probes.shape
         d = rows.shape[1]
-        if t == 0:
-            return (np.full((m, k), np.inf, np.float32), np.full((m, k), -1, np.int64),
-                    np.full((m, k), np.inf, np.float32))
         qtensor = queries.parts[0][2] if len(queries.parts) == 1 else self._upload(
             self.to_host(queries))
         kk = min(k, t)
@@ -544,14 +576,14 @@ class VulkanBackend(Backend):
                               segs[..., 2] + (lo - segs[..., 0])], -1).astype(np.uint32)
             st = self._upload(local.ravel())
             ptensor = pchunks[c][2] if pchunks is not None else self._dummy
-            algo = mgr.algorithm([qtensor, chunk, st, keys_t, ptensor],
+            algo = self._algorithm([qtensor, chunk, st, keys_t, ptensor],
                                  self.spirv("cells_distance"), [-(-t // 64), m, 1], [],
                                  np.zeros(6, dtype=np.uint32))
-            eff = mode if params is not None else 0
+            eff = mode if params is not None else Key.L2
             seq.record(kp.OpAlgoDispatch(algo, np.array([m, d, t, p, eff, int(c == 0)],
                                                         dtype=np.uint32)))
             keep.append((st, algo))
-        select = mgr.algorithm([keys_t, *best[0], *best[1]], self.spirv("topk_select"),
+        select = self._algorithm([keys_t, *best[0], *best[1]], self.spirv("topk_select"),
                                [m, 1, 1], [], np.zeros(3, dtype=np.uint32))
         seq.record(kp.OpAlgoDispatch(select, np.array([t, kk, 0], dtype=np.uint32)))
         seq.record(kp.OpTensorSyncLocal([*best[1]]))
@@ -576,7 +608,7 @@ class VulkanBackend(Backend):
             ot, ft = self._upload(order), self._upload(offsets)
             for base in range(0, k, 65535):  # workgroup counts per dimension <= 65535
                 groups = [min(65535, k - base), -(-d // 64), 1]
-                algo = mgr.algorithm([chunk, ot, ft, sums], self.spirv("kmeans_sums"), groups,
+                algo = self._algorithm([chunk, ot, ft, sums], self.spirv("kmeans_sums"), groups,
                                      [], np.zeros(3, dtype=np.uint32))
                 seq.record(kp.OpAlgoDispatch(algo, np.array([k, d, base], np.uint32)))
                 keep.append(algo)
