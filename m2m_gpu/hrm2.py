@@ -545,7 +545,7 @@ class HRM2:
         sq_all = self.sqnorms if be.uses_sqnorms else None
 
         def upload(host, like):
-            return tm.upload(np.ascontiguousarray(host), getattr(like, "chunk_rows", None))
+            return tm.upload(host, like)
 
         keep = self._cached if cache else (lambda name, source, make: make())
 
@@ -582,7 +582,7 @@ class HRM2:
             local = np.zeros_like(self.ranges)
             local[group, 1] = np.cumsum(count)
             local[group, 0] = local[group, 1] - count
-            rows = tm.fetch(pos, tm.hot_store.chunk_rows if be.name == "vulkan" else None)
+            rows = tm.fetch(pos, like=tm.hot_store)
             prm = None if params is None else upload(params[pos], rows)
             sq = None if sq_all is None else be.from_host(np.ascontiguousarray(sq_all[pos]))
             kk, pp, dd = be.scan_cells(qn, rows, local, probes, k, mode, prm, sq)

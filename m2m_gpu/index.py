@@ -19,7 +19,7 @@ import numpy as np
 from .backends import Backend, get_backend
 from .errors import InvalidInputError
 from .knn import check_k, check_metric, prepare, row_sqnorms, search_native
-from .tensor import array_module, host_array, stage, to_caller, to_native
+from .tensor import array_module, host_array, stage, to_caller
 
 # FAISS's metric constants, so `index.metric_type == faiss.METRIC_L2` style checks carry over.
 METRIC_INNER_PRODUCT = 0
@@ -140,12 +140,10 @@ class IndexFlat:
 
     def _for_store(self, staged: Any) -> Any:
         """Staged rows in the form the backend's row store takes."""
-        if array_module(staged) is np or self.backend.name == "cuda":
-            return staged
-        return to_native(get_backend("cpu"), staged)  # CuPy rows for a host-side store
+        return self.backend.stage_rows(staged)
 
     def _index_for(self, keep: np.ndarray) -> Any:
-        return keep if self.backend.name != "cuda" else self.backend.from_host(keep)
+        return self.backend.index_array(keep)
 
     # ---- search -------------------------------------------------------------------------
     def search(self, x: Any, k: int) -> tuple[Any, Any]:
@@ -165,14 +163,13 @@ class IndexFlat:
             self._lookup = None  # None: sequential ids, positions are the ids
             if not np.array_equal(self._ids, np.arange(self.ntotal)):
                 table = np.append(self._ids, -1)  # position -1 picks the trailing -1
-                self._lookup = self.backend.from_host(table) if self.backend.name == "cuda" \
-                    else table
+                self._lookup = self.backend.index_array(table)
             self._lookup_stale = False
         if self._lookup is None:
             return I
-        if self.backend.name == "cuda":
-            return self._lookup[I]
-        return self._lookup[self.backend.to_host(I)]
+        if self.backend.is_native(self._lookup) and self.backend.is_native(I):
+            return self._lookup[I]  # on the device (cuda), or both on the host (cpu)
+        return np.asarray(self.backend.to_host(self._lookup))[self.backend.to_host(I)]
 
     def reconstruct_n(self, i0: int = 0, ni: int | None = None) -> np.ndarray:
         """Stored vectors ``i0 .. i0 + ni`` as a host array (normalised under cosine)."""

@@ -31,8 +31,7 @@ def _setup(queries, mu, alpha, kappa, metric, backend):
             raise InvalidInputError(f"{what} must be finite and > 0")
         params[:, col] = v
     xn = to_native(be, x)
-    kw = {"chunk_rows": xn.chunk_rows} if be.name == "vulkan" else {}
-    pn = be.from_host(params, **kw)
+    pn = be.from_host(params, like=xn)
     sqn = to_native(be, sq) if be.uses_sqnorms else None
     return be, q, xn, pn, sqn, n
 

@@ -61,7 +61,7 @@ from .errors import (
 from .knn import check_k, prepare, row_sqnorms
 from .ops.topk import merge_by_key
 from .store_index import IndexOptions, StoreIndex
-from .tensor import array_module, host_array, to_native
+from .tensor import host_array, to_native
 from .tiers import HOT, TierManager, TierOptions
 
 log = logging.getLogger("m2m_gpu")
@@ -254,8 +254,7 @@ class SplatStore:
             # the memory-mapped cold tier
             own = dataclasses.replace(own, hot_bytes=0, warm_bytes=0)
         self._rows = TierManager(self.dim, be, own, cold_dir=self.path)
-        kw = {"like": self._rows.hot_store} if be.name == "vulkan" else {}
-        self._params = be.row_store(PARAM_WIDTH, **kw)
+        self._params = be.row_store(PARAM_WIDTH, like=self._rows.hot_store)
         self._sq = be.row_store(1) if be.uses_sqnorms else None
         self._ids: list[Any] = []  # per slot: external id, or None when free
         self._meta: list[dict | None] = []
@@ -291,9 +290,7 @@ class SplatStore:
 
     def _stage_rows(self, staged):
         """Validated rows in the form the backend's row stores take."""
-        if array_module(staged) is np or self.backend.name == "cuda":
-            return staged
-        return to_native(get_backend("cpu"), staged)
+        return self.backend.stage_rows(staged)
 
     def _resolve(self, id_: Any) -> Any:
         key = _check_id(id_)
@@ -500,7 +497,7 @@ class SplatStore:
         if keep.size == self.slots:
             return
         before = self.slots
-        idx = self.backend.from_host(keep) if self.backend.name == "cuda" else keep
+        idx = self.backend.index_array(keep)
         self._rows.keep(keep)
         self._params.keep(idx)
         if self._sq is not None:
@@ -593,8 +590,7 @@ class SplatStore:
         host_params = host_array(self.backend.to_host(params), np.float32)
         sq = self._sq_view()
         for blk in self._rows.blocks():
-            prm = self._rows.upload(np.ascontiguousarray(host_params[blk.slots]),
-                                    chunk_rows=getattr(blk.rows, "chunk_rows", None))
+            prm = self._rows.upload(host_params[blk.slots], like=blk.rows)
             bsq = None if sq is None else np.ascontiguousarray(sq[blk.slots])
             yield blk.slots, blk.rows, prm, bsq
 
@@ -634,16 +630,11 @@ class SplatStore:
         """A copy of params with alpha = 0 outside ``mask`` (O(slots) on the device)."""
         be = self.backend
         view = self._params.view()
-        if be.name in ("cpu", "cuda"):
-            out = view.copy()
-            keep = mask.astype(np.float32)
-            out[:, PARAM_ALPHA] *= keep if be.name == "cpu" else be.from_host(keep)
-            return out
-        host = np.array(be.to_host(view))
-        host[~mask, PARAM_ALPHA] = 0.0
-        if self._rows.dense() is None:
-            return host  # the tier blocks upload their own rows of it
-        return be.from_host(host, chunk_rows=self._rows.hot_store.chunk_rows)
+        if self._rows.dense() is None:  # the tier blocks upload their own rows of it
+            host = np.array(be.to_host(view))
+            host[~mask, PARAM_ALPHA] = 0.0
+            return host
+        return be.scale_column(view, PARAM_ALPHA, mask.astype(np.float32))
 
     def energy(self, queries: Any, grad: bool = False) -> EnergyResult:
         """Energy of each query under the whole store (fused; O(queries + splats) memory),
@@ -757,8 +748,7 @@ class SplatStore:
         be = self.backend
         rows = plan.rows
         mu = self._rows.upload(self._rows.gather(rows))
-        prm = self._rows.upload(np.ascontiguousarray(be.gather_rows(self._params.view(), rows)),
-                                chunk_rows=getattr(mu, "chunk_rows", None))
+        prm = self._rows.upload(be.gather_rows(self._params.view(), rows), like=mu)
         local = HebbianPlan(np.arange(rows.size, dtype=np.int64), plan.starts, plan.counts,
                             plan.ev_query, plan.ev_sign)
         be.hebbian(mu, prm, to_native(be, q), local, self._rates)

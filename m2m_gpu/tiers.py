@@ -4,8 +4,10 @@ Three tiers, each with a byte budget:
 
 * **hot**: a row store of the active backend (CuPy memory on cuda, Kompute tensors on
   vulkan, NumPy on cpu, where the "device" budget is simulated by the same code);
-* **warm**: host RAM (page-locked when cuda is active, so copies to the device run
-  asynchronously);
+* **warm**: host RAM, pageable; blocks stream to the device through the backend's
+  :meth:`~m2m_gpu.backends.base.Backend.stream` (on cuda: two fixed page-locked staging
+  buffers of ``block_bytes`` each, so pinned memory stays bounded by about
+  ``4 * block_bytes`` per active stream however large the warm tier grows);
 * **cold**: a memory-mapped file: the ``vectors`` file of the store's last checkpoint for
   splats that have not changed since, and a spill file for everything demoted later.
 
@@ -13,13 +15,14 @@ Every slot's vector is in exactly one tier. Budgets count vector bytes (``4 * di
 splat); the splat parameters (16 bytes per splat, and 4 bytes of ``||mu||^2`` on cpu) stay
 on the device for every splat, because decay and feedback update them in place.
 
-:class:`TierManager` is the small interface that the store (rows = slots) and the HRM2 index
+:class:`TierManager` is the interface that the store (rows = slots) and the HRM2 index
 (rows = positions in cell order) use, and nothing else needs to know about:
 :meth:`~TierManager.place` new rows, :meth:`~TierManager.promote` and
 :meth:`~TierManager.demote` (batched; splats and bytes counted per direction),
 :meth:`~TierManager.fetch` chosen rows as one device block,
 :meth:`~TierManager.blocks` (every row, tier by tier, as device blocks; warm and cold blocks
-are uploaded with the next block's copy overlapping the current block's compute on cuda),
+are uploaded with the next block's copy overlapping the current block's compute on cuda,
+by the backend),
 :meth:`~TierManager.gather` / :meth:`~TierManager.scatter` rows by slot, and
 :meth:`~TierManager.keep` for compaction. :meth:`~TierManager.rebalance` applies the
 placement policy:
@@ -47,6 +50,7 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -264,13 +268,10 @@ class TierManager:
         self.pos = np.zeros(0, dtype=np.int64)
         self._hot = backend.row_store(self.dim)
         self._hot_slots = np.zeros(0, dtype=np.int64)
-        self._pinned = backend.name == "cuda"  # warm rows page-locked: async copies
-        empty = None
-        if self._pinned:
-            import cupyx
-
-            empty = cupyx.empty_pinned
-        self._warm = RowBuffer(np, self.dim, empty=empty)
+        # pageable host memory: blocks are staged through the backend's fixed-size
+        # page-locked buffers when they stream (Backend.stream), so the warm tier's size
+        # never multiplies in pinned memory
+        self._warm = RowBuffer(np, self.dim)
         self._warm_slots = np.zeros(0, dtype=np.int64)
         directory = self.options.cold_dir or (str(cold_dir) if cold_dir else None)
         self._cold = _ColdRows(self.dim, directory)
@@ -438,7 +439,7 @@ class TierManager:
             rows.keep(self._dev_index(index) if tier == HOT else index)
 
     def _dev_index(self, idx: np.ndarray):
-        return self.backend.from_host(idx) if self.backend.name == "cuda" else idx
+        return self.backend.index_array(idx)
 
     def _is_oom(self, exc: BaseException) -> bool:
         return self.backend.is_out_of_memory(exc)
@@ -671,77 +672,30 @@ class TierManager:
             specs.append((COLD, cold[s : s + self.block_rows], None))
         if not specs:
             return
-        if self.backend.name == "cuda":
-            yield from self._stream_cuda(specs)
-            return
-        for tier, slots, start in specs:
-            host = self._host_block(tier, slots, start)
+        sources = [partial(self._host_block, tier, slots, start)
+                   for tier, slots, start in specs]
+        for (tier, slots, _), rows in zip(specs, self.backend.stream(sources), strict=True):
             self.streamed["blocks"] += 1
-            self.streamed["bytes"] += host.nbytes
-            yield Block(tier, slots, self.upload(host))
+            self.streamed["bytes"] += slots.size * self.row_bytes
+            yield Block(tier, slots, rows)
 
     def _host_block(self, tier: int, slots: np.ndarray, start) -> np.ndarray:
         if tier == WARM:
             return self._warm.view()[start : start + slots.size]
         return self._cold.read(self.pos[slots])
 
-    def fetch(self, slots, chunk_rows: int | None = None):
+    def fetch(self, slots, like=None):
         """The rows of ``slots`` (any tiers, in that order) as one device block: what HRM2
-        uses for the probed cells that are not hot. Counted as streamed."""
+        uses for the probed cells that are not hot. Counted as streamed. ``like``: as in
+        ``Backend.from_host``."""
         host = self.gather(slots)
         self.streamed["blocks"] += 1
         self.streamed["bytes"] += host.nbytes
-        return self.upload(host, chunk_rows)
+        return self.upload(host, like)
 
-    def upload(self, host: np.ndarray, chunk_rows: int | None = None):
+    def upload(self, host: np.ndarray, like=None):
         """A host block on the device (cpu: the block itself, no copy)."""
-        be = self.backend
-        if be.name == "cpu":
-            return host
-        if be.name == "vulkan":
-            return be.from_host(np.ascontiguousarray(host), chunk_rows=chunk_rows)
-        return be.from_host(host)
-
-    def _stream_cuda(self, specs) -> Iterator[Block]:
-        """Double-buffered upload: block i+1 (cold blocks staged in page-locked memory
-        first; warm rows are page-locked already) is copied on a side stream while the
-        caller's kernels on block i run on the current stream."""
-        import cupy as cp
-        import cupyx
-
-        rows = max(s[1].size for s in specs)
-        stage = [cupyx.empty_pinned((rows, self.dim), dtype=np.float32) for _ in range(2)]
-        dev = [cp.empty((rows, self.dim), dtype=cp.float32) for _ in range(2)]
-        copy = cp.cuda.Stream(non_blocking=True)
-        compute = cp.cuda.get_current_stream()
-        ready: list[Any] = [None, None]
-        done: list[Any] = [None, None]
-
-        def issue(i: int) -> None:
-            b = i % 2
-            tier, slots, start = specs[i]
-            if done[b] is not None:
-                done[b].synchronize()  # block i-2's kernels are finished with buffer b
-            host = self._host_block(tier, slots, start)
-            r = host.shape[0]
-            if tier == COLD or not self._pinned:  # warm rows are page-locked already
-                stage[b][:r] = host
-                host = stage[b][:r]
-            dev[b][:r].set(host, stream=copy)
-            ready[b] = copy.record()
-            self.backend.transfers.add_h2d(host.nbytes)
-            self.streamed["blocks"] += 1
-            self.streamed["bytes"] += host.nbytes
-
-        issue(0)
-        for i, (tier, slots, _) in enumerate(specs):
-            b = i % 2
-            compute.wait_event(ready[b])
-            yield Block(tier, slots, dev[b][: slots.size])
-            done[b] = compute.record()
-            if i + 1 < len(specs):
-                issue(i + 1)
-        compute.synchronize()
+        return self.backend.from_host(np.ascontiguousarray(host), like=like)
 
     # ---- introspection ------------------------------------------------------------------
     def nbytes(self, tier: int) -> int:

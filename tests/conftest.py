@@ -35,12 +35,14 @@ def backend(request):
 
 @pytest.fixture
 def small_tiles(monkeypatch):
-    """Tiny tile and chunk budgets: a kernel's merge runs across many database tiles (cpu)
-    and many device buffers (vulkan)."""
-    from m2m_gpu.backends import cpu, vulkan
+    """Tiny tile and chunk budgets: a kernel's merge runs across many database tiles (cpu,
+    cuda), many query chunks (cuda) and many device buffers (vulkan)."""
+    from m2m_gpu.backends import cpu, cuda, vulkan
 
     monkeypatch.setattr(cpu, "BATCH_TILE_BYTES", 4096)
     monkeypatch.setattr(cpu, "SCAN_TILE_ROWS", 37)
+    monkeypatch.setattr(cuda, "TILE_BUDGET_BYTES", 4096)
+    monkeypatch.setattr(cuda, "QUERY_CHUNK", 7)
     monkeypatch.setattr(vulkan, "TILE_BUDGET_BYTES", 4096)
     monkeypatch.setattr(vulkan, "CHUNK_BYTES", 64 * 1024)
 

@@ -110,9 +110,18 @@ def test_cli_info_json():
 
 
 def test_import_is_light():
-    """`import m2m_gpu` must import neither CuPy nor Kompute (checked in a fresh process)."""
-    code = ("import sys, m2m_gpu; "
-            "print(sorted(m for m in ('cupy', 'kp', 'torch') if m in sys.modules))")
+    """`import m2m_gpu` imports neither CuPy, Kompute, Numba (nor LLVM) nor torch, and the
+    cpu backend's first use does not load Numba either: it comes with the first compiled
+    HRM2 loop (checked in fresh processes)."""
+    heavy = "('cupy', 'kp', 'numba', 'llvmlite', 'torch')"
+    code = (f"import sys, m2m_gpu; print(sorted(m for m in {heavy} if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert res.stdout.strip() == "[]"
+    code = ("import sys, numpy as np, m2m_gpu; "
+            "m2m_gpu.knn(np.ones((2, 3), 'f4'), np.ones((5, 3), 'f4'), 2, backend='cpu'); "
+            "m2m_gpu.IndexFlatL2(3).add(np.ones((4, 3), 'f4')); "
+            f"print(sorted(m for m in {heavy} if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert res.stdout.strip() == "[]"

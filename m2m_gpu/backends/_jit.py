@@ -11,182 +11,40 @@ index, so the selected set does not depend on the thread count or on the order o
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from functools import cache
 
-import numpy as np
 
-from .base import MODE_SPLAT, PARAM_ALPHA, PARAM_KAPPA, PARAM_WIDTH
-
-try:  # pragma: no cover - the import itself is what is being probed
-    import numba
-    from numba import njit, prange
-except ImportError:  # pragma: no cover
-    numba = None
+@cache
+def _installed() -> bool:
+    return importlib.util.find_spec("numba") is not None
 
 
 def available() -> bool:
-    """True when the compiled loops can be used (Numba importable, not switched off)."""
-    return numba is not None and os.environ.get("M2M_NO_JIT", "") in ("", "0")
+    """True when the compiled loops can be used (Numba installed, not switched off)."""
+    return _installed() and os.environ.get("M2M_NO_JIT", "") in ("", "0")
+
+
+def _kernels():
+    from . import _jit_kernels  # Numba is imported (and the loops compiled) here, once
+
+    return _jit_kernels
 
 
 def threads() -> int:
-    return numba.get_num_threads() if numba is not None else 1
+    if not available():
+        return 1
+    import numba
 
-
-if numba is not None:
-
-    @njit(fastmath=True, inline="always")
-    def _insert(bd, bc, s, f):
-        """Insert (s, f) into the sorted lists bd, bc if it beats the last (ties: smaller f)."""
-        n = bd.shape[0]
-        if s < bd[n - 1] or (s == bd[n - 1] and f < bc[n - 1]):
-            p = n - 1
-            while p > 0 and (bd[p - 1] > s or (bd[p - 1] == s and bc[p - 1] > f)):
-                bd[p] = bd[p - 1]
-                bc[p] = bc[p - 1]
-                p -= 1
-            bd[p] = s
-            bc[p] = f
-
-    @njit(fastmath=True, inline="always")
-    def _sqdist(a, b):
-        s = np.float32(0.0)
-        for e in range(a.shape[0]):
-            t = a[e] - b[e]
-            s += t * t
-        return s
-
-    @njit(parallel=True, fastmath=True, cache=True, nogil=True)
-    def _scan_cells(queries, qnorms, rows, sqnorms, params, mode, item_lo, item_hi,
-                    item_start, item_count, cell_q, worker_items, worker_start, out_k, out_i):
-        """Worker ``t`` scans the cells ``worker_items[worker_start[t]:worker_start[t+1]]``
-        and keeps its own top-k per query in ``out_k[t], out_i[t]`` (sorted by key, then by
-        row). A cell's rows are read once for all the queries that probe it: row ``r`` is
-        compared with each query ``cell_q[item_start[c] : item_start[c] + item_count[c]]``.
-
-        ``params`` with no rows: no mask. Otherwise (float32[n, PARAM_WIDTH]) rows with
-        ``alpha <= 0`` are skipped and, in ``mode == MODE_SPLAT``, the key is
-        ``kappa * d2 - log(alpha)``; else it is ``||x||^2 - 2 q.x`` (the order of ``d2``
-        for one query)."""
-        d = queries.shape[1]
-        masked = params.shape[0] > 0
-        splat = masked and mode == MODE_SPLAT
-        for t in prange(worker_start.shape[0] - 1):
-            bk = out_k[t]
-            bi = out_i[t]
-            for w in range(worker_start[t], worker_start[t + 1]):
-                c = worker_items[w]
-                s0 = item_start[c]
-                g = item_count[c]
-                for r in range(item_lo[c], item_hi[c]):
-                    if masked and params[r, PARAM_ALPHA] <= 0:
-                        continue
-                    x = rows[r]
-                    base = sqnorms[r]
-                    if splat:
-                        kap = params[r, PARAM_KAPPA]
-                        nla = -np.log(params[r, PARAM_ALPHA])
-                    for j in range(g):
-                        q = cell_q[s0 + j]
-                        qq = queries[q]
-                        dot = np.float32(0.0)
-                        for e in range(d):
-                            dot += qq[e] * x[e]
-                        key = base - np.float32(2.0) * dot
-                        if splat:
-                            key = max(key + qnorms[q], np.float32(0.0)) * kap + nla
-                        _insert(bk[q], bi[q], key, r)
-
-    @njit(cache=True, nogil=True)
-    def _group_probes(probes, lo, hi):
-        """Counting sort of the (query, cell) probes by cell, skipping empty cells and -1:
-        the queries of cell c are ``cell_q[cell_start[c] : cell_start[c + 1]]``, in query
-        order."""
-        C = lo.shape[0]
-        cell_start = np.zeros(C + 1, dtype=np.int64)
-        seen = np.full(C, -1, dtype=np.int64)  # a cell listed twice by one query counts once
-        for i in range(probes.shape[0]):
-            for j in range(probes.shape[1]):
-                c = probes[i, j]
-                if c >= 0 and hi[c] > lo[c] and seen[c] != i:
-                    seen[c] = i
-                    cell_start[c + 1] += 1
-        for c in range(C):
-            cell_start[c + 1] += cell_start[c]
-        fill = cell_start[:-1].copy()
-        cell_q = np.empty(cell_start[C], dtype=np.int64)
-        for i in range(probes.shape[0]):
-            for j in range(probes.shape[1]):
-                c = probes[i, j]
-                if c >= 0 and hi[c] > lo[c] and (fill[c] == cell_start[c]
-                                                 or cell_q[fill[c] - 1] != i):
-                    cell_q[fill[c]] = i
-                    fill[c] += 1
-        return cell_start, cell_q
-
-    @njit(parallel=True, fastmath=True, cache=True, nogil=True)
-    def _route(queries, coarse, fine, fine_lo, fine_hi, p1, out_cells, out_d2):
-        """Per query: the ``p1`` nearest coarse centroids, then the ``out_cells.shape[1]``
-        nearest fine centroids among their fine cells, nearest first (ties: smaller index).
-        Squared distances in the direct form (the adaptive bound subtracts cell radii)."""
-        for i in prange(queries.shape[0]):
-            qq = queries[i]
-            cd = np.full(p1, np.inf, dtype=np.float32)
-            cc = np.full(p1, -1, dtype=np.int64)
-            for c in range(coarse.shape[0]):
-                _insert(cd, cc, _sqdist(qq, coarse[c]), c)
-            bd = out_d2[i]
-            bc = out_cells[i]
-            for j in range(p1):
-                c = cc[j]
-                if c < 0:
-                    continue
-                for f in range(fine_lo[c], fine_hi[c]):
-                    _insert(bd, bc, _sqdist(qq, fine[f]), f)
+    return numba.get_num_threads()
 
 
 def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None):
-    """Each query's k best rows among the cells it probes: ``(keys, ids)`` of shape
-    ``(m, k)``, sorted, with ``inf`` / ``-1`` where fewer than k rows were reachable. Keys
-    are the ranking keys of ``_scan_cells`` (not yet finished in the direct form)."""
-    m = queries.shape[0]
-    lo = np.ascontiguousarray(ranges[:, 0], dtype=np.int64)
-    hi = np.ascontiguousarray(ranges[:, 1], dtype=np.int64)
-    cell_start, cell_q = _group_probes(np.ascontiguousarray(probes, dtype=np.int64), lo, hi)
-    count = np.diff(cell_start)
-    items = np.flatnonzero(count).astype(np.int64)  # probed, non-empty cells
-    # Balance the workers: cells by decreasing cost (rows x queries), dealt round-robin.
-    nthreads = max(1, min(threads(), items.size))
-    by_cost = items[np.argsort(-(hi[items] - lo[items]) * count[items], kind="stable")]
-    deal = [by_cost[t::nthreads] for t in range(nthreads)]
-    worker_items = np.concatenate(deal).astype(np.int64)
-    worker_start = np.concatenate([[0], np.cumsum([len(x) for x in deal])]).astype(np.int64)
-    out_k = np.full((nthreads, m, k), np.inf, dtype=np.float32)
-    out_i = np.full((nthreads, m, k), -1, dtype=np.int64)
-    params = np.zeros((0, PARAM_WIDTH), np.float32) if params is None else \
-        np.ascontiguousarray(params, dtype=np.float32)  # (no copy when already so)
-    qnorms = np.einsum("ij,ij->i", queries, queries).astype(np.float32)
-    _scan_cells(queries, qnorms, rows, sqnorms, params, int(mode), lo, hi, cell_start[:-1],
-                count, cell_q, worker_items, worker_start, out_k, out_i)
-    if nthreads == 1:
-        return out_k[0], out_i[0]
-    keys = np.concatenate(list(out_k), axis=1)
-    ids = np.concatenate(list(out_i), axis=1)
-    # (key, id) order: ids of -1 only sit behind inf keys, so they sort last among equals
-    sel = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), keys), axis=1)[:, :k]
-    return np.take_along_axis(keys, sel, 1), np.take_along_axis(ids, sel, 1)
+    """The compiled HRM2 cell scan (see ``_jit_kernels.scan_cells``)."""
+    return _kernels().scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params)
 
 
 def route(queries, coarse, fine, fine_ranges, p1, p2):
-    """``(cells int64[m, p2] (-1 pad), d2 float32[m, p2] (inf pad))`` of ``_route``."""
-    m = queries.shape[0]
-    p1 = max(1, min(int(p1), coarse.shape[0]))
-    p2 = max(1, min(int(p2), fine.shape[0]))
-    cells = np.full((m, p2), -1, dtype=np.int64)
-    d2 = np.full((m, p2), np.inf, dtype=np.float32)
-    _route(np.ascontiguousarray(queries, dtype=np.float32),
-           np.ascontiguousarray(coarse, dtype=np.float32),
-           np.ascontiguousarray(fine, dtype=np.float32),
-           np.ascontiguousarray(fine_ranges[:, 0], dtype=np.int64),
-           np.ascontiguousarray(fine_ranges[:, 1], dtype=np.int64), p1, cells, d2)
-    return cells, d2
+    """The compiled two-level routing (see ``_jit_kernels.route``)."""
+    return _kernels().route(queries, coarse, fine, fine_ranges, p1, p2)

@@ -274,6 +274,48 @@ class Backend(ABC):
         """Rows ``start:stop`` of a native matrix, as a native matrix."""
         return native[start:stop]
 
+    # ---- plumbing the layers above use instead of asking which backend this is -----------
+    def stage_rows(self, staged: Any) -> Any:
+        """Validated rows (NumPy, or CuPy from a caller) in the form this backend's row
+        stores take: host rows here (CuPy rows are copied down, counted by cuda)."""
+        if isinstance(staged, np.ndarray):
+            return staged
+        from . import get_backend
+
+        return get_backend("cuda").to_host(staged)
+
+    def index_array(self, index: np.ndarray) -> Any:
+        """A host int64 index array in the form this backend's row stores index with."""
+        return index
+
+    def scale_column(self, native, column: int, factors: np.ndarray) -> Any:
+        """A copy of a native matrix with ``column`` multiplied by host ``factors``."""
+        host = np.array(self.to_host(native))
+        host[:, column] *= factors
+        return self.from_host(host, like=native)
+
+    def limit_ops(self, nbytes: int) -> dict:
+        """What ``m2m_gpu.bench.limits`` times to measure this device's limits: a dict of
+        ``name -> (call, description)`` for ``"h2d"`` / ``"d2h"`` (moving ``nbytes``),
+        ``"device_copy"`` (``nbytes`` read and written on the device) and ``"gemm"``
+        (``call(size)`` returns a callable multiplying two float32 ``size x size``
+        matrices with the device's own BLAS). Operations it cannot do are absent, with
+        the reason under ``"why_not"`` (``name -> sentence``)."""
+        host = np.ones(nbytes // 4, dtype=np.float32)
+        native = self.from_host(host)
+        return {"h2d": (lambda: self.from_host(host), "from_host of a host buffer"),
+                "d2h": (lambda: self.to_host(native), "to_host of a device buffer"),
+                "why_not": {"device_copy": "no device copy is exposed by this backend",
+                            "gemm": "no vendor BLAS is reachable from this backend"}}
+
+    def stream(self, sources, like: Any = None):
+        """Host blocks to the device, in order: ``sources`` are callables that return one
+        C-contiguous host block each. Yields native blocks; a consumer queues its work on
+        a block before it asks for the next one (a backend may reuse the buffer two blocks
+        later). Here: one synchronous upload per block (cpu: the block itself)."""
+        for source in sources:
+            yield self.from_host(np.ascontiguousarray(source()), like=like)
+
     def synchronize(self) -> None:  # noqa: B027 - a no-op unless the backend queues work
         """Wait until queued device work is finished (a no-op for synchronous backends)."""
 

@@ -100,6 +100,21 @@ class CpuBackend(Backend):
     def is_native(self, obj: Any) -> bool:
         return isinstance(obj, np.ndarray)
 
+    def scale_column(self, native, column, factors):
+        out = native.copy()
+        out[:, column] *= factors
+        return out
+
+    def limit_ops(self, nbytes: int) -> dict:
+        def gemm(size):
+            a = np.ones((size, size), np.float32)
+            return lambda: a @ a
+
+        return {"gemm": (gemm, "numpy matmul (BLAS)"),
+                "why_not": {"h2d": "none: the cpu backend computes in host memory",
+                            "d2h": "none: the cpu backend computes in host memory",
+                            "device_copy": "host memory: see the host bandwidth"}}
+
     def row_store(self, dim: int, dtype=np.float32, like: Any = None) -> RowBuffer:
         return RowBuffer(np, dim, dtype)
 

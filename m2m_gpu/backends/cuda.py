@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .._resources import kernel_dir
+from ..errors import InvalidInputError
 from ..ops.topk import seeds, sort_select_output
 from .base import (
     MODE_SPLAT,
@@ -148,17 +149,31 @@ class CudaBackend(Backend):
     def is_native(self, obj: Any) -> bool:
         return isinstance(obj, self.cp.ndarray)
 
+    @property
+    def device_id(self) -> int:
+        return int(self.cp.cuda.Device().id)
+
     def adopt(self, obj: Any) -> Any | None:
+        """CuPy arrays and DLPack CUDA tensors on this backend's device, without a copy.
+        An array on another GPU is refused: kernels would read its pointers on this one."""
         if isinstance(obj, self.cp.ndarray):
-            return obj
-        if hasattr(obj, "__dlpack_device__"):
-            dev_type, _ = obj.__dlpack_device__()
-            if int(dev_type) == 2:  # kDLCUDA
-                return self.cp.from_dlpack(obj)
-        return None
+            where = int(obj.device.id)
+        elif hasattr(obj, "__dlpack_device__"):
+            dev_type, where = obj.__dlpack_device__()
+            if int(dev_type) != 2:  # kDLCUDA
+                return None
+            where = int(where)
+        else:
+            return None
+        if where != self.device_id:
+            raise InvalidInputError(
+                f"the array is on cuda:{where}, but the cuda backend runs on cuda:"
+                f"{self.device_id}; move it there first (torch: .to('cuda:{self.device_id}'),"
+                f" CuPy: cupy.asarray under cupy.cuda.Device({self.device_id}))")
+        return obj if isinstance(obj, self.cp.ndarray) else self.cp.from_dlpack(obj)
 
     def from_host(self, array: np.ndarray, like: Any = None) -> Any:
-        out = self.cp.asarray(array)
+        out = self.cp.asarray(np.ascontiguousarray(array))
         self.transfers.add_h2d(out.nbytes)
         return out
 
@@ -174,6 +189,86 @@ class CudaBackend(Backend):
 
     def row_store(self, dim: int, dtype=np.float32, like: Any = None) -> _CudaRows:
         return _CudaRows(self, dim, dtype)
+
+    def limit_ops(self, nbytes: int) -> dict:
+        cp = self.cp
+        import cupyx
+
+        pinned = cupyx.empty_pinned((nbytes // 4,), dtype=np.float32)
+        pinned[:] = 1.0
+        dev = cp.empty(pinned.shape, dtype=cp.float32)
+        dev2 = cp.empty_like(dev)
+
+        def gemm(size):
+            a = cp.ones((size, size), cp.float32)
+            return lambda: a @ a
+
+        what = "cupy set/get with page-locked host memory"
+        return {"h2d": (lambda: dev.set(pinned), what), "d2h": (lambda: dev.get(out=pinned), what),
+                "device_copy": (lambda: cp.copyto(dev2, dev), "cupy copyto on the device"),
+                "gemm": (gemm, "cupy matmul (cuBLAS)"), "why_not": {}}
+
+    def stage_rows(self, staged: Any) -> Any:
+        return staged  # the row stores take host and CuPy rows alike
+
+    def index_array(self, index: np.ndarray) -> Any:
+        return self.from_host(np.asarray(index, dtype=np.int64))
+
+    def scale_column(self, native, column, factors):
+        out = native.copy()
+        out[:, column] *= self.from_host(np.asarray(factors, dtype=out.dtype))
+        return out
+
+    def stream(self, sources, like: Any = None):
+        """Double-buffered upload: block i+1 is staged in one of two fixed page-locked
+        buffers and copied on a side stream while the caller's kernels on block i run on
+        the current stream. The first copy waits for work already queued on the current
+        stream (its buffers may reuse memory that work still reads); if the consumer stops
+        early, no copy is left in flight when the buffers are released. Page-locked memory:
+        two buffers of the largest block (CuPy's pinned pool rounds each to a power of
+        two), whatever the total streamed."""
+        cp = self.cp
+        import cupyx
+
+        if not sources:
+            return
+        compute = cp.cuda.get_current_stream()
+        copy = cp.cuda.Stream(non_blocking=True)
+        stage: list[Any] = [None, None]
+        dev: list[Any] = [None, None]
+        ready: list[Any] = [None, None]
+        done: list[Any] = [None, None]
+        rows = [0, 0]
+
+        def issue(i: int) -> None:
+            b = i % 2
+            if done[b] is not None:
+                done[b].synchronize()  # block i-2's kernels (and so its copy) are finished
+            host = np.ascontiguousarray(sources[i]())
+            r = host.shape[0]
+            if (stage[b] is None or stage[b].shape[0] < r or stage[b].dtype != host.dtype
+                    or stage[b].shape[1:] != host.shape[1:]):
+                stage[b] = cupyx.empty_pinned(host.shape, dtype=host.dtype)
+                dev[b] = cp.empty(host.shape, dtype=host.dtype)
+            stage[b][:r] = host
+            dev[b][:r].set(stage[b][:r], stream=copy)
+            ready[b] = copy.record()
+            rows[b] = r
+            self.transfers.add_h2d(host.nbytes)
+
+        try:
+            copy.wait_event(compute.record())  # after the work already queued on compute
+            issue(0)
+            for i in range(len(sources)):
+                b = i % 2
+                compute.wait_event(ready[b])
+                yield dev[b][: rows[b]]
+                done[b] = compute.record()
+                if i + 1 < len(sources):
+                    issue(i + 1)
+        finally:
+            copy.synchronize()  # an abandoned stream leaves no copy in flight
+        compute.synchronize()
 
     # ---- k-NN --------------------------------------------------------------------------
     def knn(self, queries, database, k, metric, *, database_sqnorms=None):

@@ -259,6 +259,14 @@ class VulkanBackend(Backend):
                 block = host[a : a + step]
                 yield first + a, block.shape[0], self._upload(block)
 
+    def limit_ops(self, nbytes: int) -> dict:
+        ops = super().limit_ops(nbytes)
+        what = "Kompute tensor upload / download (staging buffers)"
+        ops["h2d"], ops["d2h"] = (ops["h2d"][0], what), (ops["d2h"][0], what)
+        ops["why_not"] = {"device_copy": "no device copy kernel is exposed through Kompute",
+                          "gemm": "Kompute reaches no vendor BLAS"}
+        return ops
+
     def slice_rows(self, native, start: int, stop: int):
         return self.from_host(self.to_host(native)[start:stop])
 

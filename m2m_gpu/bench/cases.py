@@ -105,8 +105,7 @@ def _params(n: int, seed: int = 3) -> np.ndarray:
 def resident(be, X, P):
     """X, P and ||X||^2 (cpu) resident on the device, params chunked like X (vulkan)."""
     xn = be.from_host(X)
-    kw = {"chunk_rows": xn.chunk_rows} if be.name == "vulkan" else {}
-    pn = be.from_host(P, **kw)
+    pn = be.from_host(P, like=xn)
     sq = be.from_host(np.einsum("ij,ij->i", X, X).astype(np.float32)) if be.uses_sqnorms \
         else None
     return xn, pn, sq

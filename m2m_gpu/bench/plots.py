@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from .limits import limit_for
+
 
 def label(doc: dict) -> str:
     """A short name for a run: its fastest device, else its CPU, and the date."""
@@ -110,16 +112,15 @@ def roofline(docs: list[dict], path: Path) -> Path | None:
                        label=None if key in named else key)
             named.add(key)
             any_point = True
-        for be, lim in doc["limits"].items():
+        for be in doc["limits"]:
             if be == "host":
                 continue
             key = be + tag
             if key not in seen:
                 continue
-            bw = lim.get("device_bandwidth_gb_s") or (doc["limits"]["host"]["bandwidth_gb_s"]
-                                                      if be in ("cpu", "vulkan") else None)
-            peak = lim.get("peak_gflop_s") or (doc["limits"].get("cpu", {}).get("peak_gflop_s")
-                                               if be == "vulkan" else None)
+            infos = {i["name"]: i for i in doc.get("backends", [])}
+            roofline = limit_for(be, infos, doc["limits"])
+            bw, peak = roofline["bandwidth_gb_s"], roofline["peak_gflop_s"]
             x = np.logspace(-2, 3, 50)
             if bw:
                 roof = bw * x if peak is None else np.minimum(bw * x, peak)

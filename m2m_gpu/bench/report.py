@@ -26,6 +26,8 @@ def _frac(r: dict) -> str:
         parts.append(f"{f['bandwidth']:.0%} bw")
     if f.get("compute") is not None:
         parts.append(f"{f['compute']:.0%} peak")
+    if f.get("over_limit"):
+        parts.append("ABOVE the measured limit (" + ", ".join(f["over_limit"]) + ")")
     return ", ".join(parts)
 
 

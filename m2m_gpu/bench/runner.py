@@ -73,26 +73,6 @@ def git_revision() -> str:
         return "unknown"
 
 
-def limit_for(backend: str, infos: dict, lim: dict) -> dict:
-    """The bandwidth (GB/s) and peak (GFLOP/s) a result on ``backend`` is measured against,
-    and where they come from."""
-    host = lim["host"]["bandwidth_gb_s"]
-    cpu_peak = lim.get("cpu", {}).get("peak_gflop_s")
-    if backend in ("host", "cpu"):
-        return {"bandwidth_gb_s": host, "peak_gflop_s": cpu_peak, "source": "host"}
-    dev = lim.get(backend, {})
-    if backend == "vulkan" and infos.get("vulkan", {}).get("device_type") in ("cpu", "software"):
-        return {"bandwidth_gb_s": host, "peak_gflop_s": cpu_peak,
-                "source": "host (a Vulkan driver running on the CPU)"}
-    if backend == "vulkan":
-        cuda = lim.get("cuda", {})
-        return {"bandwidth_gb_s": cuda.get("device_bandwidth_gb_s"),
-                "peak_gflop_s": cuda.get("peak_gflop_s"),
-                "source": "cuda's measurement of the same machine's GPU" if cuda else "none"}
-    return {"bandwidth_gb_s": dev.get("device_bandwidth_gb_s"),
-            "peak_gflop_s": dev.get("peak_gflop_s"), "source": backend}
-
-
 def derive(row: dict, limit: dict) -> None:
     """Achieved rates from the cost model, and their fractions of the limits."""
     t = row["timing"]["median_s"]
@@ -101,10 +81,13 @@ def derive(row: dict, limit: dict) -> None:
     gf = None if f is None else f / t / 1e9
     row["achieved"] = {"gb_s": gb, "gflop_s": gf}
     bw, peak = limit["bandwidth_gb_s"], limit["peak_gflop_s"]
-    row["fraction_of_limit"] = {
-        "bandwidth": None if gb is None or not bw else gb / bw,
-        "compute": None if gf is None or not peak else gf / peak,
-        "against": limit["source"]}
+    frac = {"bandwidth": None if gb is None or not bw else gb / bw,
+            "compute": None if gf is None or not peak else gf / peak,
+            "against": limit["source"]}
+    over = [k for k in ("bandwidth", "compute") if frac[k] is not None and frac[k] > 1.0]
+    if over:  # a limit measured too low, or a cost model that overcounts: never hidden
+        frac["over_limit"] = over
+    row["fraction_of_limit"] = frac
 
 
 def run(preset: str = "quick", backends: list[str] | None = None,
@@ -158,7 +141,7 @@ def run(preset: str = "quick", backends: list[str] | None = None,
                 first = False
             for r in rows:
                 if "timing" in r:
-                    derive(r, limit_for(r["backend"], infos, doc["limits"]))
+                    derive(r, limits_mod.limit_for(r["backend"], infos, doc["limits"]))
                 doc["results"].append(r)
             if ui:
                 ui.step(label, rows)
