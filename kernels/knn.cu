@@ -119,20 +119,42 @@ __device__ __forceinline__ unsigned int ordered(float f) {
 // (below / equal to the k-th), so each class keeps input order: among keys equal to the k-th
 // the smallest ids win (the running best precedes the tile and holds smaller ids), and equal
 // keys leave in id order. Seeds (SEED_KEY_BITS) order after every real key.
+// Small batches (see shaders/topk_select.comp): grid.y = segments parts of the tile, each
+// selected on its own (SELECT_NO_BEST) into slots (row * segments + s) * k; a second pass
+// with SELECT_IDS (ids from tile_ids) merges them into the running best. A part with at
+// most k keys is copied as it is and its remaining slots seeded.
 extern "C" __global__ void topk_select(
-    const float* __restrict__ tile, const float* __restrict__ bk_in,
-    const long long* __restrict__ bi_in, float* __restrict__ bk_out,
-    long long* __restrict__ bi_out, unsigned int t, unsigned int k, long long id_base)
+    const float* __restrict__ tile, const long long* __restrict__ tile_ids,
+    const float* __restrict__ bk_in, const long long* __restrict__ bi_in,
+    float* __restrict__ bk_out, long long* __restrict__ bi_out, unsigned int t,
+    unsigned int k, long long id_base, unsigned int segments, unsigned int flags)
 {
     __shared__ unsigned int hist[256];
     __shared__ unsigned int s_prefix, s_want;
     __shared__ unsigned int scan[256];
     const size_t row = blockIdx.x;
     const unsigned int tid = threadIdx.x;
-    const unsigned int total = k + t;
-    const float* row_tile = tile + row * t;
+    const unsigned int kb = (flags & SELECT_NO_BEST) ? 0u : k;  // running best entries read
+    const unsigned int part = (t + segments - 1u) / segments;
+    const unsigned int part0 = min(t, blockIdx.y * part);  // this block's first tile column
+    const unsigned int total = kb + min(part, t - part0);
+    const float* row_tile = tile + row * t + part0;
+    const long long* row_tid = (flags & SELECT_IDS) ? tile_ids + row * t + part0 : nullptr;
     const float* row_bk = bk_in + row * k;
     const long long* row_bi = bi_in + row * k;
+    const size_t out0 = (row * segments + blockIdx.y) * (size_t)k;  // first output slot
+    if (total <= k) {  // nothing to select: copy in order, seed the rest
+        for (unsigned int c = tid; c < k; c += 256u) {
+            const bool real = c < total;
+            bk_out[out0 + c] = !real ? __uint_as_float(SEED_KEY_BITS)
+                                     : (c < kb ? row_bk[c] : row_tile[c - kb]);
+            bi_out[out0 + c] = !real ? -1LL
+                                     : (c < kb ? row_bi[c]
+                                               : (row_tid ? row_tid[c - kb]
+                                                          : id_base + (long long)(part0 + c - kb)));
+        }
+        return;
+    }
     if (tid == 0) { s_prefix = 0u; s_want = k; }
     unsigned int mask = 0u;
     for (int pass = 0; pass < 4; ++pass) {
@@ -141,7 +163,7 @@ extern "C" __global__ void topk_select(
         __syncthreads();
         const unsigned int prefix = s_prefix;
         for (unsigned int c = tid; c < total; c += 256u) {
-            unsigned int u = ordered(c < k ? row_bk[c] : row_tile[c - k]);
+            unsigned int u = ordered(c < kb ? row_bk[c] : row_tile[c - kb]);
             if ((u & mask) == prefix) atomicAdd(&hist[(u >> shift) & 255u], 1u);
         }
         __syncthreads();
@@ -166,7 +188,7 @@ extern "C" __global__ void topk_select(
         float v = 0.0f;
         unsigned int flag = 0u;  // 1: below the k-th; 0x10000: equal (at most 256 of each)
         if (c < total) {
-            v = c < k ? row_bk[c] : row_tile[c - k];
+            v = c < kb ? row_bk[c] : row_tile[c - kb];
             const unsigned int u = ordered(v);
             flag = (u < kth) ? 1u : ((u == kth) ? 0x10000u : 0u);
         }
@@ -181,16 +203,18 @@ extern "C" __global__ void topk_select(
         const unsigned int before = scan[tid] - flag;
         const unsigned int round_total = scan[255];
         if (flag != 0u) {
-            const long long id = c < k ? row_bi[c] : id_base + (long long)(c - k);
+            const long long id = c < kb ? row_bi[c]
+                                        : (row_tid ? row_tid[c - kb]
+                                                   : id_base + (long long)(part0 + c - kb));
             if (flag == 1u) {
                 const unsigned int s = base_lt + (before & 0xFFFFu);
-                bk_out[row * k + s] = v;
-                bi_out[row * k + s] = id;
+                bk_out[out0 + s] = v;
+                bi_out[out0 + s] = id;
             } else {
                 const unsigned int s = base_eq + (before >> 16);
                 if (s < equal_slots) {
-                    bk_out[row * k + less_slots + s] = v;
-                    bi_out[row * k + less_slots + s] = id;
+                    bk_out[out0 + less_slots + s] = v;
+                    bi_out[out0 + less_slots + s] = id;
                 }
             }
         }

@@ -9,3 +9,5 @@
 #define PARAM_TICK 2u
 #define PARAM_WIDTH 4u
 #define SEED_KEY_BITS 0x7FFFFFFFu
+#define SELECT_IDS 1u
+#define SELECT_NO_BEST 2u

@@ -8,3 +8,5 @@ const uint PARAM_KAPPA = 1u;
 const uint PARAM_TICK = 2u;
 const uint PARAM_WIDTH = 4u;
 const uint SEED_KEY_BITS = 0x7FFFFFFFu;
+const uint SELECT_IDS = 1u;
+const uint SELECT_NO_BEST = 2u;

@@ -12,6 +12,12 @@
 // and equal keys leave in id order, so a stable sort of the output is a (key, id) sort.
 // Seeds (SEED_KEY_BITS, a NaN above +inf in this order) lose to every real key.
 // The output rows are unsorted. Mirrors kernels/knn.cu (topk_select).
+// Small batches: the tile is split into `segments` parts, workgroup (row, s) selecting the
+// k best of part s on its own (flag NO_BEST: no running best is read) into slots
+// [(row * segments + s) * k, +k) of the output; a second pass (segments = 1, flag IDS: the
+// ids come from tile_ids instead of id_base + column) merges those partial results into
+// the running best. Parts keep id order, so the tie rule holds across both passes. A part
+// with at most k keys is copied as it is, its remaining slots seeded.
 layout(local_size_x = 256, local_size_y = 1, local_size_z = 1) in;
 
 layout(std430, binding = 0) readonly buffer TileKeys { float tile[]; };    // [mq, t]
@@ -19,11 +25,14 @@ layout(std430, binding = 1) readonly buffer BestKeysIn { float bk_in[]; }; // [m
 layout(std430, binding = 2) readonly buffer BestIdsIn { int bi_in[]; };    // [mq, k]
 layout(std430, binding = 3) writeonly buffer BestKeysOut { float bk_out[]; };
 layout(std430, binding = 4) writeonly buffer BestIdsOut { int bi_out[]; };
+layout(std430, binding = 5) readonly buffer TileIds { int tile_ids[]; };   // [mq, t] (IDS)
 
 layout(push_constant) uniform Push {
     uint t;         // keys in the tile row
-    uint k;         // results kept per row
+    uint k;         // results kept per row (per part)
     uint id_base;   // database id of the tile's first key
+    uint segments;  // parts of the tile row, one workgroup each (grid y)
+    uint flags;     // SELECT_IDS | SELECT_NO_BEST
 } pc;
 
 shared uint hist[256];
@@ -36,18 +45,38 @@ uint ordered(float f) {
     return ((u & 0x80000000u) != 0u) ? ~u : (u | 0x80000000u);
 }
 
+// Candidate c of the workgroup: the running best (kb of them), then its part of the tile.
+uint kb;       // running best entries read: k, or 0 with SELECT_NO_BEST
+uint part0;    // first tile column of this workgroup's part
+
 float key_at(uint row, uint c) {
-    return (c < pc.k) ? bk_in[row * pc.k + c] : tile[row * pc.t + (c - pc.k)];
+    return (c < kb) ? bk_in[row * pc.k + c] : tile[row * pc.t + part0 + (c - kb)];
 }
 
 int id_at(uint row, uint c) {
-    return (c < pc.k) ? bi_in[row * pc.k + c] : int(pc.id_base + (c - pc.k));
+    if (c < kb) return bi_in[row * pc.k + c];
+    uint col = part0 + (c - kb);
+    return ((pc.flags & SELECT_IDS) != 0u) ? tile_ids[row * pc.t + col]
+                                           : int(pc.id_base + col);
 }
 
 void main() {
     uint row = gl_WorkGroupID.x;
+    uint seg = gl_WorkGroupID.y;
     uint tid = gl_LocalInvocationID.x;
-    uint total = pc.k + pc.t;
+    kb = ((pc.flags & SELECT_NO_BEST) != 0u) ? 0u : pc.k;
+    uint part = (pc.t + pc.segments - 1u) / pc.segments;
+    part0 = min(pc.t, seg * part);
+    uint total = kb + min(part, pc.t - part0);
+    uint out0 = (row * pc.segments + seg) * pc.k;  // first output slot of this workgroup
+    if (total <= pc.k) {  // nothing to select: copy in order, seed the rest
+        for (uint c = tid; c < pc.k; c += 256u) {
+            bool real = c < total;
+            bk_out[out0 + c] = real ? key_at(row, c) : uintBitsToFloat(SEED_KEY_BITS);
+            bi_out[out0 + c] = real ? id_at(row, c) : -1;
+        }
+        return;
+    }
     if (tid == 0u) { s_prefix = 0u; s_want = pc.k; }
     uint mask = 0u;
     for (int pass = 0; pass < 4; ++pass) {
@@ -97,13 +126,13 @@ void main() {
         uint round_total = scan[255];
         if (flag == 1u) {
             uint s = base_lt + (before & 0xFFFFu);
-            bk_out[row * pc.k + s] = v;
-            bi_out[row * pc.k + s] = id_at(row, c);
+            bk_out[out0 + s] = v;
+            bi_out[out0 + s] = id_at(row, c);
         } else if (flag == 0x10000u) {
             uint s = base_eq + (before >> 16u);
             if (s < equal_slots) {
-                bk_out[row * pc.k + less_slots + s] = v;
-                bi_out[row * pc.k + less_slots + s] = id_at(row, c);
+                bk_out[out0 + less_slots + s] = v;
+                bi_out[out0 + less_slots + s] = id_at(row, c);
             }
         }
         base_lt += round_total & 0xFFFFu;

@@ -103,3 +103,39 @@ def test_host_selection_helpers():
     k2, i2, _ = merge_by_key([(keys, ids, keys), (np.array([[1.0]], np.float32),
                                                   np.array([[-1]]), np.zeros((1, 1)))], 5)
     assert i2[0].tolist() == [1, 2, 6, 8, -1]
+
+
+@pytest.mark.parametrize("k", [1, 37, 700])
+def test_split_selection_for_small_batches_keeps_the_tie_rule(backend, k, monkeypatch):
+    """A few queries over many rows: each tile's selection is split over many workgroups
+    (parts, then one merge), and must give exactly the one-workgroup result and the
+    reference, ties included; also through HRM2's cell scan."""
+    from m2m_gpu.backends.gpu import GpuBackend
+    from m2m_gpu.ops import knn as knn_ops
+
+    Q, X = tied_data(n=20000, distinct=5)
+    Q = Q[:2]
+    if isinstance(backend, GpuBackend):
+        assert knn_ops.segments_for(backend, 2, 20000, k) > 1  # the split path runs
+    before = dict(backend.launches)
+    D, I = m2m_gpu.knn(Q, X, k, "l2", backend=backend.name)
+    split_groups = backend.launches["workgroups"] - before["workgroups"]
+    Dr, Ir = ref.knn(Q, X, k, "l2")
+    np.testing.assert_array_equal(I, Ir)
+    np.testing.assert_array_equal(D, Dr)
+    bounds = np.array([0, 7000, 7001, 20000])
+    ranges = np.stack([bounds[:-1], bounds[1:]], 1)
+    probes = np.array([[2, 0, -1], [1, 2, 0]])
+    split = backend.scan_cells(backend.from_host(Q), backend.from_host(X), ranges, probes, k,
+                               Key.L2)
+    monkeypatch.setattr(knn_ops, "SPLIT_SELECT", False)
+    before = dict(backend.launches)
+    D1, I1 = m2m_gpu.knn(Q, X, k, "l2", backend=backend.name)
+    one_groups = backend.launches["workgroups"] - before["workgroups"]
+    np.testing.assert_array_equal(I1, I)
+    whole = backend.scan_cells(backend.from_host(Q), backend.from_host(X), ranges, probes, k,
+                               Key.L2)
+    for a, b in zip(split, whole, strict=True):
+        np.testing.assert_array_equal(a, b)
+    if isinstance(backend, GpuBackend):
+        assert split_groups > one_groups  # more workgroups for the same two queries

@@ -38,6 +38,11 @@ PARAM_WIDTH = 4  # [alpha, kappa, last_tick, unused]: 16 bytes
 SEED_KEY_BITS = 0x7FFFFFFF
 SEED_ID = -1
 
+# topk_select flags: ids read from a buffer (merging partial results) instead of
+# id_base + column; no running best read (the first pass of a split selection).
+SELECT_IDS = 1
+SELECT_NO_BEST = 2
+
 # The largest number of workgroups (thread blocks) any launch puts on grid y or z. CUDA's
 # limit is 65535 on y and z; Vulkan guarantees 65535 on every dimension. Drivers split
 # their launches so that no dimension exceeds it (tests lower it through the backend's
@@ -51,6 +56,8 @@ _CONSTANTS = {
     "PARAM_TICK": PARAM_TICK,
     "PARAM_WIDTH": PARAM_WIDTH,
     "SEED_KEY_BITS": SEED_KEY_BITS,
+    "SELECT_IDS": SELECT_IDS,
+    "SELECT_NO_BEST": SELECT_NO_BEST,
 }
 
 _BANNER = ("Generated from m2m_gpu/backends/abi.py by scripts/build_shaders.py; "

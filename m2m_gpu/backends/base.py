@@ -23,101 +23,6 @@ MODE_SPLAT = Key.SPLAT
 MODE_DISTANCE = Key.DISTANCE
 
 
-def cell_segments(ranges: np.ndarray, probes: np.ndarray) -> tuple[np.ndarray, int]:
-    """HRM2 scan layout: per query, its probed cells' row ranges laid end to end.
-
-    Returns ``(segs int64[m, p, 3], t)``: (row start, length, destination offset in the
-    query's candidate row) per probe, and the longest candidate row. A query's segments go
-    in row order (cells do not overlap), so candidate order is row order and the select's
-    tie rule (smaller candidate index) is the index's (smaller position)."""
-    safe = np.where(probes >= 0, probes, 0)
-    start = ranges[safe, 0]
-    length = np.where(probes >= 0, ranges[safe, 1] - ranges[safe, 0], 0)
-    if start.size:
-        order = np.argsort(np.where(length > 0, start, np.iinfo(np.int64).max), axis=1,
-                           kind="stable")
-        start = np.take_along_axis(start, order, 1)
-        length = np.take_along_axis(length, order, 1)
-    dst = np.cumsum(length, axis=1) - length
-    segs = np.stack([start, length, dst], axis=-1).astype(np.int64)
-    return segs, int(length.sum(axis=1).max()) if length.size else 0
-
-
-def candidate_positions(segs: np.ndarray, cand: np.ndarray) -> np.ndarray:
-    """Map candidate indexes (m, k) of cell_segments rows back to row positions (-1 kept)."""
-    start, length, dst = segs[..., 0], segs[..., 1], segs[..., 2]
-    c = cand[:, :, None]
-    inside = (c >= dst[:, None, :]) & (c < (dst + length)[:, None, :])
-    s = np.argmax(inside, axis=2)
-    pos = np.take_along_axis(start, s, 1) + cand - np.take_along_axis(dst, s, 1)
-    return np.where((cand >= 0) & inside.any(axis=2), pos, -1)
-
-
-def finish_cell_scan(backend, keys, cand, segs, k, mode, params):
-    """After a GPU cell scan's top-k (unsorted keys and candidate indexes, host): sort, map
-    candidates to row positions (+inf keys: -1), recover d2 (splat keys:
-    ``(key + log alpha) / kappa``), pad to k."""
-    from ..ops.topk import sort_select_output
-
-    keys, cand = sort_select_output(np, keys, cand)
-    cand = np.where(np.isinf(keys), -1, cand)
-    pos = candidate_positions(segs, cand)
-    d2 = np.where(pos >= 0, keys, np.inf).astype(np.float32)
-    if params is not None and mode == MODE_SPLAT:
-        uniq, inv = np.unique(np.where(pos >= 0, pos, 0), return_inverse=True)
-        pr = backend.gather_rows(params, uniq)[inv.reshape(pos.shape)]
-        d2 = splat_d2(np, keys, pos, pr[..., PARAM_ALPHA], pr[..., PARAM_KAPPA], None)
-    m, have = keys.shape
-    if have < k:
-        pad = lambda a, v: np.concatenate([a, np.full((m, k - have), v, a.dtype)], 1)  # noqa: E731
-        return pad(keys, np.inf), pad(pos, -1), pad(d2, np.inf)
-    return keys, pos, d2
-
-
-def splat_d2(xp, keys, ids, alpha, kappa, direct, mode=MODE_SPLAT):
-    """d2 of splat-ranked results from their keys: the kernels compute
-    ``key = fma(kappa, d2, -log alpha)`` on the direct-form d2, so ``(key + log alpha) /
-    kappa`` loses only that rounding. Where it is undefined (``alpha <= 0`` gives a +inf
-    key) ``direct(bad)`` returns ``(rows, cols, d2)`` for the entries of the mask ``bad``,
-    computed from the vectors; without it they get +inf. Ids of -1 get +inf: no NaN
-    leaves this function. ``mode=MODE_DISTANCE``: the keys are d2 already."""
-    if mode != MODE_SPLAT:
-        d2 = keys.astype(xp.float32, copy=True)
-    else:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            d2 = xp.maximum((keys + xp.log(alpha)) / kappa, xp.float32(0.0)).astype(
-                xp.float32)
-    found = ids >= 0
-    bad = found & ~xp.isfinite(d2)
-    if direct is not None and bool(bad.any()):
-        r, c, v = direct(bad)
-        d2[r, c] = v
-    return xp.where(found & ~xp.isnan(d2), d2, xp.float32(np.inf)).astype(xp.float32)
-
-
-def empty_scan(m: int, k: int):
-    """The result of a cell scan that found no rows: ``(+inf, -1, +inf)`` everywhere."""
-    return (np.full((m, k), np.inf, np.float32), np.full((m, k), -1, np.int64),
-            np.full((m, k), np.inf, np.float32))
-
-
-def scan_in_query_blocks(backend, block, queries, rows, ranges, probes, k, mode, params,
-                         budget_bytes):
-    """Run a GPU cell scan ``block(queries, rows, ranges, probes, k, mode, params)`` over
-    blocks of queries: at most ``backend.max_grid`` per launch (queries go on grid y) and a
-    key matrix (queries x longest candidate row) within ``budget_bytes``."""
-    m = probes.shape[0]
-    _, t = cell_segments(ranges, probes)
-    if m == 0 or t == 0:
-        return empty_scan(m, k)
-    step = max(1, min(backend.max_grid, budget_bytes // (4 * t)))
-    if m <= step:
-        return block(queries, rows, ranges, probes, k, mode, params)
-    parts = [block(backend.slice_rows(queries, a, min(m, a + step)), rows, ranges,
-                   probes[a : a + step], k, mode, params) for a in range(0, m, step)]
-    return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
-
-
 @dataclass(frozen=True)
 class HebbianRates:
     """The learning rates and clips of SPEC section 2 (hebbian)."""
@@ -239,6 +144,7 @@ class Backend(ABC):
     def __init__(self, info: BackendInfo) -> None:
         self.info = info
         self.transfers = TransferStats()
+        self.launches = {"dispatches": 0, "workgroups": 0}  # kernel launches so far
 
     # ---- arrays -------------------------------------------------------------------------
     @abstractmethod
@@ -265,10 +171,14 @@ class Backend(ABC):
         return isinstance(exc, MemoryError)
 
     def check_grid(self, grid) -> None:
-        """Raise :class:`GridLimitError` if a launch's grid y or z exceeds ``max_grid``."""
-        if any(int(g) > self.max_grid for g in tuple(grid)[1:]):
-            raise GridLimitError(f"{self.name}: a launch of grid {tuple(grid)} exceeds "
+        """Raise :class:`GridLimitError` if a launch's grid y or z exceeds ``max_grid``;
+        every launch passes here, and is counted in :attr:`launches`."""
+        grid = tuple(int(g) for g in grid)
+        if any(g > self.max_grid for g in grid[1:]):
+            raise GridLimitError(f"{self.name}: a launch of grid {grid} exceeds "
                                  f"{self.max_grid} workgroups on y or z")
+        self.launches["dispatches"] += 1
+        self.launches["workgroups"] += int(np.prod(grid))
 
     def slice_rows(self, native, start: int, stop: int):
         """Rows ``start:stop`` of a native matrix, as a native matrix."""

@@ -16,22 +16,15 @@ import numpy as np
 
 from .._resources import kernel_dir
 from ..errors import InvalidInputError
-from ..ops.topk import seeds, sort_select_output
+from ..ops.topk import seeds
+from .abi import SELECT_IDS, SELECT_NO_BEST
 from .base import (
-    MODE_SPLAT,
-    PARAM_ALPHA,
-    PARAM_KAPPA,
-    Backend,
     BackendInfo,
     HebbianPlan,
     HebbianRates,
-    Key,
     RowBuffer,
-    cell_segments,
-    finish_cell_scan,
-    scan_in_query_blocks,
-    splat_d2,
 )
+from .gpu import GpuBackend, KernelBatch
 
 TILE_BUDGET_BYTES = 256 << 20  # largest block of distances held on the device at once
 QUERY_CHUNK = 65535  # rows per select launch (grid.x limit is far higher; keeps tiles wide)
@@ -120,7 +113,7 @@ def create(info: BackendInfo) -> CudaBackend:
     return CudaBackend(info)
 
 
-class CudaBackend(Backend):
+class CudaBackend(GpuBackend):
     name = "cuda"
 
     def __init__(self, info: BackendInfo) -> None:
@@ -130,6 +123,11 @@ class CudaBackend(Backend):
         self.cp = cupy
         self._modules: dict[str, Any] = {}
         self._lock = threading.Lock()
+        try:  # a few resident blocks per multiprocessor keep a small batch's select busy
+            sms = int(cupy.cuda.Device().attributes["MultiProcessorCount"])
+            self.select_groups = 4 * sms
+        except Exception:
+            pass
 
     def _module(self, name: str):
         """The RawModule of ``kernels/<name>.cu``, compiled once (CuPy caches on disk)."""
@@ -271,89 +269,33 @@ class CudaBackend(Backend):
         compute.synchronize()
 
     # ---- k-NN --------------------------------------------------------------------------
-    def knn(self, queries, database, k, metric, *, database_sqnorms=None):
-        return self._topk(queries, database, k, Key.L2 if metric == "l2" else Key.IP, None,
-                          negate=metric != "l2")
+    # ---- driver plumbing (m2m_gpu.ops runs knn, splat_topk, energy, scan_cells) --------
+    @property
+    def result_xp(self):
+        return self.cp
 
-    def _topk(self, queries, database, k, mode, params, negate=False):
-        """Distance (or splat key) tiles + running radix select, per query chunk."""
-        cp = self.cp
-        m, d = queries.shape
-        n = database.shape[0]
-        dist = "knn_distance_f16" if database.dtype == cp.float16 else "knn_distance"
-        step = min(QUERY_CHUNK, self.max_grid * DIST_QUERIES_PER_BLOCK)
-        out_k = cp.empty((m, k), dtype=cp.float32)
-        out_i = cp.empty((m, k), dtype=cp.int64)
-        pptr = params if params is not None else cp.zeros(4, dtype=cp.float32)
-        for q0 in range(0, m, step):
-            qb = queries[q0 : q0 + step]
-            mq = qb.shape[0]
-            t_max = min(n, max(DIST_ROWS_PER_BLOCK, TILE_BUDGET_BYTES // (4 * mq)))
-            tile = cp.empty((mq, t_max), dtype=cp.float32)
-            best = [seeds(cp, (mq, k)),
-                    (cp.empty((mq, k), dtype=cp.float32), cp.empty((mq, k), dtype=cp.int64))]
-            side = 0
-            for offset in range(0, n, t_max):
-                t = min(t_max, n - offset)
-                grid = (-(-t // DIST_ROWS_PER_BLOCK), -(-mq // DIST_QUERIES_PER_BLOCK), 1)
-                self._launch("knn", dist, grid, (16, 16, 1), (
-                    qb, database, tile, np.uint32(mq), np.uint32(t), np.uint32(d),
-                    np.uint64(offset), np.uint32(mode), pptr))
-                (bk_in, bi_in), (bk_out, bi_out) = best[side], best[1 - side]
-                self._launch("knn", "topk_select", (mq, 1, 1), (256, 1, 1), (
-                    tile, bk_in, bi_in, bk_out, bi_out, np.uint32(t), np.uint32(k),
-                    np.int64(offset)))
-                side = 1 - side
-            out_k[q0 : q0 + mq], out_i[q0 : q0 + mq] = sort_select_output(cp, *best[side])
-        return (-out_k if negate else out_k), out_i
+    @property
+    def tile_budget_bytes(self) -> int:
+        return TILE_BUDGET_BYTES
 
-    # ---- splat kernels ---------------------------------------------------------------------
-    def splat_topk(self, queries, mu, params, k, mode, *, sqnorms=None):
-        cp = self.cp
-        keys, ids = self._topk(queries, mu, k, mode, params)
-        p = params[cp.maximum(ids, 0)]  # (m, k, 4)
-        return keys, ids, splat_d2(cp, keys, ids, p[..., PARAM_ALPHA], p[..., PARAM_KAPPA],
-                                   lambda bad: self._direct_d2(queries, mu, ids, bad), mode)
+    def batch(self) -> _CudaBatch:
+        return _CudaBatch(self)
 
-    def _direct_d2(self, queries, mu, ids, bad):
-        """Direct-form d2 of the entries ``bad`` (a mask over ids) only."""
-        cp = self.cp
-        r, c = cp.nonzero(bad)
-        diff = queries[r] - mu[ids[r, c]]
-        return r, c, (diff * diff).sum(axis=1)
+    def query_blocks(self, queries, max_rows: int):
+        step = max(1, min(QUERY_CHUNK, int(max_rows)))
+        for q0 in range(0, queries.shape[0], step):
+            block = queries[q0 : q0 + step]
+            yield q0, block.shape[0], self.cp.ascontiguousarray(block, dtype=self.cp.float32)
 
-    def energy(self, queries, mu, params, *, grad=False, sqnorms=None):
-        cp = self.cp
-        m, d = queries.shape
-        n = mu.shape[0]
-        E = cp.empty(m, dtype=cp.float32)
-        G = cp.empty((m, d), dtype=cp.float32) if grad else None
-        step = min(QUERY_CHUNK, self.max_grid * DIST_QUERIES_PER_BLOCK)
-        for q0 in range(0, m, step):
-            qb = queries[q0 : q0 + step]
-            mq = qb.shape[0]
-            t_max = min(max(n, 1), max(DIST_ROWS_PER_BLOCK, TILE_BUDGET_BYTES // (4 * mq)))
-            tile = cp.empty((mq, t_max), dtype=cp.float32)
-            state = cp.zeros((mq, 4), dtype=cp.float32)
-            state[:, 0] = -cp.inf
-            gbuf = cp.zeros((mq, d) if grad else (1,), dtype=cp.float32)
-            for offset in range(0, n, t_max):
-                t = min(t_max, n - offset)
-                grid = (-(-t // DIST_ROWS_PER_BLOCK), -(-mq // DIST_QUERIES_PER_BLOCK), 1)
-                self._launch("knn", "knn_distance", grid, (16, 16, 1), (
-                    qb, mu, tile, np.uint32(mq), np.uint32(t), np.uint32(d),
-                    np.uint64(offset), np.uint32(MODE_SPLAT), params))
-                self._launch("splat", "energy_accumulate", (mq, 1, 1), (256, 1, 1), (
-                    tile, state, gbuf, params, mu, np.uint32(t), np.uint32(d),
-                    np.uint64(offset), np.uint32(int(grad))))
-            M, S, SK = state[:, 0], state[:, 1], state[:, 2]
-            live = cp.isfinite(M) & (S > 0)
-            E[q0 : q0 + mq] = cp.where(live, -(M + cp.log(cp.where(live, S, 1))), cp.inf)
-            if grad:
-                Sl = cp.where(live, S, 1)[:, None]
-                G[q0 : q0 + mq] = cp.where(live[:, None],
-                                           2.0 * (SK[:, None] * qb - gbuf) / Sl, 0.0)
-        return (E, G) if grad else E
+    def row_blocks(self, rows, params=None):
+        rows = rows if rows.dtype == self.cp.float16 else self.cp.ascontiguousarray(
+            rows, dtype=self.cp.float32)
+        if params is not None:
+            params = self.cp.ascontiguousarray(params, dtype=self.cp.float32)
+        yield 0, rows.shape[0], rows, params
+
+    def take_rows(self, native, index):
+        return native[self.cp.asarray(index)]
 
     def hebbian(self, mu, params, queries, plan: HebbianPlan, rates: HebbianRates) -> None:
         if plan.size == 0:
@@ -398,28 +340,6 @@ class CudaBackend(Backend):
                           np.uint32(int(normal)), np.uint32(clusters), np.float32(spread)))
         return out
 
-    def scan_cells(self, queries, rows, ranges, probes, k, mode, params=None, sqnorms=None):
-        return scan_in_query_blocks(self, self._scan_block, queries, rows, ranges, probes, k,
-                                    mode, params, TILE_BUDGET_BYTES)
-
-    def _scan_block(self, queries, rows, ranges, probes, k, mode, params):
-        cp = self.cp
-        segs, t = cell_segments(ranges, probes)
-        m, p = probes.shape
-        kk = min(k, t)
-        keys = cp.empty((m, t), dtype=cp.float32)
-        pptr = params if params is not None else cp.zeros(4, dtype=cp.float32)
-        self._launch(
-            "knn", "cells_distance", (-(-t // 128), m, 1), (128, 1, 1),
-            (queries, rows, self.from_host(segs), keys, np.uint32(m), np.uint32(rows.shape[1]),
-             np.uint32(t), np.uint32(p), np.uint32(mode if params is not None else Key.L2), pptr))
-        best_in = seeds(cp, (m, kk))
-        best_out = (cp.empty((m, kk), dtype=cp.float32), cp.empty((m, kk), dtype=cp.int64))
-        self._launch("knn", "topk_select", (m, 1, 1), (256, 1, 1),
-                     (keys, *best_in, *best_out, np.uint32(t), np.uint32(kk), np.int64(0)))
-        return finish_cell_scan(self, self.to_host(best_out[0]), self.to_host(best_out[1]),
-                                segs, k, mode, params)
-
     def kmeans_sums(self, x, assign, k):
         cp = self.cp
         a = np.asarray(assign)
@@ -442,6 +362,62 @@ class CudaBackend(Backend):
     def scatter_rows(self, native, index, values):
         native[self.from_host(np.asarray(index, dtype=np.int64))] = self.from_host(
             np.ascontiguousarray(values, dtype=native.dtype))
+
+
+class _CudaBatch(KernelBatch):
+    """Kernels launched as they are recorded, on the current stream (CuPy's argument
+    marshalling: numpy scalars of exactly the C types of the kernels' signatures)."""
+
+    def __init__(self, backend: CudaBackend) -> None:
+        self.be = backend
+        self.cp = backend.cp
+        self._no_params = None
+
+    def _params(self, params):
+        if params is not None:
+            return params
+        if self._no_params is None:
+            self._no_params = self.cp.zeros(4, dtype=self.cp.float32)
+        return self._no_params
+
+    def scratch(self, n, dtype=np.float32):
+        return self.cp.empty(int(n), dtype=dtype)
+
+    def upload(self, host):
+        return self.be.from_host(np.ascontiguousarray(host))
+
+    def seeds(self, n):
+        return seeds(self.cp, int(n))
+
+    def distance(self, q, mq, d, x, f16, offset, t, out, key, params):
+        grid = (-(-t // DIST_ROWS_PER_BLOCK), -(-mq // DIST_QUERIES_PER_BLOCK), 1)
+        self.be._launch("knn", "knn_distance_f16" if f16 else "knn_distance", grid,
+                        (16, 16, 1), (q, x, out, np.uint32(mq), np.uint32(t), np.uint32(d),
+                                      np.uint64(offset), np.uint32(key), self._params(params)))
+
+    def select(self, tile, mq, t, k, best_in, best_out, id_base, *, segments=1,
+               tile_ids=None, no_best=False):
+        flags = (SELECT_IDS if tile_ids is not None else 0) | (SELECT_NO_BEST if no_best else 0)
+        ids = tile_ids if tile_ids is not None else best_in[1]  # unread without SELECT_IDS
+        self.be._launch("knn", "topk_select", (mq, segments, 1), (256, 1, 1),
+                        (tile, ids, *best_in, *best_out, np.uint32(t), np.uint32(k),
+                         np.int64(id_base), np.uint32(segments), np.uint32(flags)))
+
+    def energy(self, tile, mq, t, d, offset, state, gbuf, params, x, grad):
+        self.be._launch("splat", "energy_accumulate", (mq, 1, 1), (256, 1, 1),
+                        (tile, state, gbuf, params, x, np.uint32(t), np.uint32(d),
+                         np.uint64(offset), np.uint32(int(grad))))
+
+    def cells(self, q, m, d, x, segs, t, p, keys, key, params, fill):
+        # one block of rows on cuda: the kernel writes +inf wherever no segment covers j
+        assert fill, "cuda scans its rows in one block"
+        self.be._launch("knn", "cells_distance", (-(-t // 128), m, 1), (128, 1, 1),
+                        (q, x, self.upload(np.asarray(segs, np.int64)), keys, np.uint32(m),
+                         np.uint32(d), np.uint32(t), np.uint32(p), np.uint32(key),
+                         self._params(params)))
+
+    def run(self, *buffers):
+        return list(buffers)  # device arrays; the caller's reads synchronise
 
 
 class _CudaRows(RowBuffer):

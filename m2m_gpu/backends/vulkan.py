@@ -25,22 +25,14 @@ import numpy as np
 
 from .._resources import shader_dir
 from ..errors import GridLimitError
-from ..ops.topk import seeds, sort_select_output
-from .abi import MAX_GRID
+from ..ops.topk import seeds
+from .abi import MAX_GRID, SELECT_IDS, SELECT_NO_BEST
 from .base import (
-    MODE_SPLAT,
-    PARAM_ALPHA,
-    PARAM_KAPPA,
-    Backend,
     BackendInfo,
     HebbianPlan,
     HebbianRates,
-    Key,
-    cell_segments,
-    finish_cell_scan,
-    scan_in_query_blocks,
-    splat_d2,
 )
+from .gpu import GpuBackend, KernelBatch
 
 CHUNK_BYTES = 64 << 20  # largest single device buffer
 CHUNK_ROWS_MAX = 32768  # rows per chunk (queries per dispatch stay under the 65535 limit)
@@ -217,6 +209,73 @@ class VkArray:
         self.append(host.astype(_stored_dtype(host.dtype), copy=False))
 
 
+class _VkBatch(KernelBatch):
+    """Kernel launches recorded into one Kompute sequence (uploads first, in record order),
+    evaluated by :meth:`run`. Algorithms are made once per (shader, tensors, workgroups)
+    and dispatched with their push constants (all uint32: kp 0.9 gives push and
+    specialisation constants one dtype)."""
+
+    def __init__(self, backend: VulkanBackend) -> None:
+        self.be = backend
+        self.seq = backend.mgr.sequence()
+        self._algos: dict = {}
+        self._keep: list = []  # tensors and algorithms must outlive the recorded sequence
+
+    def _dispatch(self, shader: str, tensors, groups, push) -> None:
+        key = (shader, tuple(id(t) for t in tensors), tuple(int(g) for g in groups))
+        algo = self._algos.get(key)
+        if algo is None:
+            algo = self.be._algorithm(list(tensors), self.be.spirv(shader), groups, [],
+                                      np.zeros(len(push), dtype=np.uint32))
+            self._algos[key] = algo
+        self.seq.record(self.be.kp.OpAlgoDispatch(algo, np.asarray(push, dtype=np.uint32)))
+
+    def scratch(self, n, dtype=np.float32):
+        t = self.be.mgr.tensor_t(np.zeros(int(n), dtype=_stored_dtype(np.dtype(dtype))))
+        self._keep.append(t)
+        return t
+
+    def upload(self, host):
+        flat = np.ascontiguousarray(host).ravel()
+        t = self.be.mgr.tensor_t(flat)
+        self.seq.record(self.be.kp.OpTensorSyncDevice([t]))
+        self.be.transfers.add_h2d(flat.nbytes)
+        self._keep.append(t)
+        return t
+
+    def seeds(self, n):
+        keys, ids = seeds(np, int(n))
+        return self.upload(keys), self.upload(ids.astype(np.int32))
+
+    def distance(self, q, mq, d, x, f16, offset, t, out, key, params):
+        groups = [-(-t // DIST_ROWS_PER_GROUP), -(-mq // DIST_QUERIES_PER_GROUP), 1]
+        self._dispatch("knn_distance", [q, x, out, params], groups,
+                       [mq, t, d, offset, int(key), int(f16)])
+
+    def select(self, tile, mq, t, k, best_in, best_out, id_base, *, segments=1,
+               tile_ids=None, no_best=False):
+        flags = (SELECT_IDS if tile_ids is not None else 0) | (SELECT_NO_BEST if no_best else 0)
+        ids = tile_ids if tile_ids is not None else best_in[1]  # unread without SELECT_IDS
+        self._dispatch("topk_select", [tile, *best_in, *best_out, ids], [mq, segments, 1],
+                       [t, k, id_base, segments, flags])
+
+    def energy(self, tile, mq, t, d, offset, state, gbuf, params, x, grad):
+        self._dispatch("energy_accumulate", [tile, state, gbuf, params, x], [mq, 1, 1],
+                       [t, d, offset, int(grad)])
+
+    def cells(self, q, m, d, x, segs, t, p, keys, key, params, fill):
+        st = self.upload(np.asarray(segs).astype(np.uint32))
+        self._dispatch("cells_distance", [q, x, st, keys, params], [-(-t // 64), m, 1],
+                       [m, d, t, p, int(key), int(fill)])
+
+    def run(self, *buffers):
+        self.seq.record(self.be.kp.OpTensorSyncLocal(list(buffers)))
+        self.seq.eval()
+        out = [b.data().copy() for b in buffers]
+        self.be.transfers.add_d2h(sum(o.nbytes for o in out))
+        return out
+
+
 def _stored_dtype(dtype: np.dtype) -> np.dtype:
     if dtype in VkArray.STORED:
         return dtype
@@ -225,7 +284,7 @@ def _stored_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float32)
 
 
-class VulkanBackend(Backend):
+class VulkanBackend(GpuBackend):
     name = "vulkan"
 
     def __init__(self, info: BackendInfo) -> None:
@@ -236,6 +295,8 @@ class VulkanBackend(Backend):
         self.mgr = kp.Manager(int(info.versions.get("device_index", 0)))
         self._spirv: dict[str, bytes] = {}
         self._dummy = self.mgr.tensor_t(np.zeros(4, dtype=np.float32))  # unused bindings
+        if info.device_type != "gpu":  # lavapipe runs workgroups on a thread per core
+            self.select_groups = 4 * (os.cpu_count() or 1)
         self.mgr.sequence().eval(kp.OpTensorSyncDevice([self._dummy]))
 
     def _algorithm(self, tensors, spirv: bytes, groups, spec, push):
@@ -246,18 +307,52 @@ class VulkanBackend(Backend):
             raise GridLimitError(f"vulkan: {int(groups[0])} workgroups on x exceed {MAX_GRID}")
         return self.mgr.algorithm(tensors, spirv, [int(g) for g in groups], spec, push)
 
-    def _query_blocks(self, queries: VkArray):
-        """(first, rows, tensor) of the queries, no block over ``max_grid * 16`` rows (the
-        distance kernel puts 16 queries per workgroup on y); larger chunks are re-cut."""
-        step = self.max_grid * DIST_QUERIES_PER_GROUP
+    # ---- driver plumbing (m2m_gpu.ops runs knn, splat_topk, energy, scan_cells) --------
+    @property
+    def result_xp(self):
+        return np
+
+    @property
+    def tile_budget_bytes(self) -> int:
+        return TILE_BUDGET_BYTES
+
+    def batch(self) -> _VkBatch:
+        return _VkBatch(self)
+
+    def query_blocks(self, queries: VkArray, max_rows: int):
+        """(first, rows, tensor) of the queries, no block over ``max_rows`` rows; chunks
+        larger than that are cut again through the host (only ever needed when a test
+        lowers ``max_grid``, or for the cell scan's budget)."""
+        step = max(1, int(max_rows))
         for first, mq, tensor in queries.chunks():
             if mq <= step:
                 yield first, mq, tensor
                 continue
             host = queries._chunk_host(mq, tensor)
             for a in range(0, mq, step):
-                block = host[a : a + step]
+                block = np.ascontiguousarray(host[a : a + step])
                 yield first + a, block.shape[0], self._upload(block)
+
+    def row_blocks(self, rows: VkArray, params: VkArray | None = None):
+        """(first row, rows, tensor, params tensor) per chunk; ``params`` must be chunked
+        like ``rows`` (``from_host(params, like=rows)``)."""
+        if params is None:
+            for first, count, tensor in rows.chunks():
+                yield first, count, tensor, self._dummy
+            return
+        self._check_aligned(rows, params)
+        for (first, count, tensor), (_, _, ptensor) in zip(rows.chunks(), params.chunks(),
+                                                           strict=True):
+            yield first, count, tensor, ptensor
+
+    def _check_aligned(self, mu: VkArray, params: VkArray) -> None:
+        if mu.chunk_rows != params.chunk_rows:
+            raise ValueError("mu and params must share their chunking (from_host(..., like=mu))")
+
+    def take_rows(self, native, index):
+        index = np.asarray(index, dtype=np.int64)
+        uniq, inv = np.unique(index, return_inverse=True)
+        return self.gather_rows(native, uniq)[inv.reshape(index.shape)]
 
     def limit_ops(self, nbytes: int) -> dict:
         ops = super().limit_ops(nbytes)
@@ -332,131 +427,6 @@ class VulkanBackend(Backend):
         return VkArray(self, (0, dim), dtype, like.chunk_rows if like is not None else None)
 
     # ---- k-NN --------------------------------------------------------------------------
-    def knn(self, queries, database, k, metric, *, database_sqnorms=None):
-        keys, ids = self._topk(queries, database, k, Key.L2 if metric == "l2" else Key.IP, None)
-        return (keys if metric == "l2" else -keys), ids
-
-    def _topk(self, queries, database, k, mode, params):
-        """Keys and ids of the k best rows per query (any mode of knn_distance), sorted."""
-        d = database.shape[1]
-        out_keys, out_ids = [], []
-        for _, mq, qtensor in self._query_blocks(queries):
-            keys, ids = self._knn_block(qtensor, mq, database, d, k, mode, params)
-            out_keys.append(keys)
-            out_ids.append(ids)
-        return sort_select_output(np, np.concatenate(out_keys), np.concatenate(out_ids))
-
-    def _seeded(self, size: int):
-        """(keys, ids) tensors holding the seeds of a running top-k (see abi.SEED_KEY_BITS)."""
-        keys, ids = seeds(np, size)
-        return self.mgr.tensor_t(keys), self.mgr.tensor_t(ids.astype(np.int32))
-
-    def _knn_block(self, qtensor, mq, database, d, k, metric_code, params):
-        kp, mgr = self.kp, self.mgr
-        t_max = min(database.chunk_rows, max(DIST_ROWS_PER_GROUP, TILE_BUDGET_BYTES // (4 * mq)))
-        tile = mgr.tensor_t(np.zeros(mq * t_max, dtype=np.float32))
-        best = [self._seeded(mq * k) for _ in range(2)]
-        dist_groups = [
-            -(-t_max // DIST_ROWS_PER_GROUP), -(-mq // DIST_QUERIES_PER_GROUP), 1
-        ]
-        select = [
-            self._algorithm([tile, *best[i], *best[1 - i]], self.spirv("topk_select"), [mq, 1, 1],
-                          [], np.zeros(3, dtype=np.uint32))
-            for i in range(2)
-        ]
-        seq = mgr.sequence()
-        init = [*best[0], *best[1]]
-        seq.record(kp.OpTensorSyncDevice(init))
-        self.transfers.add_h2d(sum(int(t.size()) * 4 for t in init))
-        side = 0
-        rows_f16 = int(database.dtype == np.float16)
-        pchunks = params.chunks() if params is not None else None
-        for c, (first_row, rows, chunk) in enumerate(database.chunks()):
-            ptensor = pchunks[c][2] if pchunks is not None else self._dummy
-            dist = self._algorithm([qtensor, chunk, tile, ptensor], self.spirv("knn_distance"),
-                                 dist_groups, [], np.zeros(6, dtype=np.uint32))
-            for offset in range(0, rows, t_max):
-                t = min(t_max, rows - offset)
-                push = np.array([mq, t, d, offset, metric_code, rows_f16], dtype=np.uint32)
-                seq.record(kp.OpAlgoDispatch(dist, push))
-                push = np.array([t, k, first_row + offset], dtype=np.uint32)
-                seq.record(kp.OpAlgoDispatch(select[side], push))
-                side = 1 - side
-        result = list(best[side])
-        seq.record(kp.OpTensorSyncLocal(result))
-        seq.eval()
-        keys = result[0].data().reshape(mq, k).copy()
-        ids = result[1].data().reshape(mq, k).copy()
-        self.transfers.add_d2h(keys.nbytes + ids.nbytes)
-        return keys, ids
-
-    # ---- splat kernels ---------------------------------------------------------------------
-    def _check_aligned(self, mu: VkArray, params: VkArray) -> None:
-        if mu.chunk_rows != params.chunk_rows:
-            raise ValueError("mu and params must share their chunking (row_store(like=mu))")
-
-    def splat_topk(self, queries, mu, params, k, mode, *, sqnorms=None):
-        self._check_aligned(mu, params)
-        keys, ids = self._topk(queries, mu, k, mode, params)
-        uniq, inv = np.unique(np.maximum(ids, 0), return_inverse=True)
-        p = self.gather_rows(params, uniq)[inv.reshape(ids.shape)]
-
-        def direct(bad):
-            r, c = np.nonzero(bad)
-            diff = self.to_host(queries)[r] - self.gather_rows(mu, ids[r, c])
-            return r, c, np.einsum("ij,ij->i", diff, diff)
-
-        return keys, ids, splat_d2(np, keys, ids, p[..., PARAM_ALPHA], p[..., PARAM_KAPPA],
-                                   direct, mode)
-
-    def energy(self, queries, mu, params, *, grad=False, sqnorms=None):
-        self._check_aligned(mu, params)
-        kp, mgr = self.kp, self.mgr
-        d = mu.shape[1]
-        E_parts, G_parts = [], []
-        for _, mq, qtensor in self._query_blocks(queries):
-            t_max = min(mu.chunk_rows,
-                        max(DIST_ROWS_PER_GROUP, TILE_BUDGET_BYTES // (4 * mq)))
-            tile = mgr.tensor_t(np.zeros(mq * t_max, dtype=np.float32))
-            init = np.zeros((mq, 4), dtype=np.float32)
-            init[:, 0] = -np.inf
-            state = mgr.tensor_t(init.ravel())
-            gbuf = mgr.tensor_t(np.zeros(mq * d if grad else 4, dtype=np.float32))
-            seq = mgr.sequence()
-            seq.record(kp.OpTensorSyncDevice([state, gbuf]))
-            self.transfers.add_h2d(init.nbytes + int(gbuf.size()) * 4)
-            groups = [-(-t_max // DIST_ROWS_PER_GROUP), -(-mq // DIST_QUERIES_PER_GROUP), 1]
-            for (_, rows, chunk), (_, _, ptensor) in zip(mu.chunks(), params.chunks(),
-                                                         strict=True):
-                dist = self._algorithm([qtensor, chunk, tile, ptensor], self.spirv("knn_distance"),
-                                     groups, [], np.zeros(6, dtype=np.uint32))
-                acc = self._algorithm([tile, state, gbuf, ptensor, chunk],
-                                    self.spirv("energy_accumulate"), [mq, 1, 1], [],
-                                    np.zeros(4, dtype=np.uint32))
-                for offset in range(0, rows, t_max):
-                    t = min(t_max, rows - offset)
-                    seq.record(kp.OpAlgoDispatch(dist, np.array([mq, t, d, offset, MODE_SPLAT, 0],
-                                                                dtype=np.uint32)))
-                    seq.record(kp.OpAlgoDispatch(acc, np.array([t, d, offset, int(grad)],
-                                                               dtype=np.uint32)))
-            seq.record(kp.OpTensorSyncLocal([state, gbuf]))
-            seq.eval()
-            st = state.data().reshape(mq, 4).astype(np.float64)
-            self.transfers.add_d2h(st.nbytes // 2 + int(gbuf.size()) * 4)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                live = np.isfinite(st[:, 0]) & (st[:, 1] > 0)
-                E_parts.append(np.where(live, -(st[:, 0] + np.log(st[:, 1])), np.inf))
-                if grad:
-                    g = gbuf.data().reshape(mq, d).astype(np.float64)
-                    q = self._queries_host(qtensor, mq, d)
-                    G_parts.append(np.where(live[:, None],
-                                            2.0 * (st[:, 2:3] * q - g) / st[:, 1:2], 0.0))
-        E = np.concatenate(E_parts).astype(np.float32)
-        return (E, np.concatenate(G_parts).astype(np.float32)) if grad else E
-
-    def _queries_host(self, qtensor, mq, d):
-        return self._download(qtensor).reshape(mq, d).astype(np.float64)
-
     def hebbian(self, mu, params, queries, plan: HebbianPlan, rates: HebbianRates) -> None:
         self._check_aligned(mu, params)
         if plan.size == 0:
@@ -557,49 +527,6 @@ class VulkanBackend(Backend):
                 if raw is None:
                     out[part] = self._download(dense).reshape(part.size, width)
         return out
-
-    def scan_cells(self, queries, rows, ranges, probes, k, mode, params=None, sqnorms=None):
-        return scan_in_query_blocks(self, self._scan_block, queries, rows, ranges, probes, k,
-                                    mode, params, TILE_BUDGET_BYTES)
-
-    def _scan_block(self, queries, rows, ranges, probes, k, mode, params):
-        kp, mgr = self.kp, self.mgr
-        segs, t = cell_segments(ranges, probes)
-        m, p = probes.shape
-        d = rows.shape[1]
-        qtensor = queries.parts[0][2] if len(queries.parts) == 1 else self._upload(
-            self.to_host(queries))
-        kk = min(k, t)
-        keys_t = mgr.tensor_t(np.zeros(m * t, dtype=np.float32))
-        best = [self._seeded(m * kk) for _ in range(2)]
-        seq = mgr.sequence()
-        seq.record(kp.OpTensorSyncDevice([*best[0]]))
-        keep = []
-        pchunks = params.chunks() if params is not None else None
-        for c, (first, count, chunk) in enumerate(rows.chunks()):
-            lo = np.maximum(segs[..., 0], first)
-            hi = np.minimum(segs[..., 0] + segs[..., 1], first + count)
-            length = np.maximum(hi - lo, 0)
-            local = np.stack([np.where(length > 0, lo - first, 0), length,
-                              segs[..., 2] + (lo - segs[..., 0])], -1).astype(np.uint32)
-            st = self._upload(local.ravel())
-            ptensor = pchunks[c][2] if pchunks is not None else self._dummy
-            algo = self._algorithm([qtensor, chunk, st, keys_t, ptensor],
-                                 self.spirv("cells_distance"), [-(-t // 64), m, 1], [],
-                                 np.zeros(6, dtype=np.uint32))
-            eff = mode if params is not None else Key.L2
-            seq.record(kp.OpAlgoDispatch(algo, np.array([m, d, t, p, eff, int(c == 0)],
-                                                        dtype=np.uint32)))
-            keep.append((st, algo))
-        select = self._algorithm([keys_t, *best[0], *best[1]], self.spirv("topk_select"),
-                               [m, 1, 1], [], np.zeros(3, dtype=np.uint32))
-        seq.record(kp.OpAlgoDispatch(select, np.array([t, kk, 0], dtype=np.uint32)))
-        seq.record(kp.OpTensorSyncLocal([*best[1]]))
-        seq.eval()
-        keys = best[1][0].data().reshape(m, kk).copy()
-        cand = best[1][1].data().reshape(m, kk).astype(np.int64)
-        self.transfers.add_d2h(keys.nbytes + cand.nbytes // 2)
-        return finish_cell_scan(self, keys, cand, segs, k, mode, params)
 
     def kmeans_sums(self, x, assign, k):
         kp, mgr = self.kp, self.mgr
