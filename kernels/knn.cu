@@ -108,6 +108,57 @@ extern "C" __global__ void knn_distance_f16(
     knn_distance_body(q, x, keys, mq, t, d, offset, metric, params);
 }
 
+// Small batches (see shaders/knn_distance_rows.comp): one query per block row (grid y),
+// 256 database rows per block, one per thread, each read straight through (its cache
+// lines are reused from L1 over the next components). Same fma order and epilogue as
+// knn_distance: bit-identical keys.
+template <typename T>
+__device__ __forceinline__ void knn_distance_rows_body(
+    const float* __restrict__ q, const T* __restrict__ x, float* __restrict__ keys,
+    unsigned int mq, unsigned int t, unsigned int d, unsigned long long offset,
+    unsigned int metric, const float4* __restrict__ params)
+{
+    const unsigned int qi = blockIdx.y;
+    const unsigned int j = blockIdx.x * 256u + threadIdx.x;
+    if (qi >= mq || j >= t) return;
+    const float* qrow = q + (size_t)qi * d;
+    const size_t xa = (size_t)(offset + j) * d;
+    float acc = 0.0f;
+    if (metric != KEY_IP) {
+        for (unsigned int c = 0; c < d; ++c) {
+            const float diff = qrow[c] - load_x(x, xa + c);
+            acc = fmaf(diff, diff, acc);
+        }
+    } else {
+        for (unsigned int c = 0; c < d; ++c) acc = fmaf(qrow[c], load_x(x, xa + c), acc);
+    }
+    float v = acc;
+    if (metric == KEY_IP) {
+        v = -v;
+    } else if (metric == KEY_SPLAT || metric == KEY_DISTANCE) {
+        const float4 p = params[offset + j];
+        if (!(p.x > 0.0f)) v = __int_as_float(0x7f800000);
+        else if (metric == KEY_SPLAT) v = fmaf(p.y, v, -logf(p.x));
+    }
+    keys[(size_t)qi * t + j] = v;
+}
+
+extern "C" __global__ void knn_distance_rows(
+    const float* __restrict__ q, const float* __restrict__ x, float* __restrict__ keys,
+    unsigned int mq, unsigned int t, unsigned int d, unsigned long long offset,
+    unsigned int metric, const float4* __restrict__ params)
+{
+    knn_distance_rows_body(q, x, keys, mq, t, d, offset, metric, params);
+}
+
+extern "C" __global__ void knn_distance_rows_f16(
+    const float* __restrict__ q, const unsigned short* __restrict__ x, float* __restrict__ keys,
+    unsigned int mq, unsigned int t, unsigned int d, unsigned long long offset,
+    unsigned int metric, const float4* __restrict__ params)
+{
+    knn_distance_rows_body(q, x, keys, mq, t, d, offset, metric, params);
+}
+
 __device__ __forceinline__ unsigned int ordered(float f) {
     unsigned int u = __float_as_uint(f);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);

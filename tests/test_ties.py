@@ -139,3 +139,25 @@ def test_split_selection_for_small_batches_keeps_the_tie_rule(backend, k, monkey
         np.testing.assert_array_equal(a, b)
     if isinstance(backend, GpuBackend):
         assert split_groups > one_groups  # more workgroups for the same two queries
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_small_batch_distance_kernel_is_bit_identical(backend, rng, dtype, monkeypatch):
+    """A few queries use the one-query-per-workgroup distance kernel: same keys, bit for
+    bit, as the 16-query kernel, for every key code (l2, ip, splat energy)."""
+    from m2m_gpu.ops import knn as knn_ops
+
+    X = rng.standard_normal((3001, 37)).astype(np.float32)
+    Q = rng.standard_normal((3, 37)).astype(np.float32)
+    index = m2m_gpu.IndexFlatL2(37, dtype=dtype, backend=backend.name)
+    index.add(X)
+    ip = m2m_gpu.IndexFlatIP(37, backend=backend.name)
+    ip.add(X)
+    runs = []
+    for small in (knn_ops.ROWS_KERNEL_QUERIES, 0):
+        monkeypatch.setattr(knn_ops, "ROWS_KERNEL_QUERIES", small)
+        runs.append((*index.search(Q, 25), *ip.search(Q, 25),
+                     m2m_gpu.energy(Q, X, 1.3, 0.7, backend=backend.name),
+                     *m2m_gpu.splat_topk(Q, X, 1.3, 0.7, 9, backend=backend.name)))
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_array_equal(a, b)

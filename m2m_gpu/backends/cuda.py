@@ -389,11 +389,16 @@ class _CudaBatch(KernelBatch):
     def seeds(self, n):
         return seeds(self.cp, int(n))
 
-    def distance(self, q, mq, d, x, f16, offset, t, out, key, params):
-        grid = (-(-t // DIST_ROWS_PER_BLOCK), -(-mq // DIST_QUERIES_PER_BLOCK), 1)
-        self.be._launch("knn", "knn_distance_f16" if f16 else "knn_distance", grid,
-                        (16, 16, 1), (q, x, out, np.uint32(mq), np.uint32(t), np.uint32(d),
-                                      np.uint64(offset), np.uint32(key), self._params(params)))
+    def distance(self, q, mq, d, x, f16, offset, t, out, key, params, *, rows=False):
+        if rows:  # one query per block row, 256 database rows per block
+            name, grid, block = "knn_distance_rows", (-(-t // 256), mq, 1), (256, 1, 1)
+        else:
+            name = "knn_distance"
+            grid = (-(-t // DIST_ROWS_PER_BLOCK), -(-mq // DIST_QUERIES_PER_BLOCK), 1)
+            block = (16, 16, 1)
+        self.be._launch("knn", name + ("_f16" if f16 else ""), grid, block,
+                        (q, x, out, np.uint32(mq), np.uint32(t), np.uint32(d),
+                         np.uint64(offset), np.uint32(key), self._params(params)))
 
     def select(self, tile, mq, t, k, best_in, best_out, id_base, *, segments=1,
                tile_ids=None, no_best=False):

@@ -45,8 +45,9 @@ class KernelBatch:
     def seeds(self, n: int) -> tuple[Any, Any]:
         raise NotImplementedError
 
-    def distance(self, q, mq, d, x, f16, offset, t, out, key, params) -> None:
-        """``out[i * t + j]``: key of query i and row ``offset + j`` of buffer ``x``."""
+    def distance(self, q, mq, d, x, f16, offset, t, out, key, params, *, rows=False) -> None:
+        """``out[i * t + j]``: key of query i and row ``offset + j`` of buffer ``x``
+        (``rows``: the one-query-per-workgroup kernel, for small batches; same keys)."""
         raise NotImplementedError
 
     def select(self, tile, mq, t, k, best_in, best_out, id_base, *, segments=1,

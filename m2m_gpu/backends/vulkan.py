@@ -247,9 +247,13 @@ class _VkBatch(KernelBatch):
         keys, ids = seeds(np, int(n))
         return self.upload(keys), self.upload(ids.astype(np.int32))
 
-    def distance(self, q, mq, d, x, f16, offset, t, out, key, params):
-        groups = [-(-t // DIST_ROWS_PER_GROUP), -(-mq // DIST_QUERIES_PER_GROUP), 1]
-        self._dispatch("knn_distance", [q, x, out, params], groups,
+    def distance(self, q, mq, d, x, f16, offset, t, out, key, params, *, rows=False):
+        if rows:  # knn_distance_rows: one query per workgroup row, 256 rows per workgroup
+            shader, groups = "knn_distance_rows", [-(-t // 256), mq, 1]
+        else:
+            shader = "knn_distance"
+            groups = [-(-t // DIST_ROWS_PER_GROUP), -(-mq // DIST_QUERIES_PER_GROUP), 1]
+        self._dispatch(shader, [q, x, out, params], groups,
                        [mq, t, d, offset, int(key), int(f16)])
 
     def select(self, tile, mq, t, k, best_in, best_out, id_base, *, segments=1,

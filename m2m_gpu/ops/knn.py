@@ -3,8 +3,10 @@
 Per block of queries: the database is read block of rows by block of rows (one block on
 cuda, the buffers of a chunked array on vulkan), each in tiles of at most
 ``be.tile_rows(mq, rows)`` rows. For every tile the distance kernel (``knn_distance``, any
-key code) writes an (mq, t) key tile and the radix select (``topk_select``) merges it into
-the running k best, ping-ponging between two (keys, ids) buffers. The k survivors are
+key code; ``knn_distance_rows`` for a few queries, which pads none) writes an (mq, t) key
+tile and the radix select (``topk_select``) merges it into the running k best,
+ping-ponging between two (keys, ids) buffers; for a few queries the selection is split
+over many workgroups (``Selector``). The k survivors are
 sorted by (key, id) at the end (``ops.topk.sort_select_output``). Blocks of queries hold at
 most ``max_grid * 16`` rows: the distance kernel puts 16 queries per workgroup on grid y.
 """
@@ -17,6 +19,7 @@ from ..backends.abi import Key
 from .topk import sort_select_output
 
 QUERIES_PER_GROUP = 16  # knn_distance: queries per workgroup (grid y)
+ROWS_KERNEL_QUERIES = 4  # up to this many queries, knn_distance_rows (one query per group)
 SPLIT_SELECT = True  # small batches split each tile's selection over many workgroups
 MIN_PART = 2048  # ... each part holding at least this many keys (and 4 k)
 
@@ -71,7 +74,8 @@ def device_topk(be, queries, database, k: int, key: int, params=None):
         for first, count, xbuf, pbuf in blocks:
             for off in range(0, count, t_max):
                 t = min(t_max, count - off)
-                b.distance(qbuf, mq, d, xbuf, f16, off, t, tile, key, pbuf)
+                b.distance(qbuf, mq, d, xbuf, f16, off, t, tile, key, pbuf,
+                           rows=mq <= ROWS_KERNEL_QUERIES)
                 selector.merge(tile, t, best[side], best[1 - side], first + off)
                 side = 1 - side
         keys, ids = b.run(*best[side])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends.abi import PARAM_ALPHA, PARAM_KAPPA, Key
-from .knn import device_topk
+from .knn import ROWS_KERNEL_QUERIES, device_topk
 
 
 def splat_d2(xp, keys, ids, alpha, kappa, direct, mode=Key.SPLAT):
@@ -69,7 +69,8 @@ def device_energy(be, queries, mu, params, grad: bool = False):
         for _, count, xbuf, pbuf in be.row_blocks(mu, params):
             for off in range(0, count, t_max):
                 t = min(t_max, count - off)
-                b.distance(qbuf, mq, d, xbuf, False, off, t, tile, Key.SPLAT, pbuf)
+                b.distance(qbuf, mq, d, xbuf, False, off, t, tile, Key.SPLAT, pbuf,
+                           rows=mq <= ROWS_KERNEL_QUERIES)
                 b.energy(tile, mq, t, d, off, state, gbuf, pbuf, xbuf, grad)
         st, g = b.run(state, gbuf)
         st = xp.asarray(st).reshape(mq, 4).astype(xp.float64)
