@@ -19,6 +19,30 @@ __device__ __forceinline__ float load_x(const unsigned short* __restrict__ x, si
     return f;
 }
 
+// The key of a row from its accumulated d2 (or q.x for KEY_IP), as every distance kernel
+// finishes it (see the key codes in m2m_abi.h).
+__device__ __forceinline__ float finish_key(float acc, unsigned int metric,
+                                            const float4* __restrict__ params, size_t row)
+{
+    if (metric == KEY_IP) return -acc;
+    if (metric == KEY_SPLAT || metric == KEY_DISTANCE) {
+        const float4 p = params[row];
+        if (!(p.x > 0.0f)) return __int_as_float(0x7f800000);
+        if (metric == KEY_SPLAT) return fmaf(p.y, acc, -logf(p.x));
+    }
+    return acc;
+}
+
+// The exported kernels: one body, float32 rows or float16 (IEEE binary16 bits) rows.
+#define DISTANCE_KERNEL(name, body, T)                                                       \
+    extern "C" __global__ void name(                                                         \
+        const float* __restrict__ q, const T* __restrict__ x, float* __restrict__ keys,      \
+        unsigned int mq, unsigned int t, unsigned int d, unsigned long long offset,          \
+        unsigned int metric, const float4* __restrict__ params)                              \
+    {                                                                                        \
+        body(q, x, keys, mq, t, d, offset, metric, params);                                  \
+    }
+
 // keys[i, j] for query i and database row (offset + j), smaller is better; d2 is the direct
 // form. metric (key code) KEY_L2: d2; KEY_IP: -(q.x); KEY_SPLAT: kappa d2 - log(alpha);
 // KEY_DISTANCE: d2, +inf where alpha = 0. params (float4 per row: alpha, kappa, last_tick,
@@ -78,35 +102,13 @@ __device__ __forceinline__ void knn_distance_body(
         for (int r = 0; r < RN; ++r) {
             unsigned int j = r0 + lx + 16u * r;
             if (j >= t) continue;
-            float v = acc[r];
-            if (metric == KEY_IP) {
-                v = -v;
-            } else if (metric == KEY_SPLAT || metric == KEY_DISTANCE) {
-                const float4 p = params[offset + j];
-                if (!(p.x > 0.0f)) v = __int_as_float(0x7f800000);
-                else if (metric == KEY_SPLAT) v = fmaf(p.y, v, -logf(p.x));
-            }
-            keys[(size_t)qi * t + j] = v;
+            keys[(size_t)qi * t + j] = finish_key(acc[r], metric, params, offset + j);
         }
     }
 }
 
-extern "C" __global__ void knn_distance(
-    const float* __restrict__ q, const float* __restrict__ x, float* __restrict__ keys,
-    unsigned int mq, unsigned int t, unsigned int d, unsigned long long offset,
-    unsigned int metric, const float4* __restrict__ params)
-{
-    knn_distance_body(q, x, keys, mq, t, d, offset, metric, params);
-}
-
-// The same for float16 rows (half the bytes read per row).
-extern "C" __global__ void knn_distance_f16(
-    const float* __restrict__ q, const unsigned short* __restrict__ x, float* __restrict__ keys,
-    unsigned int mq, unsigned int t, unsigned int d, unsigned long long offset,
-    unsigned int metric, const float4* __restrict__ params)
-{
-    knn_distance_body(q, x, keys, mq, t, d, offset, metric, params);
-}
+DISTANCE_KERNEL(knn_distance, knn_distance_body, float)
+DISTANCE_KERNEL(knn_distance_f16, knn_distance_body, unsigned short)  // half the bytes
 
 // Small batches (see shaders/knn_distance_rows.comp): one query per block row (grid y),
 // 256 database rows per block, one per thread, each read straight through (its cache
@@ -132,32 +134,11 @@ __device__ __forceinline__ void knn_distance_rows_body(
     } else {
         for (unsigned int c = 0; c < d; ++c) acc = fmaf(qrow[c], load_x(x, xa + c), acc);
     }
-    float v = acc;
-    if (metric == KEY_IP) {
-        v = -v;
-    } else if (metric == KEY_SPLAT || metric == KEY_DISTANCE) {
-        const float4 p = params[offset + j];
-        if (!(p.x > 0.0f)) v = __int_as_float(0x7f800000);
-        else if (metric == KEY_SPLAT) v = fmaf(p.y, v, -logf(p.x));
-    }
-    keys[(size_t)qi * t + j] = v;
+    keys[(size_t)qi * t + j] = finish_key(acc, metric, params, offset + j);
 }
 
-extern "C" __global__ void knn_distance_rows(
-    const float* __restrict__ q, const float* __restrict__ x, float* __restrict__ keys,
-    unsigned int mq, unsigned int t, unsigned int d, unsigned long long offset,
-    unsigned int metric, const float4* __restrict__ params)
-{
-    knn_distance_rows_body(q, x, keys, mq, t, d, offset, metric, params);
-}
-
-extern "C" __global__ void knn_distance_rows_f16(
-    const float* __restrict__ q, const unsigned short* __restrict__ x, float* __restrict__ keys,
-    unsigned int mq, unsigned int t, unsigned int d, unsigned long long offset,
-    unsigned int metric, const float4* __restrict__ params)
-{
-    knn_distance_rows_body(q, x, keys, mq, t, d, offset, metric, params);
-}
+DISTANCE_KERNEL(knn_distance_rows, knn_distance_rows_body, float)
+DISTANCE_KERNEL(knn_distance_rows_f16, knn_distance_rows_body, unsigned short)
 
 __device__ __forceinline__ unsigned int ordered(float f) {
     unsigned int u = __float_as_uint(f);
@@ -298,12 +279,7 @@ extern "C" __global__ void cells_distance(
                 const float df = q[(size_t)i * d + c] - x[(size_t)r * d + c];
                 acc = fmaf(df, df, acc);
             }
-            if (mode == KEY_SPLAT || mode == KEY_DISTANCE) {
-                const float4 prm = params[r];
-                if (!(prm.x > 0.0f)) acc = __int_as_float(0x7f800000);
-                else if (mode == KEY_SPLAT) acc = fmaf(prm.y, acc, -logf(prm.x));
-            }
-            keys[(size_t)i * t + j] = acc;
+            keys[(size_t)i * t + j] = finish_key(acc, mode, params, r);
             return;
         }
     }

@@ -680,7 +680,7 @@ class IndexHRM2:
         return self.ntotal
 
     def _rows(self, x, what="vectors"):
-        from .knn import prepare
+        from .inputs import prepare
 
         rows, _, _ = prepare(x, what, self.metric, dim=self.d)
         return host_array(rows)

@@ -18,7 +18,8 @@ import numpy as np
 
 from .backends import Backend, get_backend
 from .errors import InvalidInputError
-from .knn import check_k, check_metric, prepare, row_sqnorms, search_native
+from .inputs import check_k, check_metric, prepare, row_sqnorms
+from .knn import search_native
 from .tensor import array_module, host_array, stage, to_caller
 
 # FAISS's metric constants, so `index.metric_type == faiss.METRIC_L2` style checks carry over.

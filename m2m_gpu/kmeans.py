@@ -20,7 +20,7 @@ import numpy as np
 
 from .backends import Backend, get_backend
 from .errors import InvalidInputError
-from .knn import prepare
+from .inputs import prepare
 from .tensor import host_array, to_native
 
 INIT_POINTS_PER_CENTROID = 16  # k-means++ runs on at most this many rows per centroid

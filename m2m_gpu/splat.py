@@ -13,7 +13,7 @@ import numpy as np
 from .backends import Backend, get_backend
 from .backends.base import MODE_SPLAT, PARAM_ALPHA, PARAM_KAPPA, PARAM_WIDTH
 from .errors import InvalidInputError, UnknownMetricError
-from .knn import check_k, prepare
+from .inputs import check_k, prepare
 from .tensor import to_native
 
 

@@ -58,7 +58,7 @@ from .errors import (
     UnknownIdError,
     UnknownMetricError,
 )
-from .knn import check_k, prepare, row_sqnorms
+from .inputs import check_k, prepare, row_sqnorms
 from .ops.topk import merge_by_key
 from .store_index import IndexOptions, StoreIndex
 from .tensor import host_array, to_native

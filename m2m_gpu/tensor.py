@@ -116,7 +116,7 @@ def stage(obj: Any) -> tuple[Any, Caller]:
     without copying when the memory allows it, and remember what the caller used."""
     if isinstance(obj, DeviceArray):
         data = obj.data
-        if obj.backend == "cuda" or obj.backend == "cpu":
+        if _module_of(data) in ("numpy", "cupy"):  # staged forms: host or CUDA memory
             return data, Caller("device", backend=obj._backend)
         return obj.numpy(), Caller("device", backend=obj._backend)
     mod = _module_of(obj)
@@ -173,14 +173,14 @@ def to_caller(backend: Backend, native: Any, caller: Caller) -> Any:
     if caller.kind == "numpy":
         return backend.to_host(native)
     if caller.kind == "cupy":
-        if backend.name == "cuda":
+        if _module_of(native) == "cupy":
             return native
         return get_backend("cuda").from_host(backend.to_host(native))
     if caller.kind == "torch":
         import torch
 
         if caller.torch_device.type == "cuda":
-            if backend.name == "cuda":
+            if _module_of(native) == "cupy":
                 return torch.from_dlpack(native)  # zero-copy
             host = torch.from_numpy(backend.to_host(native))
             return host.to(caller.torch_device)

@@ -120,3 +120,46 @@ def test_installed_package_finds_its_sources():
 
     assert (shader_dir() / "knn_distance.spv").is_file()
     assert (kernel_dir() / "knn.cu").is_file()
+
+
+def backend_name_branches(paths) -> list[str]:
+    """Comparisons of a backend's name with a backend name ("cpu", "cuda", "vulkan"):
+    ``be.name == "cuda"``, ``backend in ("cpu", "vulkan")``, ``obj.backend != "cpu"``."""
+    import ast
+
+    names = {"cpu", "cuda", "vulkan"}
+
+    def is_name_expr(node) -> bool:
+        if isinstance(node, ast.Attribute):
+            return node.attr in ("name", "backend")
+        return isinstance(node, ast.Name) and node.id in ("backend", "be", "name")
+
+    def constants(node) -> set:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return {node.value}
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return set().union(*(constants(e) for e in node.elts)) if node.elts else set()
+        return set()
+
+    found = []
+    for path in paths:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Compare):
+                continue
+            sides = [node.left, *node.comparators]
+            if any(is_name_expr(s) for s in sides) and \
+                    any(constants(s) & names for s in sides):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_no_backend_name_branches_outside_the_backends():
+    """The layers above m2m_gpu/backends/ ask capabilities and plumbing methods, never which
+    backend they run on (the count was 27 in the library and 9 in bench/; it is 0)."""
+    lib = [p for p in (ROOT / "m2m_gpu").rglob("*.py")
+           if "backends" not in p.relative_to(ROOT).parts and p.name != "testing.py"]
+    bench = list((ROOT / "bench").rglob("*.py"))
+    assert backend_name_branches(lib + bench) == []
+    # the detector itself finds them where they are allowed
+    assert backend_name_branches([ROOT / "m2m_gpu" / "backends" / "__init__.py"])

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GridLimitError
+from ..errors import GridLimitError, InvalidInputError
 from .abi import MAX_GRID, PARAM_ALPHA, PARAM_KAPPA, PARAM_TICK, PARAM_WIDTH, Key  # noqa: F401
 
 # Ranking modes of splat_topk: the key codes of the distance kernels (see abi.Key).
@@ -170,6 +170,15 @@ class Backend(ABC):
         and retry); cupy's OutOfMemoryError is a MemoryError."""
         return isinstance(exc, MemoryError)
 
+    @staticmethod
+    def check_in_place(what: str, native, dtype=np.float32) -> None:
+        """Kernels that update an array in place (hebbian, decay) need it in the layout
+        they write: a converted copy would silently drop the update."""
+        if native.dtype != dtype or not native.flags.c_contiguous:
+            raise InvalidInputError(f"{what} must be C-contiguous {np.dtype(dtype).name} to be "
+                                    f"updated in place, got {native.dtype} "
+                                    f"{'C' if native.flags.c_contiguous else 'non-C'}-ordered")
+
     def check_grid(self, grid) -> None:
         """Raise :class:`GridLimitError` if a launch's grid y or z exceeds ``max_grid``;
         every launch passes here, and is counted in :attr:`launches`."""
@@ -179,6 +188,11 @@ class Backend(ABC):
                                  f"{self.max_grid} workgroups on y or z")
         self.launches["dispatches"] += 1
         self.launches["workgroups"] += int(np.prod(grid))
+
+    def sqnorms(self, native) -> Any:
+        """``||x||^2`` of each row of a native matrix, float32 (native)."""
+        host = np.asarray(self.to_host(native), dtype=np.float32)
+        return self.from_host(np.einsum("ij,ij->i", host, host))
 
     def slice_rows(self, native, start: int, stop: int):
         """Rows ``start:stop`` of a native matrix, as a native matrix."""

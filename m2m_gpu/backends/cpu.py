@@ -131,6 +131,7 @@ class CpuBackend(Backend):
 
     # ---- k-NN --------------------------------------------------------------------------
     def knn(self, queries, database, k, metric, *, database_sqnorms=None):
+        queries, database = _c32(queries), _rows(database)
         m = queries.shape[0]
         if metric == "l2" and database_sqnorms is None:
             database_sqnorms = self.sqnorms(database)
@@ -295,6 +296,7 @@ class CpuBackend(Backend):
         return fill
 
     def splat_topk(self, queries, mu, params, k, mode, *, sqnorms=None):
+        queries, mu, params = _c32(queries), _c32(mu), _c32(params)
         m, n = queries.shape[0], mu.shape[0]
         kap, bias = self._key_terms(mu, params, mode, sqnorms)
         if m <= SMALL_BATCH:
@@ -343,6 +345,7 @@ class CpuBackend(Backend):
         return sort_rows(keys.astype(np.float32), ids, d2)
 
     def energy(self, queries, mu, params, *, grad=False, sqnorms=None):
+        queries, mu, params = _c32(queries), _c32(mu), _c32(params)
         m, d = queries.shape
         n = mu.shape[0]
         kap, bias = self._key_terms(mu, params, MODE_SPLAT, sqnorms)
@@ -419,6 +422,9 @@ class CpuBackend(Backend):
     def hebbian(self, mu, params, queries, plan: HebbianPlan, rates: HebbianRates) -> None:
         """Vectorised over splats: round r applies the r-th event of every splat that has
         one, so each splat sees its events in order (the sequential result)."""
+        self.check_in_place("mu", mu)
+        self.check_in_place("params", params)
+        queries = _c32(queries)
         if plan.size == 0:
             return
         for r in range(int(plan.counts.max())):
@@ -443,6 +449,7 @@ class CpuBackend(Backend):
             params[rows, PARAM_KAPPA] = np.clip(kp, rates.kappa_min, rates.kappa_max)
 
     def decay(self, params, now, lam):
+        self.check_in_place("params", params)
         now = np.float32(now)
         params[:, PARAM_ALPHA] *= np.exp(np.float32(-lam) * (now - params[:, PARAM_TICK]))
         params[:, PARAM_TICK] = now
@@ -474,6 +481,8 @@ class CpuBackend(Backend):
         """The probed cells' k best rows per query: the candidate pass is the compiled loop
         of ``_jit`` when Numba is available (else ``_scan_cells_numpy``), and the k found
         are finished in the direct form."""
+        queries, rows = _c32(queries), _c32(rows)
+        params = None if params is None else _c32(params)
         if sqnorms is None:
             sqnorms = np.einsum("ij,ij->i", rows, rows)
         if self.jit:
@@ -569,6 +578,16 @@ class CpuBackend(Backend):
         for s in range(0, x.shape[0], step):
             np.add.at(sums, assign[s : s + step], x[s : s + step].astype(np.float64))
         return sums, np.bincount(assign, minlength=k).astype(np.int64)
+
+
+def _c32(a: np.ndarray) -> np.ndarray:
+    """A kernel input as C-contiguous float32 (a no-op when it already is)."""
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    """Database rows: float16 storage kept as it is, anything else C-contiguous float32."""
+    return np.ascontiguousarray(a) if a.dtype == np.float16 else _c32(a)
 
 
 def _f32(tile: np.ndarray) -> np.ndarray:

@@ -298,10 +298,13 @@ class CudaBackend(GpuBackend):
         return native[self.cp.asarray(index)]
 
     def hebbian(self, mu, params, queries, plan: HebbianPlan, rates: HebbianRates) -> None:
+        self.check_in_place("mu", mu)
+        self.check_in_place("params", params)
         if plan.size == 0:
             return
         cp = self.cp
-        q = queries if isinstance(queries, cp.ndarray) else self.from_host(queries)
+        q = cp.ascontiguousarray(queries if isinstance(queries, cp.ndarray)
+                                 else self.from_host(queries), dtype=cp.float32)
         rows, starts, counts, evq, evs = (self.from_host(np.ascontiguousarray(a)) for a in (
             plan.rows.astype(np.int64), plan.starts.astype(np.int32),
             plan.counts.astype(np.int32), plan.ev_query.astype(np.int32),
@@ -316,6 +319,7 @@ class CudaBackend(GpuBackend):
              f(rates.kappa_max), f(rates.eps)))
 
     def decay(self, params, now, lam):
+        self.check_in_place("params", params)
         n = params.shape[0]
         if n == 0:
             return
@@ -328,7 +332,8 @@ class CudaBackend(GpuBackend):
         out = cp.empty((rows, d), dtype=cp.float32 if normal else cp.uint32)
         if rows == 0:
             return out
-        cptr = centers if centers is not None else cp.zeros(1, dtype=cp.float32)
+        cptr = cp.ascontiguousarray(centers, dtype=cp.float32) if centers is not None \
+            else cp.zeros(1, dtype=cp.float32)
         clusters = 0 if centers is None else centers.shape[0]
         step = self.max_grid * 16  # rows go on grid y, 16 per block
         for s in range(0, rows, step):
@@ -342,6 +347,7 @@ class CudaBackend(GpuBackend):
 
     def kmeans_sums(self, x, assign, k):
         cp = self.cp
+        x = cp.ascontiguousarray(x, dtype=cp.float32)
         a = np.asarray(assign)
         order = np.argsort(a, kind="stable")  # a fixed order: deterministic sums
         offsets = np.zeros(k + 1, dtype=np.int64)
