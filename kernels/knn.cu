@@ -33,14 +33,18 @@ __device__ __forceinline__ float finish_key(float acc, unsigned int metric,
     return acc;
 }
 
-// The exported kernels: one body, float32 rows or float16 (IEEE binary16 bits) rows.
-#define DISTANCE_KERNEL(name, body, T)                                                       \
+// The exported kernels (signatures in m2m_gpu/backends/abi.py): one body, read as float32
+// rows or as float16 rows (IEEE binary16 bits) as rows_f16 says, the same for every thread.
+#define DISTANCE_KERNEL(name, body)                                                          \
     extern "C" __global__ void name(                                                         \
-        const float* __restrict__ q, const T* __restrict__ x, float* __restrict__ keys,      \
+        const float* __restrict__ q, const void* __restrict__ x, float* __restrict__ keys,   \
         unsigned int mq, unsigned int t, unsigned int d, unsigned long long offset,          \
-        unsigned int metric, const float4* __restrict__ params)                              \
+        unsigned int metric, const float4* __restrict__ params, unsigned int rows_f16)       \
     {                                                                                        \
-        body(q, x, keys, mq, t, d, offset, metric, params);                                  \
+        if (rows_f16)                                                                        \
+            body(q, (const unsigned short*)x, keys, mq, t, d, offset, metric, params);       \
+        else                                                                                 \
+            body(q, (const float*)x, keys, mq, t, d, offset, metric, params);                \
     }
 
 // keys[i, j] for query i and database row (offset + j), smaller is better; d2 is the direct
@@ -107,8 +111,7 @@ __device__ __forceinline__ void knn_distance_body(
     }
 }
 
-DISTANCE_KERNEL(knn_distance, knn_distance_body, float)
-DISTANCE_KERNEL(knn_distance_f16, knn_distance_body, unsigned short)  // half the bytes
+DISTANCE_KERNEL(knn_distance, knn_distance_body)
 
 // Small batches (see shaders/knn_distance_rows.comp): one query per block row (grid y),
 // 256 database rows per block, one per thread, each read straight through (its cache
@@ -137,8 +140,7 @@ __device__ __forceinline__ void knn_distance_rows_body(
     keys[(size_t)qi * t + j] = finish_key(acc, metric, params, offset + j);
 }
 
-DISTANCE_KERNEL(knn_distance_rows, knn_distance_rows_body, float)
-DISTANCE_KERNEL(knn_distance_rows_f16, knn_distance_rows_body, unsigned short)
+DISTANCE_KERNEL(knn_distance_rows, knn_distance_rows_body)
 
 __device__ __forceinline__ unsigned int ordered(float f) {
     unsigned int u = __float_as_uint(f);
@@ -259,12 +261,13 @@ extern "C" __global__ void topk_select(
 
 // HRM2 scan (see shaders/cells_distance.comp): candidate j of query i lies in one of the
 // query's p segments (row start, length, destination offset); direct-form key, +inf where no
-// segment covers j. params may be null in mode 0.
+// segment covers j when fill is set (the first block of rows writes it). params is unread
+// for KEY_L2.
 extern "C" __global__ void cells_distance(
     const float* __restrict__ q, const float* __restrict__ x,
     const long long* __restrict__ segs, float* __restrict__ keys, unsigned int m,
     unsigned int d, unsigned int t, unsigned int p, unsigned int mode,
-    const float4* __restrict__ params)
+    const float4* __restrict__ params, unsigned int fill)
 {
     const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
     const unsigned int i = blockIdx.y;
@@ -283,5 +286,5 @@ extern "C" __global__ void cells_distance(
             return;
         }
     }
-    keys[(size_t)i * t + j] = __int_as_float(0x7f800000);
+    if (fill) keys[(size_t)i * t + j] = __int_as_float(0x7f800000);
 }

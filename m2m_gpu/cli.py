@@ -41,7 +41,8 @@ def bench(
     standard: Annotated[bool, typer.Option("--standard")] = False,
     full: Annotated[bool, typer.Option("--full")] = False,
     preset: Annotated[str | None, typer.Option(
-        help="a preset by name: tiny (seconds, for tests), quick, standard, full")] = None,
+        help="a preset by name: tiny (seconds, for tests), quick, gpu (one GPU, about two "
+             "minutes), standard, full")] = None,
     backend: Annotated[list[str] | None, typer.Option(
         "--backend", "-b", help="cpu, cuda or vulkan (repeatable; default: all available)")]
     = None,

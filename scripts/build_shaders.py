@@ -51,6 +51,7 @@ def abi_module():
     spec = importlib.util.spec_from_file_location(
         "m2m_abi", ROOT / "m2m_gpu" / "backends" / "abi.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     return module
 

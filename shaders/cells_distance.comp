@@ -8,7 +8,7 @@
 // segment holding candidate j. Direct form; key codes as in knn_distance.comp (KEY_L2,
 // KEY_SPLAT, KEY_DISTANCE). Rows outside this chunk are written by another dispatch.
 // Mirrors kernels/knn.cu (cells_distance).
-layout(local_size_x = 64, local_size_y = 1, local_size_z = 1) in;
+layout(local_size_x = 128, local_size_y = 1, local_size_z = 1) in;
 
 layout(std430, binding = 0) readonly buffer Queries { float q[]; };     // [m, d]
 layout(std430, binding = 1) readonly buffer Rows { float x[]; };        // chunk [rows, d]

@@ -21,11 +21,11 @@
 layout(local_size_x = 256, local_size_y = 1, local_size_z = 1) in;
 
 layout(std430, binding = 0) readonly buffer TileKeys { float tile[]; };    // [mq, t]
-layout(std430, binding = 1) readonly buffer BestKeysIn { float bk_in[]; }; // [mq, k]
-layout(std430, binding = 2) readonly buffer BestIdsIn { int bi_in[]; };    // [mq, k]
-layout(std430, binding = 3) writeonly buffer BestKeysOut { float bk_out[]; };
-layout(std430, binding = 4) writeonly buffer BestIdsOut { int bi_out[]; };
-layout(std430, binding = 5) readonly buffer TileIds { int tile_ids[]; };   // [mq, t] (IDS)
+layout(std430, binding = 1) readonly buffer TileIds { int tile_ids[]; };   // [mq, t] (IDS)
+layout(std430, binding = 2) readonly buffer BestKeysIn { float bk_in[]; }; // [mq, k]
+layout(std430, binding = 3) readonly buffer BestIdsIn { int bi_in[]; };    // [mq, k]
+layout(std430, binding = 4) writeonly buffer BestKeysOut { float bk_out[]; };
+layout(std430, binding = 5) writeonly buffer BestIdsOut { int bi_out[]; };
 
 layout(push_constant) uniform Push {
     uint t;         // keys in the tile row

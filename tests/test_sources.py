@@ -163,3 +163,57 @@ def test_no_backend_name_branches_outside_the_backends():
     assert backend_name_branches(lib + bench) == []
     # the detector itself finds them where they are allowed
     assert backend_name_branches([ROOT / "m2m_gpu" / "backends" / "__init__.py"])
+
+
+def _cuda_signature(source: str, name: str) -> list[tuple[str, str]]:
+    """(kind, name) of each parameter of kernel ``name`` in a .cu source (through the
+    DISTANCE_KERNEL macro when it is defined by one)."""
+    import re
+
+    m = re.search(r'extern "C" __global__ void ' + name + r"\s*\(([^)]*)\)", source)
+    if m is None and re.search(r"DISTANCE_KERNEL\(" + name + r",", source):
+        m = re.search(r"#define DISTANCE_KERNEL\(name, body\).*?void name\(([^)]*)\)", source,
+                      re.S)
+    assert m is not None, f"kernel {name} not found"
+    params = " ".join(m.group(1).replace("\\", " ").split())
+    out = []
+    for p in params.split(","):
+        words = p.replace("*", " * ").split()
+        pname = words[-1]
+        if "*" in words:
+            out.append(("ids" if "long" in words else "buf", pname))
+        else:
+            ctype = " ".join(w for w in words[:-1] if w != "const")
+            out.append(({"unsigned int": "u32", "unsigned long long": "u64",
+                         "long long": "i64", "float": "f32"}[ctype], pname))
+    return out
+
+
+def test_kernel_signatures_match_their_specs():
+    """Each abi.KernelSpec is the kernel's signature in its .cu (parameter kinds and names,
+    in order) and in its .comp (one binding per buffer in order, ids as int or uint, one
+    uint push constant per scalar with the same names, and the same local size), so that
+    the one launch in ops/ is right on both backends."""
+    import re
+
+    from m2m_gpu.backends.abi import SPECS
+
+    for spec in SPECS:
+        cu = (ROOT / "kernels" / f"{spec.module}.cu").read_text()
+        want = [tuple(a.split()) for a in spec.args]
+        assert _cuda_signature(cu, spec.name) == want, spec.name
+        comp = (ROOT / "shaders" / f"{spec.name}.comp").read_text()
+        bindings = re.findall(r"binding\s*=\s*(\d+)\)\s*(?:readonly|writeonly)?\s*buffer\s+\w+"
+                              r"\s*\{\s*(\w+)\s+\w+\[\]", comp)
+        assert [int(b) for b, _ in bindings] == list(range(len(spec.buffers))), spec.name
+        kinds = [a.split()[0] for a in spec.args if a.split()[0] in ("buf", "ids")]
+        for (_, gtype), kind in zip(bindings, kinds, strict=True):
+            assert (gtype in ("int", "uint")) if kind == "ids" else True, (spec.name, gtype)
+        block = re.search(r"uniform Push \{(.*?)\} pc;", comp, re.S).group(1)
+        block = re.sub(r"//[^\n]*", "", block)
+        fields = [f.strip() for decl in block.split(";") if decl.strip()
+                  for f in decl.strip().removeprefix("uint").split(",")]
+        assert fields == [n for _, n in spec.scalars], (spec.name, fields)
+        local = re.search(r"local_size_x = (\d+), local_size_y = (\d+), local_size_z = (\d+)",
+                          comp)
+        assert tuple(int(v) for v in local.groups()) == spec.local, spec.name

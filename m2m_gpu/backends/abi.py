@@ -11,6 +11,7 @@ Adding a key code: add a member to :class:`Key`, run ``scripts/build_shaders.py`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
 
 
@@ -48,6 +49,56 @@ SELECT_NO_BEST = 2
 # their launches so that no dimension exceeds it (tests lower it through the backend's
 # ``max_grid`` attribute to run the split path on small inputs).
 MAX_GRID = 65535
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """A kernel's signature, the same in its ``.cu`` and its ``.comp``.
+
+    ``args`` in the CUDA parameter order, each ``"<kind> <name>"``: ``buf`` (a float or
+    32-bit word buffer), ``ids`` (an index buffer: ``long long`` on CUDA, ``int`` in GLSL),
+    or a scalar ``u32`` / ``u64`` / ``i64`` / ``f32`` (``unsigned int``, ``unsigned long
+    long``, ``long long``, ``float`` on CUDA; in GLSL every scalar is a ``uint`` push
+    constant, in this order, and 64-bit ones must fit in 32 bits). GLSL bindings are the
+    buffers in this order. ``local``: the CUDA block and the GLSL ``local_size``.
+    ``tests/test_sources.py`` checks both sources against these specs.
+    """
+
+    name: str
+    module: str  # kernels/<module>.cu
+    args: tuple[str, ...]
+    local: tuple[int, int, int]
+
+    @property
+    def buffers(self) -> list[str]:
+        return [a.split()[1] for a in self.args if a.split()[0] in ("buf", "ids")]
+
+    @property
+    def scalars(self) -> list[tuple[str, str]]:
+        return [tuple(a.split()) for a in self.args if a.split()[0] not in ("buf", "ids")]
+
+
+KNN_DISTANCE = KernelSpec(
+    "knn_distance", "knn",
+    ("buf q", "buf x", "buf keys", "u32 mq", "u32 t", "u32 d", "u64 offset", "u32 metric",
+     "buf params", "u32 rows_f16"), (16, 16, 1))
+KNN_DISTANCE_ROWS = KernelSpec(
+    "knn_distance_rows", "knn",
+    ("buf q", "buf x", "buf keys", "u32 mq", "u32 t", "u32 d", "u64 offset", "u32 metric",
+     "buf params", "u32 rows_f16"), (256, 1, 1))
+TOPK_SELECT = KernelSpec(
+    "topk_select", "knn",
+    ("buf tile", "ids tile_ids", "buf bk_in", "ids bi_in", "buf bk_out", "ids bi_out",
+     "u32 t", "u32 k", "i64 id_base", "u32 segments", "u32 flags"), (256, 1, 1))
+CELLS_DISTANCE = KernelSpec(
+    "cells_distance", "knn",
+    ("buf q", "buf x", "ids segs", "buf keys", "u32 m", "u32 d", "u32 t", "u32 p",
+     "u32 mode", "buf params", "u32 fill"), (128, 1, 1))
+ENERGY_ACCUMULATE = KernelSpec(
+    "energy_accumulate", "splat",
+    ("buf tile", "buf state", "buf grad", "buf params", "buf mu", "u32 t", "u32 d",
+     "u64 offset", "u32 want_grad"), (256, 1, 1))
+SPECS = (KNN_DISTANCE, KNN_DISTANCE_ROWS, TOPK_SELECT, CELLS_DISTANCE, ENERGY_ACCUMULATE)
 
 _CONSTANTS = {
     **{f"KEY_{k.name}": int(k) for k in Key},

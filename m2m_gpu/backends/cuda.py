@@ -17,19 +17,16 @@ import numpy as np
 from .._resources import kernel_dir
 from ..errors import InvalidInputError
 from ..ops.topk import seeds
-from .abi import SELECT_IDS, SELECT_NO_BEST
 from .base import (
     BackendInfo,
     HebbianPlan,
     HebbianRates,
     RowBuffer,
 )
-from .gpu import GpuBackend, KernelBatch
+from .gpu import GpuBackend, KernelBatch, cuda_scalars, split_args
 
 TILE_BUDGET_BYTES = 256 << 20  # largest block of distances held on the device at once
 QUERY_CHUNK = 65535  # rows per select launch (grid.x limit is far higher; keeps tiles wide)
-DIST_ROWS_PER_BLOCK = 64
-DIST_QUERIES_PER_BLOCK = 16
 
 
 def probe() -> BackendInfo:
@@ -371,20 +368,13 @@ class CudaBackend(GpuBackend):
 
 
 class _CudaBatch(KernelBatch):
-    """Kernels launched as they are recorded, on the current stream (CuPy's argument
-    marshalling: numpy scalars of exactly the C types of the kernels' signatures)."""
+    """Kernels launched as they are recorded, on the current stream. Arguments go in the
+    spec's (the C signature's) order; scalars as NumPy scalars of exactly their C types."""
 
     def __init__(self, backend: CudaBackend) -> None:
         self.be = backend
         self.cp = backend.cp
-        self._no_params = None
-
-    def _params(self, params):
-        if params is not None:
-            return params
-        if self._no_params is None:
-            self._no_params = self.cp.zeros(4, dtype=self.cp.float32)
-        return self._no_params
+        self._unused = None
 
     def scratch(self, n, dtype=np.float32):
         return self.cp.empty(int(n), dtype=dtype)
@@ -392,40 +382,26 @@ class _CudaBatch(KernelBatch):
     def upload(self, host):
         return self.be.from_host(np.ascontiguousarray(host))
 
+    def upload_ids(self, host):
+        return self.upload(np.asarray(host, dtype=np.int64))
+
     def seeds(self, n):
         return seeds(self.cp, int(n))
 
-    def distance(self, q, mq, d, x, f16, offset, t, out, key, params, *, rows=False):
-        if rows:  # one query per block row, 256 database rows per block
-            name, grid, block = "knn_distance_rows", (-(-t // 256), mq, 1), (256, 1, 1)
-        else:
-            name = "knn_distance"
-            grid = (-(-t // DIST_ROWS_PER_BLOCK), -(-mq // DIST_QUERIES_PER_BLOCK), 1)
-            block = (16, 16, 1)
-        self.be._launch("knn", name + ("_f16" if f16 else ""), grid, block,
-                        (q, x, out, np.uint32(mq), np.uint32(t), np.uint32(d),
-                         np.uint64(offset), np.uint32(key), self._params(params)))
-
-    def select(self, tile, mq, t, k, best_in, best_out, id_base, *, segments=1,
-               tile_ids=None, no_best=False):
-        flags = (SELECT_IDS if tile_ids is not None else 0) | (SELECT_NO_BEST if no_best else 0)
-        ids = tile_ids if tile_ids is not None else best_in[1]  # unread without SELECT_IDS
-        self.be._launch("knn", "topk_select", (mq, segments, 1), (256, 1, 1),
-                        (tile, ids, *best_in, *best_out, np.uint32(t), np.uint32(k),
-                         np.int64(id_base), np.uint32(segments), np.uint32(flags)))
-
-    def energy(self, tile, mq, t, d, offset, state, gbuf, params, x, grad):
-        self.be._launch("splat", "energy_accumulate", (mq, 1, 1), (256, 1, 1),
-                        (tile, state, gbuf, params, x, np.uint32(t), np.uint32(d),
-                         np.uint64(offset), np.uint32(int(grad))))
-
-    def cells(self, q, m, d, x, segs, t, p, keys, key, params, fill):
-        # one block of rows on cuda: the kernel writes +inf wherever no segment covers j
-        assert fill, "cuda scans its rows in one block"
-        self.be._launch("knn", "cells_distance", (-(-t // 128), m, 1), (128, 1, 1),
-                        (q, x, self.upload(np.asarray(segs, np.int64)), keys, np.uint32(m),
-                         np.uint32(d), np.uint32(t), np.uint32(p), np.uint32(key),
-                         self._params(params)))
+    def launch(self, spec, grid, *args):
+        bufs, scal = split_args(spec, args)
+        if any(b is None for b in bufs):
+            if self._unused is None:  # one small buffer for the pointers a kernel ignores
+                self._unused = self.cp.zeros(4, dtype=self.cp.float32)
+        it_b, it_s = iter(bufs), iter(cuda_scalars(spec, scal))
+        call = []
+        for a in spec.args:
+            if a.split()[0] in ("buf", "ids"):
+                b = next(it_b)
+                call.append(self._unused if b is None else b)
+            else:
+                call.append(next(it_s))
+        self.be._launch(spec.module, spec.name, grid, spec.local, tuple(call))
 
     def run(self, *buffers):
         return list(buffers)  # device arrays; the caller's reads synchronise

@@ -2,9 +2,9 @@
 
 A GPU backend supplies plumbing only:
 
-* ``batch()``: a :class:`KernelBatch`, the launch of each kernel (``distance``,
-  ``select``, ``energy``, ``cells``) with its buffers and scalars; eager on CuPy, recorded
-  into one Kompute sequence on Vulkan, run by ``run(*buffers)``, which returns them;
+* ``batch()``: a :class:`KernelBatch`: buffers, and ``launch(spec, grid, *args)`` of any
+  kernel described by an ``abi.KernelSpec``; eager on CuPy, recorded into one Kompute
+  sequence on Vulkan, run by ``run(*buffers)``, which returns them;
 * ``query_blocks(queries, max_rows)``: ``(first, rows, buffer)`` of the query matrix, no
   block over ``max_rows``;
 * ``row_blocks(rows, params)``: ``(first, rows, buffer, params buffer)`` of a database (one
@@ -30,11 +30,45 @@ from ..ops.splat import device_energy, device_splat_topk
 from .base import Backend
 
 DIST_ROWS_PER_GROUP = 64  # knn_distance: database rows per workgroup (grid x)
+_CUDA_SCALARS = {"u32": np.uint32, "u64": np.uint64, "i64": np.int64, "f32": np.float32}
+
+
+def scalar_words(spec, values) -> list[int]:
+    """A spec's scalar arguments as GLSL push-constant words (all uint32)."""
+    out = []
+    for (kind, name), v in zip(spec.scalars, values, strict=True):
+        if kind == "f32":
+            out.append(int(np.float32(v).view(np.uint32)))
+            continue
+        v = int(v)
+        if not 0 <= v < 2**32:
+            raise ValueError(f"{spec.name}: {name} = {v} does not fit a 32-bit push constant")
+        out.append(v)
+    return out
+
+
+def cuda_scalars(spec, values) -> list:
+    """A spec's scalar arguments as NumPy scalars of exactly their C types (CuPy marshals a
+    Python int as int64 and a float as float64)."""
+    return [_CUDA_SCALARS[kind](v) for (kind, _), v in zip(spec.scalars, values, strict=True)]
+
+
+def split_args(spec, args):
+    """``(buffers, scalars)`` of a launch's arguments, each in spec order."""
+    if len(args) != len(spec.args):
+        raise TypeError(f"{spec.name} takes {len(spec.args)} arguments, got {len(args)}")
+    kinds = [a.split()[0] for a in spec.args]
+    bufs = [v for v, kind in zip(args, kinds, strict=True) if kind in ("buf", "ids")]
+    scal = [v for v, kind in zip(args, kinds, strict=True) if kind not in ("buf", "ids")]
+    return bufs, scal
 
 
 class KernelBatch:
-    """The kernel launches of one driver pass (see the module docstring). Buffers are flat;
-    ``seeds(n)`` is a (keys, ids) pair holding the seeds of a running top-k."""
+    """The kernel launches of one driver pass. ``launch(spec, grid, *args)`` takes the
+    arguments in the order of ``spec.args`` (an ``abi.KernelSpec``): buffers made by this
+    batch (or ``None`` for an unused one), Python numbers for the scalars; each backend
+    marshals them its way. Buffers are flat; ``seeds(n)`` is a (keys, ids) pair holding the
+    seeds of a running top-k; ``ids`` buffers use the backend's index type."""
 
     def scratch(self, n: int, dtype=np.float32) -> Any:
         raise NotImplementedError
@@ -42,29 +76,17 @@ class KernelBatch:
     def upload(self, host: np.ndarray) -> Any:
         raise NotImplementedError
 
+    def upload_ids(self, host: np.ndarray) -> Any:
+        raise NotImplementedError
+
     def seeds(self, n: int) -> tuple[Any, Any]:
         raise NotImplementedError
 
-    def distance(self, q, mq, d, x, f16, offset, t, out, key, params, *, rows=False) -> None:
-        """``out[i * t + j]``: key of query i and row ``offset + j`` of buffer ``x``
-        (``rows``: the one-query-per-workgroup kernel, for small batches; same keys)."""
-        raise NotImplementedError
-
-    def select(self, tile, mq, t, k, best_in, best_out, id_base, *, segments=1,
-               tile_ids=None, no_best=False) -> None:
-        """``best_out`` = the k smallest of ``best_in`` and the (mq, t) tile (ids
-        ``id_base + j``, or ``tile_ids``), ties to the smaller id (``topk_select``). With
-        ``segments > 1`` and ``no_best``: the k smallest of each of the tile's parts, into
-        ``best_out`` slots ``(row * segments + part) * k``."""
-        raise NotImplementedError
-
-    def energy(self, tile, mq, t, d, offset, state, gbuf, params, x, grad) -> None:
-        raise NotImplementedError
-
-    def cells(self, q, m, d, x, segs, t, p, keys, key, params, fill) -> None:
+    def launch(self, spec, grid, *args) -> None:
         raise NotImplementedError
 
     def run(self, *buffers) -> list:
+        """Run what was recorded; the buffers' contents (``be.result_xp`` arrays)."""
         raise NotImplementedError
 
 

@@ -26,19 +26,17 @@ import numpy as np
 from .._resources import shader_dir
 from ..errors import GridLimitError
 from ..ops.topk import seeds
-from .abi import MAX_GRID, SELECT_IDS, SELECT_NO_BEST
+from .abi import MAX_GRID
 from .base import (
     BackendInfo,
     HebbianPlan,
     HebbianRates,
 )
-from .gpu import GpuBackend, KernelBatch
+from .gpu import GpuBackend, KernelBatch, scalar_words, split_args
 
 CHUNK_BYTES = 64 << 20  # largest single device buffer
 CHUNK_ROWS_MAX = 32768  # rows per chunk (queries per dispatch stay under the 65535 limit)
 TILE_BUDGET_BYTES = 64 << 20  # largest block of distances held on the device at once
-DIST_ROWS_PER_GROUP = 64  # knn_distance.comp: database rows per workgroup
-DIST_QUERIES_PER_GROUP = 16  # knn_distance.comp: queries per workgroup
 SOFTWARE_DRIVERS = re.compile(r"llvmpipe|lavapipe|swiftshader|softpipe", re.IGNORECASE)
 DEVICE_ENV = "M2M_VULKAN_DEVICE"  # index of the physical device to use
 
@@ -243,34 +241,17 @@ class _VkBatch(KernelBatch):
         self._keep.append(t)
         return t
 
+    def upload_ids(self, host):
+        return self.upload(np.asarray(host).astype(np.int32))
+
     def seeds(self, n):
         keys, ids = seeds(np, int(n))
         return self.upload(keys), self.upload(ids.astype(np.int32))
 
-    def distance(self, q, mq, d, x, f16, offset, t, out, key, params, *, rows=False):
-        if rows:  # knn_distance_rows: one query per workgroup row, 256 rows per workgroup
-            shader, groups = "knn_distance_rows", [-(-t // 256), mq, 1]
-        else:
-            shader = "knn_distance"
-            groups = [-(-t // DIST_ROWS_PER_GROUP), -(-mq // DIST_QUERIES_PER_GROUP), 1]
-        self._dispatch(shader, [q, x, out, params], groups,
-                       [mq, t, d, offset, int(key), int(f16)])
-
-    def select(self, tile, mq, t, k, best_in, best_out, id_base, *, segments=1,
-               tile_ids=None, no_best=False):
-        flags = (SELECT_IDS if tile_ids is not None else 0) | (SELECT_NO_BEST if no_best else 0)
-        ids = tile_ids if tile_ids is not None else best_in[1]  # unread without SELECT_IDS
-        self._dispatch("topk_select", [tile, *best_in, *best_out, ids], [mq, segments, 1],
-                       [t, k, id_base, segments, flags])
-
-    def energy(self, tile, mq, t, d, offset, state, gbuf, params, x, grad):
-        self._dispatch("energy_accumulate", [tile, state, gbuf, params, x], [mq, 1, 1],
-                       [t, d, offset, int(grad)])
-
-    def cells(self, q, m, d, x, segs, t, p, keys, key, params, fill):
-        st = self.upload(np.asarray(segs).astype(np.uint32))
-        self._dispatch("cells_distance", [q, x, st, keys, params], [-(-t // 64), m, 1],
-                       [m, d, t, p, int(key), int(fill)])
+    def launch(self, spec, grid, *args):
+        bufs, scal = split_args(spec, args)
+        tensors = [self.be._dummy if b is None else b for b in bufs]
+        self._dispatch(spec.name, tensors, grid, scalar_words(spec, scal))
 
     def run(self, *buffers):
         self.seq.record(self.be.kp.OpTensorSyncLocal(list(buffers)))

@@ -40,6 +40,21 @@ PRESETS: dict[str, dict] = {
             "tiered": [{"n": [20_000], "d": [64], "m": [64], "k": [10]}],
         },
     },
+    "gpu": {  # one GPU in about two minutes (scripts/gpu_check.sh): the GPU-sized cases
+        "repeat": 5, "min_time": 0.2, "limit_bytes": 1 << 30, "gemm": 2048,
+        "software_max_n": 20_000,
+        "kernels": {
+            "knn": [{"n": [100_000, 1_000_000], "d": [128], "m": [1, 256], "k": [10],
+                     "metric": ["l2"], "dtype": ["float32", "float16"]}],
+            "splat_topk": [{"n": [1_000_000], "d": [128], "m": [1, 256], "k": [10]}],
+            "energy": [{"n": [1_000_000], "d": [128], "m": [256]}],
+            "hebbian": [{"n": [100_000], "d": [128], "m": [16384]}],
+            "kmeans_assign": [{"n": [1_000_000], "d": [128]}],
+            "hrm2": [{"n": [200_000], "d": [64], "m": [1000], "k": [10],
+                      "probes": [[8, 32]], "ef": [[64]]}],
+            "tiered": [{"n": [1_000_000], "d": [64], "m": [256], "k": [10]}],
+        },
+    },
     "standard": {
         "repeat": 10, "min_time": 0.5, "limit_bytes": 256 << 20, "gemm": 2048,
         "software_max_n": 100_000,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backends.abi import PARAM_ALPHA, PARAM_KAPPA, Key
+from ..backends.abi import CELLS_DISTANCE, PARAM_ALPHA, PARAM_KAPPA, Key
 from .knn import Selector
 from .splat import splat_d2
 from .topk import sort_select_output
@@ -104,7 +104,8 @@ def _scan_block(be, qbuf, rows, ranges, probes, k, mode, params):
         length = np.maximum(hi - lo, 0)
         local = np.stack([np.where(length > 0, lo - first, 0), length,
                           segs[..., 2] + (lo - segs[..., 0])], -1)
-        b.cells(qbuf, m, d, xbuf, local, t, p, keys, key, pbuf, fill=c == 0)
+        b.launch(CELLS_DISTANCE, (-(-t // CELLS_DISTANCE.local[0]), m, 1), qbuf, xbuf,
+                 b.upload_ids(local), keys, m, d, t, p, int(key), pbuf, int(c == 0))
     Selector(be, b, m, t, kk).merge(keys, t, best[0], best[1], 0)
     kh, ch = (np.asarray(be.to_host(a)) for a in b.run(*best[1]))
     return finish_cell_scan(be, kh.reshape(m, kk), ch.reshape(m, kk).astype(np.int64), segs,

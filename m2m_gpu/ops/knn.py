@@ -15,13 +15,42 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backends.abi import Key
+from ..backends.abi import (
+    KNN_DISTANCE,
+    KNN_DISTANCE_ROWS,
+    SELECT_IDS,
+    SELECT_NO_BEST,
+    TOPK_SELECT,
+    Key,
+)
 from .topk import sort_select_output
 
 QUERIES_PER_GROUP = 16  # knn_distance: queries per workgroup (grid y)
 ROWS_KERNEL_QUERIES = 4  # up to this many queries, knn_distance_rows (one query per group)
 SPLIT_SELECT = True  # small batches split each tile's selection over many workgroups
 MIN_PART = 2048  # ... each part holding at least this many keys (and 4 k)
+
+
+def distance(b, q, mq: int, d: int, x, f16: bool, offset: int, t: int, out, key: int,
+             params) -> None:
+    """Launch the key tile ``out`` (mq x t) of queries ``q`` against rows ``offset ..
+    offset + t`` of ``x``: ``knn_distance`` (16 queries x 64 rows per workgroup), or for a
+    few queries ``knn_distance_rows`` (one query x 256 rows), which pads no queries."""
+    if mq <= ROWS_KERNEL_QUERIES:
+        spec, grid = KNN_DISTANCE_ROWS, (-(-t // KNN_DISTANCE_ROWS.local[0]), mq, 1)
+    else:
+        spec, grid = KNN_DISTANCE, (-(-t // 64), -(-mq // QUERIES_PER_GROUP), 1)
+    b.launch(spec, grid, q, x, out, mq, t, d, offset, int(key), params, int(f16))
+
+
+def select(b, tile, mq: int, t: int, k: int, best_in, best_out, id_base: int, *,
+           segments: int = 1, tile_ids=None, no_best: bool = False) -> None:
+    """Launch ``topk_select``: ``best_out`` = the k smallest of ``best_in`` and the (mq, t)
+    tile (ids ``id_base + j``, or ``tile_ids``), ties to the smaller id; with ``segments``
+    and ``no_best``, the k smallest of each part, into slots ``(row * segments + s) * k``."""
+    flags = (SELECT_IDS if tile_ids is not None else 0) | (SELECT_NO_BEST if no_best else 0)
+    b.launch(TOPK_SELECT, (mq, segments, 1), tile, tile_ids, best_in[0], best_in[1],
+             best_out[0], best_out[1], t, k, id_base, segments, flags)
 
 
 def segments_for(be, mq: int, t: int, k: int) -> int:
@@ -48,10 +77,10 @@ class Selector:
         b, mq, k = self.b, self.mq, self.k
         parts = min(self.parts_max, segments_for(self.be, mq, t, k))
         if parts <= 1:
-            b.select(tile, mq, t, k, best_in, best_out, id_base)
+            select(b, tile, mq, t, k, best_in, best_out, id_base)
             return
-        b.select(tile, mq, t, k, best_in, self.part, id_base, segments=parts, no_best=True)
-        b.select(self.part[0], mq, parts * k, k, best_in, best_out, 0, tile_ids=self.part[1])
+        select(b, tile, mq, t, k, best_in, self.part, id_base, segments=parts, no_best=True)
+        select(b, self.part[0], mq, parts * k, k, best_in, best_out, 0, tile_ids=self.part[1])
 
 
 def device_topk(be, queries, database, k: int, key: int, params=None):
@@ -74,8 +103,7 @@ def device_topk(be, queries, database, k: int, key: int, params=None):
         for first, count, xbuf, pbuf in blocks:
             for off in range(0, count, t_max):
                 t = min(t_max, count - off)
-                b.distance(qbuf, mq, d, xbuf, f16, off, t, tile, key, pbuf,
-                           rows=mq <= ROWS_KERNEL_QUERIES)
+                distance(b, qbuf, mq, d, xbuf, f16, off, t, tile, key, pbuf)
                 selector.merge(tile, t, best[side], best[1 - side], first + off)
                 side = 1 - side
         keys, ids = b.run(*best[side])

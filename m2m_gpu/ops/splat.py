@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backends.abi import PARAM_ALPHA, PARAM_KAPPA, Key
-from .knn import ROWS_KERNEL_QUERIES, device_topk
+from ..backends.abi import ENERGY_ACCUMULATE, PARAM_ALPHA, PARAM_KAPPA, Key
+from .knn import device_topk, distance
 
 
 def splat_d2(xp, keys, ids, alpha, kappa, direct, mode=Key.SPLAT):
@@ -69,9 +69,9 @@ def device_energy(be, queries, mu, params, grad: bool = False):
         for _, count, xbuf, pbuf in be.row_blocks(mu, params):
             for off in range(0, count, t_max):
                 t = min(t_max, count - off)
-                b.distance(qbuf, mq, d, xbuf, False, off, t, tile, Key.SPLAT, pbuf,
-                           rows=mq <= ROWS_KERNEL_QUERIES)
-                b.energy(tile, mq, t, d, off, state, gbuf, pbuf, xbuf, grad)
+                distance(b, qbuf, mq, d, xbuf, False, off, t, tile, Key.SPLAT, pbuf)
+                b.launch(ENERGY_ACCUMULATE, (mq, 1, 1), tile, state, gbuf, pbuf, xbuf, t, d,
+                         off, int(grad))
         st, g = b.run(state, gbuf)
         st = xp.asarray(st).reshape(mq, 4).astype(xp.float64)
         M, S, SK = st[:, 0], st[:, 1], st[:, 2]
