@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A/B of the cpu backend's top-k seeding (``cpu.SEED_ROWS``), with FAISS in the same run.
+"""A/B of the cpu backend's top-k seeding (``ops.host_topk.SEED_ROWS``), with FAISS in the same run.
 
 The running top-k of each query block is seeded by a full selection (``argpartition``)
 over the first rows of the first tile, and the rest is compared with the bound they give.
@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from m2m_gpu import IndexFlatL2
-from m2m_gpu.backends import cpu, get_backend
+from m2m_gpu.backends import get_backend
 from m2m_gpu.bench.cases import Context, _params, resident
 from m2m_gpu.bench.runner import git_revision, machine
 from m2m_gpu.bench.timing import measure
+from m2m_gpu.ops import host_topk as cpu
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = {"seed 512": 512, "seed whole tile": 1 << 30}

@@ -37,10 +37,11 @@ def backend(request):
 def small_tiles(monkeypatch):
     """Tiny tile and chunk budgets: a kernel's merge runs across many database tiles (cpu,
     cuda), many query chunks (cuda) and many device buffers (vulkan)."""
-    from m2m_gpu.backends import cpu, cuda, vulkan
+    from m2m_gpu.backends import cuda, vulkan
+    from m2m_gpu.ops import host_topk
 
-    monkeypatch.setattr(cpu, "BATCH_TILE_BYTES", 4096)
-    monkeypatch.setattr(cpu, "SCAN_TILE_ROWS", 37)
+    monkeypatch.setattr(host_topk, "BATCH_TILE_BYTES", 4096)
+    monkeypatch.setattr(host_topk, "SCAN_TILE_ROWS", 37)
     monkeypatch.setattr(cuda, "TILE_BUDGET_BYTES", 4096)
     monkeypatch.setattr(cuda, "QUERY_CHUNK", 7)
     monkeypatch.setattr(vulkan, "TILE_BUDGET_BYTES", 4096)

@@ -394,8 +394,8 @@ def test_empty_store_and_empty_queries(backend):
 def test_store_across_many_device_chunks_and_tiles(backend, rng, monkeypatch):
     """Small chunk and tile budgets: mu and params span many device buffers (d > the width
     at which their chunkings would differ), and every operation still agrees."""
-    from m2m_gpu.backends import cpu as cpu_backend
     from m2m_gpu.backends import vulkan as vulkan_backend
+    from m2m_gpu.ops import host_topk as cpu_backend
 
     monkeypatch.setattr(vulkan_backend, "CHUNK_BYTES", 32 * 1024)
     monkeypatch.setattr(vulkan_backend, "TILE_BUDGET_BYTES", 8192)
