@@ -140,3 +140,29 @@ def test_micro_benchmarks_run_checked_and_grouped_per_kernel(tmp_path):
     for b in doc["benchmarks"]:
         assert b["stats"]["rounds"] == 2 and b["stats"]["median"] > 0
         assert b["extra_info"]["n"] == 2000
+
+
+def test_limits_are_real_and_fractions_above_them_are_flagged(cpu_doc):
+    """The machine's limits reach what they claim on every preset (bandwidth from buffers
+    larger than the caches, the peak from products grown until one takes long enough), so
+    no kernel lands above them; and a result above a limit is flagged, never shown as a
+    plain percentage (the tiny preset used to report 502% of a 256 x 256 product)."""
+    from m2m_gpu.bench import limits
+
+    lim = cpu_doc["limits"]
+    assert lim["host"]["bytes"] >= limits.MIN_BYTES
+    sizes = lim["cpu"]["gemm"]["sizes"]
+    last = sizes[-1]
+    seconds = 2 * last["size"] ** 3 / (last["gflop_s"] * 1e9)  # the last product's time
+    assert seconds >= limits.PEAK_SECONDS or 2 * last["size"] > limits.PEAK_MAX
+    assert lim["cpu"]["peak_gflop_s"] == max(s["gflop_s"] for s in sizes)
+    for r in cpu_doc["results"]:
+        f = r.get("fraction_of_limit")
+        if not f:
+            continue
+        over = [k for k in ("bandwidth", "compute") if f[k] is not None and f[k] > 1.0]
+        assert over == f.get("over_limit", []), r
+    row = copy.deepcopy(next(r for r in cpu_doc["results"] if r.get("model", {}).get("flops")))
+    runner.derive(row, {"bandwidth_gb_s": 1e-9, "peak_gflop_s": 1e-9, "source": "test"})
+    assert row["fraction_of_limit"]["over_limit"] == ["bandwidth", "compute"]
+    assert "ABOVE the measured limit" in report._frac(row)

@@ -140,3 +140,37 @@ def test_vulkan_probe_survives_a_missing_driver(monkeypatch):
         vulkan._list_devices.cache_clear()
     assert not info.available
     assert info.reason  # e.g. "kp.Manager() failed (signal 6)" or "no Vulkan loader"
+
+
+def test_cuda_probe_failures_name_their_cause():
+    """The cuda probe compiles and launches a test kernel; what CuPy raises when it cannot
+    is turned into a reason a user can act on (no cupy is needed to check the wording)."""
+    from m2m_gpu.backends.cuda import _explain
+
+    cases = {
+        RuntimeError("Failed to find CUDA headers (cuda_runtime.h)"): "[ctk]",
+        OSError("libnvrtc.so.12: cannot open shared object file"): "NVRTC",
+        RuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient"):
+            "driver is too old",
+        ValueError("something else"): "see the error",
+    }
+    for exc, words in cases.items():
+        why = _explain(exc)
+        assert words in why and type(exc).__name__ in why, why
+
+
+def test_arrays_on_another_gpu_are_refused():
+    """A CuPy array on cuda:1 handed to the cuda backend on cuda:0 is refused, not read
+    through the wrong device's pointers. Needs two CUDA devices."""
+    info = backends.probe("cuda")
+    if not info.available:
+        pytest.skip(f"cuda: {info.reason}")
+    import cupy
+
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two CUDA devices")
+    be = backends.get_backend("cuda")
+    with cupy.cuda.Device(1):
+        other = cupy.ones((4, 3), dtype=cupy.float32)
+    with pytest.raises(m2m_gpu.InvalidInputError, match="cuda:1"):
+        m2m_gpu.knn(other, other, 2, backend=be)
