@@ -59,6 +59,7 @@ from .errors import (
     UnknownMetricError,
 )
 from .inputs import check_k, prepare, row_sqnorms
+from .ops.splat import combine_energies
 from .ops.topk import merge_by_key
 from .store_index import IndexOptions, StoreIndex
 from .tensor import host_array, to_native
@@ -663,19 +664,7 @@ class SplatStore:
             Gs.append(out[1] if grad else None)
         Es = [np.asarray(be.to_host(e), dtype=np.float32) for e in Es]
         Gs = [np.asarray(be.to_host(g), dtype=np.float32) for g in Gs] if grad else None
-        if len(Es) == 1:
-            return Es[0], (Gs[0] if grad else None)
-        eb = np.stack(Es).astype(np.float64)  # (blocks, m)
-        lo = eb.min(axis=0)
-        with np.errstate(invalid="ignore", over="ignore"):
-            w = np.where(np.isfinite(eb), np.exp(-(eb - lo)), 0.0)
-            total = w.sum(axis=0)
-            E = np.where(np.isfinite(lo), lo - np.log(np.where(total > 0, total, 1)), np.inf)
-            G = None
-            if grad:
-                share = np.where(total > 0, w / np.where(total > 0, total, 1), 0.0)
-                G = np.einsum("bm,bmd->md", share, np.stack(Gs).astype(np.float64))
-        return E.astype(np.float32), (G.astype(np.float32) if grad else None)
+        return combine_energies(Es, Gs)
 
     # ---- learning -----------------------------------------------------------------------
     def feedback(self, queries: Any, relevant: Any = None, irrelevant: Any = None) -> int:

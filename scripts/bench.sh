@@ -11,6 +11,8 @@
 #      against the same store fully in memory, 400,000 x 64 (50,000 with --quick)
 #      (bench/bench_tiers.py, on the best available backend), and the same for the HRM2
 #      index with a hot budget of 1/4 (spread and local query batches)
+#   5. single-query latency on each GPU backend (lavapipe included): the small-batch path
+#      against the path before, same run (bench/bench_small_batch.py)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$root/scripts/setup.sh"
@@ -38,3 +40,12 @@ else
   "$py" bench/bench_tiers.py --index hrm2 --n 400000
   "$py" bench/bench_tiers.py --index hrm2 --local --n 400000
 fi
+gpus=$("$py" -c 'import m2m_gpu; print(" ".join(b["name"] for b in m2m_gpu.info()["backends"] if b["available"] and b["name"] != "cpu"))')
+for b in $gpus; do
+  if ((${#quick[@]})); then
+    "$py" bench/bench_small_batch.py --backend "$b" --sizes 100000x128 --rounds 2 \
+      --out "bench/results/small-batch-$b-quick.json"
+  else
+    "$py" bench/bench_small_batch.py --backend "$b"
+  fi
+done

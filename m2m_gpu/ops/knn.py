@@ -91,7 +91,7 @@ def device_topk(be, queries, database, k: int, key: int, params=None):
     d = database.shape[1]
     f16 = database.dtype == np.float16
     blocks = list(be.row_blocks(database, params))
-    rows_cap = max(count for _, count, _, _ in blocks)
+    rows_cap = max((count for _, count, _, _ in blocks), default=1)
     out_k, out_i = [], []
     for _, mq, qbuf in be.query_blocks(queries, be.max_grid * QUERIES_PER_GROUP):
         t_max = be.tile_rows(mq, rows_cap)

@@ -41,7 +41,7 @@ def device_splat_topk(be, queries, mu, params, k: int, mode: int):
     ``be.result_xp``: CuPy on cuda, NumPy on vulkan)."""
     xp = be.result_xp
     keys, ids = device_topk(be, queries, mu, k, mode, params)
-    p = be.take_rows(params, ids)  # (m, k, PARAM_WIDTH)
+    p = be.take_rows(params, xp.maximum(ids, 0))  # (m, k, PARAM_WIDTH); -1 rows masked below
 
     def direct(bad):
         r, c = xp.nonzero(bad)
@@ -57,7 +57,7 @@ def device_energy(be, queries, mu, params, grad: bool = False):
     xp = be.result_xp
     d = mu.shape[1]
     E_parts, G_parts = [], []
-    rows_cap = max(count for _, count, _, _ in be.row_blocks(mu, params))
+    rows_cap = max((count for _, count, _, _ in be.row_blocks(mu, params)), default=1)
     for q0, mq, qbuf in be.query_blocks(queries, be.max_grid * 16):
         t_max = be.tile_rows(mq, rows_cap)
         b = be.batch()
@@ -86,3 +86,22 @@ def device_energy(be, queries, mu, params, grad: bool = False):
                                         0.0))
     E = xp.concatenate(E_parts).astype(xp.float32)
     return (E, xp.concatenate(G_parts).astype(xp.float32)) if grad else E
+
+
+def combine_energies(Es, Gs=None):
+    """The energy of a union of disjoint blocks of splats (tier blocks, shards) from each
+    block's: ``E = -log sum_b exp(-E_b)`` (a stable log-sum-exp; +inf blocks add nothing)
+    and ``G = sum_b exp(E - E_b) G_b``. Host float32 arrays in, float32 out."""
+    if len(Es) == 1:
+        return Es[0], (Gs[0] if Gs is not None else None)
+    eb = np.stack(Es).astype(np.float64)  # (blocks, m)
+    lo = eb.min(axis=0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        w = np.where(np.isfinite(eb), np.exp(-(eb - lo)), 0.0)
+        total = w.sum(axis=0)
+        E = np.where(np.isfinite(lo), lo - np.log(np.where(total > 0, total, 1)), np.inf)
+        G = None
+        if Gs is not None:
+            share = np.where(total > 0, w / np.where(total > 0, total, 1), 0.0)
+            G = np.einsum("bm,bmd->md", share, np.stack(Gs).astype(np.float64))
+    return E.astype(np.float32), (G.astype(np.float32) if G is not None else None)

@@ -30,7 +30,8 @@ def ordered_bits(xp, keys):
     """float32 keys as uint32 whose unsigned order is the float order (NaN after +inf,
     -0.0 before +0.0): the order the GPU radix select uses."""
     u = xp.ascontiguousarray(keys, dtype=xp.float32).view(xp.uint32)
-    return xp.where(u & xp.uint32(0x80000000), ~u, u | xp.uint32(0x80000000))
+    negative = (u & xp.uint32(0x80000000)) != 0
+    return xp.where(negative, ~u, u | xp.uint32(0x80000000))
 
 
 def sort_select_output(xp, keys, ids):
