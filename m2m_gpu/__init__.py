@@ -10,8 +10,11 @@ from .backends import get_backend, probe_all
 from .errors import (
     BackendUnavailableError,
     DeviceMemoryError,
+    GridLimitError,
+    IntegrityError,
     InvalidInputError,
     M2MError,
+    StoreFormatError,
     UnknownBackendError,
     UnknownIdError,
     UnknownMetricError,
@@ -53,6 +56,9 @@ __all__ = [
     "UnknownBackendError",
     "UnknownMetricError",
     "UnknownIdError",
+    "StoreFormatError",
+    "IntegrityError",
+    "GridLimitError",
     "__version__",
 ]
 

@@ -128,18 +128,30 @@ def report(
     print(f"wrote {md}, {html} and {len(plots)} plots")
 
 
+def _is_usage_error(exc: BaseException) -> bool:
+    """Click's exceptions (usage errors, bad parameters, no command), whether click is
+    installed on its own or vendored inside typer (typer >= 0.29 ships ``typer._click``)."""
+    return any(k.__name__ == "ClickException" for k in type(exc).__mro__) and \
+        hasattr(exc, "show")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI. Usage errors, unknown presets or kernels and backends that cannot run
+    print one line saying so (no traceback) and exit with 2."""
+    from .errors import M2MError
+
     try:
         app(args=argv, standalone_mode=False)
     except typer.Exit as e:
         return e.exit_code
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
-        raise
+    except M2MError as e:  # e.g. a backend asked for by name that cannot run here
+        print(f"m2m-gpu: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if not _is_usage_error(e):
+            raise
+        e.show()
+        return 2 if getattr(e, "exit_code", 2) in (1, 2) else e.exit_code
     return 0
 
 

@@ -648,6 +648,7 @@ class IndexHRM2:
             raise UnknownMetricError(f"IndexHRM2 supports 'l2' and 'cosine', got {metric!r}")
         self.d, self.metric = int(d), metric
         self.hrm2 = HRM2(self.d, backend, n1, n2, seed=seed, tiers=TierOptions.parse(tiers))
+        self._next_id = 0  # one past the largest id ever held: add() never reuses an id
         self.p1, self.p2, self.adaptive, self.ratio = p1, p2, adaptive, ratio
         self.last_report: ProbeReport | None = None
 
@@ -710,9 +711,11 @@ class IndexHRM2:
             raise InvalidInputError("IndexHRM2 must be trained (train(x)) before add/search")
 
     def add(self, x) -> None:
+        """Sequential ids from one past the largest id held so far: never reused after
+        ``remove_ids`` (see ``IndexFlat.add``)."""
         self._need_trained()
         rows = self._rows(x)
-        self._add(rows, np.arange(self.ntotal, self.ntotal + rows.shape[0]))
+        self._add(rows, np.arange(self._next_id, self._next_id + rows.shape[0]))
 
     def add_with_ids(self, x, ids) -> None:
         self._need_trained()
@@ -720,12 +723,15 @@ class IndexHRM2:
 
     def _add(self, rows: np.ndarray, ids: np.ndarray) -> None:
         from .errors import InvalidInputError
+        from .index import check_ids
 
-        if ids.shape != (rows.shape[0],) or (ids.size and ids.dtype.kind not in "iu"):
+        if ids.shape != (rows.shape[0],):
             raise InvalidInputError(f"ids must be {rows.shape[0]} integers, got {ids.shape}")
+        ids = check_ids(ids)
         if rows.shape[0] == 0:
             return
-        self.hrm2.add(rows, ids.astype(np.int64))
+        self.hrm2.add(rows, ids)
+        self._next_id = max(self._next_id, int(ids.max()) + 1)
 
     def remove_ids(self, ids) -> int:
         drop = np.flatnonzero(np.isin(self.hrm2.ids, np.asarray(ids).ravel()))
@@ -735,6 +741,7 @@ class IndexHRM2:
 
     def reset(self) -> None:
         self.hrm2._clear_rows()  # the next add lays the rows out again
+        self._next_id = 0
 
     def search(self, x, k: int):
         from .knn import check_k, empty_result

@@ -84,12 +84,16 @@ class IndexFlat:
         self._rows = self.backend.row_store(self.d, self.dtype)
         self._sqnorms = self.backend.row_store(1) if self.backend.uses_sqnorms else None
         self._ids = np.empty(0, dtype=np.int64)
+        self._next_id = 0  # one past the largest id ever stored: add() never reuses an id
         self._lookup_stale = True
 
     def add(self, x: Any) -> None:
-        """Append vectors with ids ``ntotal, ntotal + 1, ...`` (FAISS's sequential ids)."""
+        """Append vectors with sequential ids, from one past the largest id this index has
+        held (``ntotal, ntotal + 1, ...`` until something is removed). Unlike FAISS's flat
+        indexes, which renumber the vectors after ``remove_ids``, ids never change and are
+        never handed out twice."""
         rows, sq = self._validate(x)
-        self._append(rows, sq, np.arange(self.ntotal, self.ntotal + rows.shape[0]))
+        self._append(rows, sq, np.arange(self._next_id, self._next_id + rows.shape[0]))
 
     def add_with_ids(self, x: Any, ids: Any) -> None:
         """Append vectors with the given int64 ids (returned by ``search`` in ``I``)."""
@@ -99,9 +103,7 @@ class IndexFlat:
             raise InvalidInputError(
                 f"ids must be a 1-D array with one id per vector ({rows.shape[0]}), "
                 f"got shape {host_ids.shape}")
-        if host_ids.size and host_ids.dtype.kind not in "iu":
-            raise InvalidInputError(f"ids must be integers, got dtype {host_ids.dtype}")
-        self._append(rows, sq, host_ids.astype(np.int64))
+        self._append(rows, sq, check_ids(host_ids))
 
     def remove_ids(self, ids: Any) -> int:
         """Remove every vector whose id is in ``ids``; returns how many were removed."""
@@ -137,6 +139,8 @@ class IndexFlat:
         if self._sqnorms is not None:
             self._sqnorms.append(self._for_store(sq.reshape(-1, 1)))
         self._ids = np.concatenate([self._ids, ids])
+        if ids.size:
+            self._next_id = max(self._next_id, int(ids.max()) + 1)
         self._lookup_stale = True
 
     def _for_store(self, staged: Any) -> Any:
@@ -205,3 +209,13 @@ class IndexFlatCosine(IndexFlat):
 
     def __init__(self, d: int, backend: str | Backend | None = None, dtype: Any = "float32"):
         super().__init__(d, "cosine", backend, dtype)
+
+
+def check_ids(ids: np.ndarray) -> np.ndarray:
+    """Caller ids as int64: integers only, and unsigned ones within int64's range (a uint64
+    beyond it would wrap to a negative id)."""
+    if ids.size and ids.dtype.kind not in "iu":
+        raise InvalidInputError(f"ids must be integers, got dtype {ids.dtype}")
+    if ids.size and ids.dtype.kind == "u" and int(ids.max()) > np.iinfo(np.int64).max:
+        raise InvalidInputError(f"id {int(ids.max())} is beyond int64's range")
+    return ids.astype(np.int64)

@@ -26,6 +26,7 @@ Validation happens before the first change: a call that raises leaves the store 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -183,6 +184,19 @@ class StoreOptions:
                             renormalize)
 
 
+def _writes(method):
+    """A method that changes the store: refused once the store is closed."""
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        if getattr(self, "_closed", False):
+            raise InvalidInputError(f"SplatStore.{method.__name__}: the store is closed; "
+                                    "reopen it (SplatStore.open) to write")
+        return method(self, *args, **kwargs)
+
+    return guarded
+
+
 class SplatStore:
     """A store of splats on one backend (SPEC sections 1-2).
 
@@ -298,6 +312,7 @@ class SplatStore:
         return self._alias.get(key, key)
 
     # ---- add / get / delete -------------------------------------------------------------
+    @_writes
     def add(self, vectors: Any, ids: Any = None, metadata: Any = None) -> list[Any]:
         """Insert or replace (upsert) splats; returns their ids.
 
@@ -443,6 +458,7 @@ class SplatStore:
                           "metadata": dict(self._meta[s]), "hits": int(self._hits[s])}
         return out
 
+    @_writes
     def delete(self, ids: Any) -> int:
         """Remove splats by id (missing ids are ignored); returns how many were removed.
         Deleting a merged id removes only that alias; deleting a survivor removes the
@@ -485,6 +501,7 @@ class SplatStore:
         if free > COMPACT_MIN_FREE and free * 4 > self.slots:
             self._compact()
 
+    @_writes
     def compact(self) -> None:
         """Drop free slots from the device matrices (one pass; runs by itself when more
         than a quarter of the slots are free)."""
@@ -667,6 +684,7 @@ class SplatStore:
         return combine_energies(Es, Gs)
 
     # ---- learning -----------------------------------------------------------------------
+    @_writes
     def feedback(self, queries: Any, relevant: Any = None, irrelevant: Any = None) -> int:
         """Hebbian feedback by external id (SPEC section 2); returns the events applied.
 
@@ -764,6 +782,7 @@ class SplatStore:
             raise InvalidInputError(f"now={now} is before the store's clock {self.clock}; "
                                     "time only moves forward")
 
+    @_writes
     def decay(self, now: float) -> None:
         """``alpha *= exp(-ln2 / half_life * (now - last_tick))`` for every splat; time is
         the caller's (seconds, ticks, ...: the unit of ``half_life``)."""
@@ -793,6 +812,7 @@ class SplatStore:
         if total > 0 and low > self.options.prune_share * total:
             self._consolidate(f"{low / total:.0%} of total alpha is under alpha_prune", alpha)
 
+    @_writes
     def consolidate(self, reason: str = "manual") -> ConsolidationReport:
         """Prune splats with ``alpha < alpha_prune``, then merge pairs closer than
         ``merge_radius`` (mutually nearest pairs, found with the k-NN kernel, in rounds
@@ -952,6 +972,7 @@ class SplatStore:
             raise InvalidInputError(f"{target} already holds a store; save to a new path")
         self._write_generation(target, 1)
 
+    @_writes
     def checkpoint(self) -> None:
         """Fold the write-ahead log into the data files (a new generation; the old one is
         removed once the new manifest is committed)."""
@@ -969,11 +990,12 @@ class SplatStore:
                                 self.generation, fsync, create=False)
 
     def close(self) -> None:
-        """Flush and close the log (a store on a path); the store stays usable in memory
-        but no longer writes through."""
+        """Flush and close the log (a store on a path). The store can still be searched;
+        every write after this raises (it could not be made durable)."""
         if self._wal is not None:
             self._wal.close()
             self._wal = None
+        self._closed = True
 
     def __enter__(self) -> SplatStore:
         return self

@@ -124,6 +124,8 @@ def stage(obj: Any) -> tuple[Any, Caller]:
         return obj, Caller("cupy")
     if mod == "torch":
         t = obj.detach()
+        if str(t.dtype) == "torch.bfloat16":  # NumPy and CuPy have no bfloat16: widen it
+            t = t.float()
         if t.device.type == "cuda":
             import cupy  # only reached when the caller already uses CUDA tensors
 

@@ -166,3 +166,31 @@ def test_float16_storage_halves_memory_and_refuses_what_it_cannot_hold(backend, 
     for bad in ("int8", "bfloat16", np.float64, None):
         with pytest.raises(InvalidInputError, match="storage dtype"):
             m2m_gpu.IndexFlatL2(16, backend=backend.name, dtype=bad)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hrm2"])
+def test_ids_are_never_handed_out_twice_after_removals(backend, rng, kind):
+    """add() numbers new vectors from one past the largest id ever held, so removing and
+    adding never gives two vectors one id (FAISS's flat indexes renumber instead); ids
+    given by the caller move the counter too; uint64 ids beyond int64 are refused."""
+    X = rng.standard_normal((300, 8)).astype(np.float32)
+    if kind == "flat":
+        index = m2m_gpu.IndexFlatL2(8, backend=backend.name)
+    else:
+        index = m2m_gpu.IndexHRM2(8, backend=backend.name)
+        index.train(X)
+    index.add(X[:10])
+    assert index.remove_ids(np.array([2, 3])) == 2
+    index.add(X[10:12])
+    index.add_with_ids(X[12:13], np.array([100]))
+    index.add(X[13:14])
+    rows = [0, 1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+    want = [0, 1, 4, 5, 6, 7, 8, 9, 10, 11, 100, 101]
+    got = [int(i) for i in index.search(X[rows], 1)[1][:, 0]]
+    assert got == want
+    with pytest.raises(InvalidInputError, match="int64"):
+        index.add_with_ids(X[:1], np.array([2**63], dtype=np.uint64))
+    assert index.ntotal == 12  # the refused add changed nothing
+    index.reset()
+    index.add(X[:1])
+    assert int(index.search(X[:1], 1)[1][0, 0]) == 0

@@ -173,3 +173,23 @@ def test_dedup_survives_reopen(tmp_path):
     assert len(t) == 2 and t.get("x2")[0]["id"] == "x"
     t.add(v[1:], ids=["y2"])  # the hash map was rebuilt from the data files
     assert len(t) == 2 and t.get("y2")[0]["id"] == "y"
+
+
+def test_writes_after_close_raise_and_change_nothing(tmp_path):
+    """A closed store can still be searched, but every write raises: it could not reach
+    the log, so accepting it would lose an acknowledged write on reopen."""
+    import m2m_gpu
+
+    X = np.random.default_rng(3).standard_normal((5, 4)).astype(np.float32)
+    store = m2m_gpu.SplatStore(4, path=tmp_path / "s", backend="cpu")
+    ids = store.add(X[:3])
+    store.close()
+    for write in (lambda: store.add(X[3:]), lambda: store.delete(ids[0]),
+                  lambda: store.feedback(X[0], relevant=[ids[0]]), lambda: store.decay(1.0),
+                  lambda: store.consolidate(), lambda: store.checkpoint(),
+                  lambda: store.compact()):
+        with pytest.raises(m2m_gpu.InvalidInputError, match="closed"):
+            write()
+    assert len(store) == 3 and store.search(X[:1], k=1).ids[0][0] == ids[0]
+    again = m2m_gpu.SplatStore.open(tmp_path / "s", backend="cpu")
+    assert len(again) == 3 and all(i in again for i in ids)

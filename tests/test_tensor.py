@@ -95,3 +95,14 @@ def test_torch_cuda_and_cupy_share_memory_without_copies():
     Dc, Ic = m2m_gpu.knn(cupy.from_dlpack(Q), cupy.from_dlpack(X), 5, backend="cuda")
     assert isinstance(Dc, cupy.ndarray)
     np.testing.assert_array_equal(cupy.asnumpy(Ic), I.cpu().numpy())
+
+
+def test_torch_bfloat16_is_widened(backend, rng):
+    """bfloat16 tensors (common for model embeddings) are accepted and widened to float32;
+    NumPy has no bfloat16, so t.numpy() alone would fail."""
+    torch = pytest.importorskip("torch")
+    x = torch.from_numpy(rng.standard_normal((40, 6)).astype(np.float32)).to(torch.bfloat16)
+    D, I = m2m_gpu.knn(x[:4], x, 3, backend=backend.name)
+    want = m2m_gpu.knn(x[:4].float().numpy(), x.float().numpy(), 3, backend="cpu")[1]
+    assert isinstance(I, torch.Tensor) and D.dtype == torch.float32
+    np.testing.assert_array_equal(I.numpy(), want)

@@ -52,6 +52,7 @@ _lock = threading.RLock()
 _probes: dict[str, BackendInfo] = {}
 _instances: dict[str, Backend] = {}
 _auto: tuple[str, str] | None = None
+_left_in_parent: list[Backend] = []  # device backends a forked child inherited (unused)
 
 
 def _module(name: str):
@@ -137,6 +138,23 @@ def get_backend(name: str | Backend | None = None) -> Backend:
             backend = _module(resolved).create(info)
             _instances[resolved] = backend
         return backend
+
+
+def _after_fork_in_child() -> None:
+    """A forked child keeps the cpu backend (its pool is rebuilt by the backend itself) but
+    not the device backends: a CUDA context or a Vulkan device does not survive fork, so
+    the child makes its own on first use. The registry's lock is made anew (another thread
+    may have held it at the fork)."""
+    global _lock
+    _lock = threading.RLock()
+    for name in [n for n in _instances if n != "cpu"]:
+        # kept referenced, never destroyed here: tearing down the parent's device from the
+        # child (a Vulkan device whose driver threads stayed in the parent) can hang
+        _left_in_parent.append(_instances.pop(name))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _reset_for_tests() -> None:

@@ -32,19 +32,23 @@ def _kernels():
     return _jit_kernels
 
 
-def threads() -> int:
-    if not available():
-        return 1
-    import numba
+def _pool():
+    """The cpu backend: its thread pool runs the compiled loops (they release the GIL)."""
+    from . import get_backend
 
-    return numba.get_num_threads()
+    return get_backend("cpu")
+
+
+def threads() -> int:
+    return _pool().threads if available() else 1
 
 
 def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None):
     """The compiled HRM2 cell scan (see ``_jit_kernels.scan_cells``)."""
-    return _kernels().scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params)
+    return _kernels().scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params,
+                                 pool=_pool())
 
 
 def route(queries, coarse, fine, fine_ranges, p1, p2):
     """The compiled two-level routing (see ``_jit_kernels.route``)."""
-    return _kernels().route(queries, coarse, fine, fine_ranges, p1, p2)
+    return _kernels().route(queries, coarse, fine, fine_ranges, p1, p2, pool=_pool())

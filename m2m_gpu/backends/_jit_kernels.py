@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .base import MODE_SPLAT, PARAM_ALPHA, PARAM_KAPPA, PARAM_WIDTH
 
@@ -31,13 +30,16 @@ def _sqdist(a, b):
         s += t * t
     return s
 
-@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+@njit(fastmath=True, cache=True, nogil=True)
 def _scan_cells(queries, qnorms, rows, sqnorms, params, mode, item_lo, item_hi,
-                item_start, item_count, cell_q, worker_items, worker_start, out_k, out_i):
+                item_start, item_count, cell_q, worker_items, worker_start, out_k, out_i, t):
     """Worker ``t`` scans the cells ``worker_items[worker_start[t]:worker_start[t+1]]``
     and keeps its own top-k per query in ``out_k[t], out_i[t]`` (sorted by key, then by
-    row). A cell's rows are read once for all the queries that probe it: row ``r`` is
-    compared with each query ``cell_q[item_start[c] : item_start[c] + item_count[c]]``.
+    row). Workers run on the cpu backend's thread pool (the GIL is released), not on
+    Numba's threading layer: GNU OpenMP aborts a forked child, and the workqueue layer
+    cannot be called from two threads at once. A cell's rows are read once for all the
+    queries that probe it: row ``r`` is compared with each query
+    ``cell_q[item_start[c] : item_start[c] + item_count[c]]``.
 
     ``params`` with no rows: no mask. Otherwise (float32[n, PARAM_WIDTH]) rows with
     ``alpha <= 0`` are skipped and, in ``mode == MODE_SPLAT``, the key is
@@ -46,31 +48,30 @@ def _scan_cells(queries, qnorms, rows, sqnorms, params, mode, item_lo, item_hi,
     d = queries.shape[1]
     masked = params.shape[0] > 0
     splat = masked and mode == MODE_SPLAT
-    for t in prange(worker_start.shape[0] - 1):
-        bk = out_k[t]
-        bi = out_i[t]
-        for w in range(worker_start[t], worker_start[t + 1]):
-            c = worker_items[w]
-            s0 = item_start[c]
-            g = item_count[c]
-            for r in range(item_lo[c], item_hi[c]):
-                if masked and params[r, PARAM_ALPHA] <= 0:
-                    continue
-                x = rows[r]
-                base = sqnorms[r]
+    bk = out_k[t]
+    bi = out_i[t]
+    for w in range(worker_start[t], worker_start[t + 1]):
+        c = worker_items[w]
+        s0 = item_start[c]
+        g = item_count[c]
+        for r in range(item_lo[c], item_hi[c]):
+            if masked and params[r, PARAM_ALPHA] <= 0:
+                continue
+            x = rows[r]
+            base = sqnorms[r]
+            if splat:
+                kap = params[r, PARAM_KAPPA]
+                nla = -np.log(params[r, PARAM_ALPHA])
+            for j in range(g):
+                q = cell_q[s0 + j]
+                qq = queries[q]
+                dot = np.float32(0.0)
+                for e in range(d):
+                    dot += qq[e] * x[e]
+                key = base - np.float32(2.0) * dot
                 if splat:
-                    kap = params[r, PARAM_KAPPA]
-                    nla = -np.log(params[r, PARAM_ALPHA])
-                for j in range(g):
-                    q = cell_q[s0 + j]
-                    qq = queries[q]
-                    dot = np.float32(0.0)
-                    for e in range(d):
-                        dot += qq[e] * x[e]
-                    key = base - np.float32(2.0) * dot
-                    if splat:
-                        key = max(key + qnorms[q], np.float32(0.0)) * kap + nla
-                    _insert(bk[q], bi[q], key, r)
+                    key = max(key + qnorms[q], np.float32(0.0)) * kap + nla
+                _insert(bk[q], bi[q], key, r)
 
 @njit(cache=True, nogil=True)
 def _group_probes(probes, lo, hi):
@@ -99,12 +100,13 @@ def _group_probes(probes, lo, hi):
                 fill[c] += 1
     return cell_start, cell_q
 
-@njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _route(queries, coarse, fine, fine_lo, fine_hi, p1, out_cells, out_d2):
-    """Per query: the ``p1`` nearest coarse centroids, then the ``out_cells.shape[1]``
-    nearest fine centroids among their fine cells, nearest first (ties: smaller index).
-    Squared distances in the direct form (the adaptive bound subtracts cell radii)."""
-    for i in prange(queries.shape[0]):
+@njit(fastmath=True, cache=True, nogil=True)
+def _route(queries, coarse, fine, fine_lo, fine_hi, p1, out_cells, out_d2, start, stop):
+    """Per query ``start .. stop``: the ``p1`` nearest coarse centroids, then the
+    ``out_cells.shape[1]`` nearest fine centroids among their fine cells, nearest first
+    (ties: smaller index). Squared distances in the direct form (the adaptive bound
+    subtracts cell radii)."""
+    for i in range(start, stop):
         qq = queries[i]
         cd = np.full(p1, np.inf, dtype=np.float32)
         cc = np.full(p1, -1, dtype=np.int64)
@@ -120,7 +122,7 @@ def _route(queries, coarse, fine, fine_lo, fine_hi, p1, out_cells, out_d2):
                 _insert(bd, bc, _sqdist(qq, fine[f]), f)
 
 
-def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None):
+def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, pool=None):
     """Each query's k best rows among the cells it probes: ``(keys, ids)`` of shape
     ``(m, k)``, sorted, with ``inf`` / ``-1`` where fewer than k rows were reachable. Keys
     are the ranking keys of ``_scan_cells`` (not yet finished in the direct form)."""
@@ -131,7 +133,7 @@ def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None):
     count = np.diff(cell_start)
     items = np.flatnonzero(count).astype(np.int64)  # probed, non-empty cells
     # Balance the workers: cells by decreasing cost (rows x queries), dealt round-robin.
-    nthreads = max(1, min(numba.get_num_threads(), items.size))
+    nthreads = max(1, min(pool.threads if pool is not None else 1, items.size))
     by_cost = items[np.argsort(-(hi[items] - lo[items]) * count[items], kind="stable")]
     deal = [by_cost[t::nthreads] for t in range(nthreads)]
     worker_items = np.concatenate(deal).astype(np.int64)
@@ -141,8 +143,9 @@ def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None):
     params = np.zeros((0, PARAM_WIDTH), np.float32) if params is None else \
         np.ascontiguousarray(params, dtype=np.float32)  # (no copy when already so)
     qnorms = np.einsum("ij,ij->i", queries, queries).astype(np.float32)
-    _scan_cells(queries, qnorms, rows, sqnorms, params, int(mode), lo, hi, cell_start[:-1],
-                count, cell_q, worker_items, worker_start, out_k, out_i)
+    args = (queries, qnorms, rows, sqnorms, params, int(mode), lo, hi, cell_start[:-1],
+            count, cell_q, worker_items, worker_start, out_k, out_i)
+    _run(pool, lambda t: _scan_cells(*args, t), range(nthreads))
     if nthreads == 1:
         return out_k[0], out_i[0]
     keys = np.concatenate(list(out_k), axis=1)
@@ -152,16 +155,29 @@ def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None):
     return np.take_along_axis(keys, sel, 1), np.take_along_axis(ids, sel, 1)
 
 
-def route(queries, coarse, fine, fine_ranges, p1, p2):
+def _run(pool, job, items) -> None:
+    """``job`` over ``items`` on the cpu backend's pool (rebuilt in forked children)."""
+    items = list(items)
+    if pool is None or len(items) == 1:
+        for it in items:
+            job(it)
+    else:
+        list(pool._pool.map(job, items))
+
+
+def route(queries, coarse, fine, fine_ranges, p1, p2, pool=None):
     """``(cells int64[m, p2] (-1 pad), d2 float32[m, p2] (inf pad))`` of ``_route``."""
     m = queries.shape[0]
     p1 = max(1, min(int(p1), coarse.shape[0]))
     p2 = max(1, min(int(p2), fine.shape[0]))
     cells = np.full((m, p2), -1, dtype=np.int64)
     d2 = np.full((m, p2), np.inf, dtype=np.float32)
-    _route(np.ascontiguousarray(queries, dtype=np.float32),
-           np.ascontiguousarray(coarse, dtype=np.float32),
-           np.ascontiguousarray(fine, dtype=np.float32),
-           np.ascontiguousarray(fine_ranges[:, 0], dtype=np.int64),
-           np.ascontiguousarray(fine_ranges[:, 1], dtype=np.int64), p1, cells, d2)
+    args = (np.ascontiguousarray(queries, dtype=np.float32),
+            np.ascontiguousarray(coarse, dtype=np.float32),
+            np.ascontiguousarray(fine, dtype=np.float32),
+            np.ascontiguousarray(fine_ranges[:, 0], dtype=np.int64),
+            np.ascontiguousarray(fine_ranges[:, 1], dtype=np.int64), p1, cells, d2)
+    parts = max(1, min(pool.threads if pool is not None else 1, m // 64 or 1))
+    edges = np.linspace(0, m, parts + 1).astype(np.int64)
+    _run(pool, lambda i: _route(*args, edges[i], edges[i + 1]), range(parts))
     return cells, d2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -46,6 +47,19 @@ def probe() -> BackendInfo:
     )
 
 
+def _after_fork_in_child(backend: CpuBackend) -> None:
+    """Rebuild ``backend``'s thread pool in every forked child (held weakly)."""
+    ref = weakref.ref(backend)
+
+    def rebuild() -> None:
+        be = ref()
+        if be is not None:
+            be._rebuild_after_fork()
+
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=rebuild)
+
+
 def create(info: BackendInfo) -> CpuBackend:
     return CpuBackend(info)
 
@@ -62,6 +76,13 @@ class CpuBackend(Backend):
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="m2m-cpu")
         self.jit = _jit.available()  # compiled HRM2 cell scan (Numba); else NumPy
         self._blas = None  # threadpoolctl controller, made on first use (it scans libraries)
+        _after_fork_in_child(self)
+
+    def _rebuild_after_fork(self) -> None:
+        """A forked child inherits the pool object but none of its threads: work submitted
+        to it would wait forever. The child gets a pool of its own."""
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="m2m-cpu")
+        self._blas = None
 
     def _blas_limit(self, threads: int):
         """Limit BLAS to ``threads`` while our own threads split the work."""
