@@ -59,7 +59,7 @@ def test_a_forked_child_can_search_and_build(backend):
     hrm2.search(X[:40], 5)
     ctx = mp.get_context("fork")
     q = ctx.Queue()
-    host = backend.name == "cpu"  # noqa: the one backend whose memory survives fork
+    host = backend.name == "cpu"  # the one backend whose memory survives fork
     args = (backend.name, index if host else None, hrm2 if host else None, want, q)
     p = ctx.Process(target=_child_searches, args=args)
     p.start()
