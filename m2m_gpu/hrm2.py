@@ -613,6 +613,17 @@ class HRM2:
         return self._tm.rebalance(alpha, ~self.dead)
 
 
+def _check_probe(name: str, value):
+    """A probe count: a positive integer, or None for the default."""
+    from .errors import InvalidInputError
+
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidInputError(f"{name} must be a positive integer or None, got {value!r}")
+    return int(value)
+
+
 def _expand(ranges: np.ndarray) -> np.ndarray:
     """Every position of the ``[start, stop)`` ranges, range by range."""
     lens = ranges[:, 1] - ranges[:, 0]
@@ -670,7 +681,23 @@ class IndexHRM2:
 
     @nprobe.setter
     def nprobe(self, value: int) -> None:
-        self.p2 = int(value)
+        self.p2 = value
+
+    @property
+    def p1(self) -> int | None:
+        return self._p1
+
+    @p1.setter
+    def p1(self, value: int | None) -> None:
+        self._p1 = _check_probe("p1", value)
+
+    @property
+    def p2(self) -> int | None:
+        return self._p2
+
+    @p2.setter
+    def p2(self, value: int | None) -> None:
+        self._p2 = _check_probe("p2 (nprobe)", value)
 
     def probes(self) -> tuple[int, int]:
         if not self.is_trained:
@@ -687,7 +714,19 @@ class IndexHRM2:
         return host_array(rows)
 
     def train(self, x) -> None:
-        self.hrm2.train(self._rows(x))
+        """Train the two levels of centroids on ``x``. On an index that already holds
+        vectors this retrains and lays every stored vector out again in the new cells,
+        keeping its id (FAISS would keep the old assignment; HRM2's cells are its layout)."""
+        rows = self._rows(x)  # validated before anything changes
+        h = self.hrm2
+        held_ids = held = None
+        if h.ntotal:
+            live = np.flatnonzero(~h.dead) if h.dead.size else np.arange(h.ntotal)
+            held, held_ids = h.rows_at(live), h.ids[live].copy()
+            h._clear_rows()
+        h.train(rows)
+        if held is not None and held.shape[0]:
+            self._add(held, held_ids)
 
     def copy_training(self, other: IndexHRM2) -> None:
         """Take ``other``'s trained centroids instead of training (no k-means): for the

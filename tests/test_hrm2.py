@@ -272,3 +272,38 @@ def test_copy_training_gives_the_same_index_without_kmeans(rng):
         b.copy_training(a)
     with pytest.raises(InvalidInputError, match="trained index of d=8"):
         IndexHRM2(8, backend="cpu").copy_training(a)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 1.5, True, "4"])
+def test_probe_counts_below_one_or_not_integers_are_refused(bad):
+    from m2m_gpu import IndexHRM2, InvalidInputError
+
+    index = IndexHRM2(8, backend="cpu")
+    for name in ("p1", "p2", "nprobe"):
+        with pytest.raises(InvalidInputError, match="positive integer"):
+            setattr(index, name, bad)
+    with pytest.raises(InvalidInputError, match="positive integer"):
+        IndexHRM2(8, backend="cpu", p2=bad)
+    index.nprobe = 7
+    assert index.p2 == 7 and index.p1 is None
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_train_on_a_populated_index_retrains_and_keeps_every_vector(backend, rng, metric):
+    """train() on an index that holds vectors retrains and lays them out again (it used to
+    leave the next search broken); ids, including removals and caller ids, are kept."""
+    from m2m_gpu import IndexHRM2
+
+    X = rng.standard_normal((2000, 12)).astype(np.float32)
+    index = IndexHRM2(12, metric=metric, backend=backend.name)
+    index.train(X)
+    index.add(X[:1500])
+    index.add_with_ids(X[1500:], np.arange(1500, 2000) + 10**6)
+    index.remove_ids(np.arange(5))
+    index.train(X[::3])
+    assert index.ntotal == 1995
+    index.nprobe = 10**6  # every cell: exact
+    got = index.search(X[[5, 6, 1499, 1500, 1999]], 1)[1][:, 0]
+    np.testing.assert_array_equal(got, [5, 6, 1499, 1500 + 10**6, 1999 + 10**6])
+    index.add(X[:1])
+    assert int(index.search(X[:1], 1)[1][0, 0]) == 10**6 + 2000  # past the largest id held
