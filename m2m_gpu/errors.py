@@ -42,6 +42,10 @@ class StoreFormatError(M2MError, ValueError):
     does not match, or a format version newer than this library."""
 
 
+class StoreLockedError(M2MError, RuntimeError):
+    """Another writer (this process or another) holds the store directory's lock."""
+
+
 class IntegrityError(M2MError, RuntimeError):
     """``SplatStore.check_integrity`` found the store's parts disagreeing; the message
     lists what."""

@@ -174,16 +174,38 @@ class Wal:
             os.fsync(self.fd)
         self.unsynced = 0
         self.bytes = os.fstat(self.fd).st_size
+        self.failed: BaseException | None = None
 
     def append(self, op: str, header: dict, arrays: list[np.ndarray]) -> None:
+        """Append one record (and fsync it, per the policy). If writing or syncing fails
+        (disk full, EIO), the file is cut back to the last good record before the error
+        propagates, so no torn record is left for later writes to follow (a replay stops
+        at the first torn record); if even that fails, the log refuses every later write."""
+        if self.failed is not None:
+            raise OSError(f"the log {self.path} could not be repaired after an earlier write "
+                          f"error ({self.failed}); reopen the store") from self.failed
         rec = encode_record(op, header, arrays)
         view, done = memoryview(rec), 0
-        while done < len(rec):
-            done += os.write(self.fd, view[done:])
+        try:
+            while done < len(rec):
+                done += os.write(self.fd, view[done:])
+            self.unsynced += 1
+            if self.fsync == "every" or (self.fsync == "batch"
+                                         and self.unsynced >= BATCH_RECORDS):
+                self.sync()
+        except BaseException as exc:
+            self._roll_back(exc)
+            raise
         self.bytes += len(rec)
-        self.unsynced += 1
-        if self.fsync == "every" or (self.fsync == "batch" and self.unsynced >= BATCH_RECORDS):
-            self.sync()
+
+    def _roll_back(self, exc: BaseException) -> None:
+        try:
+            os.ftruncate(self.fd, self.bytes)
+            if self.fsync != "off":
+                os.fsync(self.fd)
+            self.unsynced = 0
+        except OSError as again:
+            self.failed = again
 
     def sync(self) -> None:
         if self.unsynced and self.fsync != "off":
@@ -196,6 +218,34 @@ class Wal:
                 os.fsync(self.fd)
             os.close(self.fd)
             self.fd = None
+
+
+# ---- the writer's lock ---------------------------------------------------------------------------
+LOCK_FILE = "lock"
+
+
+def lock_directory(root: Path) -> int:
+    """Take the store directory's exclusive writer lock (``flock`` on ``root/lock``, held
+    until :func:`unlock_directory` or the process ends); ``StoreLockedError`` if another
+    handle, in this process or another, holds it."""
+    import fcntl
+
+    from .errors import StoreLockedError
+
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreLockedError(f"{root} is open for writing elsewhere (its lock file is "
+                               "held); close that store first") from None
+    return fd
+
+
+def unlock_directory(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the flock
 
 
 # ---- snapshot files ----------------------------------------------------------------------------

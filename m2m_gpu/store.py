@@ -33,6 +33,7 @@ import logging
 import math
 import numbers
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -184,6 +185,10 @@ class StoreOptions:
                             renormalize)
 
 
+def _no_lock() -> None:
+    """The lock release of a store that holds none."""
+
+
 def _writes(method):
     """A method that changes the store: refused once the store is closed."""
 
@@ -246,6 +251,7 @@ class SplatStore:
         self._index_options_raw = dict(index_options or {})
         self._tier_opts = TierOptions.parse(tiers)
         self._wal: persist.Wal | None = None
+        self._dir_lock = _no_lock  # releases the directory's writer lock (a store on a path)
         self.path: Path | None = None if path is None else Path(path)
         self.generation = 0
         self._reset()
@@ -254,9 +260,14 @@ class SplatStore:
             if (target / "manifest.json").exists():
                 raise InvalidInputError(f"{target} already holds a store; use "
                                         "SplatStore.open(path)")
-            self.generation = 1
-            self._write_generation(target, 1)
-            self._wal = persist.Wal(target / persist.wal_name(1), 1, fsync, create=False)
+            self._hold_lock(persist.lock_directory(target))
+            try:
+                self.generation = 1
+                self._write_generation(target, 1)
+                self._wal = persist.Wal(target / persist.wal_name(1), 1, fsync, create=False)
+            except BaseException:
+                self._dir_lock()
+                raise
     # ---- storage ------------------------------------------------------------------------
     def _reset(self) -> None:
         be = self.backend
@@ -442,7 +453,7 @@ class SplatStore:
     def get(self, ids: Any) -> list[dict | None]:
         """Records ``{"id", "vector", "alpha", "kappa", "metadata", "hits"}`` for each id
         (a merged id gives its survivor's record); None for an id the store does not hold."""
-        keys = [ids] if _is_single_id(ids) else list(ids)
+        keys = _id_list(ids)
         resolved = [self._resolve(k) for k in keys]
         slots = np.array([self._slot.get(k, -1) for k in resolved], dtype=np.int64)
         found = np.flatnonzero(slots >= 0)
@@ -463,7 +474,7 @@ class SplatStore:
         """Remove splats by id (missing ids are ignored); returns how many were removed.
         Deleting a merged id removes only that alias; deleting a survivor removes the
         splat and every id that resolves to it."""
-        keys = [ids] if _is_single_id(ids) else list(ids)
+        keys = _id_list(ids)
         checked = [_check_id(k) for k in keys]
         if self._wal is not None and checked:
             self._journal("delete", {"ids": checked}, [])
@@ -995,7 +1006,13 @@ class SplatStore:
         if self._wal is not None:
             self._wal.close()
             self._wal = None
+        self._dir_lock()
         self._closed = True
+
+    def _hold_lock(self, fd: int) -> None:
+        """Keep the directory lock ``fd`` until close(), or until this store is collected
+        (a store dropped without close() must not lock its directory forever)."""
+        self._dir_lock = weakref.finalize(self, persist.unlock_directory, fd)
 
     def __enter__(self) -> SplatStore:
         return self
@@ -1015,6 +1032,15 @@ class SplatStore:
         tiers are read."""
         root = Path(path)
         manifest = persist.read_manifest(root)
+        lock = persist.lock_directory(root)  # before the log is replayed or cut
+        try:
+            return cls._open_locked(root, manifest, lock, backend, fsync, verify, tiers)
+        except BaseException:
+            persist.unlock_directory(lock)
+            raise
+
+    @classmethod
+    def _open_locked(cls, root, manifest, lock, backend, fsync, verify, tiers) -> SplatStore:
         try:
             store = cls(manifest["dim"], metric=manifest["metric"], backend=backend,
                         index=manifest.get("index", "flat"),
@@ -1045,6 +1071,7 @@ class SplatStore:
         store.path, store.generation = root, gen
         store._wal = persist.Wal(wal_path, gen, fsync, create=good < persist._WAL_HEAD.size)
         store._sync_index()
+        store._hold_lock(lock)  # last: until here a failure releases it in open()
         return store
 
     def _restore(self, arrays: dict, records: list, state: dict) -> None:
@@ -1191,10 +1218,15 @@ def _as_matrix(obj: Any) -> Any:
     return obj
 
 
+_INT64 = np.iinfo(np.int64)
+
+
 def _check_id(id_: Any) -> Any:
     if isinstance(id_, (bool, np.bool_)):
         raise InvalidInputError(f"ids must be ints or strings, got {id_!r}")
     if isinstance(id_, (int, np.integer)):
+        if not _INT64.min <= int(id_) <= _INT64.max:
+            raise InvalidInputError(f"int ids must fit in int64, got {int(id_)}")
         return int(id_)
     if isinstance(id_, str):
         return id_
@@ -1205,12 +1237,27 @@ def _is_single_id(obj: Any) -> bool:
     return isinstance(obj, (int, np.integer, str)) and not isinstance(obj, bool)
 
 
+def _id_list(obj: Any, what: str = "ids") -> list:
+    """One id, or an iterable of ids, as a list. Objects that iterate but are not lists of
+    ids are refused: bytes would be taken as a sequence of small ints, a dict as its keys."""
+    if _is_single_id(obj):
+        return [obj]
+    if obj is None or isinstance(obj, (bytes, bytearray, memoryview, dict, float)):
+        raise InvalidInputError(f"{what} must be an int or str id or a list of them, got "
+                                f"{type(obj).__name__} {obj!r:.60}")
+    if hasattr(obj, "tolist"):
+        obj = obj.tolist()
+        if _is_single_id(obj):
+            return [obj]
+    try:
+        return list(obj)
+    except TypeError:
+        raise InvalidInputError(f"{what} must be an int or str id or a list of them, got "
+                                f"{type(obj).__name__}") from None
+
+
 def _check_ids(ids: Any, n: int) -> list:
-    if _is_single_id(ids):
-        ids = [ids]
-    if hasattr(ids, "tolist"):
-        ids = ids.tolist()
-    ids = [_check_id(i) for i in ids]
+    ids = [_check_id(i) for i in _id_list(ids)]
     if len(ids) != n:
         raise InvalidInputError(f"got {len(ids)} ids for {n} vectors")
     if len(set(ids)) != len(ids):
@@ -1243,8 +1290,8 @@ def _per_event(ids: Any, m: int, single: bool, what: str) -> list[list]:
     if ids is None:
         return [[] for _ in range(m)]
     if single:
-        return [[ids] if _is_single_id(ids) else list(ids)]
-    ids = list(ids)
+        return [_id_list(ids, what)]
+    ids = _id_list(ids, what)
     if len(ids) != m:
         raise InvalidInputError(f"{what}: got {len(ids)} lists for {m} queries")
-    return [[x] if _is_single_id(x) else list(x) for x in ids]
+    return [_id_list(x, what) for x in ids]

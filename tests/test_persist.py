@@ -193,3 +193,81 @@ def test_writes_after_close_raise_and_change_nothing(tmp_path):
     assert len(store) == 3 and store.search(X[:1], k=1).ids[0][0] == ids[0]
     again = m2m_gpu.SplatStore.open(tmp_path / "s", backend="cpu")
     assert len(again) == 3 and all(i in again for i in ids)
+
+
+@pytest.mark.parametrize("where", ["write", "fsync"])
+def test_a_failed_log_append_is_rolled_back_and_the_store_keeps_working(tmp_path, monkeypatch,
+                                                                         where):
+    """Disk full in the middle of a record (or EIO from fsync): the add raises, the log is
+    cut back to the last good record, the store is unchanged and accepts later writes, and
+    after reopening exactly the acknowledged writes are there (a torn record used to be
+    followed by later writes, which the next open then cut off with it)."""
+    import errno
+
+    import m2m_gpu
+    from m2m_gpu import persist
+
+    X = np.random.default_rng(4).standard_normal((6, 4)).astype(np.float32)
+    store = m2m_gpu.SplatStore(4, path=tmp_path / "s", backend="cpu")
+    store.add(X[:2], ids=[0, 1])
+    real_write, real_fsync = os.write, os.fsync
+    calls = {"n": 0}
+
+    def half_write(fd, data):  # half of the record lands, then the disk is full
+        calls["n"] += 1
+        if calls["n"] == 1:
+            real_write(fd, bytes(data[: len(data) // 2]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    def failing_fsync(fd):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_fsync(fd)
+
+    if where == "write":
+        monkeypatch.setattr(persist.os, "write", half_write)
+    else:
+        monkeypatch.setattr(persist.os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        store.add(X[2:3], ids=[2])
+    assert len(store) == 2 and 2 not in store  # a write that raised is not there
+    store.add(X[3:5], ids=[3, 4])  # the store keeps working
+    monkeypatch.undo()
+    store.close()
+    again = m2m_gpu.SplatStore.open(tmp_path / "s", backend="cpu")
+    assert len(again) == 4 and all(i in again for i in (0, 1, 3, 4)) and 2 not in again
+
+
+def test_one_writer_per_directory(tmp_path):
+    """A second writer on a store directory, in this process or another, gets
+    StoreLockedError before anything is read or cut; the lock goes with close(), with the
+    store object when it is dropped, and with the process."""
+    import gc
+    import subprocess
+    import sys
+
+    import m2m_gpu
+
+    X = np.eye(4, dtype=np.float32)
+    path = tmp_path / "s"
+    first = m2m_gpu.SplatStore(4, path=path, backend="cpu")
+    first.add(X[:2], ids=[0, 1])
+    with pytest.raises(m2m_gpu.StoreLockedError, match="open for writing"):
+        m2m_gpu.SplatStore.open(path, backend="cpu")
+    code = ("import sys, m2m_gpu\n"
+            "try:\n"
+            f"    m2m_gpu.SplatStore.open({str(path)!r}, backend='cpu')\n"
+            "except m2m_gpu.StoreLockedError:\n"
+            "    sys.exit(3)\n")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 3
+    first.add(X[2:3], ids=[2])  # the first writer is unaffected
+    first.close()
+    second = m2m_gpu.SplatStore.open(path, backend="cpu")
+    assert len(second) == 3
+    del second
+    gc.collect()
+    third = m2m_gpu.SplatStore.open(path, backend="cpu")  # dropped without close: released
+    assert len(third) == 3
+    third.close()

@@ -445,3 +445,24 @@ def test_dedup_stores_identical_vectors_once(backend, rng):
     plain = make(backend)
     plain.add(np.stack([v[0], v[0]]))
     assert len(plain) == 2  # off by default
+
+
+@pytest.mark.parametrize("bad", [b"\x01\x03", bytearray(b"ab"), memoryview(b"a"),
+                                 {1: 2}, None, 1.5, 2**63, -(2**63) - 1, [1, 2.0]])
+def test_ids_that_are_not_ids_are_refused_everywhere(bad):
+    """bytes used to be read as a list of small int ids (delete(b"\\x01\\x03") deleted ids
+    1 and 3); dicts, None, floats and ints beyond int64 are refused too, and nothing
+    changes."""
+    import m2m_gpu
+
+    store = m2m_gpu.SplatStore(4, backend="cpu")
+    X = np.eye(4, dtype=np.float32)
+    store.add(X, ids=[0, 1, 2, 3])
+    calls = [lambda: store.delete(bad), lambda: store.get(bad),
+             lambda: store.add(X[:1], ids=[bad])]
+    if bad is not None:  # relevant=None means "no relevant ids"
+        calls.append(lambda: store.feedback(X[0], relevant=bad))
+    for call in calls:
+        with pytest.raises(m2m_gpu.InvalidInputError):
+            call()
+    assert len(store) == 4 and all(i in store for i in range(4))
