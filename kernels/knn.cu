@@ -24,13 +24,15 @@ __device__ __forceinline__ float load_x(const unsigned short* __restrict__ x, si
 __device__ __forceinline__ float finish_key(float acc, unsigned int metric,
                                             const float4* __restrict__ params, size_t row)
 {
-    if (metric == KEY_IP) return -acc;
-    if (metric == KEY_SPLAT || metric == KEY_DISTANCE) {
+    float v = acc;
+    if (metric == KEY_IP) {
+        v = -acc;
+    } else if (metric == KEY_SPLAT || metric == KEY_DISTANCE) {
         const float4 p = params[row];
-        if (!(p.x > 0.0f)) return __int_as_float(0x7f800000);
-        if (metric == KEY_SPLAT) return fmaf(p.y, acc, -logf(p.x));
+        if (!(p.x > 0.0f)) v = __int_as_float(0x7f800000);
+        else if (metric == KEY_SPLAT) v = fmaf(p.y, acc, -logf(p.x));
     }
-    return acc;
+    return isnan(v) ? __uint_as_float(CANONICAL_NAN_BITS) : v;  // NaN after +inf, before seeds
 }
 
 // The exported kernels (signatures in m2m_gpu/backends/abi.py): one body, read as float32

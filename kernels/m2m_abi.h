@@ -9,5 +9,6 @@
 #define PARAM_TICK 2u
 #define PARAM_WIDTH 4u
 #define SEED_KEY_BITS 0x7FFFFFFFu
+#define CANONICAL_NAN_BITS 0x7FC00000u
 #define SELECT_IDS 1u
 #define SELECT_NO_BEST 2u

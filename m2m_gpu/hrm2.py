@@ -52,6 +52,7 @@ import numpy as np
 from .backends import Backend, _jit, get_backend
 from .backends.base import MODE_DISTANCE, PARAM_ALPHA, PARAM_KAPPA, PARAM_WIDTH
 from .kmeans import kmeans, rng_for
+from .locking import thread_safe
 from .ops.topk import merge_by_key
 from .tensor import host_array
 from .tiers import HOT, TierManager, TierOptions
@@ -632,6 +633,7 @@ def _expand(ranges: np.ndarray) -> np.ndarray:
     return np.repeat(ranges[:, 0] - offsets, lens) + np.arange(total, dtype=np.int64)
 
 
+@thread_safe
 class IndexHRM2:
     """A FAISS-shaped approximate index over HRM2 (``train``, ``add``, ``add_with_ids``,
     ``search``, ``remove_ids``, ``reset``, ``ntotal``, ``is_trained``).

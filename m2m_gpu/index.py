@@ -20,6 +20,7 @@ from .backends import Backend, get_backend
 from .errors import InvalidInputError
 from .inputs import check_k, check_metric, prepare, row_sqnorms
 from .knn import search_native
+from .locking import thread_safe
 from .tensor import array_module, host_array, stage, to_caller
 
 # FAISS's metric constants, so `index.metric_type == faiss.METRIC_L2` style checks carry over.
@@ -41,6 +42,7 @@ def check_storage_dtype(dtype: Any) -> np.dtype:
     return dt
 
 
+@thread_safe
 class IndexFlat:
     """Exact search over every stored vector, on one backend.
 

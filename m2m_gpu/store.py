@@ -61,6 +61,7 @@ from .errors import (
     UnknownMetricError,
 )
 from .inputs import check_k, prepare, row_sqnorms
+from .locking import thread_safe
 from .ops.splat import combine_energies
 from .ops.topk import merge_by_key
 from .store_index import IndexOptions, StoreIndex
@@ -202,6 +203,7 @@ def _writes(method):
     return guarded
 
 
+@thread_safe
 class SplatStore:
     """A store of splats on one backend (SPEC sections 1-2).
 

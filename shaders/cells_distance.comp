@@ -40,6 +40,7 @@ void main() {
                 if (!(prm.x > 0.0)) acc = uintBitsToFloat(0x7F800000u);
                 else if (pc.mode == KEY_SPLAT) acc = fma(prm.y, acc, -log(prm.x));
             }
+            if (isnan(acc)) acc = uintBitsToFloat(CANONICAL_NAN_BITS);  // NaN after +inf
             keys[i * pc.t + j] = acc;
             return;
         }

@@ -98,7 +98,8 @@ void main() {
                 if (!(p.x > 0.0)) v = uintBitsToFloat(0x7F800000u);
                 else if (pc.metric == KEY_SPLAT) v = fma(p.y, v, -log(p.x));
             }
-            keys[qi * pc.t + j] = v;
+            if (isnan(v)) v = uintBitsToFloat(CANONICAL_NAN_BITS);  // NaN after +inf
+        keys[qi * pc.t + j] = v;
         }
     }
 }

@@ -56,5 +56,6 @@ void main() {
         if (!(p.x > 0.0)) v = uintBitsToFloat(0x7F800000u);
         else if (pc.metric == KEY_SPLAT) v = fma(p.y, v, -log(p.x));
     }
+    if (isnan(v)) v = uintBitsToFloat(CANONICAL_NAN_BITS);  // NaN after +inf
     keys[qi * pc.t + j] = v;
 }

@@ -8,5 +8,6 @@ const uint PARAM_KAPPA = 1u;
 const uint PARAM_TICK = 2u;
 const uint PARAM_WIDTH = 4u;
 const uint SEED_KEY_BITS = 0x7FFFFFFFu;
+const uint CANONICAL_NAN_BITS = 0x7FC00000u;
 const uint SELECT_IDS = 1u;
 const uint SELECT_NO_BEST = 2u;

@@ -145,8 +145,13 @@ def _after_fork_in_child() -> None:
     not the device backends: a CUDA context or a Vulkan device does not survive fork, so
     the child makes its own on first use. The registry's lock is made anew (another thread
     may have held it at the fork)."""
-    global _lock
+    global _lock, _auto
     _lock = threading.RLock()
+    if "cuda" in _instances or (_probes.get("cuda") and _probes["cuda"].available):
+        # CUDA cannot be initialised again in a child forked after the parent used it
+        _probes["cuda"] = BackendInfo("cuda", False, "CUDA was initialised before this "
+                                      "process was forked; use the spawn start method")
+        _auto = None
     for name in [n for n in _instances if n != "cpu"]:
         # kept referenced, never destroyed here: tearing down the parent's device from the
         # child (a Vulkan device whose driver threads stayed in the parent) can hang

@@ -38,6 +38,11 @@ PARAM_WIDTH = 4  # [alpha, kappa, last_tick, unused]: 16 bytes
 # a seed never survives once k real rows were seen; its id is -1.
 SEED_KEY_BITS = 0x7FFFFFFF
 SEED_ID = -1
+# Kernels write every NaN key as this one (a positive quiet NaN): NVIDIA arithmetic makes
+# 0x7FFFFFFF, the seed's own bits, and x86 (lavapipe) makes 0xFFC00000, which the unsigned
+# order puts before -inf. Canonical, a NaN ranks after +inf and before the seeds, as NumPy
+# sorts it.
+CANONICAL_NAN_BITS = 0x7FC00000
 
 # topk_select flags: ids read from a buffer (merging partial results) instead of
 # id_base + column; no running best read (the first pass of a split selection).
@@ -107,6 +112,7 @@ _CONSTANTS = {
     "PARAM_TICK": PARAM_TICK,
     "PARAM_WIDTH": PARAM_WIDTH,
     "SEED_KEY_BITS": SEED_KEY_BITS,
+    "CANONICAL_NAN_BITS": CANONICAL_NAN_BITS,
     "SELECT_IDS": SELECT_IDS,
     "SELECT_NO_BEST": SELECT_NO_BEST,
 }

@@ -245,6 +245,9 @@ class CudaBackend(GpuBackend):
                     or stage[b].shape[1:] != host.shape[1:]):
                 stage[b] = cupyx.empty_pinned(host.shape, dtype=host.dtype)
                 dev[b] = cp.empty(host.shape, dtype=host.dtype)
+                # a fresh buffer may reuse memory that kernels queued on the compute
+                # stream still read: the copy into it waits for them
+                copy.wait_event(compute.record())
             stage[b][:r] = host
             dev[b][:r].set(stage[b][:r], stream=copy)
             ready[b] = copy.record()
@@ -257,10 +260,10 @@ class CudaBackend(GpuBackend):
             for i in range(len(sources)):
                 b = i % 2
                 compute.wait_event(ready[b])
+                if i + 1 < len(sources):  # the other buffer: block i-1's kernels are done
+                    issue(i + 1)  # ... so block i+1's copy overlaps block i's kernels
                 yield dev[b][: rows[b]]
                 done[b] = compute.record()
-                if i + 1 < len(sources):
-                    issue(i + 1)
         finally:
             copy.synchronize()  # an abandoned stream leaves no copy in flight
         compute.synchronize()
@@ -285,8 +288,8 @@ class CudaBackend(GpuBackend):
             yield q0, block.shape[0], self.cp.ascontiguousarray(block, dtype=self.cp.float32)
 
     def row_blocks(self, rows, params=None):
-        rows = rows if rows.dtype == self.cp.float16 else self.cp.ascontiguousarray(
-            rows, dtype=self.cp.float32)
+        rows = self.cp.ascontiguousarray(rows) if rows.dtype == self.cp.float16 else \
+            self.cp.ascontiguousarray(rows, dtype=self.cp.float32)
         if params is not None:
             params = self.cp.ascontiguousarray(params, dtype=self.cp.float32)
         yield 0, rows.shape[0], rows, params
