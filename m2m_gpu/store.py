@@ -198,6 +198,10 @@ def _writes(method):
         if getattr(self, "_closed", False):
             raise InvalidInputError(f"SplatStore.{method.__name__}: the store is closed; "
                                     "reopen it (SplatStore.open) to write")
+        failed = getattr(self, "_failed", None)
+        if failed is not None:
+            raise OSError(f"SplatStore.{method.__name__}: the store cannot write since a "
+                          f"checkpoint failed after its commit ({failed}); reopen it") from failed
         return method(self, *args, **kwargs)
 
     return guarded
@@ -305,6 +309,15 @@ class SplatStore:
 
     def __len__(self) -> int:
         return len(self._slot)
+
+    def ids(self) -> list:
+        """The ids of the stored splats, in slot order (merged and deduplicated aliases are
+        not listed: they resolve to a listed id)."""
+        return [i for i, live in zip(self._ids, self._live.tolist(), strict=True) if live]
+
+    def __iter__(self):
+        """Iterate over a snapshot of :meth:`ids` (writes during the loop do not affect it)."""
+        return iter(self.ids())
 
     def __contains__(self, id_: Any) -> bool:
         try:
@@ -931,8 +944,14 @@ class SplatStore:
         self._wal.append(op, header, arrays)
 
     def _after_write(self) -> None:
+        """After an acknowledged write: the automatic checkpoint (never an exception for
+        the write that triggered it: the write is in the log already) and placement."""
         if self._wal is not None and self._wal.bytes > CHECKPOINT_BYTES:
-            self.checkpoint()
+            try:
+                self.checkpoint()
+            except OSError as exc:
+                log.warning("%s: automatic checkpoint failed (%s); the log keeps every write "
+                            "and the next write tries again", self.path, exc)
         self._maybe_rebalance()
 
     # ---- tiers (SPEC section 4; m2m_gpu/tiers.py) -----------------------------------------
@@ -992,15 +1011,24 @@ class SplatStore:
         if self.path is None:
             raise InvalidInputError("this store is not opened on a path (use save(path), or "
                                     "SplatStore(..., path=...) / SplatStore.open(path))")
-        fsync = self._wal.fsync
-        self._wal.close()
+        old = self._wal
+        old.sync()  # everything acknowledged is on disk before the new generation is made
+        # If writing the new generation fails (disk full, read-only directory), nothing has
+        # switched: the old generation and its log stay in use and the error propagates.
         manifest = self._write_generation(self.path, self.generation + 1)
-        self.generation += 1
-        if self._rows.counts()[2]:  # cold rows are read from the new checkpoint from now on
-            self._rows.rebase(persist.map_vectors(self.path / manifest["files"]["vectors"]
-                                                  ["name"], self.slots, self.dim))
-        self._wal = persist.Wal(self.path / persist.wal_name(self.generation),
-                                self.generation, fsync, create=False)
+        try:  # committed: from here the new generation is the store on disk
+            self.generation += 1
+            self._wal = None
+            if self._rows.counts()[2]:  # cold rows are read from the new checkpoint now
+                self._rows.rebase(persist.map_vectors(self.path / manifest["files"]["vectors"]
+                                                      ["name"], self.slots, self.dim))
+            self._wal = persist.Wal(self.path / persist.wal_name(self.generation),
+                                    self.generation, old.fsync, create=False)
+        except BaseException as exc:
+            self._failed = exc  # no log to write through: refuse writes rather than lose them
+            raise
+        finally:
+            old.close()
 
     def close(self) -> None:
         """Flush and close the log (a store on a path). The store can still be searched;

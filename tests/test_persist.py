@@ -271,3 +271,41 @@ def test_one_writer_per_directory(tmp_path):
     third = m2m_gpu.SplatStore.open(path, backend="cpu")  # dropped without close: released
     assert len(third) == 3
     third.close()
+
+
+def test_a_failed_checkpoint_leaves_the_old_generation_working(tmp_path, monkeypatch, caplog):
+    """Writing the new generation fails (disk full): checkpoint() raises, the old generation
+    and its log stay in use, later writes are logged and survive a reopen; an automatic
+    checkpoint that fails never turns the write that triggered it into an exception (the
+    store used to refuse every later write with a TypeError)."""
+    import errno
+
+    import m2m_gpu
+    from m2m_gpu import persist
+    from m2m_gpu import store as store_mod
+
+    X = np.random.default_rng(6).standard_normal((8, 4)).astype(np.float32)
+    path = tmp_path / "s"
+    store = m2m_gpu.SplatStore(4, path=path, backend="cpu")
+    store.add(X[:2], ids=[0, 1])
+    real = persist.write_snapshot
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(persist, "write_snapshot", disk_full)
+    with pytest.raises(OSError):
+        store.checkpoint()
+    store.add(X[2:3], ids=[2])  # the old log is still written through
+    monkeypatch.setattr(store_mod, "CHECKPOINT_BYTES", 1)  # every write checkpoints
+    with caplog.at_level("WARNING", logger="m2m_gpu"):
+        store.add(X[3:4], ids=[3])  # the automatic checkpoint fails: the add does not
+    assert "automatic checkpoint failed" in caplog.text
+    monkeypatch.setattr(persist, "write_snapshot", real)
+    store.add(X[4:5], ids=[4])  # and now it succeeds
+    assert store.generation == 2
+    store.add(X[5:6], ids=[5])
+    store.close()
+    again = m2m_gpu.SplatStore.open(path, backend="cpu")
+    assert len(again) == 6 and all(i in again for i in range(6))
+    again.close()

@@ -466,3 +466,17 @@ def test_ids_that_are_not_ids_are_refused_everywhere(bad):
         with pytest.raises(m2m_gpu.InvalidInputError):
             call()
     assert len(store) == 4 and all(i in store for i in range(4))
+
+
+def test_ids_and_iteration_list_the_stored_splats():
+    import m2m_gpu
+
+    store = m2m_gpu.SplatStore(3, backend="cpu")
+    X = np.eye(3, dtype=np.float32)
+    store.add(X, ids=["a", 7, "c"])
+    store.delete(7)
+    assert store.ids() == ["a", "c"] and list(store) == ["a", "c"]
+    snapshot = iter(store)
+    store.add(X[1:2], ids=["d"])
+    assert list(snapshot) == ["a", "c"]  # a snapshot
+    assert sorted(map(str, store)) == ["a", "c", "d"]
