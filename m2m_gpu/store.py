@@ -198,6 +198,9 @@ def _writes(method):
         if getattr(self, "_closed", False):
             raise InvalidInputError(f"SplatStore.{method.__name__}: the store is closed; "
                                     "reopen it (SplatStore.open) to write")
+        if getattr(self, "_read_only", False):
+            raise InvalidInputError(f"SplatStore.{method.__name__}: the store was opened "
+                                    "read-only (SplatStore.open(path, mode='r'))")
         failed = getattr(self, "_failed", None)
         if failed is not None:
             raise OSError(f"SplatStore.{method.__name__}: the store cannot write since a "
@@ -1053,15 +1056,23 @@ class SplatStore:
     @classmethod
     def open(cls, path: str | os.PathLike, backend: str | Backend | None = None,
              fsync: str = "every", verify: bool = True,
-             tiers: dict | TierOptions | None = None) -> SplatStore:
+             tiers: dict | TierOptions | None = None, mode: str = "a") -> SplatStore:
         """Open a store directory and write through to it from now on: the last checkpoint
         is loaded, the log replayed (a torn or corrupt tail is cut off, with a warning),
         every later change logged. ``verify`` checks the CRC32 of every data file
         (streamed). With tier budgets (``tiers``), the vectors file is memory-mapped as
         the cold tier and only the splats the budgets and policy place in the hot and warm
-        tiers are read."""
+        tiers are read.
+
+        ``mode="r"``: read-only. Nothing in the directory is created, cut or removed (no
+        lock file, no log opened, a torn tail ignored rather than cut, the cold tier's
+        scratch kept elsewhere), no writer lock is taken, and every write raises."""
+        if mode not in ("a", "r"):
+            raise InvalidInputError(f"mode must be 'a' (read and write) or 'r', got {mode!r}")
         root = Path(path)
         manifest = persist.read_manifest(root)
+        if mode == "r":
+            return cls._open_locked(root, manifest, None, backend, fsync, verify, tiers)
         lock = persist.lock_directory(root)  # before the log is replayed or cut
         try:
             return cls._open_locked(root, manifest, lock, backend, fsync, verify, tiers)
@@ -1071,6 +1082,8 @@ class SplatStore:
 
     @classmethod
     def _open_locked(cls, root, manifest, lock, backend, fsync, verify, tiers) -> SplatStore:
+        """Load and replay; ``lock`` None: read-only (see ``open``)."""
+        read_only = lock is None
         try:
             store = cls(manifest["dim"], metric=manifest["metric"], backend=backend,
                         index=manifest.get("index", "flat"),
@@ -1079,11 +1092,12 @@ class SplatStore:
         except (KeyError, TypeError) as e:
             raise StoreFormatError(f"{root}/manifest.json: bad field ({e})") from None
         arrays, records, state = persist.read_snapshot(root, manifest, verify=verify)
-        for stale in root.glob(f"{persist.SPILL_PREFIX}*"):  # scratch of an earlier process
-            stale.unlink(missing_ok=True)
-        store._rows.set_cold_dir(root)
-        if store._index is not None:
-            store._index.set_cold_dir(root)
+        if not read_only:
+            for stale in root.glob(f"{persist.SPILL_PREFIX}*"):  # an earlier process's scratch
+                stale.unlink(missing_ok=True)
+            store._rows.set_cold_dir(root)
+            if store._index is not None:
+                store._index.set_cold_dir(root)
         store._restore(arrays, records, state)
         gen = int(manifest["generation"])
         wal_path = root / persist.wal_name(gen)
@@ -1092,13 +1106,21 @@ class SplatStore:
         recs, good, size = persist.read_wal(wal_path, gen)
         for rec in recs:
             store._replay(rec)
-        if good < size:
+        if good < size and read_only:
+            log.warning("%s: ignored a torn or corrupt log tail (%d of %d bytes read, %d "
+                        "records replayed; read-only, nothing cut)", wal_path, good, size,
+                        len(recs))
+        elif good < size:
             log.warning("%s: cut a torn or corrupt log tail (%d of %d bytes kept, %d records "
                         "replayed)", wal_path, good, size, len(recs))
             with open(wal_path, "r+b") as f:
                 f.truncate(max(good, persist._WAL_HEAD.size))
                 os.fsync(f.fileno())
         store.path, store.generation = root, gen
+        if read_only:
+            store._sync_index()
+            store._read_only = True
+            return store
         store._wal = persist.Wal(wal_path, gen, fsync, create=good < persist._WAL_HEAD.size)
         store._sync_index()
         store._hold_lock(lock)  # last: until here a failure releases it in open()

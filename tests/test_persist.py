@@ -309,3 +309,44 @@ def test_a_failed_checkpoint_leaves_the_old_generation_working(tmp_path, monkeyp
     again = m2m_gpu.SplatStore.open(path, backend="cpu")
     assert len(again) == 6 and all(i in again for i in range(6))
     again.close()
+
+
+def test_read_only_open_modifies_nothing(tmp_path):
+    """open(path, mode="r") loads and replays, searches and scores, but creates, cuts and
+    removes nothing (a torn log tail is ignored, not cut; no lock file), takes no writer
+    lock, and refuses every write."""
+    import hashlib
+
+    import m2m_gpu
+    from m2m_gpu import persist
+
+    X = np.random.default_rng(9).standard_normal((20, 4)).astype(np.float32)
+    path = tmp_path / "s"
+    store = m2m_gpu.SplatStore(4, path=path, backend="cpu")
+    store.add(X[:10], ids=list(range(10)))
+    store.checkpoint()
+    store.add(X[10:15], ids=list(range(10, 15)))
+    store.close()
+    (path / persist.LOCK_FILE).unlink()
+    with open(path / persist.wal_name(store.generation), "ab") as f:
+        f.write(b"\x07torn")
+
+    def files():
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in path.iterdir()}
+
+    before = files()
+    ro = m2m_gpu.SplatStore.open(path, backend="cpu", mode="r")
+    assert len(ro) == 15 and ro.search(X[12:13], k=1).ids[0][0] == 12
+    ro.energy(X[:2])
+    with pytest.raises(m2m_gpu.InvalidInputError, match="read-only"):
+        ro.add(X[15:16], ids=[15])
+    assert files() == before  # nothing created, cut or removed
+    writer = m2m_gpu.SplatStore.open(path, backend="cpu")  # a reader holds no lock
+    writer.close()
+    after_writer = files()
+    assert "wal-" in " ".join(before) and before != after_writer  # the writer cut the tail
+    ro2 = m2m_gpu.SplatStore.open(path, backend="cpu", mode="r")
+    assert len(ro2) == 15
+    assert files() == after_writer  # the second reader changed nothing either
+    with pytest.raises(m2m_gpu.InvalidInputError, match="mode"):
+        m2m_gpu.SplatStore.open(path, backend="cpu", mode="w")
