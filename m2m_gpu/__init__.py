@@ -25,7 +25,7 @@ from .index import IndexFlat, IndexFlatCosine, IndexFlatIP, IndexFlatL2
 from .kmeans import kmeans
 from .knn import knn
 from .splat import energy, splat_topk
-from .store import SearchResult, SplatStore
+from .store import DecayReport, SearchResult, SplatStore
 from .synthetic import synthetic
 from .tensor import DeviceArray, tensor
 from .tiers import TierOptions
@@ -40,6 +40,7 @@ __all__ = [
     "synthetic",
     "SplatStore",
     "SearchResult",
+    "DecayReport",
     "IndexFlat",
     "IndexFlatL2",
     "IndexFlatIP",

@@ -785,12 +785,14 @@ class IndexHRM2:
         self._next_id = 0
 
     def search(self, x, k: int):
+        from .inputs import check_result_size
         from .knn import check_k, empty_result
 
         k = check_k(k)
         self._need_trained()
         q = self._rows(x, "queries")
         m = q.shape[0]
+        check_result_size(m, k, self.ntotal)
         if m == 0 or self.ntotal == 0:
             D, I = empty_result(m, k, "l2" if self.metric == "l2" else "ip")
             self.last_report = ProbeReport(np.zeros(m, np.int64), np.zeros(m, np.int64))

@@ -18,7 +18,7 @@ import numpy as np
 
 from .backends import Backend, get_backend
 from .errors import InvalidInputError
-from .inputs import check_k, check_metric, prepare, row_sqnorms
+from .inputs import check_k, check_metric, check_result_size, prepare, row_sqnorms
 from .knn import search_native
 from .locking import thread_safe
 from .tensor import array_module, host_array, stage, to_caller
@@ -158,6 +158,7 @@ class IndexFlat:
         best first; ``I`` holds the stored ids, -1 where fewer than k vectors exist."""
         k = check_k(k)
         q, _, caller = prepare(x, "queries", self.metric, dim=self.d)
+        check_result_size(q.shape[0], k, self.ntotal)
         be = self.backend
         sq = self._sqnorms.view()[:, 0] if self._sqnorms is not None else None
         D, I = search_native(be, q, self._rows.view(), self.ntotal, k, self.metric, sq)

@@ -32,6 +32,18 @@ def check_k(k: Any) -> int:
     return int(k)
 
 
+MAX_RESULT_ENTRIES = 1 << 31  # m * k above this (about 24 GiB of results) is refused
+
+
+def check_result_size(m: int, k: int, n: int) -> None:
+    """Refuse, before anything is allocated, a search whose (m, k) results could not be
+    held: ``k`` beyond the ``n`` stored vectors only pads, so a huge ``k`` is a mistake."""
+    if m * k > MAX_RESULT_ENTRIES:
+        raise InvalidInputError(
+            f"k={k} for {m} queries asks for {m * k:,} results ({m * k * 12 / 2**30:.0f} GiB); "
+            f"at most {n:,} per query exist")
+
+
 def as_float32_matrix(staged: Any, what: str, dim: int | None = None) -> Any:
     """Check shape and dtype of a staged (NumPy or CuPy) array and return it as
     C-contiguous float32. Values are checked by :func:`row_sqnorms`."""

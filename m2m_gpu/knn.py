@@ -12,6 +12,7 @@ from .inputs import (  # noqa: F401 - re-exported: the input checks used to live
     as_float32_matrix,
     check_k,
     check_metric,
+    check_result_size,
     normalize_rows,
     prepare,
     row_sqnorms,
@@ -71,6 +72,7 @@ def knn(
     k = check_k(k)
     x, x_sq, _ = prepare(database, "database", metric)
     q, _, caller = prepare(queries, "queries", metric, dim=x.shape[1])
+    check_result_size(q.shape[0], k, x.shape[0])
     sq = to_native(be, x_sq) if be.uses_sqnorms and metric == "l2" else None
     D, I = search_native(be, q, to_native(be, x), x.shape[0], k, metric, sq)
     return to_caller(be, D, caller), to_caller(be, I, caller)

@@ -13,7 +13,7 @@ import numpy as np
 from .backends import Backend, get_backend
 from .backends.base import MODE_SPLAT, PARAM_ALPHA, PARAM_KAPPA, PARAM_WIDTH
 from .errors import InvalidInputError, UnknownMetricError
-from .inputs import check_k, prepare
+from .inputs import check_k, check_result_size, prepare
 from .tensor import to_native
 
 
@@ -43,6 +43,7 @@ def splat_topk(queries: Any, mu: Any, alpha: Any, kappa: Any, k: int, metric: st
     k = check_k(k)
     be, q, xn, pn, sqn, n = _setup(queries, mu, alpha, kappa, metric, backend)
     m = q.shape[0]
+    check_result_size(m, k, n)
     L = np.full((m, k), -np.inf, dtype=np.float32)
     I = np.full((m, k), -1, dtype=np.int64)
     D = np.full((m, k), np.inf, dtype=np.float32)

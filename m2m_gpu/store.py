@@ -133,6 +133,23 @@ class ConsolidationReport:
     reason: str = "manual"
 
 
+@dataclass
+class DecayReport:
+    """What ``decay`` did: the time that passed, the factor every alpha was multiplied by
+    (for splats last touched at the previous clock), and the consolidation it triggered
+    (``auto_consolidate``), if any: its ``pruned`` ids are gone from the store."""
+
+    elapsed: float
+    factor: float
+    consolidation: ConsolidationReport | None = None
+
+    @property
+    def pruned(self) -> list:
+        return list(self.consolidation.pruned) if self.consolidation else []
+
+
+MAX_DECAY_HALF_LIVES = 100.0  # one decay() advancing the clock further is refused (2^-100)
+
 _RATES = HebbianRates()  # the learning rates and clips have one set of defaults
 
 
@@ -812,23 +829,46 @@ class SplatStore:
                                     "time only moves forward")
 
     @_writes
-    def decay(self, now: float) -> None:
+    def decay(self, now: float, *, force: bool = False) -> DecayReport:
         """``alpha *= exp(-ln2 / half_life * (now - last_tick))`` for every splat; time is
-        the caller's (seconds, ticks, ...: the unit of ``half_life``)."""
+        the caller's (seconds, ticks, ...: the unit of ``half_life``). Returns a
+        :class:`DecayReport`; splats it pruned (through ``auto_consolidate``) are also
+        logged at WARNING. To keep every memory, create the store with
+        ``auto_consolidate=False`` (decay then only lowers alpha).
+
+        A step of more than ``MAX_DECAY_HALF_LIVES`` half-lives (every alpha times 2^-100)
+        is refused unless ``force=True``: it is what passing wall-clock time
+        (``time.time()``) to a store created without ``clock=`` does."""
         self._advance(now)
+        elapsed = float(now) - self.clock
+        if elapsed > MAX_DECAY_HALF_LIVES * self.options.half_life and not force:
+            hint = (" now looks like wall-clock time; create the store with "
+                    "clock=time.time() (or pass time since it was created)"
+                    if now > 1e8 and self.clock < 1e8 else "")
+            raise InvalidInputError(
+                f"decay(now={now}) advances the clock by {elapsed / self.options.half_life:.3g}"
+                f" half-lives: every alpha would be multiplied by about 0.{hint} Pass "
+                "force=True if that is meant")
         if self._wal is not None:
             self._journal("decay", {"now": float(now)}, [])
-        self._apply_decay(now)
+        report = DecayReport(elapsed, float(math.exp(-self._lam * elapsed)),
+                             self._apply_decay(now))
+        if report.pruned:
+            log.warning("decay(now=%s) pruned %d splats whose alpha fell under alpha_prune "
+                        "(auto_consolidate; create the store with auto_consolidate=False to "
+                        "keep every memory)", now, len(report.pruned))
         self._after_write()
+        return report
 
-    def _apply_decay(self, now: float) -> None:
+    def _apply_decay(self, now: float) -> ConsolidationReport | None:
         if self.slots:
             self.backend.decay(self._params.view(), float(now) - self.options.clock, self._lam)
             if self._index is not None:
                 self._index.params_changed()
         self.clock = float(now)
         if self.options.auto_consolidate:
-            self._maybe_consolidate_for_alpha()
+            return self._maybe_consolidate_for_alpha()
+        return None
 
     def _alpha(self) -> np.ndarray:
         return np.asarray(self.backend.to_host(self._params.view()))[:, PARAM_ALPHA]
@@ -839,7 +879,9 @@ class SplatStore:
         total = float(live.sum())
         low = float(live[live < self.options.alpha_prune].sum())
         if total > 0 and low > self.options.prune_share * total:
-            self._consolidate(f"{low / total:.0%} of total alpha is under alpha_prune", alpha)
+            return self._consolidate(f"{low / total:.0%} of total alpha is under alpha_prune",
+                                     alpha)
+        return None
 
     @_writes
     def consolidate(self, reason: str = "manual") -> ConsolidationReport:
@@ -1332,10 +1374,29 @@ def _check_metadata(metadata: Any, n: int) -> list[dict]:
         if not isinstance(m, dict):
             raise InvalidInputError(f"metadata {i} must be a dict, got {type(m).__name__}")
         try:
-            out.append(json.loads(json.dumps(m)))  # a deep copy, and JSON-safe
+            out.append(json.loads(json.dumps(_plain(m, i))))  # a deep copy, and JSON-safe
         except (TypeError, ValueError) as exc:
             raise InvalidInputError(f"metadata {i} is not JSON-serialisable: {exc}") from exc
     return out
+
+
+def _plain(value: Any, i: int) -> Any:
+    """Metadata with NumPy scalars as the Python numbers they are, and numbers a filter
+    could not compare refused (an int beyond float range used to break every later filter
+    on its key, for good)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v, i) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, i) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            float(value)
+        except OverflowError:
+            raise InvalidInputError(f"metadata {i}: the int {str(value)[:20]}... is beyond "
+                                    "float range; filters could not compare it") from None
+    return value
 
 
 def _per_event(ids: Any, m: int, single: bool, what: str) -> list[list]:

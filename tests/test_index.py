@@ -194,3 +194,24 @@ def test_ids_are_never_handed_out_twice_after_removals(backend, rng, kind):
     index.reset()
     index.add(X[:1])
     assert int(index.search(X[:1], 1)[1][0, 0]) == 0
+
+
+@pytest.mark.parametrize("kind", ["knn", "flat", "hrm2", "splat"])
+def test_a_k_whose_results_cannot_be_held_is_refused_before_allocating(kind):
+    """k beyond the stored vectors only pads, so a k whose (m, k) results would take tens
+    of GiB is refused with a message saying so, before anything is allocated (it used to
+    end in a MemoryError, or the machine swapping)."""
+    X = np.random.default_rng(2).standard_normal((50, 4)).astype(np.float32)
+    k = 2**33
+    with pytest.raises(InvalidInputError, match="results"):
+        if kind == "knn":
+            m2m_gpu.knn(X[:4], X, k, backend="cpu")
+        elif kind == "splat":
+            m2m_gpu.splat_topk(X[:4], X, 1.0, 1.0, k, backend="cpu")
+        else:
+            index = m2m_gpu.IndexFlatL2(4) if kind == "flat" else m2m_gpu.IndexHRM2(4)
+            if kind == "hrm2":
+                index.train(X)
+            index.add(X)
+            index.search(X[:4], k)
+    assert m2m_gpu.knn(X[:4], X, 60, backend="cpu")[1].shape == (4, 60)  # padding still works

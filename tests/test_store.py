@@ -480,3 +480,43 @@ def test_ids_and_iteration_list_the_stored_splats():
     store.add(X[1:2], ids=["d"])
     assert list(snapshot) == ["a", "c"]  # a snapshot
     assert sorted(map(str, store)) == ["a", "c", "d"]
+
+
+def test_decay_reports_what_it_did_and_refuses_wall_clock_by_mistake(caplog):
+    """decay() returns what it did; splats it pruns (auto_consolidate) are reported and
+    logged at WARNING; passing wall-clock time to a store whose clock starts at 0 (every
+    alpha would become about 0) is refused with a hint, unless force=True."""
+    import time
+
+    import m2m_gpu
+
+    store = m2m_gpu.SplatStore(3, backend="cpu", half_life=10.0)
+    store.add(np.eye(3, dtype=np.float32), ids=["a", "b", "c"])
+    report = store.decay(10.0)
+    assert report.elapsed == 10.0 and abs(report.factor - 0.5) < 1e-9 and report.pruned == []
+    with pytest.raises(m2m_gpu.InvalidInputError, match="wall-clock"):
+        store.decay(time.time())
+    assert store.clock == 10.0 and len(store) == 3  # refused: nothing changed
+    with caplog.at_level("WARNING", logger="m2m_gpu"):
+        report = store.decay(10.0 + 10 * 40, force=False)  # 40 half-lives: alpha ~ 1e-12
+    assert sorted(report.pruned) == ["a", "b", "c"] and len(store) == 0
+    assert "pruned 3 splats" in caplog.text
+    keep = m2m_gpu.SplatStore(3, backend="cpu", half_life=10.0, auto_consolidate=False)
+    keep.add(np.eye(3, dtype=np.float32))
+    assert keep.decay(400.0).pruned == [] and len(keep) == 3  # every memory kept
+
+
+def test_metadata_numbers_numpy_scalars_and_ints_beyond_float_range():
+    import m2m_gpu
+
+    store = m2m_gpu.SplatStore(3, backend="cpu")
+    X = np.eye(3, dtype=np.float32)
+    store.add(X[:2], ids=["a", "b"], metadata=[{"year": np.int64(2024), "w": np.float32(0.5)},
+                                               {"year": 2020, "w": 1.0}])
+    assert store.get("a")[0]["metadata"] == {"year": 2024, "w": 0.5}
+    hits = store.search(X[:1], k=5, filter={"year": {"$gte": 2021}})
+    assert hits.ids[0] == ["a"]
+    with pytest.raises(m2m_gpu.InvalidInputError, match="float range"):
+        store.add(X[2:3], ids=["c"], metadata={"year": 10**400})
+    assert "c" not in store and len(store) == 2
+    assert store.search(X[:1], k=5, filter={"year": {"$lt": 2021}}).ids[0] == ["b"]
