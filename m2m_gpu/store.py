@@ -505,17 +505,51 @@ class SplatStore:
         return out
 
     @_writes
-    def delete(self, ids: Any) -> int:
-        """Remove splats by id (missing ids are ignored); returns how many were removed.
+    def delete(self, ids: Any = None, *, filter: dict | None = None) -> int:
+        """Remove splats by id (missing ids are ignored), or every splat whose metadata
+        matches ``filter`` (see :mod:`m2m_gpu.filters`); returns how many were removed.
         Deleting a merged id removes only that alias; deleting a survivor removes the
         splat and every id that resolves to it."""
-        keys = _id_list(ids)
-        checked = [_check_id(k) for k in keys]
+        if (ids is None) == (filter is None):
+            raise InvalidInputError("delete takes ids or filter=, not both and not neither")
+        if filter is not None:
+            _filters.check(filter)
+            mask = self._live & _filters.evaluate(filter, self._meta, self._columns)
+            checked = [self._ids[s] for s in np.flatnonzero(mask)]
+        else:
+            checked = [_check_id(k) for k in _id_list(ids)]
         if self._wal is not None and checked:
             self._journal("delete", {"ids": checked}, [])
         out = self._apply_delete(checked)
         self._after_write()
         return out
+
+    @_writes
+    def update_metadata(self, ids: Any, metadata: Any) -> int:
+        """Replace the metadata of stored splats without re-adding them (vectors, alpha,
+        kappa and hits are kept): one dict per id, or one dict for all. Unknown ids raise
+        ``UnknownIdError`` and nothing changes. Returns how many were updated."""
+        keys = [_check_id(k) for k in _id_list(ids)]
+        meta = _check_metadata(metadata, len(keys))
+        slots = []
+        for k in keys:
+            r = self._resolve(k)
+            if r not in self._slot:
+                raise UnknownIdError(f"unknown id {k!r}: the store holds no such splat")
+            slots.append(self._slot[r])
+        if not keys:
+            return 0
+        if self._wal is not None:
+            self._journal("meta", {"ids": keys, "meta": meta}, [])
+        self._apply_metadata(keys, meta)
+        self._after_write()
+        return len(keys)
+
+    def _apply_metadata(self, keys: list, meta: list) -> None:
+        slots = np.array([self._slot[self._resolve(k)] for k in keys], dtype=np.int64)
+        for s, m in zip(slots.tolist(), meta, strict=True):
+            self._meta[s] = m
+        self._columns.on_set(slots, [self._meta[s] for s in slots.tolist()], self.slots)
 
     def _apply_delete(self, checked: list) -> int:
         slots = []
@@ -1224,6 +1258,8 @@ class SplatStore:
             self._consolidate(h["reason"], self._alpha())
         elif rec.op == "compact":
             self._compact()
+        elif rec.op == "meta":
+            self._apply_metadata(list(h["ids"]), list(h["meta"]))
         else:
             raise StoreFormatError(f"unknown log record {rec.op!r}")
 

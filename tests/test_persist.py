@@ -350,3 +350,34 @@ def test_read_only_open_modifies_nothing(tmp_path):
     assert files() == after_writer  # the second reader changed nothing either
     with pytest.raises(m2m_gpu.InvalidInputError, match="mode"):
         m2m_gpu.SplatStore.open(path, backend="cpu", mode="w")
+
+
+def test_update_metadata_and_delete_by_filter_are_logged(tmp_path):
+    """Metadata can be replaced without re-adding (vectors and learned parameters kept),
+    and splats deleted by a metadata filter; both are logged, so a reopen (replay) and a
+    checkpoint give the same store."""
+    import m2m_gpu
+
+    X = np.eye(4, dtype=np.float32)
+    path = tmp_path / "s"
+    store = m2m_gpu.SplatStore(4, path=path, backend="cpu")
+    store.add(X, ids=["a", "b", "c", "d"], metadata=[{"lang": "en"}] * 4)
+    store.feedback(X[0], relevant=["a"])
+    alpha = store.get("a")[0]["alpha"]
+    assert store.update_metadata(["a", "b"], [{"lang": "de"}, {"lang": "fr"}]) == 2
+    assert store.search(X[:1], k=4, filter={"lang": "de"}).ids[0] == ["a"]
+    assert store.get("a")[0]["alpha"] == alpha  # not re-added
+    with pytest.raises(m2m_gpu.UnknownIdError):
+        store.update_metadata(["a", "zz"], {"lang": "it"})
+    assert store.get("a")[0]["metadata"] == {"lang": "de"}  # nothing changed
+    assert store.delete(filter={"lang": "en"}) == 2 and set(store) == {"a", "b"}
+    with pytest.raises(m2m_gpu.InvalidInputError):
+        store.delete()
+    store.close()
+    for _ in range(2):
+        again = m2m_gpu.SplatStore.open(path, backend="cpu")
+        assert set(again) == {"a", "b"}
+        assert again.get("b")[0]["metadata"] == {"lang": "fr"}
+        assert again.search(X[:1], k=4, filter={"lang": "de"}).ids[0] == ["a"]
+        again.checkpoint()  # the second round reads the checkpoint, not the log
+        again.close()
