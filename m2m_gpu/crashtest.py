@@ -116,8 +116,7 @@ def crash_loop(root: Path, runs: int, fsync: str = "every", seed: int = 0,
             raise AssertionError(f"run {run}: child did not start: {line!r} "
                                  f"{child.stderr.read().decode()[-2000:]}")
         time.sleep(rnd.uniform(0, max_delay))
-        child.send_signal(signal.SIGKILL)
-        out, err = child.communicate()
+        out, err = kill_and_read(child)
         assert child.returncode == -signal.SIGKILL, (child.returncode, err.decode()[-2000:])
         acked = sum(1 for x in out.splitlines() if x.startswith(b"ack "))
         alive: list = []
@@ -135,6 +134,17 @@ def crash_loop(root: Path, runs: int, fsync: str = "every", seed: int = 0,
         totals["acked"] += acked
         log(f"run {run}: {acked} writes acknowledged, store has {len(shadow)} splats")
     return totals
+
+
+def kill_and_read(child) -> tuple[bytes, bytes]:
+    """SIGKILL ``child`` and return the rest of its stdout and stderr. Read through the
+    same buffered files that ``readline()`` used: ``communicate()`` reads the raw pipes
+    and misses acknowledgements already buffered together with "ready" (the harness
+    then counted fewer acknowledged writes than the child had made)."""
+    child.send_signal(signal.SIGKILL)
+    out, err = child.stdout.read(), child.stderr.read()
+    child.wait()
+    return out, err
 
 
 def main() -> int:

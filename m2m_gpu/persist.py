@@ -134,7 +134,7 @@ def decode_body(body: bytes) -> Record:
 
 def read_wal(path: Path, generation: int) -> tuple[list[Record], int, int]:
     """``(records, good_bytes, file_bytes)``: every record up to the first torn or corrupt
-    one; ``good_bytes`` is where the file should be cut."""
+    one; ``good_bytes`` is where that one starts. See :func:`damage_in_the_middle`."""
     data = path.read_bytes()
     if len(data) < _WAL_HEAD.size:
         return [], 0, len(data)
@@ -158,6 +158,36 @@ def read_wal(path: Path, generation: int) -> tuple[list[Record], int, int]:
             break
         off = end
     return records, off, len(data)
+
+
+def damage_in_the_middle(path: Path, good: int) -> bool:
+    """Whether the bad record at ``good`` is followed by more of the file: its length field
+    says it ends before the file does (a CRC or decoding failure), as opposed to a torn
+    last record (not written whole), which is the only damage a crash can cause."""
+    data = path.read_bytes()
+    if good + _REC.size > len(data):
+        return False
+    length, _ = _REC.unpack_from(data, good)
+    return good + _REC.size + length < len(data)
+
+
+def move_aside(path: Path, good: int) -> Path:
+    """Copy the bytes of ``path`` from ``good`` on to ``<path>.corrupt-<n>`` (n: the first
+    free number), fsync it, and cut ``path`` at ``good``."""
+    n = 1
+    while (aside := path.with_name(f"{path.name}.corrupt-{n}")).exists():
+        n += 1
+    with open(path, "rb") as src:
+        src.seek(good)
+        tail = src.read()
+    with open(aside, "wb") as dst:
+        dst.write(tail)
+        dst.flush()
+        os.fsync(dst.fileno())
+    with open(path, "r+b") as f:
+        f.truncate(max(good, _WAL_HEAD.size))
+        os.fsync(f.fileno())
+    return aside
 
 
 class Wal:
@@ -287,6 +317,7 @@ def write_snapshot(path: Path, generation: int, manifest: dict, arrays: dict[str
     manifest = {**manifest, "format_version": FORMAT_VERSION, "generation": generation,
                 "files": {k: {"name": FILES[k].format(g=generation), **v}
                           for k, v in files.items()}}
+    manifest["manifest_crc32"] = manifest_crc32(manifest)
     tmp = path / "manifest.json.tmp"
     write_file(tmp, json.dumps(manifest, indent=1).encode())
     os.replace(tmp, path / "manifest.json")  # the commit point
@@ -316,13 +347,55 @@ def read_manifest(path: Path) -> dict:
         manifest = json.loads(mpath.read_text())
     except json.JSONDecodeError as e:
         raise StoreFormatError(f"{mpath}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise StoreFormatError(f"{mpath}: not a JSON object")
     version = manifest.get("format_version")
     if not isinstance(version, int):
         raise StoreFormatError(f"{mpath}: no format_version")
     if version > FORMAT_VERSION:
         raise StoreFormatError(f"{mpath}: format version {version} is newer than this "
                                f"m2m-gpu understands ({FORMAT_VERSION}); upgrade m2m-gpu")
+    if "manifest_crc32" in manifest and manifest["manifest_crc32"] != manifest_crc32(manifest):
+        raise StoreFormatError(f"{mpath}: its checksum does not match its contents")
+    check_manifest(manifest, mpath)
     return manifest
+
+
+def manifest_crc32(manifest: dict) -> int:
+    """CRC32 of a manifest's canonical JSON, without its own checksum field."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_crc32"}
+    return zlib.crc32(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+def check_manifest(m: dict, where) -> None:
+    """Every field the store reads, of the right type, and file sizes that match the
+    counts; a ``StoreFormatError`` naming the field otherwise."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise StoreFormatError(f"{where}: {what}")
+
+    def integer(v, low=0) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    need(integer(m.get("dim"), 1), "dim must be an integer >= 1")
+    need(isinstance(m.get("metric"), str), "metric must be a string")
+    need(integer(m.get("generation"), 1), "generation must be an integer >= 1")
+    need(isinstance(m.get("options"), dict), "options must be an object")
+    counts = m.get("counts")
+    need(isinstance(counts, dict) and integer(counts.get("slots")), "counts.slots must be "
+         "an integer >= 0")
+    files = m.get("files")
+    need(isinstance(files, dict), "files must be an object")
+    for name in FILES:
+        info = files.get(name)
+        need(isinstance(info, dict) and isinstance(info.get("name"), str)
+             and "/" not in info["name"] and integer(info.get("bytes"))
+             and integer(info.get("crc32")), f"files.{name} must have name, bytes and crc32")
+    slots, dim = counts["slots"], m["dim"]
+    for name, row in (("vectors", 4 * dim), ("params", 16), ("hits", 8), ("flags", 1)):
+        need(files[name]["bytes"] == slots * row,
+             f"files.{name} has {files[name]['bytes']} bytes, but {slots} slots need "
+             f"{slots * row}")
 
 
 def read_snapshot(path: Path, manifest: dict, verify: bool = True):

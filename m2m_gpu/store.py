@@ -1132,7 +1132,8 @@ class SplatStore:
     @classmethod
     def open(cls, path: str | os.PathLike, backend: str | Backend | None = None,
              fsync: str = "every", verify: bool = True,
-             tiers: dict | TierOptions | None = None, mode: str = "a") -> SplatStore:
+             tiers: dict | TierOptions | None = None, mode: str = "a",
+             repair: bool = False) -> SplatStore:
         """Open a store directory and write through to it from now on: the last checkpoint
         is loaded, the log replayed (a torn or corrupt tail is cut off, with a warning),
         every later change logged. ``verify`` checks the CRC32 of every data file
@@ -1142,22 +1143,30 @@ class SplatStore:
 
         ``mode="r"``: read-only. Nothing in the directory is created, cut or removed (no
         lock file, no log opened, a torn tail ignored rather than cut, the cold tier's
-        scratch kept elsewhere), no writer lock is taken, and every write raises."""
+        scratch kept elsewhere), no writer lock is taken, and every write raises.
+
+        Only a torn *last* record (what a crash leaves) is cut. A record that fails its
+        check with more of the log after it is damage: ``StoreFormatError`` with nothing
+        changed, or with ``repair=True`` the good records are replayed and the rest is
+        moved aside to ``wal-<g>.log.corrupt-<n>``."""
         if mode not in ("a", "r"):
             raise InvalidInputError(f"mode must be 'a' (read and write) or 'r', got {mode!r}")
         root = Path(path)
         manifest = persist.read_manifest(root)
         if mode == "r":
-            return cls._open_locked(root, manifest, None, backend, fsync, verify, tiers)
+            return cls._open_locked(root, manifest, None, backend, fsync, verify, tiers,
+                                    False)
         lock = persist.lock_directory(root)  # before the log is replayed or cut
         try:
-            return cls._open_locked(root, manifest, lock, backend, fsync, verify, tiers)
+            return cls._open_locked(root, manifest, lock, backend, fsync, verify, tiers,
+                                    repair)
         except BaseException:
             persist.unlock_directory(lock)
             raise
 
     @classmethod
-    def _open_locked(cls, root, manifest, lock, backend, fsync, verify, tiers) -> SplatStore:
+    def _open_locked(cls, root, manifest, lock, backend, fsync, verify, tiers,
+                     repair) -> SplatStore:
         """Load and replay; ``lock`` None: read-only (see ``open``)."""
         read_only = lock is None
         try:
@@ -1180,6 +1189,18 @@ class SplatStore:
         if not wal_path.exists():
             raise StoreFormatError(f"{wal_path}: missing")
         recs, good, size = persist.read_wal(wal_path, gen)
+        if good < size and persist.damage_in_the_middle(wal_path, good):
+            if read_only or not repair:
+                raise StoreFormatError(
+                    f"{wal_path}: a record at byte {good} fails its check and {size - good} "
+                    "bytes follow it (damage, not a torn write); nothing was changed. "
+                    "SplatStore.open(path, repair=True) replays the good records and moves "
+                    f"the rest aside to {wal_path.name}.corrupt-<n>")
+            aside = persist.move_aside(wal_path, good)
+            log.warning("%s: a corrupt record at byte %d; %d records replayed, the %d bytes "
+                        "from it on moved to %s (repair=True)", wal_path, good, len(recs),
+                        size - good, aside)
+            size = good
         for rec in recs:
             store._replay(rec)
         if good < size and read_only:

@@ -83,7 +83,7 @@ def test_torn_tail_is_cut_and_earlier_writes_kept(tmp_path, caplog):
     assert sorted(SplatStore.open(path, backend="cpu")._slot) == [0, 1, 2, 3, 9]
 
 
-def test_corrupt_record_stops_replay_there(tmp_path):
+def test_a_corrupt_record_in_the_middle_is_refused_or_moved_aside(tmp_path):
     path = tmp_path / "c"
     s = SplatStore(4, metric="l2", backend="cpu", path=path)
     offsets = []
@@ -94,9 +94,20 @@ def test_corrupt_record_stops_replay_there(tmp_path):
     raw = bytearray((path / persist.wal_name(1)).read_bytes())
     raw[offsets[2] + 20] ^= 0xFF  # a flipped byte inside record 2: its CRC fails
     (path / persist.wal_name(1)).write_bytes(bytes(raw))
-    t = SplatStore.open(path, backend="cpu")
+    before = (path / persist.wal_name(1)).read_bytes()
+    # damage followed by more records is not what a crash leaves: refused, nothing changed
+    with pytest.raises(StoreFormatError, match="repair=True"):
+        SplatStore.open(path, backend="cpu")
+    assert (path / persist.wal_name(1)).read_bytes() == before
+    # repair: the good records are replayed and the rest is kept aside, not deleted
+    t = SplatStore.open(path, backend="cpu", repair=True)
     assert sorted(t._slot) == [0, 1]
     t.check_integrity()
+    aside = path / (persist.wal_name(1) + ".corrupt-1")
+    assert aside.read_bytes() == before[offsets[2]:]
+    t.add(np.full((1, 4), 9, np.float32), ids=[9])
+    t.close()
+    assert sorted(SplatStore.open(path, backend="cpu")._slot) == [0, 1, 9]
 
 
 def test_format_checks(tmp_path):
@@ -381,3 +392,63 @@ def test_update_metadata_and_delete_by_filter_are_logged(tmp_path):
         assert again.search(X[:1], k=4, filter={"lang": "de"}).ids[0] == ["a"]
         again.checkpoint()  # the second round reads the checkpoint, not the log
         again.close()
+
+
+@pytest.mark.parametrize("change", ["tamper", "no_dim", "dim_str", "slots_neg", "no_files",
+                                    "bytes_wrong", "name_path", "not_object"])
+def test_every_malformed_manifest_is_a_store_format_error(tmp_path, change):
+    """The manifest carries its own checksum, and every field the store reads is checked
+    (types, file sizes against the counts): a damaged manifest gives StoreFormatError, never
+    a KeyError, a TypeError or a store built from wrong numbers."""
+    import m2m_gpu
+
+    path = tmp_path / "m"
+    store = m2m_gpu.SplatStore(4, path=path, backend="cpu")
+    store.add(np.eye(4, dtype=np.float32))
+    store.checkpoint()
+    store.close()
+    mpath = path / "manifest.json"
+    m = json.loads(mpath.read_text())
+    if change == "tamper":
+        m["dim"] = 8  # checksum no longer matches
+    else:
+        m.pop("manifest_crc32")  # as an older store without a checksum would be
+        if change == "no_dim":
+            m.pop("dim")
+        elif change == "dim_str":
+            m["dim"] = "4"
+        elif change == "slots_neg":
+            m["counts"]["slots"] = -1
+        elif change == "no_files":
+            m.pop("files")
+        elif change == "bytes_wrong":
+            m["counts"]["slots"] += 1
+        elif change == "name_path":
+            m["files"]["vectors"]["name"] = "../../etc/passwd"
+        elif change == "not_object":
+            m = [1, 2]
+    mpath.write_text(json.dumps(m))
+    with pytest.raises(StoreFormatError):
+        m2m_gpu.SplatStore.open(path, backend="cpu")
+
+
+def test_crash_harness_counts_acknowledgements_buffered_with_ready():
+    """A child that prints "ready" and its first acknowledgements in one burst: all of them
+    are counted (communicate() after readline() used to miss the buffered ones)."""
+    import subprocess
+    import sys
+
+    from m2m_gpu.crashtest import kill_and_read
+
+    code = ("import sys, time\n"
+            "sys.stdout.write('ready\\n' + ''.join(f'ack {i}\\n' for i in range(50)))\n"
+            "sys.stdout.flush()\n"
+            "time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    assert child.stdout.readline().strip() == b"ready"
+    import time
+
+    time.sleep(0.5)
+    out, _ = kill_and_read(child)
+    assert sum(1 for x in out.splitlines() if x.startswith(b"ack ")) == 50
