@@ -11,6 +11,11 @@ A filter is a dict in the style of MongoDB / Chroma / LangChain filters::
 A key missing from a splat's metadata matches only ``$ne`` and ``$nin``. Range operators
 compare numbers with numbers and strings with strings; other values do not match.
 
+List-valued metadata match element-wise, as in MongoDB: ``{"tags": "x"}`` and
+``{"tags": {"$in": ["x", "y"]}}`` match a splat whose ``tags`` list holds ``"x"``;
+``{"tags": {"$contains": "x"}}`` says so explicitly (and matches lists only); a whole list
+as the value, ``{"tags": ["x", "y"]}``, also matches that exact list.
+
 The store keeps one column (an object array over its slots) per metadata key that a filter
 has used, updated as splats are added or replaced, so a filtered search costs vectorised
 comparisons over columns, not a Python loop over splats.
@@ -29,6 +34,7 @@ MISSING = object()  # a key that a splat's metadata does not have
 RANGE_OPS = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}
 SET_OPS = ("$in", "$nin")
 EQ_OPS = ("$eq", "$ne")
+LIST_OPS = ("$contains",)
 
 
 def check(filt: Any) -> None:
@@ -50,11 +56,11 @@ def check(filt: Any) -> None:
                 if op in SET_OPS:
                     if not isinstance(val, (list, tuple, set, frozenset)):
                         raise InvalidInputError(f"{op} takes a list, got {val!r}")
-                elif op not in RANGE_OPS and op not in EQ_OPS:
+                elif op not in RANGE_OPS and op not in EQ_OPS and op not in LIST_OPS:
                     raise InvalidInputError(f"unknown filter operator {op!r} on {key!r}")
 
 
-K_MISSING, K_BOOL, K_NUMBER, K_STR, K_OTHER = 0, 1, 2, 3, 4
+K_MISSING, K_BOOL, K_NUMBER, K_STR, K_OTHER, K_LIST = 0, 1, 2, 3, 4, 5
 
 
 def _typed(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -74,6 +80,8 @@ def _typed(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             num[i] = float(v)
         elif isinstance(v, str):
             kind[i] = K_STR
+        elif isinstance(v, (list, tuple)):
+            kind[i] = K_LIST
         else:
             kind[i] = K_OTHER
     return obj, kind, num
@@ -134,15 +142,41 @@ def evaluate(filt: dict, metadata: list[dict], columns: Columns) -> np.ndarray:
     return mask
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equality as the filters use it: bools are not numbers, numbers compare as floats."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, numbers.Real) and isinstance(b, numbers.Real):
+        return float(a) == float(b)
+    return type(a) is type(b) and a == b
+
+
+def _elementwise(col, val: Any, whole: bool) -> np.ndarray:
+    """Slots whose list holds ``val`` (and, with ``whole``, whose list equals it)."""
+    obj, kind, _ = col
+    out = np.zeros(obj.shape[0], dtype=bool)
+    for i in np.flatnonzero(kind == K_LIST).tolist():  # only the list-valued slots
+        items = obj[i]
+        out[i] = any(_same(e, val) for e in items) or (
+            whole and isinstance(val, (list, tuple)) and list(items) == list(val))
+    return out
+
+
 def _equal(col, val: Any) -> np.ndarray:
     obj, kind, num = col
     if isinstance(val, bool):
-        return (kind == K_BOOL) & np.asarray(obj == val, dtype=bool)
-    if isinstance(val, numbers.Real):
-        return (kind == K_NUMBER) & (num == float(val))
-    if isinstance(val, str):
-        return (kind == K_STR) & np.asarray(obj == val, dtype=bool)
-    return (kind == K_OTHER) & np.asarray(obj == val, dtype=bool)
+        hit = (kind == K_BOOL) & np.asarray(obj == val, dtype=bool)
+    elif isinstance(val, numbers.Real):
+        hit = (kind == K_NUMBER) & (num == float(val))
+    elif isinstance(val, str):
+        hit = (kind == K_STR) & np.asarray(obj == val, dtype=bool)
+    else:  # a dict or a list value: compared one slot at a time (no broadcasting)
+        hit = np.zeros(obj.shape[0], dtype=bool)
+        for i in np.flatnonzero(kind == K_OTHER).tolist():
+            hit[i] = type(obj[i]) is type(val) and obj[i] == val
+    if (kind == K_LIST).any():
+        hit |= _elementwise(col, val, whole=True)
+    return hit
 
 
 def _apply(col, op: str, val: Any) -> np.ndarray:
@@ -151,6 +185,8 @@ def _apply(col, op: str, val: Any) -> np.ndarray:
         return _equal(col, val)
     if op == "$ne":
         return ~_equal(col, val)
+    if op == "$contains":
+        return _elementwise(col, val, whole=False)
     if op in SET_OPS:
         hit = np.zeros(obj.shape[0], dtype=bool)
         for v in val:

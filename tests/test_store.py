@@ -520,3 +520,28 @@ def test_metadata_numbers_numpy_scalars_and_ints_beyond_float_range():
         store.add(X[2:3], ids=["c"], metadata={"year": 10**400})
     assert "c" not in store and len(store) == 2
     assert store.search(X[:1], k=5, filter={"year": {"$lt": 2021}}).ids[0] == ["b"]
+
+
+def test_list_valued_metadata_matches_element_wise():
+    """Equality, $in and $contains match list-valued metadata element by element (they used
+    to match nothing, or raise a broadcasting ValueError); $ne and $nin are their negation;
+    a whole list as the value matches that exact list."""
+    import m2m_gpu
+
+    store = m2m_gpu.SplatStore(3, backend="cpu")
+    X = np.eye(3, dtype=np.float32)
+    store.add(X, ids=["a", "b", "c"], metadata=[{"tags": ["x", "y"], "n": [1, 2]},
+                                                {"tags": ["y"], "n": [True]},
+                                                {"tags": "x", "n": 1}])
+
+    def hits(f):
+        return sorted(store.search(X[:1], k=3, filter=f).ids[0])
+
+    assert hits({"tags": "x"}) == ["a", "c"]
+    assert hits({"tags": {"$in": ["y"]}}) == ["a", "b"]
+    assert hits({"tags": {"$contains": "x"}}) == ["a"]  # lists only
+    assert hits({"tags": ["x", "y"]}) == ["a"]
+    assert hits({"tags": {"$ne": "x"}}) == ["b"]
+    assert hits({"tags": {"$nin": ["x", "y"]}}) == []
+    assert hits({"n": 1}) == ["a", "c"]  # True is not the number 1
+    assert hits({"n": {"$contains": True}}) == ["b"]
