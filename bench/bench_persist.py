@@ -8,6 +8,11 @@ same writes on an in-memory store (no log) as the ceiling. The raw reference: a 
 64-byte ``os.write`` + ``os.fsync`` on one file. Every store is reopened afterwards and
 compared with the written state (all writes present) before its numbers are reported.
 
+Then searches of one store from 1 and from 2 threads in the same run (batches of 16
+queries, k = 10, 50,000 splats): the store is thread-safe with one lock per object, so
+searches of one store run one at a time and 2 threads are expected near 1x (reported as
+measured; running them side by side is the next step of the threading model).
+
     python bench/bench_persist.py [--dir DIR] [--seconds 2]
 """
 
@@ -70,6 +75,41 @@ def run_case(kind: str, store, seconds: float, rng) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
+def search_threads(seconds: float, rng) -> dict:
+    import threading
+
+    store = SplatStore(D, backend="cpu")
+    store.add(rng.standard_normal((50_000, D)).astype(np.float32))
+    queries = rng.standard_normal((64, 16, D)).astype(np.float32)
+    want = store.search(queries[0], k=10).ids  # one answer to check the threads against
+
+    def rate(threads: int) -> float:
+        done, stop = [0] * threads, time.perf_counter() + seconds
+
+        def loop(t: int) -> None:
+            i = t
+            while time.perf_counter() < stop:
+                res = store.search(queries[i % len(queries)], k=10)
+                if i % len(queries) == 0:
+                    assert res.ids == want, "a concurrent search gave another answer"
+                done[t] += 1
+                i += threads
+        ts = [threading.Thread(target=loop, args=(t,)) for t in range(threads)]
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return sum(done) / (time.perf_counter() - t0)
+
+    rate(1)  # warm-up
+    one, two = rate(1), rate(2)
+    print(f"search   1 thread {one:8,.1f} batches/s, 2 threads {two:8,.1f} batches/s "
+          f"({two / one:.2f}x)", flush=True)
+    return {"one_thread_batches_per_s": one, "two_threads_batches_per_s": two,
+            "ratio": two / one, "batch": 16, "k": 10, "splats": 50_000}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default=None, help="directory on the file system to measure")
@@ -105,6 +145,7 @@ def main() -> int:
             res["cases"].append(row)
             print(f"{kind:9s} {policy:7s} {rate:12,.0f} ops/s  ({rate / raw:6.2f}x raw fsync)",
                   flush=True)
+    res["search_threads"] = search_threads(args.seconds, rng)
     res["meta"] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                    "git": git_revision(), "machine": platform.machine(),
                    "cpus": os.cpu_count(), "python": platform.python_version()}
