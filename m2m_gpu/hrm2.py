@@ -51,6 +51,7 @@ import numpy as np
 
 from .backends import Backend, _jit, get_backend
 from .backends.base import MODE_DISTANCE, PARAM_ALPHA, PARAM_KAPPA, PARAM_WIDTH
+from .inputs import check_count, check_ids, check_result_size
 from .kmeans import kmeans, rng_for
 from .locking import thread_safe
 from .ops.topk import merge_by_key
@@ -614,17 +615,6 @@ class HRM2:
         return self._tm.rebalance(alpha, ~self.dead)
 
 
-def _check_probe(name: str, value):
-    """A probe count: a positive integer, or None for the default."""
-    from .errors import InvalidInputError
-
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidInputError(f"{name} must be a positive integer or None, got {value!r}")
-    return int(value)
-
-
 def _expand(ranges: np.ndarray) -> np.ndarray:
     """Every position of the ``[start, stop)`` ranges, range by range."""
     lens = ranges[:, 1] - ranges[:, 0]
@@ -691,7 +681,7 @@ class IndexHRM2:
 
     @p1.setter
     def p1(self, value: int | None) -> None:
-        self._p1 = _check_probe("p1", value)
+        self._p1 = check_count("p1", value, allow_none=True)
 
     @property
     def p2(self) -> int | None:
@@ -699,7 +689,7 @@ class IndexHRM2:
 
     @p2.setter
     def p2(self, value: int | None) -> None:
-        self._p2 = _check_probe("p2 (nprobe)", value)
+        self._p2 = check_count("p2 (nprobe)", value, allow_none=True)
 
     def probes(self) -> tuple[int, int]:
         if not self.is_trained:
@@ -764,8 +754,6 @@ class IndexHRM2:
 
     def _add(self, rows: np.ndarray, ids: np.ndarray) -> None:
         from .errors import InvalidInputError
-        from .index import check_ids
-
         if ids.shape != (rows.shape[0],):
             raise InvalidInputError(f"ids must be {rows.shape[0]} integers, got {ids.shape}")
         ids = check_ids(ids)
@@ -785,7 +773,6 @@ class IndexHRM2:
         self._next_id = 0
 
     def search(self, x, k: int):
-        from .inputs import check_result_size
         from .knn import check_k, empty_result
 
         k = check_k(k)

@@ -18,7 +18,7 @@ import numpy as np
 
 from .backends import Backend, get_backend
 from .errors import InvalidInputError
-from .inputs import check_k, check_metric, check_result_size, prepare, row_sqnorms
+from .inputs import check_ids, check_k, check_metric, check_result_size, prepare, row_sqnorms
 from .knn import search_native
 from .locking import thread_safe
 from .tensor import array_module, host_array, stage, to_caller
@@ -212,13 +212,3 @@ class IndexFlatCosine(IndexFlat):
 
     def __init__(self, d: int, backend: str | Backend | None = None, dtype: Any = "float32"):
         super().__init__(d, "cosine", backend, dtype)
-
-
-def check_ids(ids: np.ndarray) -> np.ndarray:
-    """Caller ids as int64: integers only, and unsigned ones within int64's range (a uint64
-    beyond it would wrap to a negative id)."""
-    if ids.size and ids.dtype.kind not in "iu":
-        raise InvalidInputError(f"ids must be integers, got dtype {ids.dtype}")
-    if ids.size and ids.dtype.kind == "u" and int(ids.max()) > np.iinfo(np.int64).max:
-        raise InvalidInputError(f"id {int(ids.max())} is beyond int64's range")
-    return ids.astype(np.int64)

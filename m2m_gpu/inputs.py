@@ -32,6 +32,26 @@ def check_k(k: Any) -> int:
     return int(k)
 
 
+def check_count(name: str, value: Any, allow_none: bool = False):
+    """A positive integer option (a probe count, a cell count), or None where allowed."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        tail = " or None" if allow_none else ""
+        raise InvalidInputError(f"{name} must be a positive integer{tail}, got {value!r}")
+    return int(value)
+
+
+def check_ids(ids: np.ndarray) -> np.ndarray:
+    """Caller ids of the FAISS-shaped indexes as int64: integers only, and unsigned ones
+    within int64's range (a uint64 beyond it would wrap to a negative id)."""
+    if ids.size and ids.dtype.kind not in "iu":
+        raise InvalidInputError(f"ids must be integers, got dtype {ids.dtype}")
+    if ids.size and ids.dtype.kind == "u" and int(ids.max()) > np.iinfo(np.int64).max:
+        raise InvalidInputError(f"id {int(ids.max())} is beyond int64's range")
+    return ids.astype(np.int64)
+
+
 MAX_RESULT_ENTRIES = 1 << 31  # m * k above this (about 24 GiB of results) is refused
 
 

@@ -212,13 +212,13 @@ def _writes(method):
 
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
-        if getattr(self, "_closed", False):
+        if self._closed:
             raise InvalidInputError(f"SplatStore.{method.__name__}: the store is closed; "
                                     "reopen it (SplatStore.open) to write")
-        if getattr(self, "_read_only", False):
+        if self._read_only:
             raise InvalidInputError(f"SplatStore.{method.__name__}: the store was opened "
                                     "read-only (SplatStore.open(path, mode='r'))")
-        failed = getattr(self, "_failed", None)
+        failed = self._failed
         if failed is not None:
             raise OSError(f"SplatStore.{method.__name__}: the store cannot write since a "
                           f"checkpoint failed after its commit ({failed}); reopen it") from failed
@@ -271,6 +271,10 @@ class SplatStore:
         self._rates = self.options.rates(renormalize=name == "cosine")
         self._lam = math.log(2.0) / self.options.half_life
         self.clock = float(self.options.clock)
+        # writes are refused once closed, when opened read-only, or after a checkpoint
+        # failed past its commit (see _writes)
+        self._closed = self._read_only = False
+        self._failed: BaseException | None = None
         if fsync not in persist.FSYNC_POLICIES:
             raise InvalidInputError(f"fsync must be one of {persist.FSYNC_POLICIES}, "
                                     f"got {fsync!r}")
@@ -531,12 +535,9 @@ class SplatStore:
         ``UnknownIdError`` and nothing changes. Returns how many were updated."""
         keys = [_check_id(k) for k in _id_list(ids)]
         meta = _check_metadata(metadata, len(keys))
-        slots = []
         for k in keys:
-            r = self._resolve(k)
-            if r not in self._slot:
+            if self._resolve(k) not in self._slot:
                 raise UnknownIdError(f"unknown id {k!r}: the store holds no such splat")
-            slots.append(self._slot[r])
         if not keys:
             return 0
         if self._wal is not None:

@@ -26,6 +26,7 @@ import numpy as np
 from .backends.base import PARAM_ALPHA
 from .errors import InvalidInputError
 from .hrm2 import HRM2, ProbeReport
+from .inputs import check_count
 
 RETRAIN_GROWTH = 4.0  # retrain when the store has grown this many times since training
 
@@ -58,15 +59,8 @@ class IndexOptions:
                                     f"{sorted(cls.__dataclass_fields__)}")
         opts = cls(**raw)
         for name in ("n1", "n2", "p1", "p2"):
-            v = getattr(opts, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))
-                                  or v < 1):
-                raise InvalidInputError(f"index_options {name} must be a positive integer "
-                                        f"or None, got {v!r}")
-        if isinstance(opts.train_min, bool) or not isinstance(opts.train_min, (int, np.integer)) \
-                or opts.train_min < 1:
-            raise InvalidInputError(f"index_options train_min must be a positive integer, "
-                                    f"got {opts.train_min!r}")
+            check_count(f"index_options {name}", getattr(opts, name), allow_none=True)
+        check_count("index_options train_min", opts.train_min)
         if opts.ratio is not None and not opts.ratio >= 1:
             raise InvalidInputError(f"index_options ratio must be >= 1, got {opts.ratio!r}")
         return opts

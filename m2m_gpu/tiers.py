@@ -418,7 +418,7 @@ class TierManager:
             s = self._hot_slots
             if s.size > 1 and (np.diff(s) < 0).any():
                 order = np.argsort(s, kind="stable")
-                self._hot.keep(self._dev_index(order))
+                self._hot.keep(self.backend.index_array(order))
                 self._hot_slots = s[order]
             self.pos[self._hot_slots] = np.arange(self._hot_slots.size)
         else:
@@ -436,10 +436,7 @@ class TierManager:
         if index.size == 0 or index[-1] == index.size - 1:
             rows.truncate(index.size)
         else:
-            rows.keep(self._dev_index(index) if tier == HOT else index)
-
-    def _dev_index(self, idx: np.ndarray):
-        return self.backend.index_array(idx)
+            rows.keep(self.backend.index_array(index) if tier == HOT else index)
 
     def _is_oom(self, exc: BaseException) -> bool:
         return self.backend.is_out_of_memory(exc)

@@ -23,6 +23,16 @@ def _build_shaders_module():
     return module
 
 
+def _shaders_copy(tmp_path, monkeypatch):
+    """build_shaders pointed at a scratch copy of shaders/ (edits there are safe)."""
+    bs = _build_shaders_module()
+    shaders = tmp_path / "shaders"
+    shutil.copytree(ROOT / "shaders", shaders)
+    monkeypatch.setattr(bs, "SHADERS", shaders)
+    monkeypatch.setattr(bs, "LOCK", shaders / "spirv.lock.json")
+    return bs, shaders
+
+
 def test_every_shader_has_current_spirv():
     """Fails when a .comp changed after its .spv was built (content hashes, not mtimes:
     a git checkout does not keep file times). Fix: python scripts/build_shaders.py"""
@@ -33,11 +43,7 @@ def test_every_shader_has_current_spirv():
 
 
 def test_staleness_check_detects_an_edited_shader(tmp_path, monkeypatch):
-    bs = _build_shaders_module()
-    shaders = tmp_path / "shaders"
-    shutil.copytree(ROOT / "shaders", shaders)
-    monkeypatch.setattr(bs, "SHADERS", shaders)
-    monkeypatch.setattr(bs, "LOCK", shaders / "spirv.lock.json")
+    bs, shaders = _shaders_copy(tmp_path, monkeypatch)
     assert bs.stale(bs.load_lock()) == []
     comp = shaders / "topk_select.comp"
     comp.write_text(comp.read_text() + "\n// edited\n")
@@ -67,11 +73,7 @@ def test_abi_headers_are_generated_from_the_one_definition(tmp_path):
 
 def test_shader_lock_covers_the_included_header(tmp_path, monkeypatch):
     """A change to the ABI header makes every shader that includes it stale."""
-    bs = _build_shaders_module()
-    shaders = tmp_path / "shaders"
-    shutil.copytree(ROOT / "shaders", shaders)
-    monkeypatch.setattr(bs, "SHADERS", shaders)
-    monkeypatch.setattr(bs, "LOCK", shaders / "spirv.lock.json")
+    bs, shaders = _shaders_copy(tmp_path, monkeypatch)
     (shaders / "m2m_abi.glsl").write_text((shaders / "m2m_abi.glsl").read_text() + "// x\n")
     including = sorted(c.name for c in shaders.glob("*.comp")
                        if '#include "m2m_abi.glsl"' in c.read_text())

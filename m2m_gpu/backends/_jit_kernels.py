@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..ops.topk import sort_rows
 from .base import MODE_SPLAT, PARAM_ALPHA, PARAM_KAPPA, PARAM_WIDTH
 
 
@@ -148,11 +149,9 @@ def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, poo
     _run(pool, lambda t: _scan_cells(*args, t), range(nthreads))
     if nthreads == 1:
         return out_k[0], out_i[0]
-    keys = np.concatenate(list(out_k), axis=1)
-    ids = np.concatenate(list(out_i), axis=1)
-    # (key, id) order: ids of -1 only sit behind inf keys, so they sort last among equals
-    sel = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), keys), axis=1)[:, :k]
-    return np.take_along_axis(keys, sel, 1), np.take_along_axis(ids, sel, 1)
+    keys, ids = sort_rows(np.concatenate(list(out_k), axis=1),
+                          np.concatenate(list(out_i), axis=1))  # (key, id), -1 last
+    return keys[:, :k], ids[:, :k]
 
 
 def _run(pool, job, items) -> None:

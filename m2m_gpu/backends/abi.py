@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import cached_property
 
 
 class Key(IntEnum):
@@ -74,11 +75,16 @@ class KernelSpec:
     args: tuple[str, ...]
     local: tuple[int, int, int]
 
-    @property
+    @cached_property
+    def kinds(self) -> list[str]:
+        """The kind of each argument, in order (parsed once: launches read it)."""
+        return [a.split()[0] for a in self.args]
+
+    @cached_property
     def buffers(self) -> list[str]:
         return [a.split()[1] for a in self.args if a.split()[0] in ("buf", "ids")]
 
-    @property
+    @cached_property
     def scalars(self) -> list[tuple[str, str]]:
         return [tuple(a.split()) for a in self.args if a.split()[0] not in ("buf", "ids")]
 

@@ -194,10 +194,6 @@ class Backend(ABC):
         host = np.asarray(self.to_host(native), dtype=np.float32)
         return self.from_host(np.einsum("ij,ij->i", host, host))
 
-    def slice_rows(self, native, start: int, stop: int):
-        """Rows ``start:stop`` of a native matrix, as a native matrix."""
-        return native[start:stop]
-
     # ---- plumbing the layers above use instead of asking which backend this is -----------
     def stage_rows(self, staged: Any) -> Any:
         """Validated rows (NumPy, or CuPy from a caller) in the form this backend's row

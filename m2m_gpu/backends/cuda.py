@@ -268,7 +268,6 @@ class CudaBackend(GpuBackend):
             copy.synchronize()  # an abandoned stream leaves no copy in flight
         compute.synchronize()
 
-    # ---- k-NN --------------------------------------------------------------------------
     # ---- driver plumbing (m2m_gpu.ops runs knn, splat_topk, energy, scan_cells) --------
     @property
     def result_xp(self):
@@ -398,8 +397,8 @@ class _CudaBatch(KernelBatch):
                 self._unused = self.cp.zeros(4, dtype=self.cp.float32)
         it_b, it_s = iter(bufs), iter(cuda_scalars(spec, scal))
         call = []
-        for a in spec.args:
-            if a.split()[0] in ("buf", "ids"):
+        for kind in spec.kinds:
+            if kind in ("buf", "ids"):
                 b = next(it_b)
                 call.append(self._unused if b is None else b)
             else:

@@ -57,9 +57,8 @@ def split_args(spec, args):
     """``(buffers, scalars)`` of a launch's arguments, each in spec order."""
     if len(args) != len(spec.args):
         raise TypeError(f"{spec.name} takes {len(spec.args)} arguments, got {len(args)}")
-    kinds = [a.split()[0] for a in spec.args]
-    bufs = [v for v, kind in zip(args, kinds, strict=True) if kind in ("buf", "ids")]
-    scal = [v for v, kind in zip(args, kinds, strict=True) if kind not in ("buf", "ids")]
+    bufs = [v for v, kind in zip(args, spec.kinds, strict=True) if kind in ("buf", "ids")]
+    scal = [v for v, kind in zip(args, spec.kinds, strict=True) if kind not in ("buf", "ids")]
     return bufs, scal
 
 

@@ -347,9 +347,6 @@ class VulkanBackend(GpuBackend):
                           "gemm": "Kompute reaches no vendor BLAS"}
         return ops
 
-    def slice_rows(self, native, start: int, stop: int):
-        return self.from_host(self.to_host(native)[start:stop])
-
     def spirv(self, name: str) -> bytes:
         if name not in self._spirv:
             self._spirv[name] = (shader_dir() / f"{name}.spv").read_bytes()
@@ -411,7 +408,7 @@ class VulkanBackend(GpuBackend):
     def row_store(self, dim: int, dtype=np.float32, like: VkArray | None = None) -> VkArray:
         return VkArray(self, (0, dim), dtype, like.chunk_rows if like is not None else None)
 
-    # ---- k-NN --------------------------------------------------------------------------
+    # ---- single-kernel launches: hebbian, decay, philox, row copies, kmeans sums ---------
     def hebbian(self, mu, params, queries, plan: HebbianPlan, rates: HebbianRates) -> None:
         self._check_aligned(mu, params)
         if plan.size == 0:

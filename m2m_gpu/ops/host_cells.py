@@ -11,7 +11,6 @@ from ..backends.abi import PARAM_ALPHA, PARAM_KAPPA, Key
 from . import host_topk as ht
 from .topk import sort_rows
 
-MODE_SPLAT = Key.SPLAT
 SCAN_BATCH = 1 << 16  # HRM2 cell scan: candidates formed per batch before a merge
 
 
@@ -81,7 +80,7 @@ def _scan_cells_numpy(be, queries, rows, ranges, probes, k, mode, params, sqnorm
             if params is not None:
                 alpha = params[ids, PARAM_ALPHA]
                 live = alpha > 0
-                if mode == MODE_SPLAT:
+                if mode == Key.SPLAT:
                     keys += qn[cq]
                     keys *= params[ids, PARAM_KAPPA]
                     with np.errstate(divide="ignore"):
@@ -98,7 +97,7 @@ def _finish_scan(be, queries, rows, best_i, mode, params):
     found = best_i >= 0
     safe = np.where(found, best_i, 0)
     d2 = ht.direct_d2(be, queries, rows, safe)
-    if params is not None and mode == MODE_SPLAT:
+    if params is not None and mode == Key.SPLAT:
         alpha = params[safe, PARAM_ALPHA]
         with np.errstate(divide="ignore"):
             keys = params[safe, PARAM_KAPPA] * d2 - np.log(alpha)

@@ -19,7 +19,6 @@ from ..backends.base import HebbianPlan, HebbianRates
 from . import host_topk as ht
 from .topk import sort_rows
 
-MODE_SPLAT = Key.SPLAT
 ENERGY_FIX_TERMS = 4  # energy: the largest terms per query are recomputed in the direct form
 MASKED_KEY = np.float32(1e30)  # key of rows with alpha = 0 while ranking
 
@@ -31,7 +30,7 @@ def _key_terms(be, mu, params, mode, sqnorms):
     live = alpha > 0
     # Rows with alpha = 0 (masked, deleted) get a huge finite key rather than +inf, so
     # that BLAS never multiplies inf by the zero padding of its tiles.
-    if mode == MODE_SPLAT:
+    if mode == Key.SPLAT:
         kap = np.where(live, params[:, PARAM_KAPPA], 0).astype(np.float32)
         with np.errstate(divide="ignore"):
             bias = np.where(live, kap * sqnorms - np.log(np.where(live, alpha, 1)),
@@ -96,7 +95,7 @@ def _splat_finish(be, queries, mu, params, ids, mode):
     """Direct-form distances and exact keys of the selected ids, best first."""
     d2 = ht.direct_d2(be, queries, mu, ids)
     alpha = params[ids, PARAM_ALPHA]
-    if mode == MODE_SPLAT:
+    if mode == Key.SPLAT:
         with np.errstate(divide="ignore"):
             keys = params[ids, PARAM_KAPPA] * d2 - np.log(alpha)
     else:
@@ -108,7 +107,7 @@ def host_energy(be, queries, mu, params, *, grad=False, sqnorms=None):
     queries, mu, params = ht.c32(queries), ht.c32(mu), ht.c32(params)
     m, d = queries.shape
     n = mu.shape[0]
-    kap, bias = _key_terms(be, mu, params, MODE_SPLAT, sqnorms)
+    kap, bias = _key_terms(be, mu, params, Key.SPLAT, sqnorms)
     E = np.empty(m, dtype=np.float32)
     G = np.empty((m, d), dtype=np.float32) if grad else None
     fix = min(ENERGY_FIX_TERMS, n)

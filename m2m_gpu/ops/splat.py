@@ -57,7 +57,8 @@ def device_energy(be, queries, mu, params, grad: bool = False):
     xp = be.result_xp
     d = mu.shape[1]
     E_parts, G_parts = [], []
-    rows_cap = max((count for _, count, _, _ in be.row_blocks(mu, params)), default=1)
+    blocks = list(be.row_blocks(mu, params))
+    rows_cap = max((count for _, count, _, _ in blocks), default=1)
     for q0, mq, qbuf in be.query_blocks(queries, be.max_grid * 16):
         t_max = be.tile_rows(mq, rows_cap)
         b = be.batch()
@@ -66,7 +67,7 @@ def device_energy(be, queries, mu, params, grad: bool = False):
         init[:, 0] = -np.inf
         state = b.upload(init.ravel())
         gbuf = b.upload(np.zeros(mq * d if grad else 4, np.float32))
-        for _, count, xbuf, pbuf in be.row_blocks(mu, params):
+        for _, count, xbuf, pbuf in blocks:
             for off in range(0, count, t_max):
                 t = min(t_max, count - off)
                 distance(b, qbuf, mq, d, xbuf, False, off, t, tile, Key.SPLAT, pbuf)
