@@ -5,8 +5,8 @@
 // 256 rows per workgroup, one per invocation. knn_distance computes 16 queries x 64 rows
 // per workgroup, so a single query wastes 15 of every 16 products there; here nothing is
 // padded but the last rows. Each invocation reads its own row straight through (no
-// shared memory, no barrier: on lavapipe 2.7x faster than staging through shared memory;
-// on a GPU the row's cache lines are reused from L1 over the next components), and every
+// shared memory and no barrier; on a GPU the row's cache lines are reused from L1 over
+// the next components), and every
 // key is computed exactly as knn_distance computes it (same fma order over components,
 // same epilogue), so the two kernels give bit-identical tiles. Push constants and
 // bindings as in knn_distance.comp.
