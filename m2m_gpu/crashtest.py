@@ -87,9 +87,9 @@ def writer(path: str, run: int, fsync: str, tiers: dict | None = None) -> None:
 
 def digest(store) -> tuple:
     """Everything observable about a store, comparable exactly."""
-    ids = sorted(store._slot, key=repr)
+    ids = sorted(store.ids(), key=repr)
     recs = store.get(ids)
-    return (tuple(ids), tuple(sorted(store._alias.items(), key=repr)), store.clock,
+    return (tuple(ids), tuple(sorted(store.aliases().items(), key=repr)), store.clock,
             tuple((r["vector"].tobytes(), r["alpha"], r["kappa"], repr(r["metadata"]),
                    r["hits"]) for r in recs))
 

@@ -1,12 +1,18 @@
-"""Thread safety of the user-facing objects: one re-entrant lock per object.
+"""Thread safety of the user-facing objects: one reader-writer lock per object.
+
+The model (README, "Threads and processes"): searches and other reads of one object run
+side by side; writes are serialised and exclude reads, so the log order is the apply
+order and tier placement never moves rows under a running search. A thread that holds the
+write lock may read or write again (writes call reads); a reader may read again, but may
+not start a write (that would wait for itself): it raises ``RuntimeError``.
 
 ``@thread_safe`` on a class wraps every public method (and ``__len__``, ``__contains__``,
-``__iter__``) so that it runs holding that object's lock: writes are serialised, the log
-order is the apply order, and tier placement never moves rows under a running search.
-Searches of one object therefore run one at a time; letting them run side by side (a
-reader-writer lock, with the access bookkeeping and placement moved out of the read path)
-is the next step. Locks are made anew in a forked child, where a thread that held one at
-the fork does not exist.
+``__iter__``) to hold the object's lock: the write lock, or the read lock for methods
+marked ``@shared``. Methods marked ``@unlocked`` manage the lock themselves (a search that
+runs under the read lock and then, outside it, a placement pass under the write lock).
+
+Locks are made anew in a forked child, where a thread that held one at the fork does not
+exist.
 """
 
 from __future__ import annotations
@@ -15,46 +21,151 @@ import functools
 import os
 import threading
 import weakref
+from contextlib import contextmanager
 
 _objects: weakref.WeakSet = weakref.WeakSet()
 _registry_lock = threading.Lock()
 _SPECIAL = ("__len__", "__contains__", "__iter__")
 
 
-def lock_of(obj) -> threading.RLock:
+class RWLock:
+    """A writer-preferring reader-writer lock, re-entrant as described in the module."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers: dict[int, int] = {}  # thread id -> read depth
+        self._writer: int | None = None
+        self._write_depth = 0
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self):
+        me = threading.get_ident()
+        with self._cond:
+            if self._writer == me:  # a writer reading: it already excludes everyone
+                nested = True
+            elif me in self._readers:  # re-entry: never wait for a queued writer
+                self._readers[me] += 1
+                nested = False
+            else:
+                while self._writer is not None or self._writers_waiting:
+                    self._cond.wait()
+                self._readers[me] = 1
+                nested = False
+        try:
+            yield
+        finally:
+            if not nested:
+                with self._cond:
+                    depth = self._readers[me] - 1
+                    if depth:
+                        self._readers[me] = depth
+                    else:
+                        del self._readers[me]
+                        if not self._readers:
+                            self._cond.notify_all()
+
+    @contextmanager
+    def write(self):
+        me = threading.get_ident()
+        with self._cond:
+            if self._writer == me:
+                self._write_depth += 1
+            else:
+                if me in self._readers:
+                    raise RuntimeError("a thread holding the read lock cannot start a write "
+                                       "(it would wait for itself)")
+                self._writers_waiting += 1
+                try:
+                    while self._writer is not None or self._readers:
+                        self._cond.wait()
+                finally:
+                    self._writers_waiting -= 1
+                self._writer, self._write_depth = me, 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._write_depth -= 1
+                if not self._write_depth:
+                    self._writer = None
+                    self._cond.notify_all()
+
+    def holds_write(self) -> bool:
+        return self._writer == threading.get_ident()
+
+
+class DeviceLock:
+    """A re-entrant lock around one device's queue (``Backend.device_lock``), made anew in
+    a forked child."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        _device_locks.add(self)
+
+    def __enter__(self) -> DeviceLock:
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+
+_device_locks: weakref.WeakSet = weakref.WeakSet()
+
+
+def lock_of(obj) -> RWLock:
     """The object's lock, made on first use."""
     lock = obj.__dict__.get("_thread_lock")
     if lock is None:
         with _registry_lock:
             lock = obj.__dict__.get("_thread_lock")
             if lock is None:
-                lock = obj.__dict__["_thread_lock"] = threading.RLock()
+                lock = obj.__dict__["_thread_lock"] = RWLock()
                 _objects.add(obj)
     return lock
 
 
-def _guard(method):
+def shared(method):
+    """Mark a method of a ``@thread_safe`` class as a read: it runs under the read lock."""
+    method._m2m_lock = "read"
+    return method
+
+
+def unlocked(method):
+    """Mark a method of a ``@thread_safe`` class that takes the lock itself."""
+    method._m2m_lock = None
+    return method
+
+
+def _guard(method, kind: str):
     @functools.wraps(method)
     def locked(self, *args, **kwargs):
-        with lock_of(self):
+        lock = lock_of(self)
+        with lock.read() if kind == "read" else lock.write():
             return method(self, *args, **kwargs)
 
     return locked
 
 
 def thread_safe(cls):
-    """Class decorator: every public method (and len / in / iter) holds the object's lock.
-    Properties and the constructor are left alone."""
+    """Class decorator: every public method (and len / in / iter) holds the object's lock:
+    the read lock for ``@shared`` methods, none for ``@unlocked`` ones, else the write
+    lock. Properties and the constructor are left alone."""
     for name, value in list(vars(cls).items()):
         if callable(value) and not isinstance(value, (staticmethod, classmethod, type)) and \
                 (not name.startswith("_") or name in _SPECIAL):
-            setattr(cls, name, _guard(value))
+            kind = getattr(value, "_m2m_lock", "write")
+            if kind is not None:
+                setattr(cls, name, _guard(value, kind))
     return cls
 
 
 def _after_fork_in_child() -> None:
     for obj in list(_objects):
-        obj.__dict__["_thread_lock"] = threading.RLock()
+        obj.__dict__["_thread_lock"] = RWLock()
+    for lock in list(_device_locks):
+        lock._lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):

@@ -48,13 +48,14 @@ import numpy as np
 
 from .errors import StoreFormatError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: log records hold outcomes (prune, merge, dedup aliases)
 WAL_MAGIC = b"M2MWAL01"
 BATCH_RECORDS = 64
 FSYNC_POLICIES = ("every", "batch", "off")
 _REC = struct.Struct("<II")  # length, crc32
 _U32 = struct.Struct("<I")
 _WAL_HEAD = struct.Struct("<8sQ")  # magic, generation
+WAL_HEAD_BYTES = _WAL_HEAD.size
 
 
 def fsync_dir(path: Path) -> None:

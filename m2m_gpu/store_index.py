@@ -27,6 +27,7 @@ from .backends.base import PARAM_ALPHA
 from .errors import InvalidInputError
 from .hrm2 import HRM2, ProbeReport
 from .inputs import check_count
+from .tiers import HOT
 
 RETRAIN_GROWTH = 4.0  # retrain when the store has grown this many times since training
 
@@ -164,6 +165,20 @@ class StoreIndex:
         keys, pos, d2 = (np.asarray(self.hrm2.backend.to_host(a)) for a in (keys, pos, d2))
         slots = np.where(pos >= 0, self.hrm2.ids[np.where(pos >= 0, pos, 0)], -1)
         return keys, slots, d2
+
+    def device_bytes(self) -> int:
+        """Bytes of the index's copy of the vectors on the device."""
+        return int(self.hrm2.tiers.nbytes(HOT))
+
+    def check(self, live_slots: np.ndarray) -> list[str]:
+        """Problems with the index's view of the store's live slots (once trained)."""
+        if not self.ready:
+            return []
+        h = self.hrm2
+        pos = h.positions_of(live_slots)
+        if (pos < 0).any() or int((~h.dead).sum()) != live_slots.size:
+            return ["the hrm2 index does not hold every live splat once"]
+        return []
 
     def stats(self) -> dict:
         h = self.hrm2

@@ -34,13 +34,13 @@ def busy_store(backend, path=None, metric="cosine", **kw):
 
 def test_write_through_then_open_gives_the_same_store(backend, tmp_path):
     s = busy_store(backend, tmp_path / "st")
-    want, next_id = digest(s), s._next_id
+    want, next_id = digest(s), s._st.table.next_id
     s.close()
     t = SplatStore.open(tmp_path / "st", backend=backend.name)
     assert digest(t) == want
     assert t.check_integrity()["live"] == len(t)
     assert t.get(5)[0]["id"] == t.get("near5")[0]["id"]  # the merge alias survived
-    assert len(t._alias) == 1
+    assert len(t.aliases()) == 1
     new = t.add(np.ones((1, 8), np.float32))
     assert new[0] >= next_id  # generated ids keep counting, never reuse a deleted one
     t.close()
@@ -76,11 +76,11 @@ def test_torn_tail_is_cut_and_earlier_writes_kept(tmp_path, caplog):
         f.truncate(size - 7)
     with caplog.at_level("WARNING", logger="m2m_gpu"):
         t = SplatStore.open(path, backend="cpu")
-    assert sorted(t._slot) == [0, 1, 2, 3] and "torn or corrupt" in caplog.text
+    assert sorted(t.ids()) == [0, 1, 2, 3] and "torn or corrupt" in caplog.text
     assert wal.stat().st_size < size - 7  # cut at the last good record
     t.add(np.full((1, 4), 9, np.float32), ids=[9])  # appends after the cut
     t.close()
-    assert sorted(SplatStore.open(path, backend="cpu")._slot) == [0, 1, 2, 3, 9]
+    assert sorted(SplatStore.open(path, backend="cpu").ids()) == [0, 1, 2, 3, 9]
 
 
 def test_a_corrupt_record_in_the_middle_is_refused_or_moved_aside(tmp_path):
@@ -101,13 +101,13 @@ def test_a_corrupt_record_in_the_middle_is_refused_or_moved_aside(tmp_path):
     assert (path / persist.wal_name(1)).read_bytes() == before
     # repair: the good records are replayed and the rest is kept aside, not deleted
     t = SplatStore.open(path, backend="cpu", repair=True)
-    assert sorted(t._slot) == [0, 1]
+    assert sorted(t.ids()) == [0, 1]
     t.check_integrity()
     aside = path / (persist.wal_name(1) + ".corrupt-1")
     assert aside.read_bytes() == before[offsets[2]:]
     t.add(np.full((1, 4), 9, np.float32), ids=[9])
     t.close()
-    assert sorted(SplatStore.open(path, backend="cpu")._slot) == [0, 1, 9]
+    assert sorted(SplatStore.open(path, backend="cpu").ids()) == [0, 1, 9]
 
 
 def test_format_checks(tmp_path):
@@ -150,7 +150,7 @@ def test_integrity_check_finds_damage():
     s = SplatStore(4, backend="cpu")
     s.add(np.eye(4, dtype=np.float32))
     s.check_integrity()
-    s._alias["ghost"] = "nobody"
+    s._st.table.alias["ghost"] = "nobody"
     with pytest.raises(IntegrityError, match="aliases to missing ids"):
         s.check_integrity()
 
@@ -293,7 +293,7 @@ def test_a_failed_checkpoint_leaves_the_old_generation_working(tmp_path, monkeyp
 
     import m2m_gpu
     from m2m_gpu import persist
-    from m2m_gpu import store as store_mod
+    from m2m_gpu.store import durable as store_mod
 
     X = np.random.default_rng(6).standard_normal((8, 4)).astype(np.float32)
     path = tmp_path / "s"

@@ -8,7 +8,7 @@ import pytest
 import m2m_gpu
 from m2m_gpu import InvalidInputError, SplatStore, UnknownIdError, UnknownMetricError
 from m2m_gpu import reference as ref
-from m2m_gpu import store as store_mod
+from m2m_gpu.store import state as store_mod
 
 from .tolerances import tolerance
 
@@ -19,9 +19,9 @@ def make(backend, dim=8, metric="cosine", **opts):
 
 def snapshot(s: SplatStore):
     """Everything observable about a store, to check that a failed call changed nothing."""
-    ids = sorted(s._slot, key=repr)
+    ids = sorted(s.ids(), key=repr)
     recs = s.get(ids)
-    return (len(s), ids, dict(s._alias),
+    return (len(s), ids, s.aliases(),
             [(r["vector"].tobytes(), r["alpha"], r["kappa"], r["metadata"]) for r in recs])
 
 
@@ -253,7 +253,7 @@ def test_auto_consolidation_at_capacity(backend, rng):
     X = rng.standard_normal((10, 4)).astype(np.float32)
     s.add(X)
     s.add(X[:3] + 1e-4)  # 13 > capacity: the three near-duplicates merge
-    assert len(s) == 10 and len(s._alias) == 3
+    assert len(s) == 10 and len(s.aliases()) == 3
 
 
 # ---- search: filters, ranks, results ----------------------------------------------------------
@@ -414,7 +414,7 @@ def test_store_across_many_device_chunks_and_tiles(backend, rng, monkeypatch):
     s.add(X[[1, 2, 4]] * 1.0001, ids=["dup1", "dup2", "dup3"])  # twins of live splats
     report = s.consolidate()
     assert len(report.merged) == 3 and len(s) == 1000
-    live = sorted((k for k in s._slot), key=repr)
+    live = sorted((k for k in s.ids()), key=repr)
     mu, alpha, kappa = splats_of(s, live)
     L, I, D = ref.splat_topk(Q, mu, alpha, kappa, 25, "cosine")
     r = s.search(Q, k=25)

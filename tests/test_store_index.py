@@ -9,7 +9,7 @@ import pytest
 
 import m2m_gpu
 from m2m_gpu import InvalidInputError, SplatStore
-from m2m_gpu import store as store_mod
+from m2m_gpu.store import state as store_mod
 
 FULL = {"p1": 10_000, "p2": 10_000}  # probe every cell: the index scan is exact
 
@@ -29,12 +29,12 @@ def make(backend, train_min, metric="l2", store_options=None, **index_options):
 def assert_index_consistent(s: SplatStore):
     """Every live splat sits at exactly one live position holding its current mu, in the
     cell its mu is assigned to; dead positions hold no live splat's only copy."""
-    h = s._index.hrm2
-    live = np.flatnonzero(s._live)
+    h = s._st.index.hrm2
+    live = np.flatnonzero(s._st.table.live)
     pos = h.positions_of(live)
     assert (pos >= 0).all()
     assert np.unique(h.ids[~h.dead]).size == (~h.dead).sum() == live.size
-    mu = s._rows.gather(live)
+    mu = s._st.arrays.mu(live)
     np.testing.assert_array_equal(h.rows_at(pos), mu)
     np.testing.assert_array_equal(h.cell_of[pos], h.assign(np.ascontiguousarray(mu)))
 
@@ -48,13 +48,13 @@ def test_untrained_is_exact_then_trains_at_train_min(backend):
     x, q = data(1200, 20)
     s = make(backend, train_min=1000)
     s.add(x[:900])
-    assert not s._index.ready and s.stats()["index"]["trained"] is False
+    assert not s._st.index.ready and s.stats()["index"]["trained"] is False
     same_results(s.search(q, 5), s.search(q, 5, exact=True))
     s.add(x[900:])
     st = s.stats()["index"]
-    assert s._index.ready and st["trained"] and st["positions"] == 1200
+    assert s._st.index.ready and st["trained"] and st["positions"] == 1200
     r = s.search(q, 5)
-    assert (s._index.last_report.vectors < 1200).all()  # a real index scan, not exact
+    assert (s._st.index.last_report.vectors < 1200).all()  # a real index scan, not exact
     assert len(r.ids) == 20 and all(len(row) == 5 for row in r.ids)
 
 
@@ -97,7 +97,7 @@ def test_feedback_that_moves_mu_across_cells_reassigns(backend):
     x, _ = data(1500, 1)
     s = make(backend, train_min=1000, metric="l2")
     s.add(x)
-    h = s._index.hrm2
+    h = s._st.index.hrm2
     target = 3
     start_cell = h.cell_of[h.positions_of([target])[0]]
     far = x[int(np.argmax(((x - x[target]) ** 2).sum(1)))]
@@ -122,7 +122,7 @@ def test_recall_floor_at_default_probing(backend):
     want = s.search(q, 10, rank="distance", exact=True)
     rec = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got.ids, want.ids, strict=True)])
     assert rec >= 0.9
-    assert s._index.last_report.vectors.mean() < 0.5 * n
+    assert s._st.index.last_report.vectors.mean() < 0.5 * n
 
 
 def test_selective_filter_still_gets_min_k_matches(backend):

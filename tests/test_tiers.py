@@ -95,7 +95,7 @@ def test_budgets_hold_and_moves_are_counted(backend):
     q = np.stack([r["vector"] for r in s.get(target)])
     for _ in range(8):
         s.search(q, k=1)
-    assert all(s._rows.tier[s._slot[t]] == HOT for t in target)
+    assert all(s._st.arrays.rows.tier[s._st.table.slot[t]] == HOT for t in target)
     moves = s.stats()["tiers"]["moves"]
     assert moves["cold->hot"]["splats"] >= 3
     assert moves["cold->hot"]["bytes"] == moves["cold->hot"]["splats"] * ROW
@@ -227,7 +227,8 @@ def test_open_maps_the_vectors_and_reads_only_what_the_budgets_place(backend, tm
     read = sum(v["bytes"] for k, v in st["moves"].items() if k.startswith("cold->"))
     assert read == 75 * ROW  # the hot and warm budgets, not the 600 stored vectors
     assert st["cold"]["splats"] == 603 - 75
-    assert t._rows.tier[t._slot[598]] == HOT and t._rows.tier[t._slot[599]] == HOT
+    tier_of = t._st.arrays.rows.tier
+    assert tier_of[t._st.table.slot[598]] == HOT and tier_of[t._st.table.slot[599]] == HOT
     assert digest(t) == want
     t.feedback(x[100], relevant=[100])  # a cold splat written: moved out of the map
     t.checkpoint()  # cold rows are read from the new checkpoint's file
@@ -375,7 +376,7 @@ def test_hrm2_store_with_budgets_equals_the_untiered_store(backend, tmp_path):
     """SplatStore(index="hrm2", tiers=...): the index's copy takes the budgets, the
     store's own copy stays cold; after every kind of write the results equal those of the
     same store without budgets, and again after reopening with budgets."""
-    from m2m_gpu import store as store_mod
+    from m2m_gpu.store import state as store_mod
 
     x = m2m_gpu.synthetic(700, D, seed=11, kind="clustered", clusters=30, spread=0.3)
     q = m2m_gpu.synthetic(12, D, seed=11, kind="clustered", clusters=30, spread=0.3,

@@ -8,6 +8,7 @@ one line in the registry.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -140,6 +141,10 @@ class Backend(ABC):
     # Most workgroups a launch may put on grid y or z (tests lower it to run the split
     # paths on small inputs; abi.MAX_GRID is the hardware's).
     max_grid: int = MAX_GRID
+    # Held around device work by objects that share this backend between threads: a real
+    # lock where the device's queue must not be used by two threads at once (GpuBackend),
+    # none here (the cpu kernels are safe from several threads).
+    device_lock: Any = contextlib.nullcontext()
 
     def __init__(self, info: BackendInfo) -> None:
         self.info = info

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..locking import DeviceLock
 from ..ops.cells import device_scan
 from ..ops.knn import device_knn
 from ..ops.splat import device_energy, device_splat_topk
@@ -94,6 +95,12 @@ class GpuBackend(Backend):
 
     tile_budget_bytes: int = 64 << 20  # the largest key tile held on the device
     select_groups: int = 256  # workgroups a selection should keep busy (small batches)
+
+    def __init__(self, info) -> None:
+        super().__init__(info)
+        # one queue, one thread at a time: objects sharing the backend hold it around
+        # their device work (made anew in a forked child)
+        self.device_lock = DeviceLock()
 
     @property
     @abstractmethod

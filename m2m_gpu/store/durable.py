@@ -1,0 +1,98 @@
+"""``Journal``: where a store's writes go to be durable (SPEC section 5).
+
+It owns the write-ahead log of the current generation, the store directory's writer lock
+and the write guard: writes are refused once the store is closed, when it was opened
+read-only, or after a checkpoint failed past its commit (there is then no log to write
+through, and a write that could not be made durable must not be acknowledged). The file
+format is :mod:`m2m_gpu.persist`'s.
+"""
+
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+
+from .. import persist
+from ..errors import InvalidInputError
+from .ops import Op
+
+CHECKPOINT_BYTES = 256 << 20  # a store on a path checkpoints when its log passes this
+
+
+def _no_lock() -> None:
+    """The lock release of a store that holds none."""
+
+
+class Journal:
+    def __init__(self, fsync: str) -> None:
+        if fsync not in persist.FSYNC_POLICIES:
+            raise InvalidInputError(f"fsync must be one of {persist.FSYNC_POLICIES}, "
+                                    f"got {fsync!r}")
+        self.fsync = fsync
+        self.path: Path | None = None
+        self.generation = 0
+        self.wal: persist.Wal | None = None
+        self.closed = self.read_only = False
+        self.failed: BaseException | None = None
+        self._release = _no_lock
+
+    def refuse(self, what: str) -> None:
+        """Raise if the store cannot take the write ``what`` now."""
+        if self.closed:
+            raise InvalidInputError(f"SplatStore.{what}: the store is closed; reopen it "
+                                    "(SplatStore.open) to write")
+        if self.read_only:
+            raise InvalidInputError(f"SplatStore.{what}: the store was opened read-only "
+                                    "(SplatStore.open(path, mode='r'))")
+        if self.failed is not None:
+            raise OSError(f"SplatStore.{what}: the store cannot write since a checkpoint "
+                          f"failed after its commit ({self.failed}); reopen it") from self.failed
+
+    def append(self, op: Op) -> None:
+        """Log ``op`` before it is applied (a store on a path). A failed append rolls the
+        log back to its last good record and raises (:class:`m2m_gpu.persist.Wal`)."""
+        if self.wal is not None:
+            header, arrays = op.record()
+            self.wal.append(op.name, header, arrays)
+
+    def open_log(self, path: Path, generation: int, create: bool) -> None:
+        self.path, self.generation = Path(path), generation
+        self.wal = persist.Wal(self.path / persist.wal_name(generation), generation,
+                               self.fsync, create=create)
+
+    def checkpoint_due(self) -> bool:
+        return self.wal is not None and self.wal.bytes > CHECKPOINT_BYTES
+
+    def hold_lock(self, owner, fd: int) -> None:
+        """Keep the directory lock ``fd`` until close(), or until ``owner`` is collected
+        (a store dropped without close() must not lock its directory forever)."""
+        self._release = weakref.finalize(owner, persist.unlock_directory, fd)
+
+    def release_lock(self) -> None:
+        self._release()
+
+    def switch(self, write_generation, rebase) -> None:
+        """A checkpoint: ``write_generation(path, g)`` writes generation g + 1 (if that
+        fails, nothing has switched and the old generation and log stay in use); once its
+        manifest is committed, ``rebase(manifest)`` points the cold tier at the new files
+        and the new log is opened. A failure after the commit refuses further writes."""
+        old = self.wal
+        old.sync()  # everything acknowledged is on disk before the new generation is made
+        manifest = write_generation(self.path, self.generation + 1)
+        try:  # committed: from here the new generation is the store on disk
+            self.generation += 1
+            self.wal = None
+            rebase(manifest)
+            self.open_log(self.path, self.generation, create=False)
+        except BaseException as exc:
+            self.failed = exc
+            raise
+        finally:
+            old.close()
+
+    def close(self) -> None:
+        if self.wal is not None:
+            self.wal.close()
+            self.wal = None
+        self._release()
+        self.closed = True

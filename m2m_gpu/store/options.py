@@ -1,0 +1,65 @@
+"""The store options of SPEC sections 1-2, checked once."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+from ..backends.base import HebbianRates
+from ..errors import InvalidInputError
+
+MAX_DECAY_HALF_LIVES = 100.0  # one decay() advancing the clock further is refused (2^-100)
+
+_RATES = HebbianRates()  # the learning rates and clips have one set of defaults
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """The store options of SPEC sections 1-2, with their defaults."""
+
+    kappa0: float = 10.0
+    lr_alpha: float = _RATES.lr_alpha
+    lr_kappa: float = _RATES.lr_kappa
+    lr_mu: float = _RATES.lr_mu
+    alpha_min: float = _RATES.alpha_min
+    alpha_max: float = _RATES.alpha_max
+    kappa_min: float = _RATES.kappa_min
+    kappa_max: float = _RATES.kappa_max
+    eps: float = _RATES.eps  # in kappa += lr_kappa / (d2 + eps)
+    half_life: float = 30 * 86400.0  # decay half-life, in the units of `now` (30 days in s)
+    alpha_prune: float = 0.01
+    merge_radius: float = 0.0  # 0 disables merging; pairs with d2 < merge_radius^2 merge
+    capacity: int | None = None  # auto-consolidate when the store grows past this
+    prune_share: float = 0.25  # auto-consolidate when this share of alpha is under prune
+    auto_consolidate: bool = True
+    clock: float = 0.0  # the store's time origin; `now` values are relative to it
+    dedup: bool = False  # content-hash deduplication: identical vectors stored once
+
+    def check(self) -> None:
+        pos = ("kappa0", "alpha_min", "alpha_max", "kappa_min", "kappa_max", "eps", "half_life")
+        for name in pos:
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Real) or not v > 0 or not math.isfinite(v) and \
+                    name != "half_life":
+                raise InvalidInputError(f"option {name} must be a positive number, got {v!r}")
+        for name in ("lr_alpha", "lr_kappa", "lr_mu", "alpha_prune", "merge_radius",
+                     "prune_share"):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Real) or not v >= 0 or not math.isfinite(v):
+                raise InvalidInputError(f"option {name} must be a number >= 0, got {v!r}")
+        if self.lr_alpha >= 1:
+            raise InvalidInputError("option lr_alpha must be < 1 (alpha *= 1 - lr_alpha)")
+        if self.alpha_min > self.alpha_max or self.kappa_min > self.kappa_max:
+            raise InvalidInputError("clip ranges need alpha_min <= alpha_max and "
+                                    "kappa_min <= kappa_max")
+        if self.capacity is not None and (not isinstance(self.capacity, int)
+                                          or self.capacity < 1):
+            raise InvalidInputError(f"option capacity must be None or an int >= 1, "
+                                    f"got {self.capacity!r}")
+
+    def rates(self, renormalize: bool) -> HebbianRates:
+        return HebbianRates(self.lr_alpha, self.lr_kappa, self.lr_mu, self.alpha_min,
+                            self.alpha_max, self.kappa_min, self.kappa_max, self.eps,
+                            renormalize)
+
