@@ -12,6 +12,7 @@ on the host.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from .backends import Backend, get_backend
 from .errors import InvalidInputError
 from .inputs import check_ids, check_k, check_metric, check_result_size, prepare, row_sqnorms
 from .knn import search_native
-from .locking import thread_safe
+from .locking import shared, thread_safe
 from .tensor import array_module, host_array, stage, to_caller
 
 # FAISS's metric constants, so `index.metric_type == faiss.METRIC_L2` style checks carry over.
@@ -72,6 +73,7 @@ class IndexFlat:
     def ntotal(self) -> int:
         return int(self._ids.shape[0])
 
+    @shared
     def __len__(self) -> int:
         return self.ntotal
 
@@ -88,6 +90,7 @@ class IndexFlat:
         self._ids = np.empty(0, dtype=np.int64)
         self._next_id = 0  # one past the largest id ever stored: add() never reuses an id
         self._lookup_stale = True
+        self._lookup_lock = threading.Lock()
 
     def add(self, x: Any) -> None:
         """Append vectors with sequential ids, from one past the largest id this index has
@@ -109,8 +112,8 @@ class IndexFlat:
 
     def remove_ids(self, ids: Any) -> int:
         """Remove every vector whose id is in ``ids``; returns how many were removed."""
-        drop = _host_array(ids).ravel()
-        keep = np.flatnonzero(~np.isin(self._ids, drop.astype(np.int64)))
+        drop = check_ids(_host_array(ids).ravel())
+        keep = np.flatnonzero(~np.isin(self._ids, drop))
         removed = self.ntotal - keep.size
         if removed:
             self._rows.keep(self._index_for(keep))
@@ -153,6 +156,7 @@ class IndexFlat:
         return self.backend.index_array(keep)
 
     # ---- search -------------------------------------------------------------------------
+    @shared
     def search(self, x: Any, k: int) -> tuple[Any, Any]:
         """The k nearest stored vectors of each query row: ``(D, I)`` of shape (m, k),
         best first; ``I`` holds the stored ids, -1 where fewer than k vectors exist."""
@@ -167,18 +171,21 @@ class IndexFlat:
 
     def _to_external(self, I: Any) -> Any:
         """Row positions -> stored ids (-1 stays -1)."""
-        if self._lookup_stale:  # rebuilt once after each change, not on every search
-            self._lookup = None  # None: sequential ids, positions are the ids
-            if not np.array_equal(self._ids, np.arange(self.ntotal)):
-                table = np.append(self._ids, -1)  # position -1 picks the trailing -1
-                self._lookup = self.backend.index_array(table)
-            self._lookup_stale = False
-        if self._lookup is None:
+        with self._lookup_lock:  # rebuilt once after each change, by one of the readers
+            if self._lookup_stale:
+                self._lookup = None  # None: sequential ids, positions are the ids
+                if not np.array_equal(self._ids, np.arange(self.ntotal)):
+                    table = np.append(self._ids, -1)  # position -1 picks the trailing -1
+                    self._lookup = self.backend.index_array(table)
+                self._lookup_stale = False
+            lookup = self._lookup
+        if lookup is None:
             return I
-        if self.backend.is_native(self._lookup) and self.backend.is_native(I):
-            return self._lookup[I]  # on the device (cuda), or both on the host (cpu)
-        return np.asarray(self.backend.to_host(self._lookup))[self.backend.to_host(I)]
+        if self.backend.is_native(lookup) and self.backend.is_native(I):
+            return lookup[I]  # on the device (cuda), or both on the host (cpu)
+        return np.asarray(self.backend.to_host(lookup))[self.backend.to_host(I)]
 
+    @shared
     def reconstruct_n(self, i0: int = 0, ni: int | None = None) -> np.ndarray:
         """Stored vectors ``i0 .. i0 + ni`` as a host array (normalised under cosine)."""
         ni = self.ntotal - i0 if ni is None else ni

@@ -8,8 +8,11 @@ not start a write (that would wait for itself): it raises ``RuntimeError``.
 
 ``@thread_safe`` on a class wraps every public method (and ``__len__``, ``__contains__``,
 ``__iter__``) to hold the object's lock: the write lock, or the read lock for methods
-marked ``@shared``. Methods marked ``@unlocked`` manage the lock themselves (a search that
-runs under the read lock and then, outside it, a placement pass under the write lock).
+marked ``@shared``; then, for an object with a ``backend``, that backend's
+``device_lock`` (a real lock on GPU backends, whose queue one thread uses at a time; none
+on cpu). Always in this order: object, then device. Methods marked ``@unlocked`` manage
+the locks themselves (a search that runs under the read lock and then, outside it, a
+placement pass under the write lock).
 
 Locks are made anew in a forked child, where a thread that held one at the fork does not
 exist.
@@ -17,6 +20,7 @@ exist.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -26,6 +30,7 @@ from contextlib import contextmanager
 _objects: weakref.WeakSet = weakref.WeakSet()
 _registry_lock = threading.Lock()
 _SPECIAL = ("__len__", "__contains__", "__iter__")
+_NO_LOCK = contextlib.nullcontext()
 
 
 class RWLock:
@@ -143,7 +148,9 @@ def _guard(method, kind: str):
     def locked(self, *args, **kwargs):
         lock = lock_of(self)
         with lock.read() if kind == "read" else lock.write():
-            return method(self, *args, **kwargs)
+            backend = getattr(self, "backend", None)
+            with getattr(backend, "device_lock", _NO_LOCK):
+                return method(self, *args, **kwargs)
 
     return locked
 

@@ -229,6 +229,15 @@ class Wal:
             raise
         self.bytes += len(rec)
 
+    def cut(self, offset: int) -> None:
+        """Cut the log back to ``offset`` (a record boundary, e.g. ``bytes`` before an
+        append whose change then failed to apply)."""
+        os.ftruncate(self.fd, offset)
+        if self.fsync != "off":
+            os.fsync(self.fd)
+        self.bytes = offset
+        self.unsynced = 0
+
     def _roll_back(self, exc: BaseException) -> None:
         try:
             os.ftruncate(self.fd, self.bytes)

@@ -37,24 +37,23 @@ class SplatArrays:
 
     # ---- writing -------------------------------------------------------------------------
     def _sq_rows(self, x: np.ndarray):
+        """``||x||^2`` of host rows: the one formula on every path (add, upsert, moves,
+        reopen), so a reopened store ranks bit for bit as the live one did."""
         return np.einsum("ij,ij->i", x, x).reshape(-1, 1)
 
-    def append(self, x_rows, sq: np.ndarray, params: np.ndarray) -> None:
-        """New slots at the end: staged rows ``x_rows``, their ``||x||^2``, params."""
-        be = self.backend
-        self.rows.place(x_rows)
+    def append(self, x: np.ndarray, params: np.ndarray) -> None:
+        """New slots at the end: host rows ``x`` (float32) and their params."""
+        self.rows.place(self.backend.stage_rows(x))
         self.params.append(params)
         if self.sq is not None:
-            self.sq.append(be.stage_rows(sq.reshape(-1, 1)))
+            self.sq.append(self._sq_rows(x))
 
-    def replace(self, slots: np.ndarray, x: np.ndarray, sq: np.ndarray, params) -> None:
+    def replace(self, slots: np.ndarray, x: np.ndarray, params) -> None:
         """New splats in old slots (upserts): host rows ``x``, a fresh access history."""
-        be = self.backend
         self.rows.scatter(slots, x)
         self.rows.reset(slots)
-        be.scatter_rows(self.params.view(), slots, params)
-        if self.sq is not None:
-            be.scatter_rows(self.sq.view(), slots, sq.reshape(-1, 1))
+        self.backend.scatter_rows(self.params.view(), slots, params)
+        self.refresh_sq(slots, x)
 
     def set_vectors(self, slots: np.ndarray, mu: np.ndarray) -> None:
         """Moved splats (feedback, merges): new host rows, ``||mu||^2`` kept in step."""

@@ -45,15 +45,30 @@ class Journal:
             raise InvalidInputError(f"SplatStore.{what}: the store was opened read-only "
                                     "(SplatStore.open(path, mode='r'))")
         if self.failed is not None:
-            raise OSError(f"SplatStore.{what}: the store cannot write since a checkpoint "
-                          f"failed after its commit ({self.failed}); reopen it") from self.failed
+            raise OSError(f"SplatStore.{what}: the store cannot write since an earlier write "
+                          f"failed part-way ({type(self.failed).__name__}: {self.failed}); "
+                          "reopen it") from self.failed
 
-    def append(self, op: Op) -> None:
-        """Log ``op`` before it is applied (a store on a path). A failed append rolls the
-        log back to its last good record and raises (:class:`m2m_gpu.persist.Wal`)."""
-        if self.wal is not None:
-            header, arrays = op.record()
-            self.wal.append(op.name, header, arrays)
+    def commit(self, op: Op, apply):
+        """Log ``op`` (a store on a path), then ``apply()`` it. A failed append rolls the
+        log back to its last good record and raises (:class:`m2m_gpu.persist.Wal`), with
+        nothing changed. If the apply itself fails (device memory ran out half-way), its
+        record is cut from the log, so the write that raised is not there after a reopen,
+        and writes are refused from then on: memory may hold part of it."""
+        if self.wal is None:
+            return apply()
+        header, arrays = op.record()
+        start = self.wal.bytes
+        self.wal.append(op.name, header, arrays)
+        try:
+            return apply()
+        except BaseException as exc:
+            self.failed = exc
+            try:
+                self.wal.cut(start)
+            except OSError:
+                pass  # the log cannot even be cut: writes stay refused
+            raise
 
     def open_log(self, path: Path, generation: int, create: bool) -> None:
         self.path, self.generation = Path(path), generation

@@ -50,9 +50,10 @@ def apply_feedback(st: StoreState, q, ev_q, ev_rows, ev_sign) -> np.ndarray:
     if moved.size:
         np.add.at(st.table.hits, rel_rows, 1)
         st.table.dirty[moved] = True
-        if arrays.sq is not None or st.index is not None:
+        if arrays.sq is not None or st.index is not None or st.options.dedup:
             rows = np.asarray(arrays.mu(moved), np.float32)
             arrays.refresh_sq(moved, rows)
+            st.rehash(moved, rows)
             if st.index is not None:  # re-assigned if mu crossed into another cell
                 st.index.moved(moved, rows)
     st.params_changed()

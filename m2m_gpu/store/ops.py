@@ -21,11 +21,11 @@ import numpy as np
 
 from ..backends.base import PARAM_ALPHA, PARAM_KAPPA, PARAM_TICK, PARAM_WIDTH
 from ..errors import InvalidInputError, StoreFormatError, UnknownIdError
-from ..inputs import prepare, row_sqnorms
+from ..inputs import prepare
 from ..tensor import host_array
 from . import learning
 from .args import as_matrix, check_id, check_ids, check_metadata, id_list
-from .options import MAX_DECAY_HALF_LIVES
+from .options import MAX_DECAY_HALF_LIVES, MAX_TIME
 from .slots import digest
 from .state import StoreState
 
@@ -50,14 +50,13 @@ class Add(Op):
 
     name = "add"
 
-    def __init__(self, x: np.ndarray, keys: list, meta: list, aliases: list, next_id: int,
-                 sq: np.ndarray | None = None) -> None:
+    def __init__(self, x: np.ndarray, keys: list, meta: list, aliases: list,
+                 next_id: int) -> None:
         self.x, self.keys, self.meta, self.aliases, self.next_id = x, keys, meta, aliases, next_id
-        self.sq = sq
 
     @classmethod
     def build(cls, st: StoreState, vectors, ids, metadata) -> Add:
-        x, sq, _ = prepare(as_matrix(vectors), "vectors", st.metric, dim=st.dim)
+        x, _, _ = prepare(as_matrix(vectors), "vectors", st.metric, dim=st.dim)
         n = x.shape[0]
         nxt = st.table.next_id
         if ids is None:
@@ -65,7 +64,7 @@ class Add(Op):
         else:
             keys = check_ids(ids, n)
         meta = check_metadata(metadata, n)
-        op = cls(host_array(x, np.float32), keys, meta, [], nxt, host_array(sq, np.float32))
+        op = cls(np.ascontiguousarray(host_array(x, np.float32)), keys, meta, [], nxt)
         if st.options.dedup and n:
             op._dedup(st)
         return op
@@ -96,7 +95,7 @@ class Add(Op):
             kept.append(i)
         if len(kept) < len(self.keys):
             idx = np.asarray(kept, dtype=np.int64)
-            self.x, self.sq = self.x[idx], self.sq[idx]
+            self.x = self.x[idx]
             self.keys, self.meta = [self.keys[i] for i in kept], [self.meta[i] for i in kept]
 
     def record(self):
@@ -105,11 +104,9 @@ class Add(Op):
 
     @classmethod
     def from_record(cls, st, header, arrays):
-        x = np.asarray(arrays[0], np.float32)
-        sq = np.ones(x.shape[0], np.float32) if st.metric == "cosine" \
-            else row_sqnorms(x, "vectors")
-        op = cls(x, list(header["ids"]), list(header["meta"]),
-                 [tuple(a) for a in header.get("aliases", [])], int(header["next_id"]), sq)
+        op = cls(np.ascontiguousarray(arrays[0], np.float32), list(header["ids"]),
+                 list(header["meta"]), [tuple(a) for a in header.get("aliases", [])],
+                 int(header["next_id"]))
         if "aliases" not in header and st.options.dedup:  # a log of format version 1
             op._dedup(st)
         return op
@@ -128,21 +125,19 @@ class Add(Op):
         params[:, PARAM_ALPHA] = 1.0
         params[:, PARAM_KAPPA] = st.options.kappa0
         params[:, PARAM_TICK] = st.tick
-        x_rows = st.backend.stage_rows(self.x)
         if old.size:  # replace in place
-            arrays.replace(existing[old], self.x[old], self.sq[old], params[old])
+            arrays.replace(existing[old], self.x[old], params[old])
         if new.size:
             take = new if new.size < n else slice(None)
-            arrays.append(x_rows[take], self.sq[new], params[take])
+            arrays.append(self.x[take], params[take])
         # host bookkeeping, after the device work succeeded
         first = table.append([self.keys[i] for i in new], [self.meta[i] for i in new])
         if old.size:
             table.replaced(existing[old], [self.meta[i] for i in old])
         for k in self.keys:
             table.alias.pop(k, None)  # re-adding a merged id gives it its own splat again
-        if st.options.dedup:
-            for i in new.tolist():
-                table.hashes[digest(self.x[i])] = self.keys[i]
+        st.rehash(np.concatenate([existing[old], first + np.arange(new.size)]),
+                  np.concatenate([self.x[old], self.x[new]]))
         if st.index is not None:
             st.index.moved(existing[old], self.x[old])
             st.index.added(first + np.arange(new.size), self.x[new])
@@ -253,8 +248,10 @@ class Decay(Op):
         """Time only moves forward, and a step of more than ``MAX_DECAY_HALF_LIVES``
         half-lives is refused unless ``force``: it is what passing wall-clock time to a
         store created without ``clock=`` does."""
-        if not isinstance(now, numbers.Real) or not math.isfinite(now):
-            raise InvalidInputError(f"now must be a finite number, got {now!r}")
+        if not isinstance(now, numbers.Real) or not math.isfinite(now) or \
+                abs(float(now) - st.options.clock) > MAX_TIME:
+            raise InvalidInputError(f"now must be a finite number within {MAX_TIME:g} of the "
+                                    f"store's clock origin (ticks are float32), got {now!r}")
         if now < st.clock:
             raise InvalidInputError(f"now={now} is before the store's clock {st.clock}; "
                                     "time only moves forward")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ..backends.base import HebbianRates
 from ..errors import InvalidInputError
 
+MAX_TIME = 1e38  # clocks and ticks are kept in float32 (largest finite: 3.4e38)
 MAX_DECAY_HALF_LIVES = 100.0  # one decay() advancing the clock further is refused (2^-100)
 
 _RATES = HebbianRates()  # the learning rates and clips have one set of defaults
@@ -53,6 +54,9 @@ class StoreOptions:
         if self.alpha_min > self.alpha_max or self.kappa_min > self.kappa_max:
             raise InvalidInputError("clip ranges need alpha_min <= alpha_max and "
                                     "kappa_min <= kappa_max")
+        if not isinstance(self.clock, numbers.Real) or not math.isfinite(self.clock) or \
+                abs(self.clock) > MAX_TIME:
+            raise InvalidInputError(f"option clock must be a finite number, got {self.clock!r}")
         if self.capacity is not None and (not isinstance(self.capacity, int)
                                           or self.capacity < 1):
             raise InvalidInputError(f"option capacity must be None or an int >= 1, "

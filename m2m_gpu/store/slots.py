@@ -37,6 +37,7 @@ class SlotTable:
         self.slot: dict[Any, int] = {}
         self.alias: dict[Any, Any] = {}
         self.hashes: dict[bytes, Any] = {}  # dedup: vector digest -> id that stored it
+        self.hash_of: dict[Any, bytes] = {}  # and back: id -> the digest of its vector
         self.next_id = 0
         self.columns = _filters.Columns()
 
@@ -115,9 +116,22 @@ class SlotTable:
             self.meta[s] = m
         self.columns.on_set(slots, meta, self.n)
 
+    def remember(self, key: Any, h: bytes) -> None:
+        """Dedup: ``key``'s vector now has digest ``h`` (its old digest is forgotten)."""
+        self.forget(key)
+        self.hashes[h] = key
+        self.hash_of[key] = h
+
+    def forget(self, key: Any) -> None:
+        old = self.hash_of.pop(key, None)
+        if old is not None and self.hashes.get(old) == key:
+            del self.hashes[old]
+
     def free(self, slots: np.ndarray) -> None:
         """Free ``slots``: their ids, and every alias of those ids, are gone."""
         gone = {self.ids[s] for s in slots.tolist()}
+        for k in gone:
+            self.forget(k)
         for s in slots.tolist():
             del self.slot[self.ids[s]]
             self.ids[s] = None

@@ -38,7 +38,7 @@ def restore(st: StoreState, arrays: dict, records: list, state: dict) -> None:
     st.clock = float(state["clock"])
     if st.options.dedup:
         for s in np.flatnonzero(st.table.live).tolist():
-            st.table.hashes[digest(np.asarray(vectors[s], np.float32))] = st.table.ids[s]
+            st.table.remember(st.table.ids[s], digest(np.asarray(vectors[s], np.float32)))
 
 
 def replay(st: StoreState, records: list, version: int) -> None:

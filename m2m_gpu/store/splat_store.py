@@ -54,19 +54,9 @@ def _writes(method):
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
         self._journal.refuse(method.__name__)
-        with self.backend.device_lock:
-            return method(self, *args, **kwargs)
+        return method(self, *args, **kwargs)
 
     return guarded
-
-
-def _reads(method):
-    @functools.wraps(method)
-    def device(self, *args, **kwargs):
-        with self.backend.device_lock:
-            return method(self, *args, **kwargs)
-
-    return shared(device)
 
 
 @thread_safe
@@ -182,9 +172,8 @@ class SplatStore:
     # ---- writes -----------------------------------------------------------------------------
     def _commit(self, op: ops.Op):
         """Log ``op`` (a store on a path), then apply it: live writes and replay run the
-        same ``apply``. A failed log append raises before anything changed."""
-        self._journal.append(op)
-        return op.apply(self._st)
+        same ``apply`` (see :meth:`Journal.commit` for what a failure leaves)."""
+        return self._journal.commit(op, lambda: op.apply(self._st))
 
     def _write(self, op: ops.Op) -> int:
         """Commit an operation on ids (nothing to do for none); returns its count."""
@@ -364,19 +353,19 @@ class SplatStore:
         q = self._queries(queries)
         return self._read(lambda: reader.energy(self._st, q, grad))
 
-    @_reads
+    @shared
     def get(self, ids: Any) -> list[dict | None]:
         """Records ``{"id", "vector", "alpha", "kappa", "metadata", "hits"}`` for each id
         (a merged id gives its survivor's record); None for an id the store does not hold."""
         return integrity.records(self._st, id_list(ids))
 
-    @_reads
+    @shared
     def check_integrity(self) -> dict:
         """Check that the store's parts agree (ids, slots, flags, parameters, aliases, the
         index); raises :class:`IntegrityError` listing every problem, else returns counts."""
         return integrity.check(self._st)
 
-    @_reads
+    @shared
     def stats(self) -> dict:
         """Counts, alpha and kappa distributions, backend and bytes on the device."""
         return integrity.stats(self._st)
@@ -397,14 +386,13 @@ class SplatStore:
     def rebalance(self) -> dict:
         """Run the tier placement pass now (it also runs every ``rebalance_every`` calls
         and whenever a tier is over budget); returns the splats moved per direction."""
-        with self.backend.device_lock:
-            return self._rebalance()
+        return self._rebalance()
 
     # ---- persistence (SPEC section 5; the format is described in m2m_gpu/persist.py) -------
     def _manifest(self) -> dict:
         return snapshots.manifest(self)
 
-    @_reads
+    @shared
     def save(self, path: str | os.PathLike) -> None:
         """Write the whole store to a new directory (``SplatStore.open(path)`` reads it).
         The store itself is unchanged and keeps writing where it did before, if anywhere."""

@@ -18,7 +18,7 @@ from ..store_index import IndexOptions, StoreIndex
 from ..tiers import TierOptions
 from .arrays import SplatArrays
 from .options import StoreOptions
-from .slots import SlotTable
+from .slots import SlotTable, digest
 
 log = logging.getLogger("m2m_gpu")
 
@@ -90,8 +90,16 @@ class StoreState:
     def moved(self, slots: np.ndarray, mu: np.ndarray) -> None:
         """``slots`` now hold the host rows ``mu`` (a merge): arrays and index follow."""
         self.arrays.set_vectors(slots, mu)
+        self.rehash(slots, mu)
         if self.index is not None:
             self.index.moved(slots, mu)
+
+    def rehash(self, slots: np.ndarray, mu: np.ndarray) -> None:
+        """Dedup: the digests of ``slots``, whose vectors are now ``mu``, so the map always
+        says what a checkpoint's rebuild of it would say."""
+        if self.options.dedup:
+            for s, row in zip(slots.tolist(), mu, strict=True):
+                self.table.remember(self.table.ids[s], digest(row))
 
     def params_changed(self) -> None:
         if self.index is not None:
