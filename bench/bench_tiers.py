@@ -80,7 +80,7 @@ def copy_bandwidth(be, nbytes: int = 64 << 20, repeat: int = 5) -> dict:
 def evict(store) -> None:
     """Drop the cold tier's file pages from the page cache (clean pages only: fsync first)."""
     cold = store._st.arrays.rows._cold
-    paths = [cold._spill_path] if cold._spill_path is not None else []
+    paths = [cold.spill_path] if cold.spill_path is not None else []
     for p in paths:
         fd = os.open(p, os.O_RDONLY)
         try:

@@ -219,8 +219,9 @@ class HRM2:
         return cells
 
     # ---- rows ------------------------------------------------------------------------------
-    def _new_tiers(self) -> TierManager:
-        return TierManager(self.d, self.backend, self.tier_options, cold_dir=self.cold_dir)
+    def _new_tiers(self, clock: int = 0) -> TierManager:
+        return TierManager(self.d, self.backend, self.tier_options, cold_dir=self.cold_dir,
+                           clock=clock)
 
     def _clear_rows(self) -> None:
         old = getattr(self, "_tm", None)
@@ -273,7 +274,7 @@ class HRM2:
         if not self._tm.bounded:
             return None
         ok = old_pos >= 0
-        return ok, self._tm.access.take(np.where(ok, old_pos, 0))
+        return ok, self._tm.history(np.where(ok, old_pos, 0))
 
     def _append(self, tm: TierManager, n: int, rows_of, history=None) -> None:
         """Append rows ``rows_of(s, e)`` for ``s, e`` covering ``0 .. n`` to ``tm`` a block
@@ -285,7 +286,7 @@ class HRM2:
                 ok, hist = history
                 sel = np.flatnonzero(ok[s:e])
                 if sel.size:
-                    tm.access.assign(slots[sel], tuple(a[s:e][sel] for a in hist))
+                    tm.set_history(slots[sel], tuple(a[s:e][sel] for a in hist))
 
     def _relayout(self, src: np.ndarray, new_rows: np.ndarray, ids: np.ndarray,
                   cells: np.ndarray, history=None) -> None:
@@ -316,8 +317,7 @@ class HRM2:
             self._grow_radius(out, cells[s:e])
             return out
 
-        tm = self._new_tiers()
-        tm.access.tick = old.access.tick
+        tm = self._new_tiers(clock=old.clock)
         self._append(tm, src.size, rows_of, history)
         old.close()
         self._tm = tm

@@ -454,3 +454,103 @@ def test_row_store_truncate_keeps_the_prefix(backend):
                                       rows[:n])
     st.append(rows[:5])
     np.testing.assert_array_equal(np.asarray(backend.to_host(st.view())), rows[:5])
+
+
+def test_touch_from_several_threads_loses_no_access():
+    """Concurrent searches touch at once: every access and every tick counts. Each call
+    touches K distinct slots, so the totals do not depend on the order the calls were
+    made in: the access counts, the clock and the summed (decayed) hotness equal those of
+    the same touches made in one thread; the arrays stay whole."""
+    import sys
+    import threading
+
+    be = get_backend("cpu")
+    n, k = 200, 9
+    opts = TierOptions(hot_bytes=50 * 16, warm_bytes=0, rebalance_every=10**9, tau=64.0)
+    rng = np.random.default_rng(12)
+
+    def call(i):
+        if i % 3 == 0:  # HRM2's path: a range of distinct slots
+            return np.arange(k) + rng.integers(0, n - k), True
+        s = rng.choice(n, k, replace=False)  # repeats and out-of-range slots are dropped
+        return np.concatenate([s, s[:3], [-1, n, n + 7]]), False
+
+    calls = [[call(i) for i in range(400)] for _ in range(4)]
+
+    def manager():
+        tm = TierManager(4, be, opts)
+        tm.place(np.zeros((n, 4), np.float32))
+        return tm
+
+    one = manager()
+    for part in calls:
+        for slots, unique in part:
+            one.touch(slots, unique=unique)
+    many = manager()
+    barrier = threading.Barrier(len(calls))
+
+    def run(part):
+        barrier.wait()
+        for slots, unique in part:
+            many.touch(slots, unique=unique)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=run, args=(part,)) for part in calls]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(switch)
+    total = sum(len(p) for p in calls)
+    assert many.clock == one.clock == total
+    np.testing.assert_array_equal(many.access.count, one.access.count)
+    assert many.access.count.sum() == k * total
+    np.testing.assert_allclose(many.access.hotness().sum(), one.access.hotness().sum(),
+                               rtol=1e-9)
+    assert many.access.since_pass == one.access.since_pass and many.due() == one.due()
+    assert many.access.last.max() == one.access.last.max() == total - 1
+    assert many.check() == []
+
+
+def test_slot_map_keeps_its_invariants_without_a_backend():
+    """The slot map on its own (pure NumPy): rows stay in slot order in their stores
+    through adds, removals, compaction and truncation; ``plan`` ranks as documented."""
+    from m2m_gpu.tiers import SlotMap, WarmRows, plan
+
+    stores = (WarmRows(1, None), WarmRows(1, None))  # row = its slot number, to check
+    m = SlotMap(stores)
+
+    def add(tier, slots):
+        slots = np.asarray(slots, np.int64)
+        stores[tier].append(slots[:, None].astype(np.float32))
+        m.added(tier, slots)
+
+    def rows_agree():
+        for t in (HOT, WARM):
+            np.testing.assert_array_equal(stores[t].view()[:, 0], m.slots(t))
+        assert m.check() == []
+
+    assert m.grow(10).tolist() == list(range(10))
+    add(HOT, [5, 1, 3])  # out of order: the store is sorted by slot
+    add(WARM, [9, 0])
+    m.place_cold(np.array([2, 4, 6, 7, 8]), np.arange(5))
+    assert m.counts() == [3, 2, 5] and m.slots(HOT).tolist() == [1, 3, 5]
+    rows_agree()
+    v = m.version
+    m.remove(np.array([3, 9]))
+    add(WARM, [3])
+    m.place_cold(np.array([9]), np.array([5]))
+    assert m.version > v and m.slots(WARM).tolist() == [0, 3] and m.tier[9] == COLD
+    rows_agree()
+    m.keep(np.array([0, 3, 5, 8, 9]))  # renumbered 0 .. 4
+    assert m.slots(HOT).tolist() == [2] and m.slots(WARM).tolist() == [0, 1]
+    assert m.counts() == [1, 2, 2]
+    np.testing.assert_array_equal(stores[WARM].view()[:, 0], [0, 3])  # rows kept, by value
+    assert m.check() == []
+    m.truncate(2)
+    assert m.counts() == [0, 2, 0] and m.check() == []
+    want = plan(np.array([3.0, 1.0, 2.0, 5.0, 2.0]), np.array([1, 1, 1, 0, 1], bool), 1, 2)
+    assert want.tolist() == [HOT, COLD, WARM, COLD, WARM]  # ties by slot, free slots last
