@@ -324,6 +324,9 @@ def test_tiered_hrm2_returns_what_the_untiered_index_returns(backend):
         idx.add_with_ids(x[1100:1500], np.arange(6000, 6400))  # past the overflow limit
     assert tiered.hrm2.rebuilds == flat.hrm2.rebuilds >= 1
     same(adaptive=False)
+    assert tiered.rebalance_due() and not flat.rebalance_due()  # searches move no row ...
+    tiered.rebalance()  # ... the placement pass is the writer's
+    same(adaptive=False)
     st = tiered.hrm2.tiers.stats()
     assert st["streamed"]["bytes"] > 0 and st["hot"]["splats"] <= 150
     assert sum(v["splats"] for v in st["moves"].values()) > 0  # placement passes ran
@@ -333,7 +336,8 @@ def test_tiered_hrm2_returns_what_the_untiered_index_returns(backend):
 
 
 def test_tiered_hrm2_keeps_the_probed_cells_hot(backend):
-    """Searches that keep probing the same cells make exactly those cells' rows hot."""
+    """Searches that keep probing the same cells make exactly those cells' rows hot (at the
+    next placement pass: a search itself moves no row)."""
     _, idx, x, q = hrm2_pair(backend, tiers(400, 0, rebalance_every=2), only_tiered=True,
                              p1=2, p2=2)
     h = idx.hrm2
@@ -342,13 +346,20 @@ def test_tiered_hrm2_keeps_the_probed_cells_hot(backend):
     u = np.unique(cells[cells >= 0])
     probed = np.concatenate([np.arange(*h.ranges[c]) for c in np.concatenate([u, u + C])])
     assert 0 < probed.size <= 400
+    before = h.tiers.tier.copy()
     for _ in range(4):
         idx.search(q[:3], 5)
+    np.testing.assert_array_equal(h.tiers.tier, before)
+    assert idx.rebalance_due()
+    idx.rebalance()
     assert (h.tiers.tier[probed] == HOT).all()
     assert h.tiers.counts() == [400, 0, idx.ntotal - 400]
 
 
 def test_hrm2_out_of_memory_in_a_scan_shrinks_the_hot_tier_and_retries(backend, monkeypatch):
+    """The scan runs out of device memory on the whole hot tier: the search caps the hot
+    tier (halved) and retries with smaller fetched blocks, moving no row; later searches
+    fetch too until the writer's placement pass demotes the rows over the cap."""
     from m2m_gpu.hrm2 import IndexHRM2
 
     x = m2m_gpu.synthetic(300, D, seed=5, kind="clustered", clusters=6, spread=0.3)
@@ -368,7 +379,13 @@ def test_hrm2_out_of_memory_in_a_scan_shrinks_the_hot_tier_and_retries(backend, 
         got = idx.search(x[:9], 5)
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[0], want[0])
-    assert idx.hrm2.tiers.counts()[HOT] == 150
+    assert idx.hrm2.tiers.counts()[HOT] == 300 and idx.rebalance_due()
+    for _ in range(2):
+        got = idx.search(x[:9], 5)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
+        idx.rebalance()
+        assert idx.hrm2.tiers.counts()[HOT] == 150
 
 
 def test_hrm2_store_with_budgets_equals_the_untiered_store(backend, tmp_path):
