@@ -146,13 +146,32 @@ def unlocked(method):
 def _guard(method, kind: str):
     @functools.wraps(method)
     def locked(self, *args, **kwargs):
-        lock = lock_of(self)
-        with lock.read() if kind == "read" else lock.write():
-            backend = getattr(self, "backend", None)
-            with getattr(backend, "device_lock", _NO_LOCK):
-                return method(self, *args, **kwargs)
+        with holding(self, kind):
+            return method(self, *args, **kwargs)
 
     return locked
+
+
+def holding(obj, kind: str = "write"):
+    """The object's lock (``kind`` "read" or "write"), then its backend's device lock."""
+    lock = lock_of(obj)
+    stack = contextlib.ExitStack()
+    stack.enter_context(lock.read() if kind == "read" else lock.write())
+    stack.enter_context(getattr(getattr(obj, "backend", None), "device_lock", _NO_LOCK))
+    return stack
+
+
+def read_then_place(obj, read, due, place):
+    """``read()`` under the read lock; then, if ``due()``, ``place()`` (a tier placement
+    pass, which moves rows) under the write lock, checked again once it is held, so a
+    placement never runs under a search."""
+    with holding(obj, "read"):
+        out = read()
+    if due():
+        with holding(obj, "write"):
+            if due():
+                place()
+    return out
 
 
 def thread_safe(cls):

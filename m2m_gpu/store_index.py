@@ -11,6 +11,11 @@ store tells it about every change:
 * any change of alpha or kappa: the index's position-ordered copy of the parameters is
   marked stale and gathered again (O(n), once) before the next search.
 
+Searches may run in several threads at once (the store's lock keeps writes out meanwhile):
+the stale copy is gathered once, under a small lock, by whichever search needs it first;
+searches move no row between tiers, and the tier placement pass runs at the end of a write
+when it is due (:meth:`StoreIndex.rebalance_if_due`), or on :meth:`StoreIndex.rebalance`.
+
 Until the store holds ``train_min`` splats the index is untrained and searches are exact;
 it trains on the splats present then, and again when the store has grown ``RETRAIN_GROWTH``
 times since (the default cell counts depend on n) or when its cells become unbalanced
@@ -19,17 +24,17 @@ times since (the default cell counts depend on n) or when its cells become unbal
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
-from .backends.base import PARAM_ALPHA
 from .errors import InvalidInputError
 from .hrm2 import HRM2, ProbeReport
 from .inputs import check_count
-from .tiers import HOT
 
 RETRAIN_GROWTH = 4.0  # retrain when the store has grown this many times since training
+RELAYOUT_DEAD = 0.25  # after a compaction, lay the rows out again past this share of holes
 
 
 @dataclass
@@ -77,7 +82,8 @@ class StoreIndex:
                          tiers=tiers, cold_dir=cold_dir)
         self.trained_on = 0
         self._params = None  # position-ordered params (host; HRM2 keeps the device copy)
-        self.last_report: ProbeReport | None = None
+        self._params_lock = threading.Lock()  # searches build a stale _params once
+        self.last_report: ProbeReport | None = None  # of the last search to finish
 
     @property
     def ready(self) -> bool:
@@ -103,6 +109,7 @@ class StoreIndex:
         if self.hrm2.trained and slots.size:
             self.hrm2.add(rows, slots)
         self._params = None
+        self.rebalance_if_due()
 
     def moved(self, slots: np.ndarray, rows: np.ndarray) -> None:
         if self.hrm2.trained and slots.size:
@@ -110,26 +117,25 @@ class StoreIndex:
             ok = pos >= 0
             self.hrm2.relocate(pos[ok], rows[ok])
         self._params = None
+        self.rebalance_if_due()
 
     def freed(self, slots: np.ndarray) -> None:
         if self.hrm2.trained and slots.size and self.hrm2.ntotal:
-            pos = self.hrm2.positions_of(slots)
-            pos = pos[pos >= 0]
-            self.hrm2.dead[pos] = True  # masked now; dropped at the next re-layout
+            # masked now; dropped at the next re-layout
+            self.hrm2.mark_dead(self.hrm2.positions_of(slots))
         self._params = None
+        self.rebalance_if_due()
 
     def compacted(self, keep: np.ndarray, slots_before: int) -> None:
         """Slots were renumbered: old slot ``keep[i]`` is now slot ``i``."""
         if self.hrm2.trained and self.hrm2.ntotal:
             new = np.full(slots_before, -1, np.int64)
             new[keep] = np.arange(keep.size)
-            ids = new[self.hrm2.ids]
-            gone = ids < 0
-            self.hrm2.ids = np.where(gone, 0, ids)
-            self.hrm2.dead |= gone
-            if self.hrm2.dead.mean() > 0.25:  # mostly holes: lay the rows out again
+            self.hrm2.renumber(new)
+            if self.hrm2.dead_share() > RELAYOUT_DEAD:  # many holes: lay the rows out again
                 self.hrm2.remove_positions(np.zeros(0, np.int64))
         self._params = None
+        self.rebalance_if_due()
 
     def params_changed(self) -> None:
         self._params = None
@@ -139,24 +145,40 @@ class StoreIndex:
         self.hrm2.set_cold_dir(directory)
 
     def close(self) -> None:
-        self.hrm2.tiers.close()
+        self.hrm2.close()
+
+    # ---- tiers (writers only) --------------------------------------------------------------
+    def rebalance_due(self) -> bool:
+        """Whether the index's tier placement pass is due."""
+        return self.hrm2.trained and self.hrm2.rebalance_due()
+
+    def rebalance(self) -> dict:
+        """The index's tier placement pass now (a write); rows moved per direction."""
+        return self.hrm2.rebalance() if self.hrm2.trained else {}
+
+    def rebalance_if_due(self) -> dict:
+        return self.rebalance() if self.rebalance_due() else {}
 
     # ---- search ----------------------------------------------------------------------------
     def _position_params(self, host_params: np.ndarray):
-        p = np.ascontiguousarray(host_params[self.hrm2.ids])
-        p[self.hrm2.dead, PARAM_ALPHA] = 0.0
-        return p
+        return self.hrm2.params_by_position(host_params)
+
+    def _unmasked_params(self, host_params):
+        """The cached position-ordered params, gathered once (double-checked) when stale."""
+        params = self._params
+        if params is None:
+            with self._params_lock:
+                params = self._params
+                if params is None:
+                    params = self._params = self._position_params(host_params())
+        return params
 
     def search(self, q: np.ndarray, k: int, mode: int, host_params, masked: bool):
         """``(keys, slots, d2)`` host arrays, -1 slots where fewer than k were found.
         ``host_params()``: the store's params in slot order, on the host (alpha 0 where
         filtered out when ``masked``; such params are used once and not cached)."""
-        if masked or self._params is None:
-            params = self._position_params(host_params())
-            if not masked:
-                self._params = params
-        else:
-            params = self._params
+        params = self._position_params(host_params()) if masked else \
+            self._unmasked_params(host_params)
         p1, p2 = self.probes()
         keys, pos, d2, report = self.hrm2.search(q, k, p1, p2, adaptive=self.opts.adaptive,
                                                  ratio=self.opts.ratio, mode=mode,
@@ -166,19 +188,16 @@ class StoreIndex:
         slots = np.where(pos >= 0, self.hrm2.ids[np.where(pos >= 0, pos, 0)], -1)
         return keys, slots, d2
 
-    def device_bytes(self) -> int:
-        """Bytes of the index's copy of the vectors on the device."""
-        return int(self.hrm2.tiers.nbytes(HOT))
-
     def check(self, live_slots: np.ndarray) -> list[str]:
-        """Problems with the index's view of the store's live slots (once trained)."""
+        """Problems of the index's layout, and whether it holds each of ``live_slots``
+        at exactly one live position (the store's integrity check); [] when untrained."""
         if not self.ready:
             return []
-        h = self.hrm2
-        pos = h.positions_of(live_slots)
-        if (pos < 0).any() or int((~h.dead).sum()) != live_slots.size:
-            return ["the hrm2 index does not hold every live splat once"]
-        return []
+        return self.hrm2.check(np.asarray(live_slots, np.int64))
+
+    def device_bytes(self) -> int:
+        """Device bytes of the index's hot copy of the vectors."""
+        return self.hrm2.device_bytes()
 
     def stats(self) -> dict:
         h = self.hrm2

@@ -307,3 +307,139 @@ def test_train_on_a_populated_index_retrains_and_keeps_every_vector(backend, rng
     np.testing.assert_array_equal(got, [5, 6, 1499, 1500 + 10**6, 1999 + 10**6])
     index.add(X[:1])
     assert int(index.search(X[:1], 1)[1][0, 0]) == 10**6 + 2000  # past the largest id held
+
+
+# ---- concurrent readers --------------------------------------------------------------------
+def _at_once(jobs, threads=4):
+    """Run each job of ``jobs[t]`` (a list per thread) in ``threads`` threads started
+    together; returns the results per thread, in job order (a job's error is raised)."""
+    import threading
+
+    barrier = threading.Barrier(threads)
+    out: list = [None] * threads
+    errors: list[BaseException] = []
+
+    def work(t):
+        try:
+            barrier.wait()
+            out[t] = [job() for job in jobs[t]]
+        except BaseException as exc:  # noqa: BLE001 - raised below
+            errors.append(exc)
+
+    pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    if errors:
+        raise errors[0]
+    return out
+
+
+def _slow_builds(monkeypatch, scanner, counts):
+    """Count (and slow down) what the scanner builds, so that racing readers would show."""
+    import time
+
+    cached = scanner.cached
+
+    def counted(name, source, make):
+        def slow():
+            counts[name] = counts.get(name, 0) + 1
+            time.sleep(0.02)
+            return make()
+
+        return cached(name, source, slow)
+
+    monkeypatch.setattr(scanner, "cached", counted)
+
+
+@pytest.mark.parametrize("tiers", [None, {"hot_bytes": 300 * 64, "warm_bytes": 400 * 64,
+                                          "block_bytes": 53 * 64, "rebalance_every": 2}])
+def test_concurrent_searches_of_one_index_equal_a_sequential_run(monkeypatch, tiers):
+    """4 threads searching one trained IndexHRM2 (without any lock, as several holders of
+    the read lock) get exactly the sequential answers; the device copies are built once and
+    no row moves during the searches. Through the public search (read lock, then a due
+    placement pass under the write lock) the answers are the same."""
+    x, q = data(3000, 48)
+    idx = IndexHRM2(16, 6, 6, backend="cpu", tiers=tiers)
+    idx.train(x[:2500])
+    idx.add(x[:2500])
+    idx.add_with_ids(x[2500:2700], np.arange(10**6, 10**6 + 200))  # the overflow region
+    calls = [(q[i : i + 6], k) for i in range(0, 48, 6) for k in (1, 10)]
+    ref = IndexHRM2(16, 6, 6, backend="cpu")
+    ref.copy_training(idx)
+    ref.add(x[:2500])
+    ref.add_with_ids(x[2500:2700], np.arange(10**6, 10**6 + 200))
+    want = [ref.search(b, k) for b, k in calls]
+    counts: dict = {}
+    _slow_builds(monkeypatch, idx.hrm2.scanner, counts)
+    placed = idx.hrm2.tiers.tier.copy()
+
+    def at_once(search):
+        jobs = [[(lambda b=b, k=k, f=search: f(idx, b, k)) for b, k in calls[t::2] + calls]
+                for t in range(4)]
+        for t, got in enumerate(_at_once(jobs)):
+            for (D, I), w in zip(got, want[t::2] + want, strict=True):
+                np.testing.assert_array_equal(I, w[1])
+                np.testing.assert_array_equal(D, w[0])
+
+    at_once(IndexHRM2._search)  # no lock at all: as several holders of the read lock
+    assert counts and all(v == 1 for v in counts.values()), counts
+    np.testing.assert_array_equal(idx.hrm2.tiers.tier, placed)  # no search moved a row
+    assert idx.rebalance_due() == (tiers is not None)
+    at_once(IndexHRM2.search)  # the public search: placement passes between searches
+    assert not idx.rebalance_due() or tiers is None
+    D, I = idx.search(*calls[3])
+    np.testing.assert_array_equal(I, want[3][1])
+
+
+def test_concurrent_searches_of_one_store_equal_a_sequential_run(monkeypatch):
+    """SplatStore(index="hrm2") with tier budgets: 4 threads through the store (its lock)
+    and 4 threads straight into its index (no lock) give the sequential answers; a stale
+    position-ordered params copy is gathered once for all of them."""
+    from m2m_gpu.backends.base import MODE_DISTANCE, MODE_SPLAT
+
+    x, q = data(2500, 24, clusters=30)
+    s = m2m_gpu.SplatStore(16, backend="cpu", index="hrm2",
+                           index_options={"train_min": 1000, "n1": 5, "n2": 6},
+                           tiers={"hot_bytes": 500 * 64, "warm_bytes": 500 * 64,
+                                  "block_bytes": 71 * 64})
+    s.add(x)
+    s.feedback(q[:4], relevant=[[i] for i in range(4)])  # alpha and kappa differ per splat
+    calls = [(q[i : i + 4], k, r) for i in range(0, 24, 4) for k, r in ((5, "splat"),
+                                                                       (9, "distance"))]
+    want = [s.search(b, k, rank=r) for b, k, r in calls]
+    jobs = [[(lambda c=c: s.search(c[0], c[1], rank=c[2])) for c in calls[t:] + calls[:t]]
+            for t in range(4)]
+    for t, got in enumerate(_at_once(jobs)):
+        for a, b in zip(got, want[t:] + want[:t], strict=True):
+            assert a.ids == b.ids
+            np.testing.assert_array_equal(a.log_scores, b.log_scores)
+    index = s._st.index
+    host = np.array(s.backend.to_host(s._st.arrays.params.view()), np.float32)
+    ref = [index.search(b, k, MODE_SPLAT if r == "splat" else MODE_DISTANCE, lambda: host,
+                        False) for b, k, r in calls]
+    index.params_changed()  # stale: the next searches gather it again, once
+    builds = []
+    gather = index._position_params
+
+    def counted(p):
+        import time
+
+        builds.append(1)
+        time.sleep(0.02)
+        return gather(p)
+
+    monkeypatch.setattr(index, "_position_params", counted)
+    placed = index.hrm2.tiers.tier.copy()
+    jobs = [[(lambda c=c: index.search(c[0], c[1], MODE_SPLAT if c[2] == "splat" else
+                                       MODE_DISTANCE, lambda: host, False))
+             for c in calls[t:] + calls[:t]] for t in range(4)]
+    for t, got in enumerate(_at_once(jobs)):
+        for a, b in zip(got, ref[t:] + ref[:t], strict=True):
+            for u, v in zip(a, b, strict=True):
+                np.testing.assert_array_equal(u, v)
+    assert len(builds) == 1
+    np.testing.assert_array_equal(index.hrm2.tiers.tier, placed)
+    assert index.check(np.flatnonzero(s._st.table.live)) == []
+    s.close()

@@ -37,6 +37,7 @@ def assert_index_consistent(s: SplatStore):
     mu = s._st.arrays.mu(live)
     np.testing.assert_array_equal(h.rows_at(pos), mu)
     np.testing.assert_array_equal(h.cell_of[pos], h.assign(np.ascontiguousarray(mu)))
+    assert s._st.index.check(live) == []
 
 
 def same_results(a, b, tol=1e-5):

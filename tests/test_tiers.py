@@ -334,7 +334,8 @@ def test_tiered_hrm2_returns_what_the_untiered_index_returns(backend):
 
 
 def test_tiered_hrm2_keeps_the_probed_cells_hot(backend):
-    """Searches that keep probing the same cells make exactly those cells' rows hot."""
+    """Searches that keep probing the same cells make exactly those cells' rows hot (by
+    the placement passes that run after searches, under the write lock)."""
     _, idx, x, q = hrm2_pair(backend, tiers(400, 0, rebalance_every=2), only_tiered=True,
                              p1=2, p2=2)
     h = idx.hrm2
@@ -345,11 +346,14 @@ def test_tiered_hrm2_keeps_the_probed_cells_hot(backend):
     assert 0 < probed.size <= 400
     for _ in range(4):
         idx.search(q[:3], 5)
-    assert (h.tiers.tier[probed] == HOT).all()
+    assert (h.tiers.tier[probed] == HOT).all() and not idx.rebalance_due()
     assert h.tiers.counts() == [400, 0, idx.ntotal - 400]
 
 
 def test_hrm2_out_of_memory_in_a_scan_shrinks_the_hot_tier_and_retries(backend, monkeypatch):
+    """The scan runs out of device memory on the whole hot tier: the search caps the hot
+    tier (halved) and retries with smaller fetched blocks, moving no row under the scan;
+    the placement pass after it (write lock) demotes the rows over the cap."""
     from m2m_gpu.hrm2 import IndexHRM2
 
     x = m2m_gpu.synthetic(300, D, seed=5, kind="clustered", clusters=6, spread=0.3)
@@ -369,7 +373,10 @@ def test_hrm2_out_of_memory_in_a_scan_shrinks_the_hot_tier_and_retries(backend, 
         got = idx.search(x[:9], 5)
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[0], want[0])
-    assert idx.hrm2.tiers.counts()[HOT] == 150
+    assert idx.hrm2.tiers.counts()[HOT] == 150 and not idx.rebalance_due()
+    got = idx.search(x[:9], 5)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
 
 
 def test_hrm2_store_with_budgets_equals_the_untiered_store(backend, tmp_path):

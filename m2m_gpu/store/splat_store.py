@@ -32,7 +32,7 @@ from ..backends import Backend, get_backend
 from ..backends.base import PARAM_ALPHA
 from ..errors import InvalidInputError, UnknownMetricError
 from ..inputs import check_k, prepare
-from ..locking import lock_of, shared, thread_safe, unlocked
+from ..locking import holding, shared, thread_safe, unlocked
 from ..store_index import IndexOptions
 from ..tiers import TierOptions
 from . import integrity, learning, ops, reader, snapshots
@@ -308,9 +308,9 @@ class SplatStore:
         """``fn()`` under the read lock (device work under the backend's lock). When the
         device runs out of memory inside it, the hot tier is halved and rebalanced under
         the write lock, and ``fn`` runs again (three tries in all)."""
-        lock, rows = lock_of(self), self._st.arrays.rows
+        rows = self._st.arrays.rows
         for attempt in range(3):
-            with lock.read(), self.backend.device_lock:
+            with holding(self, "read"):
                 try:
                     return fn()
                 except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
@@ -318,7 +318,7 @@ class SplatStore:
                             not rows.counts()[0]:
                         raise
                     failure = exc
-            with lock.write(), self.backend.device_lock:
+            with holding(self):
                 rows.shrink_hot(failure)
                 self._rebalance()
 
@@ -372,15 +372,23 @@ class SplatStore:
 
     # ---- tiers (SPEC section 4; m2m_gpu/tiers) ------------------------------------------------
     def _rebalance(self) -> dict:
+        """The placement pass of the store's tiers and of its index's; moves per direction."""
         st = self._st
         alpha = st.arrays.alpha() if self.slots else np.zeros(0, np.float32)
-        return st.arrays.rows.rebalance(alpha, st.table.live)
+        moved = st.arrays.rows.rebalance(alpha, st.table.live)
+        if st.index is not None:
+            for k, v in st.index.rebalance().items():
+                moved[k] = moved.get(k, 0) + v
+        return moved
+
+    def _placement_due(self) -> bool:
+        index = self._st.index
+        return self._st.arrays.rows.due() or (index is not None and index.rebalance_due())
 
     def _rebalance_if_due(self) -> None:
-        rows = self._st.arrays.rows
-        if rows.due():
-            with lock_of(self).write(), self.backend.device_lock:
-                if rows.due():
+        if self._placement_due():
+            with holding(self):
+                if self._placement_due():
                     self._rebalance()
 
     def rebalance(self) -> dict:

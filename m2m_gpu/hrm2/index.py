@@ -1,0 +1,210 @@
+"""``IndexHRM2``: the FAISS-shaped approximate index over :class:`~.core.HRM2`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backends import Backend
+from ..inputs import check_count, check_ids, check_result_size
+from ..locking import read_then_place, shared, thread_safe, unlocked
+from ..tensor import host_array
+from ..tiers import TierOptions
+from .core import HRM2
+from .search import ProbeReport
+
+
+@thread_safe
+class IndexHRM2:
+    """A FAISS-shaped approximate index over HRM2 (``train``, ``add``, ``add_with_ids``,
+    ``search``, ``remove_ids``, ``reset``, ``ntotal``, ``is_trained``).
+
+    ``metric``: ``"l2"`` (D = squared distance) or ``"cosine"`` (D = similarity, rows and
+    queries normalised). Probing: ``p1`` coarse and ``p2`` fine cells (None: the defaults
+    of :func:`default_probes`); ``nprobe`` is FAISS's name for ``p2``. ``adaptive=True``
+    turns on the early stop; ``last_report`` says what each query of the last search
+    scanned.
+    ``tiers``: byte budgets of the memory tiers for the index's rows
+    (:class:`m2m_gpu.tiers.TierOptions`; default: all on the device). Hot cells are scanned
+    in place, probed rows that are not hot are fetched to the device per search, and the
+    placement policy counts the rows of every probed cell as accessed. Searches move no
+    row: the placement pass runs after a write (``add``, ``add_with_ids``,
+    ``remove_ids``) when it is due, or on :meth:`rebalance`.
+
+    Searches may run in several threads at once (``last_report`` is then that of the last
+    one to finish); writes must not overlap a search or each other.
+    """
+
+    def __init__(self, d: int, n1: int | None = None, n2: int | None = None,
+                 metric: str = "l2", backend: str | Backend | None = None, *, seed: int = 0,
+                 p1: int | None = None, p2: int | None = None, adaptive: bool = False,
+                 ratio: float | None = None, tiers: dict | TierOptions | None = None) -> None:
+        from ..errors import InvalidInputError, UnknownMetricError
+
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+            raise InvalidInputError(f"dimension d must be a positive integer, got {d!r}")
+        if metric not in ("l2", "cosine"):
+            raise UnknownMetricError(f"IndexHRM2 supports 'l2' and 'cosine', got {metric!r}")
+        self.d, self.metric = int(d), metric
+        self.hrm2 = HRM2(self.d, backend, n1, n2, seed=seed, tiers=TierOptions.parse(tiers))
+        self._next_id = 0  # one past the largest id ever held: add() never reuses an id
+        self.p1, self.p2, self.adaptive, self.ratio = p1, p2, adaptive, ratio
+        self.last_report: ProbeReport | None = None
+
+    @property
+    def backend(self) -> Backend:
+        return self.hrm2.backend
+
+    @property
+    def is_trained(self) -> bool:
+        return self.hrm2.trained
+
+    @property
+    def ntotal(self) -> int:
+        return self.hrm2.ntotal
+
+    @property
+    def nprobe(self) -> int:
+        return self.probes()[1]
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        self.p2 = value
+
+    @property
+    def p1(self) -> int | None:
+        return self._p1
+
+    @p1.setter
+    def p1(self, value: int | None) -> None:
+        self._p1 = check_count("p1", value, allow_none=True)
+
+    @property
+    def p2(self) -> int | None:
+        return self._p2
+
+    @p2.setter
+    def p2(self, value: int | None) -> None:
+        self._p2 = check_count("p2 (nprobe)", value, allow_none=True)
+
+    @shared
+    def probes(self) -> tuple[int, int]:
+        if not self.is_trained:
+            return 0, 0
+        return self.hrm2.probes(self.p1, self.p2)
+
+    @shared
+    def __len__(self) -> int:
+        return self.ntotal
+
+    def _rows(self, x, what="vectors"):
+        from ..inputs import prepare
+
+        rows, _, _ = prepare(x, what, self.metric, dim=self.d)
+        return host_array(rows)
+
+    def train(self, x) -> None:
+        """Train the two levels of centroids on ``x``. On an index that already holds
+        vectors this retrains and lays every stored vector out again in the new cells,
+        keeping its id (FAISS would keep the old assignment; HRM2's cells are its layout)."""
+        rows = self._rows(x)  # validated before anything changes
+        h = self.hrm2
+        held_ids = held = None
+        if h.ntotal:
+            live = h.live_positions()
+            held, held_ids = h.rows_at(live), h.ids[live].copy()
+            h.clear_rows()
+        h.train(rows)
+        if held is not None and held.shape[0]:
+            self._add(held, held_ids)
+
+    def copy_training(self, other: IndexHRM2) -> None:
+        """Take ``other``'s trained centroids instead of training (no k-means): for the
+        same data held in another layout or tier budget, or on another backend. Only an
+        empty index can take them."""
+        from ..errors import InvalidInputError
+
+        if other.d != self.d or not other.is_trained:
+            raise InvalidInputError(f"copy_training needs a trained index of d={self.d}")
+        if self.ntotal:
+            raise InvalidInputError("copy_training needs an empty index (reset() first)")
+        self.hrm2.set_centroids(other.hrm2.centroids.copy())
+
+    def _need_trained(self) -> None:
+        from ..errors import InvalidInputError
+
+        if not self.is_trained:
+            raise InvalidInputError("IndexHRM2 must be trained (train(x)) before add/search")
+
+    def add(self, x) -> None:
+        """Sequential ids from one past the largest id held so far: never reused after
+        ``remove_ids`` (see ``IndexFlat.add``)."""
+        self._need_trained()
+        rows = self._rows(x)
+        self._add(rows, np.arange(self._next_id, self._next_id + rows.shape[0]))
+
+    def add_with_ids(self, x, ids) -> None:
+        self._need_trained()
+        self._add(self._rows(x), np.asarray(ids))
+
+    def _add(self, rows: np.ndarray, ids: np.ndarray) -> None:
+        from ..errors import InvalidInputError
+
+        if ids.shape != (rows.shape[0],):
+            raise InvalidInputError(f"ids must be {rows.shape[0]} integers, got {ids.shape}")
+        ids = check_ids(ids)
+        if rows.shape[0] == 0:
+            return
+        self.hrm2.add(rows, ids)
+        self._next_id = max(self._next_id, int(ids.max()) + 1)
+        self.hrm2.rebalance_if_due()
+
+    def remove_ids(self, ids) -> int:
+        drop = np.flatnonzero(np.isin(self.hrm2.ids, np.asarray(ids).ravel()))
+        if drop.size:
+            self.hrm2.remove_positions(drop)
+            self.hrm2.rebalance_if_due()
+        return int(drop.size)
+
+    def reset(self) -> None:
+        self.hrm2.clear_rows()  # the next add lays the rows out again
+        self._next_id = 0
+
+    def rebalance_due(self) -> bool:
+        """Whether the tier placement pass is due (``rebalance_every`` searches since the
+        last one, or the hot tier over its budget after the device ran out of memory)."""
+        return self.hrm2.rebalance_due()
+
+    def rebalance(self) -> dict:
+        """Place the rows by the tier policy now (a write: no search may run meanwhile);
+        returns the rows moved per direction."""
+        return self.hrm2.rebalance()
+
+    @unlocked
+    def search(self, x, k: int):
+        """``(D, I)`` of the ``k`` nearest stored vectors per query row, FAISS-style.
+        Searches run side by side (read lock); a tier placement pass that has fallen due
+        runs after, under the write lock."""
+        return read_then_place(self, lambda: self._search(x, k), self.rebalance_due,
+                               self.rebalance)
+
+    def _search(self, x, k: int):
+        from ..knn import check_k, empty_result
+
+        k = check_k(k)
+        self._need_trained()
+        q = self._rows(x, "queries")
+        m = q.shape[0]
+        check_result_size(m, k, self.ntotal)
+        if m == 0 or self.ntotal == 0:
+            D, I = empty_result(m, k, "l2" if self.metric == "l2" else "ip")
+            self.last_report = ProbeReport(np.zeros(m, np.int64), np.zeros(m, np.int64))
+            return D, I
+        p1, p2 = self.probes()
+        keys, pos, d2, report = self.hrm2.search(q, k, p1, p2, adaptive=self.adaptive,
+                                                 ratio=self.ratio)
+        self.last_report = report
+        I = np.where(pos >= 0, self.hrm2.ids[np.where(pos >= 0, pos, 0)], -1)
+        if self.metric == "l2":
+            return d2.astype(np.float32), I
+        D = np.where(pos >= 0, 1.0 - d2 / 2.0, -np.inf).astype(np.float32)
+        return D, I

@@ -1,0 +1,87 @@
+"""One HRM2 search: route, scan the probed cells (in two rounds when adaptive), report.
+
+Adaptive probing: the fine cells are scanned nearest first in two rounds; after the first
+quarter, a cell is skipped when it cannot hold anything better than the query's current
+k-th result (lower bound ``(|q - c| - radius_c)^2`` from the cell's radius: exact for l2),
+or when its centroid is more than ``ratio`` times farther than the nearest one (the query
+sits deep inside its cell). Every search reports how many cells and vectors each query
+scanned.
+
+A search reads the router and the layout and moves no row: the rows of the scanned cells
+are counted as accessed, and running out of device memory caps the hot tier and retries
+with smaller fetched blocks; the placement pass that acts on both is the writer's
+(:meth:`m2m_gpu.hrm2.HRM2.rebalance`, when :meth:`~m2m_gpu.hrm2.HRM2.rebalance_due`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ops.topk import merge_by_key
+from .layout import CellLayout
+from .routing import Router
+from .scan import CellScanner
+
+RETRIES = 2  # scans retried after running out of device memory (three tries in all)
+
+
+@dataclass
+class ProbeReport:
+    cells: np.ndarray  # int64[m]: fine cells scanned per query
+    vectors: np.ndarray  # int64[m]: rows scanned per query
+
+
+def search(router: Router, layout: CellLayout, scanner: CellScanner, q: np.ndarray, k: int,
+           p1: int, p2: int, *, adaptive: bool, ratio: float | None, mode: int, params,
+           cache: bool):
+    """``(keys, positions, d2, report)`` (host) for validated float32 queries ``q``, best
+    first, ties by position (see :meth:`m2m_gpu.hrm2.HRM2.search`)."""
+    be = layout.backend
+    cells, cdist = router.route(q, p1, p2)
+    C = router.centroids.cells
+    if adaptive and ratio is not None:
+        far = cdist > (ratio**2) * cdist[:, :1]
+        cells = np.where(far, -1, cells)
+    qn = be.from_host(q)
+    if params is None:
+        params, cache = layout.mask_params(), False
+
+    def scan(c):
+        probes = np.concatenate([c, np.where(c >= 0, c + C, -1)], 1)
+        return _scan_retrying(layout, scanner, qn, probes, k, mode, params, cache)
+
+    if not adaptive or cells.shape[1] < 4:
+        keys, pos, d2 = scan(cells)
+        scanned = cells
+    else:
+        first = max(1, cells.shape[1] // 4)
+        keys, pos, d2 = scan(cells[:, :first])
+        kth = d2[:, -1]  # +inf while fewer than k found
+        rad = layout.radius[np.where(cells >= 0, cells, 0)]
+        lower = np.maximum(np.sqrt(cdist) - rad, 0) ** 2
+        rest = cells[:, first:]
+        rest = np.where(lower[:, first:] < kth[:, None], rest, -1)
+        scanned = np.concatenate([cells[:, :first], rest], 1)
+        if (rest >= 0).any():
+            keys, pos, d2 = merge_by_key([(keys, pos, d2), scan(rest)], k)
+    sizes = layout.cell_sizes()
+    counted = np.where(scanned >= 0, sizes[np.where(scanned >= 0, scanned, 0)], 0)
+    report = ProbeReport((scanned >= 0).sum(1), counted.sum(1))
+    layout.touch(scanned)
+    return keys, pos, d2, report
+
+
+def _scan_retrying(layout: CellLayout, scanner: CellScanner, qn, probes, k, mode, params,
+                   cache):
+    """The scan; when the device runs out of memory inside it, again with smaller fetched
+    blocks (:meth:`~.rows.CellRows.out_of_memory`)."""
+    block = layout.rows.stream_block()
+    for attempt in range(RETRIES + 1):
+        try:
+            return scanner.scan(qn, probes, k, mode, params, cache, block)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
+            if attempt == RETRIES or not layout.backend.is_out_of_memory(exc):
+                raise
+            block = layout.rows.out_of_memory(exc, block)
