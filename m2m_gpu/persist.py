@@ -106,6 +106,7 @@ class Record:
     op: str
     header: dict
     arrays: list[np.ndarray]
+    offset: int = 0  # where the record starts in its log
 
 
 def encode_record(op: str, header: dict, arrays: list[np.ndarray]) -> bytes:
@@ -154,9 +155,11 @@ def read_wal(path: Path, generation: int) -> tuple[list[Record], int, int]:
         if zlib.crc32(body) != crc:
             break
         try:
-            records.append(decode_body(body))
+            rec = decode_body(body)
         except (ValueError, KeyError, TypeError, json.JSONDecodeError):
             break
+        rec.offset = off
+        records.append(rec)
         off = end
     return records, off, len(data)
 

@@ -76,7 +76,7 @@ def test_automatic_consolidation_is_its_own_logged_operation(tmp_path, monkeypat
     s.add(np.random.default_rng(3).standard_normal((30, D)).astype(np.float32))
     report = s.decay(10.0)  # 2^-10 < alpha_prune: the decay prunes every splat
     assert len(report.pruned) == 30 and len(s) == 0
-    assert [r.op for r in _log_ops(path)][-2:] == ["decay", "prune"]
+    assert [r.op for r in _log_ops(path)][-3:] == ["decay", "prune", "end"]
     s.close()
     _forbid_decisions(monkeypatch)
     again = m2m_gpu.SplatStore.open(path, backend="cpu")
@@ -106,6 +106,36 @@ def test_dedup_aliases_are_logged_and_an_upsert_keeps_the_digest_map_current(tmp
     again = m2m_gpu.SplatStore.open(path, backend="cpu")
     assert (digest(again), again.aliases()) == want
     again.close()
+
+
+def test_a_consolidation_a_crash_left_unfinished_is_dropped_whole(tmp_path, caplog):
+    """Its records are one group: replay applies it only with its end record, so a crash
+    between the prune and the merge rounds (or among the rounds) leaves the store as it
+    was before the consolidation, never half-consolidated; the open cuts the group."""
+    path = tmp_path / "s"
+    s = m2m_gpu.SplatStore(D, path=path, backend="cpu", merge_radius=0.05,
+                           auto_consolidate=False, alpha_prune=0.05)
+    s.add(_pairs(10, seed=7), ids=list(range(20)))
+    s.add(np.eye(D, dtype=np.float32)[:1], ids=["weak"])
+    for _ in range(40):
+        s.feedback(np.eye(D, dtype=np.float32)[3], irrelevant=["weak"])
+    before = digest(s)
+    report = s.consolidate()
+    assert report.pruned == ["weak"] and len(report.merged) == 10
+    s.close()
+    recs = _log_ops(path)
+    assert [r.op for r in recs][-4:] == ["prune", "merge", "merge", "end"]
+    prune = [r for r in recs if r.op == "prune"][0]
+    assert prune.header["group"] == "begin"
+    wal = path / persist.wal_name(1)
+    with open(wal, "r+b") as f:  # the crash: after the prune and one merge round
+        f.truncate([r.offset for r in recs if r.op == "merge"][1])
+    again = m2m_gpu.SplatStore.open(path, backend="cpu")
+    assert digest(again) == before and "did not finish" in caplog.text
+    assert wal.stat().st_size == prune.offset  # cut where the group began
+    again.add(np.ones(D, np.float32), ids=["after"])  # and the log goes on from there
+    again.close()
+    assert "after" in m2m_gpu.SplatStore.open(path, backend="cpu", mode="r")
 
 
 def test_the_dedup_map_does_not_grow_with_deleted_splats():

@@ -9,6 +9,7 @@ format is :mod:`m2m_gpu.persist`'s.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from ..errors import InvalidInputError
 from .ops import Op
 
 CHECKPOINT_BYTES = 256 << 20  # a store on a path checkpoints when its log passes this
+GROUP_KEY = "group"  # header key of a group's first record
+GROUP_END = "end"  # the record that closes a group
 
 
 def _no_lock() -> None:
@@ -35,6 +38,7 @@ class Journal:
         self.closed = self.read_only = False
         self.failed: BaseException | None = None
         self._release = _no_lock
+        self._group: list | None = None  # [log offset where it began, records so far]
 
     def refuse(self, what: str) -> None:
         """Raise if the store cannot take the write ``what`` now."""
@@ -58,17 +62,47 @@ class Journal:
         if self.wal is None:
             return apply()
         header, arrays = op.record()
+        if self._group is not None and self._group[1] == 0:
+            header = {**header, GROUP_KEY: "begin"}
         start = self.wal.bytes
         self.wal.append(op.name, header, arrays)
         try:
-            return apply()
+            out = apply()
         except BaseException as exc:
-            self.failed = exc
-            try:
-                self.wal.cut(start)
-            except OSError:
-                pass  # the log cannot even be cut: writes stay refused
+            self._fail(exc, start if self._group is None else self._group[0])
             raise
+        if self._group is not None:
+            self._group[1] += 1
+        return out
+
+    def _fail(self, exc: BaseException, cut_to: int) -> None:
+        self.failed = exc
+        try:
+            self.wal.cut(cut_to)
+        except OSError:
+            pass  # the log cannot even be cut: writes stay refused
+
+    @contextlib.contextmanager
+    def group(self):
+        """Operations committed inside are one unit in the log (a consolidation's prune
+        and merge rounds): the first record opens the group, an ``end`` record closes it,
+        and replay applies a group only once it sees the end; a group a crash left open
+        at the end of the log is dropped. If anything inside raises, the log is cut back
+        to where the group began and writes are refused (memory may hold part of it)."""
+        if self.wal is None or self._group is not None:
+            yield
+            return
+        self._group = [self.wal.bytes, 0]
+        try:
+            yield
+            if self._group[1]:
+                self.wal.append(GROUP_END, {}, [])
+        except BaseException as exc:
+            start, self._group = self._group[0], None
+            self._fail(exc, start)
+            raise
+        finally:
+            self._group = None
 
     def open_log(self, path: Path, generation: int, create: bool) -> None:
         self.path, self.generation = Path(path), generation

@@ -13,6 +13,7 @@ from .. import persist
 from ..errors import InvalidInputError, StoreFormatError
 from . import ops
 from .consolidation import consolidate
+from .durable import GROUP_END, GROUP_KEY
 from .slots import digest
 from .state import StoreState
 
@@ -41,17 +42,28 @@ def restore(st: StoreState, arrays: dict, records: list, state: dict) -> None:
             st.table.remember(st.table.ids[s], digest(np.asarray(vectors[s], np.float32)))
 
 
-def replay(st: StoreState, records: list, version: int) -> None:
-    """Apply logged operations. A log of format version 1 recorded intents: there the
-    automatic consolidations (and dedup) are decided again, as that version did."""
+def replay(st: StoreState, records: list, version: int) -> int | None:
+    """Apply logged operations in order; a group (:meth:`Journal.group`) only once its
+    end record is read. Returns the offset of a group left open at the end of the log
+    (a crash inside a consolidation: dropped), else None. A log of format version 1
+    recorded intents: there the automatic consolidations (and dedup) are decided again,
+    as that version did."""
+    group: list | None = None  # the records of an open group
     for rec in records:
         if version < 2 and rec.op == "consolidate":
             consolidate(st, lambda op: op.apply(st), rec.header.get("reason", "replayed"))
-            continue
-        op = ops.from_record(st, rec)
-        op.apply(st)
-        if version < 2:
-            _legacy_auto_consolidate(st, op)
+        elif rec.op == GROUP_END:
+            for held in group or []:
+                ops.from_record(st, held).apply(st)
+            group = None
+        elif group is not None or rec.header.get(GROUP_KEY) == "begin":
+            group = [*(group or []), rec]
+        else:
+            op = ops.from_record(st, rec)
+            op.apply(st)
+            if version < 2:
+                _legacy_auto_consolidate(st, op)
+    return group[0].offset if group else None
 
 
 def _legacy_auto_consolidate(st: StoreState, op) -> None:
@@ -95,10 +107,14 @@ def open_log(root: Path, gen: int, read_only: bool, repair: bool):
     elif good < size:
         log.warning("%s: cut a torn or corrupt log tail (%d of %d bytes kept, %d records)",
                     wal_path, good, size, len(recs))
-        with open(wal_path, "r+b") as f:
-            f.truncate(max(good, persist.WAL_HEAD_BYTES))
-            os.fsync(f.fileno())
+        _cut(wal_path, good)
     return recs, good
+
+
+def _cut(wal_path: Path, offset: int) -> None:
+    with open(wal_path, "r+b") as f:
+        f.truncate(max(offset, persist.WAL_HEAD_BYTES))
+        os.fsync(f.fileno())
 
 
 def manifest(store) -> dict:
@@ -150,7 +166,14 @@ def _load(cls, root: Path, man: dict, read_only: bool, backend, fsync, verify, t
         store._rebalance()
     gen = int(man["generation"])
     recs, good = open_log(root, gen, read_only, repair)
-    replay(st, recs, int(man["format_version"]))
+    open_group = replay(st, recs, int(man["format_version"]))
+    if open_group is not None:
+        log.warning("%s: dropped a consolidation the process did not finish (from byte %d "
+                    "of the log%s)", root / persist.wal_name(gen), open_group,
+                    "" if read_only else "; cut")
+        if not read_only:
+            _cut(root / persist.wal_name(gen), open_group)
+            good = open_group
     st.sync_index()
     store._journal.path, store._journal.generation = root, gen
     if read_only:

@@ -186,7 +186,8 @@ class SplatStore:
     def _auto_consolidate(self, reason: str | None) -> ConsolidationReport | None:
         if reason is None or not self.options.auto_consolidate:
             return None
-        return consolidate(self._st, self._commit, reason)
+        with self._journal.group():
+            return consolidate(self._st, self._commit, reason)
 
     def _after_write(self) -> None:
         """After an acknowledged write: the automatic checkpoint (never an exception for
@@ -295,7 +296,8 @@ class SplatStore:
         """Prune splats with ``alpha < alpha_prune``, then merge pairs closer than
         ``merge_radius`` (mutually nearest pairs, found with the k-NN kernel, in rounds
         until none is left); merged ids resolve to the survivor."""
-        out = consolidate(self._st, self._commit, str(reason))
+        with self._journal.group():
+            out = consolidate(self._st, self._commit, str(reason))
         self._after_write()
         return out
 
