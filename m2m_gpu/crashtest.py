@@ -6,12 +6,17 @@ when the child died). Some writes are checkpoints, so kills also land inside che
 Repeated ``runs`` times on the same directory.
 
     python -m m2m_gpu.crashtest --runs 500 [--dir DIR] [--fsync every|batch|off] [--tiered]
+                                [--profile plain|learning|hrm2]
 
 ``--tiered`` opens the store (child and parent) with tiny hot and warm budgets, so most
 vectors live in the cold tier: the checkpoint's memory-mapped vectors file and the spill.
 
-``tests/test_persist.py`` runs it 50 times. Every write is a function of (run, op index) and
-of the writes acknowledged before it, so the parent can replay them exactly.
+``--profile learning`` adds dedup aliases, near duplicates, irrelevant feedback and
+explicit consolidations (prunes and merge rounds); ``--profile hrm2`` does the same on a
+store with an HRM2 index. The test suite runs 50 kills in all: plain, learning, hrm2 and
+tiered hrm2 (``tests/test_persist.py``) and tiered plain (``tests/test_tiers.py``). Every
+write is a function of (run, op index) and of the store's state (its ids), which the
+parent's shadow store shares, so the parent can replay them exactly.
 """
 
 from __future__ import annotations
@@ -32,55 +37,84 @@ import numpy as np
 DIM = 8
 TIERED = {"hot_bytes": 6 * 4 * DIM, "warm_bytes": 5 * 4 * DIM, "block_bytes": 7 * 4 * DIM,
           "rebalance_every": 3}  # most splats cold; moves on most writes
+# What the store is and which writes the child makes. "learning" and "hrm2" add exact
+# duplicates (dedup aliases), near duplicates and explicit consolidations (prunes and
+# merge rounds, each consolidation one group in the log), and irrelevant feedback that
+# pushes alpha under alpha_prune; "hrm2" also keeps an HRM2 index (trained at 40 splats,
+# re-laid out as the store changes).
+LEARNING = {"merge_radius": 0.3, "dedup": True, "alpha_prune": 0.95,  # one irrelevant
+            "auto_consolidate": False}  # feedback (alpha 0.9) makes a splat prunable
+PROFILES = {
+    "plain": {},
+    "learning": {"options": LEARNING},
+    "hrm2": {"options": LEARNING, "index": "hrm2",
+             "index_options": {"train_min": 40, "n1": 3, "n2": 3}},
+}
+POOL = np.random.default_rng(12345).standard_normal((24, DIM)).astype(np.float32)
 
 
-def plan(run: int, i: int, alive: list) -> tuple[str, dict]:
-    """The i-th write of a run, given the ids this run added and has not deleted."""
+def open_args(profile: str) -> dict:
+    p = PROFILES[profile]
+    return {"index": p.get("index", "flat"), "index_options": p.get("index_options"),
+            **p.get("options", {})}
+
+
+def plan(run: int, i: int, ids: list, profile: str = "plain") -> tuple[str, dict]:
+    """The i-th write of a run, given the store's ids (sorted): the same in the child and
+    in the parent's shadow store, which hold the same splats."""
     rng = np.random.default_rng([run, i])
-    kind = "add" if i < 3 or not alive else rng.choice(
-        ["add", "add", "feedback", "delete", "decay", "checkpoint"], p=[.3, .2, .2, .15, .1, .05])
+    learning = profile != "plain"
+    kinds, p = ["add", "add", "feedback", "delete", "decay", "checkpoint"], \
+        [.3, .2, .2, .15, .1, .05]
+    if learning:
+        kinds, p = kinds + ["consolidate"], [.25, .2, .2, .1, .1, .05, .1]
+    kind = "add" if i < 3 or not ids else rng.choice(kinds, p=p)
     if kind == "add":
-        ids = [f"{run}-{i}-{j}" for j in range(3)]
-        return "add", {"vectors": rng.standard_normal((3, DIM)).astype(np.float32),
-                       "ids": ids, "metadata": {"run": run, "op": i}}
+        new = [f"{run}-{i}-{j}" for j in range(3)]
+        x = rng.standard_normal((3, DIM)).astype(np.float32)
+        if learning:  # an exact duplicate of a pool vector, and a near one
+            x[0] = POOL[int(rng.integers(len(POOL)))]
+            x[1] = POOL[int(rng.integers(len(POOL)))] + 0.05 * x[1]
+        return "add", {"vectors": x, "ids": new, "metadata": {"run": run, "op": i}}
     if kind == "feedback":
-        rel = [alive[int(rng.integers(len(alive)))]]
+        target = [ids[int(rng.integers(len(ids)))]]
+        side = "irrelevant" if learning and rng.random() < 0.5 else "relevant"
         return "feedback", {"queries": rng.standard_normal(DIM).astype(np.float32),
-                            "relevant": rel}
+                            side: target}
     if kind == "delete":
-        return "delete", {"ids": [alive[int(rng.integers(len(alive)))]]}
-    if kind == "checkpoint":
-        return "checkpoint", {}
+        return "delete", {"ids": [ids[int(rng.integers(len(ids)))]]}
+    if kind in ("checkpoint", "consolidate"):
+        return kind, {}
     return "decay", {"dt": float(rng.uniform(1, 1000))}
 
 
-def apply(store, run: int, i: int, alive: list) -> None:
-    kind, a = plan(run, i, alive)
+def apply(store, run: int, i: int, profile: str = "plain") -> None:
+    kind, a = plan(run, i, sorted(store.ids(), key=repr), profile)
     if kind == "add":
         store.add(a["vectors"], ids=a["ids"], metadata=a["metadata"])
-        alive.extend(a["ids"])
     elif kind == "feedback":
-        store.feedback(a["queries"], relevant=a["relevant"])
+        store.feedback(a.pop("queries"), **a)
     elif kind == "delete":
         store.delete(a["ids"])
-        alive.remove(a["ids"][0])
     elif kind == "checkpoint":
         if store.path is not None:  # the shadow store lives in memory only
             store.checkpoint()
+    elif kind == "consolidate":
+        store.consolidate()
     else:
         store.decay(store.clock + a["dt"])
 
 
-def writer(path: str, run: int, fsync: str, tiers: dict | None = None) -> None:
+def writer(path: str, run: int, fsync: str, tiers: dict | None = None,
+           profile: str = "plain") -> None:
     """The child: open, then write forever, acknowledging each write."""
     from m2m_gpu import SplatStore
 
     store = SplatStore.open(path, backend="cpu", fsync=fsync, tiers=tiers)
-    alive: list = []
     print("ready", flush=True)
     i = 0
     while True:
-        apply(store, run, i, alive)
+        apply(store, run, i, profile)
         print(f"ack {i}", flush=True)
         i += 1
 
@@ -95,20 +129,21 @@ def digest(store) -> tuple:
 
 
 def crash_loop(root: Path, runs: int, fsync: str = "every", seed: int = 0,
-               max_delay: float = 0.3, log=print, tiers: dict | None = None) -> dict:
+               max_delay: float = 0.3, log=print, tiers: dict | None = None,
+               profile: str = "plain") -> dict:
     """Run the crash test; raises AssertionError on the first lost or corrupted write."""
     from m2m_gpu import SplatStore
 
     root = Path(root)
-    SplatStore(DIM, metric="l2", backend="cpu", path=root).close()
-    shadow = SplatStore(DIM, metric="l2", backend="cpu")
+    SplatStore(DIM, metric="l2", backend="cpu", path=root, **open_args(profile)).close()
+    shadow = SplatStore(DIM, metric="l2", backend="cpu", **open_args(profile))
     rnd = random.Random(seed)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    totals = {"runs": 0, "acked": 0, "in_flight_applied": 0, "torn_tails": 0}
+    totals = {"runs": 0, "acked": 0, "in_flight_applied": 0, "aliases": 0}
     for run in range(runs):
         child = subprocess.Popen([sys.executable, "-m", "m2m_gpu.crashtest", "--child",
                                   "--dir", str(root), "--run", str(run), "--fsync", fsync,
-                                  "--tiers", json.dumps(tiers)],
+                                  "--tiers", json.dumps(tiers), "--profile", profile],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         line = child.stdout.readline()
         if line.strip() != b"ready":
@@ -119,19 +154,19 @@ def crash_loop(root: Path, runs: int, fsync: str = "every", seed: int = 0,
         out, err = kill_and_read(child)
         assert child.returncode == -signal.SIGKILL, (child.returncode, err.decode()[-2000:])
         acked = sum(1 for x in out.splitlines() if x.startswith(b"ack "))
-        alive: list = []
         for i in range(acked):
-            apply(shadow, run, i, alive)
+            apply(shadow, run, i, profile)
         store = SplatStore.open(root, backend="cpu", fsync=fsync, tiers=tiers)
         store.check_integrity()
         got = digest(store)
         if got != digest(shadow):  # the write in flight at the kill may have landed
-            apply(shadow, run, acked, alive)
+            apply(shadow, run, acked, profile)
             totals["in_flight_applied"] += 1
             assert got == digest(shadow), f"run {run}: acknowledged writes lost or altered"
         store.close()
         totals["runs"] += 1
         totals["acked"] += acked
+        totals["aliases"] = len(shadow.aliases())
         log(f"run {run}: {acked} writes acknowledged, store has {len(shadow)} splats")
     return totals
 
@@ -156,15 +191,18 @@ def main() -> int:
     ap.add_argument("--run", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--tiers", default="null", help=argparse.SUPPRESS)
     ap.add_argument("--tiered", action="store_true", help="tiny hot/warm budgets")
+    ap.add_argument("--profile", default="plain", choices=sorted(PROFILES),
+                    help="plain writes; learning: + dedup, merges, prunes, consolidation; "
+                         "hrm2: learning with an HRM2 index")
     args = ap.parse_args()
     if args.child:
-        writer(args.dir, args.run, args.fsync, json.loads(args.tiers))
+        writer(args.dir, args.run, args.fsync, json.loads(args.tiers), args.profile)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.dir) if args.dir else Path(tmp) / "store"
         t0 = time.perf_counter()
         totals = crash_loop(root, args.runs, args.fsync,
-                            tiers=TIERED if args.tiered else None)
+                            tiers=TIERED if args.tiered else None, profile=args.profile)
         print(f"{totals['runs']} kills, {totals['acked']} acknowledged writes, all present "
               f"({totals['in_flight_applied']} in-flight writes had landed) in "
               f"{time.perf_counter() - t0:.0f} s")

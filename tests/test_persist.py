@@ -165,12 +165,22 @@ def test_files_hold_no_pickle(tmp_path):
     assert m["dim"] == 8 and m["metric"] == "cosine" and m["counts"]["live"] == len(s)
 
 
-def test_crash_loop_fifty_sigkills(tmp_path):
-    """A child writes in a loop and is SIGKILLed 50 times at random moments (some inside
-    checkpoints); after each kill every acknowledged write is there and the store passes
-    its integrity check (m2m_gpu.crashtest; 500 runs with ``python -m m2m_gpu.crashtest``)."""
-    totals = crash_loop(tmp_path / "crash", runs=50, seed=1, log=lambda *_: None)
-    assert totals["runs"] == 50 and totals["acked"] > 500
+@pytest.mark.parametrize("profile,runs,tiered", [("plain", 15, False), ("learning", 15, False),
+                                                  ("hrm2", 10, False), ("hrm2", 10, True)])
+def test_crash_loop_fifty_sigkills(tmp_path, profile, runs, tiered):
+    """A child writes in a loop and is SIGKILLed at random moments (some inside
+    checkpoints and consolidations), 50 times over the four cases; after each kill every
+    acknowledged write is there, nothing else but the write in flight, and the store
+    passes its integrity check (m2m_gpu.crashtest; ``python -m m2m_gpu.crashtest --runs
+    500 --profile hrm2 --tiered`` for more). "learning" and "hrm2" write dedup aliases,
+    merges and prunes: a restart must apply exactly what the live process decided."""
+    from m2m_gpu.crashtest import TIERED
+
+    totals = crash_loop(tmp_path / "crash", runs=runs, seed=1, log=lambda *_: None,
+                        profile=profile, tiers=TIERED if tiered else None)
+    assert totals["runs"] == runs and totals["acked"] > 10 * runs
+    if profile != "plain":
+        assert totals["aliases"] > 0  # dedup and merges happened
 
 
 def test_dedup_survives_reopen(tmp_path):
