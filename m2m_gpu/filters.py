@@ -37,18 +37,23 @@ EQ_OPS = ("$eq", "$ne")
 LIST_OPS = ("$contains",)
 
 
-def check(filt: Any) -> None:
+MAX_DEPTH = 32  # $and / $or / $not nested deeper than this are refused
+
+
+def check(filt: Any, depth: int = 0) -> None:
     """Raise :class:`InvalidInputError` for a malformed filter (before anything runs)."""
     if not isinstance(filt, dict):
         raise InvalidInputError(f"a filter must be a dict, got {type(filt).__name__}")
+    if depth > MAX_DEPTH:
+        raise InvalidInputError(f"filter nested more than {MAX_DEPTH} levels deep")
     for key, cond in filt.items():
         if key in ("$and", "$or"):
             if not isinstance(cond, (list, tuple)) or not cond:
                 raise InvalidInputError(f"{key} takes a non-empty list of filters")
             for sub in cond:
-                check(sub)
+                check(sub, depth + 1)
         elif key == "$not":
-            check(cond)
+            check(cond, depth + 1)
         elif isinstance(key, str) and key.startswith("$"):
             raise InvalidInputError(f"unknown filter operator {key!r}")
         elif isinstance(cond, dict):

@@ -189,6 +189,11 @@ class IndexFlat:
     def reconstruct_n(self, i0: int = 0, ni: int | None = None) -> np.ndarray:
         """Stored vectors ``i0 .. i0 + ni`` as a host array (normalised under cosine)."""
         ni = self.ntotal - i0 if ni is None else ni
+        for name, v in (("i0", i0), ("ni", ni)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise InvalidInputError(f"reconstruct_n: {name} must be an int >= 0, got {v!r}")
+        if i0 + ni > self.ntotal:
+            raise InvalidInputError(f"reconstruct_n: rows {i0} .. {i0 + ni} of {self.ntotal}")
         rows = np.asarray(self.backend.to_host(self._rows.view()))[i0 : i0 + ni]
         return rows.astype(np.float32, copy=False)
 

@@ -26,7 +26,12 @@ def _setup(queries, mu, alpha, kappa, metric, backend):
     n = x.shape[0]
     params = np.zeros((n, PARAM_WIDTH), dtype=np.float32)
     for col, v, what in ((PARAM_ALPHA, alpha, "alpha"), (PARAM_KAPPA, kappa, "kappa")):
-        v = np.broadcast_to(np.asarray(v, dtype=np.float32), (n,))
+        try:
+            v = np.broadcast_to(np.asarray(v, dtype=np.float32), (n,))
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"{what} must be a number or an array of {n} numbers (one "
+                                    f"per row of mu), got {np.shape(v)} {type(v).__name__}"
+                                    ) from None
         if not (np.isfinite(v).all() and (v > 0).all()):
             raise InvalidInputError(f"{what} must be finite and > 0")
         params[:, col] = v

@@ -561,3 +561,32 @@ def test_slot_map_keeps_its_invariants_without_a_backend():
     assert m.counts() == [0, 2, 0] and m.check() == []
     want = plan(np.array([3.0, 1.0, 2.0, 5.0, 2.0]), np.array([1, 1, 1, 0, 1], bool), 1, 2)
     assert want.tolist() == [HOT, COLD, WARM, COLD, WARM]  # ties by slot, free slots last
+
+
+def test_spill_files_of_a_killed_process_are_swept_by_the_next(tmp_path):
+    """A tiered store without a path spills to <tmp>/m2m-gpu-<uid>/<pid>; a process killed
+    with SIGKILL cannot delete its files, so the next process that spills removes the
+    directories of processes that no longer run (the probe found them left forever)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    code = ("import numpy as np, m2m_gpu, sys\n"
+            "s = m2m_gpu.SplatStore(8, backend='cpu', metric='l2', tiers={'hot_bytes': 64, "
+            "'warm_bytes': 64, 'block_bytes': 64})\n"
+            "s.add(np.ones((50, 8), np.float32))\n"
+            "print('spilled', flush=True); sys.stdin.read()\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, env=env)
+    assert child.stdout.readline().strip() == b"spilled"
+    root = tmp_path / f"m2m-gpu-{os.getuid()}"
+    left = root / str(child.pid)
+    assert any(left.iterdir())  # its spill file
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert left.exists()  # a killed process cleans nothing up
+    subprocess.run([sys.executable, "-c", code.replace("sys.stdin.read()", "")], env=env,
+                   check=True, stdout=subprocess.DEVNULL)
+    assert not left.exists()

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..backends import Backend, get_backend
 from ..backends.base import MODE_DISTANCE, PARAM_ALPHA
+from ..inputs import check_count
 from ..tiers import TierManager, TierOptions
 from . import search as _search
 from . import train as _train
@@ -38,7 +39,8 @@ class HRM2:
                  tiers: TierOptions | None = None, cold_dir=None) -> None:
         self.d = d
         self.backend = get_backend(backend)
-        self.n1_opt, self.n2_opt = n1, n2
+        self.n1_opt = check_count("n1", n1, allow_none=True)
+        self.n2_opt = check_count("n2", n2, allow_none=True)
         self.seed = seed
         self.kmeans_iters = kmeans_iters
         self.mppc = max_points_per_centroid

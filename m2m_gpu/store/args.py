@@ -77,22 +77,29 @@ def check_metadata(metadata: Any, n: int) -> list[dict]:
             m = {}
         if not isinstance(m, dict):
             raise InvalidInputError(f"metadata {i} must be a dict, got {type(m).__name__}")
+        m = _plain(m, i)
         try:
-            out.append(json.loads(json.dumps(_plain(m, i))))  # a deep copy, and JSON-safe
+            out.append(json.loads(json.dumps(m)))  # a deep copy, and JSON-safe
         except (TypeError, ValueError) as exc:
             raise InvalidInputError(f"metadata {i} is not JSON-serialisable: {exc}") from exc
     return out
 
-def _plain(value: Any, i: int) -> Any:
+MAX_METADATA_DEPTH = 64  # dicts and lists nested deeper than this are refused
+
+
+def _plain(value: Any, i: int, depth: int = 0) -> Any:
     """Metadata with NumPy scalars as the Python numbers they are, and numbers a filter
     could not compare refused (an int beyond float range used to break every later filter
     on its key, for good)."""
     if isinstance(value, np.generic):
         value = value.item()
+    if isinstance(value, (dict, list, tuple)) and depth >= MAX_METADATA_DEPTH:
+        raise InvalidInputError(f"metadata {i} is nested more than {MAX_METADATA_DEPTH} "
+                                "levels deep")
     if isinstance(value, dict):
-        return {k: _plain(v, i) for k, v in value.items()}
+        return {k: _plain(v, i, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v, i) for v in value]
+        return [_plain(v, i, depth + 1) for v in value]
     if isinstance(value, int) and not isinstance(value, bool):
         try:
             float(value)

@@ -248,7 +248,8 @@ class Decay(Op):
         """Time only moves forward, and a step of more than ``MAX_DECAY_HALF_LIVES``
         half-lives is refused unless ``force``: it is what passing wall-clock time to a
         store created without ``clock=`` does."""
-        if not isinstance(now, numbers.Real) or not math.isfinite(now) or \
+        if isinstance(now, bool) or not isinstance(now, numbers.Real) or \
+                not math.isfinite(now) or \
                 abs(float(now) - st.options.clock) > MAX_TIME:
             raise InvalidInputError(f"now must be a finite number within {MAX_TIME:g} of the "
                                     f"store's clock origin (ticks are float32), got {now!r}")

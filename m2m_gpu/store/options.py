@@ -39,6 +39,14 @@ class StoreOptions:
 
     def check(self) -> None:
         pos = ("kappa0", "alpha_min", "alpha_max", "kappa_min", "kappa_max", "eps", "half_life")
+        for name in self.__dataclass_fields__:
+            v = getattr(self, name)
+            if isinstance(v, bool) and name not in ("auto_consolidate", "dedup"):
+                raise InvalidInputError(f"option {name} must be a number, got {v!r}")
+        for name in ("auto_consolidate", "dedup"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInputError(f"option {name} must be True or False, got "
+                                        f"{getattr(self, name)!r}")
         for name in pos:
             v = getattr(self, name)
             if not isinstance(v, numbers.Real) or not v > 0 or not math.isfinite(v) and \
@@ -54,6 +62,9 @@ class StoreOptions:
         if self.alpha_min > self.alpha_max or self.kappa_min > self.kappa_max:
             raise InvalidInputError("clip ranges need alpha_min <= alpha_max and "
                                     "kappa_min <= kappa_max")
+        if not self.kappa_min <= self.kappa0 <= self.kappa_max:
+            raise InvalidInputError(f"option kappa0={self.kappa0} is outside [kappa_min, "
+                                    f"kappa_max] = [{self.kappa_min}, {self.kappa_max}]")
         if not isinstance(self.clock, numbers.Real) or not math.isfinite(self.clock) or \
                 abs(self.clock) > MAX_TIME:
             raise InvalidInputError(f"option clock must be a finite number, got {self.clock!r}")

@@ -407,6 +407,8 @@ class SplatStore:
         """Write the whole store to a new directory (``SplatStore.open(path)`` reads it).
         The store itself is unchanged and keeps writing where it did before, if anywhere."""
         target = Path(path)
+        if target.exists() and not target.is_dir():
+            raise InvalidInputError(f"{target} is a file; save to a new directory")
         if (target / "manifest.json").exists():
             raise InvalidInputError(f"{target} already holds a store; save to a new path")
         snapshots.write_generation(self._st, self._manifest(), target, 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 import weakref
@@ -146,13 +147,44 @@ class WarmRows:
         return self.buf.view()[start : start + rows]
 
 
+def scratch_dir() -> Path:
+    """This process's directory for the spill files of stores without a path:
+    ``<tmp>/m2m-gpu-<uid>/<pid>``. Made on first use, when the directories of processes
+    that no longer run (killed before they could delete their files) are removed."""
+    pid = os.getpid()
+    if _scratch.get("pid") != pid:
+        root = Path(tempfile.gettempdir()) / f"m2m-gpu-{os.getuid()}"
+        root.mkdir(mode=0o700, exist_ok=True)
+        for old in root.iterdir():
+            if old.name.isdigit() and int(old.name) != pid and not _running(int(old.name)):
+                shutil.rmtree(old, ignore_errors=True)
+        mine = root / str(pid)
+        mine.mkdir(exist_ok=True)
+        _scratch.update(pid=pid, path=mine)
+    return _scratch["path"]
+
+
+_scratch: dict = {}
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 class _Spill:
     """An append-only, memory-mapped scratch file of float32 rows in ``directory``
-    (default: the system's temporary directory); deleted on :meth:`close` or with this
+    (default: this process's :func:`scratch_dir`); deleted on :meth:`close` or with this
     object."""
 
     def __init__(self, dim: int, directory: str | None) -> None:
-        fd, name = tempfile.mkstemp(prefix=SPILL_PREFIX, suffix=".f32", dir=directory)
+        fd, name = tempfile.mkstemp(prefix=SPILL_PREFIX, suffix=".f32",
+                                    dir=directory if directory is not None else scratch_dir())
         os.close(fd)
         self.dim = dim
         self.path = Path(name)
