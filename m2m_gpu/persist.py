@@ -22,9 +22,17 @@ one with its files and an empty log.
 
 Log records: ``u32 length | u32 CRC32 | body`` with ``body = u32 header length | JSON header
 | raw little-endian arrays`` (dtype and shape of each are in the header). On open the log is
-read up to the first record whose length or CRC does not check out (a torn or corrupt
-tail), the file is cut there, and the records before it are replayed. Nothing is ever read
-with pickle: arrays are raw bytes, everything else JSON.
+read up to the first record whose length or CRC does not check out; a torn last record is
+cut, damage followed by more records is refused (or moved aside with ``repair=True``).
+Nothing is ever read with pickle: arrays are raw bytes, everything else JSON.
+
+Record kinds (format version 2; :mod:`m2m_gpu.store.ops` writes and applies them): ``add``
+(ids, metadata, the dedup aliases chosen, the vectors stored), ``delete``, ``meta``,
+``feedback`` (queries and ids), ``decay`` (the new clock), ``prune`` (the ids removed),
+``merge`` (one round's absorbed/survivor pairs and the candidates still pending),
+``compact``, and ``end``, which closes a group opened by a record whose header has
+``"group": "begin"`` (a consolidation; replay applies a group only once closed). Version 1
+logged ``consolidate`` as an intent and left automatic consolidations to replay.
 
 ``fsync`` policies: ``"every"`` (default): each change is fsynced before the call returns,
 so an acknowledged write survives a process kill and a power loss. ``"batch"``: fsync once
