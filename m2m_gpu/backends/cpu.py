@@ -127,7 +127,12 @@ class CpuBackend(Backend):
             xt = f32(database[s : s + SQNORM_TILE_ROWS])
             np.einsum("ij,ij->i", xt, xt, out=out[s : s + SQNORM_TILE_ROWS])
 
-        list(self._pool.map(job, range(0, database.shape[0], SQNORM_TILE_ROWS)))
+        starts = range(0, database.shape[0], SQNORM_TILE_ROWS)
+        if len(starts) <= 1:  # one tile: inline (a pool round trip costs more than it)
+            for s in starts:
+                job(s)
+        else:
+            list(self._pool.map(job, starts))
         return out
 
     # ---- k-NN --------------------------------------------------------------------------
