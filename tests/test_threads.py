@@ -198,3 +198,24 @@ def test_indexes_under_concurrent_adds_removals_and_searches(kind):
     assert index.ntotal == 500 + sum(adds) - sum(removed)  # no add or removal lost
     D, I = index.search(base[:1], 1)
     assert I.shape == (1, 1)
+
+
+def test_concurrent_cpu_kernels_leave_blas_threads_as_they_were():
+    """The cpu backend runs BLAS on one thread while its own pool splits the work. That
+    limit is process-wide, and nested limits from two threads used to restore in the
+    wrong order (or, from a thread threadpoolctl does not let control OpenBLAS, not at
+    all), leaving the process's BLAS on one thread, or oversubscribed, for good."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return sorted(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+    before = blas_threads()
+    store = m2m_gpu.SplatStore(16, backend="cpu")
+    store.add(np.random.default_rng(5).standard_normal((20_000, 16)).astype(np.float32))
+    q = np.random.default_rng(6).standard_normal((64, 16)).astype(np.float32)
+    _run([lambda rng: store.search(q, k=5)] * 3, seconds=1.0)
+    worker = threading.Thread(target=lambda: store.search(q, k=5))  # a non-main thread last
+    worker.start()
+    worker.join()
+    assert blas_threads() == before

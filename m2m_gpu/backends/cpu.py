@@ -8,8 +8,10 @@ k-NN), ``host_splat`` (splat ranking, energy, Hebbian feedback, decay) and ``hos
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -76,6 +78,7 @@ class CpuBackend(Backend):
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="m2m-cpu")
         self.jit = _jit.available()  # compiled HRM2 cell scan (Numba); else NumPy
         self._blas = None  # threadpoolctl controller, made on first use (it scans libraries)
+        self._blas_lock, self._blas_users = threading.Lock(), 0
         _after_fork_in_child(self)
 
     def _rebuild_after_fork(self) -> None:
@@ -83,14 +86,43 @@ class CpuBackend(Backend):
         to it would wait forever. The child gets a pool of its own."""
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="m2m-cpu")
         self._blas = None
+        self._blas_lock, self._blas_users = threading.Lock(), 0
 
-    def _blas_limit(self, threads: int):
-        """Limit BLAS to ``threads`` while our own threads split the work."""
-        if self._blas is None:
-            from threadpoolctl import ThreadpoolController
+    @contextlib.contextmanager
+    def _blas_one_thread(self):
+        """BLAS on one thread while our own threads split the work. The limit is global to
+        the process, so it is counted: the first of several concurrent callers sets it, the
+        last one out restores it (nested limits from two threads used to restore in the
+        wrong order and leave BLAS on one thread for good)."""
+        with self._blas_lock:
+            if self._blas_users == 0:
+                if self._blas is None:
+                    from threadpoolctl import ThreadpoolController
 
-            self._blas = ThreadpoolController()
-        return self._blas.limit(limits=threads, user_api="blas")
+                    self._blas = ThreadpoolController()
+                self._free_blas_control()
+                self._blas_restore = self._blas.limit(limits=1, user_api="blas")
+                self._free_blas_control()
+            self._blas_users += 1
+        try:
+            yield
+        finally:
+            with self._blas_lock:
+                self._blas_users -= 1
+                if self._blas_users == 0:
+                    self._free_blas_control()
+                    self._blas_restore.restore_original_limits()
+                    self._free_blas_control()
+
+    def _free_blas_control(self) -> None:
+        """threadpoolctl lets only one thread (the first to set a limit) change OpenBLAS's
+        process-wide pool and silently ignores the others; the first and the last of our
+        concurrent callers may be different threads, so control is released around each
+        change (all of ours happen under ``_blas_lock``)."""
+        for lib in self._blas.lib_controllers:
+            release = getattr(type(lib), "clear_controlling_thread", None)
+            if release is not None:
+                release(force=True)
 
     def from_host(self, array: np.ndarray, like: Any = None) -> np.ndarray:
         return array
@@ -141,7 +173,7 @@ class CpuBackend(Backend):
         if len(blocks) == 1:
             job(blocks[0])
         else:
-            with self._blas_limit(1):
+            with self._blas_one_thread():
                 list(self._pool.map(job, blocks))
 
     # ---- kernels (m2m_gpu.ops.host_*) ----------------------------------------------------

@@ -56,7 +56,7 @@ def _scan_cells_numpy(be, queries, rows, ranges, probes, k, mode, params, sqnorm
     edges = np.searchsorted(np.cumsum(block), np.arange(1, 1 + block.sum() // SCAN_BATCH)
                             * SCAN_BATCH)
     edges = np.unique(np.concatenate([[0], edges + 1, [uniq.size]]).clip(0, uniq.size))
-    with be._blas_limit(1):  # many small products: BLAS threads cost more than they give
+    with be._blas_one_thread():  # many small products: BLAS threads cost more than they give
         for lo, hi in zip(edges[:-1], edges[1:], strict=True):
             sl = slice(int(lo), int(hi))
             bl = block[sl]
