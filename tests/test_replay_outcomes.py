@@ -216,3 +216,27 @@ def test_inputs_the_probe_found_accepted_are_refused(case):
     with pytest.raises(m2m_gpu.InvalidInputError):
         index.remove_ids(bad)
     assert index.ntotal == 30
+
+
+def test_a_record_that_does_not_apply_is_refused_or_moved_aside_with_repair(tmp_path):
+    """Probe defect 4: a feedback record naming an id deleted before it (journal order
+    not apply order, in a log from before the locks) made the store unopenable for good.
+    Now the open names the record and changes nothing; ``repair=True`` keeps the records
+    before it and moves the rest aside."""
+    path = tmp_path / "s"
+    s = m2m_gpu.SplatStore(D, path=path, backend="cpu")
+    s.add(np.eye(D, dtype=np.float32)[:3], ids=["u", "v", "w"])
+    s.delete("v")
+    s.close()
+    wal = persist.Wal(path / persist.wal_name(1), 1, "every", create=False)
+    wal.append("feedback", {"rel": [["v"]], "irr": [[]]}, [np.eye(D, dtype=np.float32)[:1]])
+    wal.append("delete", {"ids": ["w"]}, [])
+    wal.close()
+    size = (path / persist.wal_name(1)).stat().st_size
+    with pytest.raises(m2m_gpu.StoreFormatError, match="'feedback' record at byte"):
+        m2m_gpu.SplatStore.open(path, backend="cpu")
+    assert (path / persist.wal_name(1)).stat().st_size == size  # nothing changed
+    again = m2m_gpu.SplatStore.open(path, backend="cpu", repair=True)
+    assert sorted(again.ids()) == ["u", "w"]  # the delete after the bad record is aside
+    assert list(path.glob("wal-1.log.corrupt-*"))
+    again.close()

@@ -16,9 +16,9 @@ ranks every splat whatever the index. With tier budgets the index's copy of the 
 """
 
 from .durable import CHECKPOINT_BYTES
-from .options import MAX_DECAY_HALF_LIVES, StoreOptions
+from .options import MAX_DECAY_HALF_LIVES, SPLAT_METRICS, StoreOptions
 from .results import ConsolidationReport, DecayReport, EnergyResult, Hit, SearchResult
-from .splat_store import SPLAT_METRICS, SplatStore
+from .splat_store import SplatStore
 from .state import COMPACT_MIN_FREE
 
 __all__ = ["CHECKPOINT_BYTES", "COMPACT_MIN_FREE", "MAX_DECAY_HALF_LIVES", "SPLAT_METRICS",

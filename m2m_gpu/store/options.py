@@ -6,8 +6,10 @@ import math
 import numbers
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..backends.base import HebbianRates
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, UnknownMetricError
 
 MAX_TIME = 1e38  # clocks and ticks are kept in float32 (largest finite: 3.4e38)
 MAX_DECAY_HALF_LIVES = 100.0  # one decay() advancing the clock further is refused (2^-100)
@@ -78,3 +80,29 @@ class StoreOptions:
                             self.alpha_max, self.kappa_min, self.kappa_max, self.eps,
                             renormalize)
 
+
+
+SPLAT_METRICS = ("cosine", "l2")
+
+
+def check_store_args(dim, metric, index, index_options, options: dict):
+    """``SplatStore``'s arguments checked: ``(dim, metric, StoreOptions)``."""
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise InvalidInputError(f"dim must be a positive integer, got {dim!r}")
+    name = metric.lower() if isinstance(metric, str) else metric
+    if name not in SPLAT_METRICS:
+        hint = " (splat scores need a distance; use IndexFlatIP for inner product)" \
+            if name == "ip" else ""
+        raise UnknownMetricError(f"unknown splat metric {metric!r}; expected one of "
+                                 f"{SPLAT_METRICS}{hint}")
+    unknown = set(options) - set(StoreOptions.__dataclass_fields__)
+    if unknown:
+        raise InvalidInputError(f"unknown store options {sorted(unknown)}; known: "
+                                f"{sorted(StoreOptions.__dataclass_fields__)}")
+    opts = StoreOptions(**options)
+    opts.check()
+    if index not in ("flat", "hrm2"):
+        raise InvalidInputError(f"index must be 'flat' or 'hrm2', got {index!r}")
+    if index == "flat" and index_options:
+        raise InvalidInputError("index_options apply to index='hrm2' only")
+    return int(dim), name, opts

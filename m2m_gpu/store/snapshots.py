@@ -50,20 +50,42 @@ def replay(st: StoreState, records: list, version: int) -> int | None:
     as that version did."""
     group: list | None = None  # the records of an open group
     for rec in records:
-        if version < 2 and rec.op == "consolidate":
-            consolidate(st, lambda op: op.apply(st), rec.header.get("reason", "replayed"))
-        elif rec.op == GROUP_END:
-            for held in group or []:
-                ops.from_record(st, held).apply(st)
-            group = None
-        elif group is not None or rec.header.get(GROUP_KEY) == "begin":
-            group = [*(group or []), rec]
-        else:
-            op = ops.from_record(st, rec)
-            op.apply(st)
-            if version < 2:
-                _legacy_auto_consolidate(st, op)
+        try:
+            group = _replay_one(st, rec, group, version)
+        except (InvalidInputError, StoreFormatError, KeyError, IndexError, TypeError) as exc:
+            first = group[0] if rec.op == GROUP_END and group else rec  # a group: all of it
+            raise ReplayError(first, exc) from exc
     return group[0].offset if group else None
+
+
+class ReplayError(StoreFormatError):
+    """A log record that does not apply to the state before it (a log written by a
+    process whose journal order was not its apply order, or edited by hand)."""
+
+    def __init__(self, rec, exc: BaseException) -> None:
+        self.offset = rec.offset
+        super().__init__(f"the {rec.op!r} record at byte {rec.offset} of the log does not "
+                         f"apply ({type(exc).__name__}: {exc}); nothing was changed. "
+                         "SplatStore.open(path, repair=True) keeps the records before it "
+                         "and moves the rest of the log aside")
+
+
+def _replay_one(st: StoreState, rec, group: list | None, version: int):
+    """Apply one record (or hold it, inside a group); returns the open group."""
+    if version < 2 and rec.op == "consolidate":
+        consolidate(st, lambda op: op.apply(st), rec.header.get("reason", "replayed"))
+    elif rec.op == GROUP_END:
+        for held in group or []:
+            ops.from_record(st, held).apply(st)
+        return None
+    elif group is not None or rec.header.get(GROUP_KEY) == "begin":
+        return [*(group or []), rec]
+    else:
+        op = ops.from_record(st, rec)
+        op.apply(st)
+        if version < 2:
+            _legacy_auto_consolidate(st, op)
+    return group
 
 
 def _legacy_auto_consolidate(st: StoreState, op) -> None:
@@ -117,6 +139,21 @@ def _cut(wal_path: Path, offset: int) -> None:
         os.fsync(f.fileno())
 
 
+def create(store, target: Path) -> None:
+    """A new store directory for ``store``: the writer lock, generation 1, an empty log."""
+    if (target / "manifest.json").exists():
+        raise InvalidInputError(f"{target} already holds a store; use SplatStore.open(path)")
+    lock = persist.lock_directory(target)
+    try:
+        store._st.set_cold_dir(target)
+        write_generation(store._st, manifest(store), target, 1)
+        store._journal.open_log(target, 1, create=False)
+    except BaseException:
+        persist.unlock_directory(lock)
+        raise
+    store._journal.hold_lock(store, lock)
+
+
 def manifest(store) -> dict:
     """The manifest fields a store's checkpoint carries (persist adds files and checks)."""
     t = store._st.table
@@ -166,7 +203,14 @@ def _load(cls, root: Path, man: dict, read_only: bool, backend, fsync, verify, t
         store._rebalance()
     gen = int(man["generation"])
     recs, good = open_log(root, gen, read_only, repair)
-    open_group = replay(st, recs, int(man["format_version"]))
+    try:
+        open_group = replay(st, recs, int(man["format_version"]))
+    except ReplayError as exc:
+        if read_only or not repair:
+            raise
+        aside = persist.move_aside(root / persist.wal_name(gen), exc.offset)
+        log.warning("%s; repair=True: the log from there on was moved to %s", exc, aside)
+        return _load(cls, root, man, read_only, backend, fsync, verify, tiers, repair)
     if open_group is not None:
         log.warning("%s: dropped a consolidation the process did not finish (from byte %d "
                     "of the log%s)", root / persist.wal_name(gen), open_group,

@@ -30,7 +30,7 @@ from .. import filters as _filters
 from .. import persist
 from ..backends import Backend, get_backend
 from ..backends.base import PARAM_ALPHA
-from ..errors import InvalidInputError, UnknownMetricError
+from ..errors import InvalidInputError
 from ..inputs import check_k, prepare
 from ..locking import holding, shared, thread_safe, unlocked
 from ..store_index import IndexOptions
@@ -39,13 +39,13 @@ from . import integrity, learning, ops, reader, snapshots
 from .args import as_matrix, id_list, per_event
 from .consolidation import consolidate
 from .durable import Journal
-from .options import StoreOptions
+from .options import check_store_args
 from .results import ConsolidationReport, DecayReport, EnergyResult, SearchResult
 from .state import StoreState
 
 log = logging.getLogger("m2m_gpu")
 
-SPLAT_METRICS = ("cosine", "l2")
+
 
 
 def _writes(method):
@@ -78,48 +78,17 @@ class SplatStore:
                  index: str = "flat", index_options: dict | None = None,
                  path: str | os.PathLike | None = None, fsync: str = "every",
                  tiers: dict | TierOptions | None = None, **options: Any) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise InvalidInputError(f"dim must be a positive integer, got {dim!r}")
-        name = metric.lower() if isinstance(metric, str) else metric
-        if name not in SPLAT_METRICS:
-            hint = " (splat scores need a distance; use IndexFlatIP for inner product)" \
-                if name == "ip" else ""
-            raise UnknownMetricError(f"unknown splat metric {metric!r}; expected one of "
-                                     f"{SPLAT_METRICS}{hint}")
-        unknown = set(options) - set(StoreOptions.__dataclass_fields__)
-        if unknown:
-            raise InvalidInputError(f"unknown store options {sorted(unknown)}; known: "
-                                    f"{sorted(StoreOptions.__dataclass_fields__)}")
-        self.options = StoreOptions(**options)
-        self.options.check()
-        if index not in ("flat", "hrm2"):
-            raise InvalidInputError(f"index must be 'flat' or 'hrm2', got {index!r}")
-        if index == "flat" and index_options:
-            raise InvalidInputError("index_options apply to index='hrm2' only")
+        self.dim, self.metric, self.options = check_store_args(dim, metric, index,
+                                                               index_options, options)
         self.index_kind = index
         self._index_options_raw = dict(index_options or {})
-        self.dim, self.metric = int(dim), name
         self.backend = get_backend(backend)
         self._journal = Journal(fsync)
-        self._st = StoreState(self.dim, name, self.backend, self.options,
+        self._st = StoreState(self.dim, self.metric, self.backend, self.options,
                               IndexOptions.parse(index_options) if index == "hrm2" else None,
                               TierOptions.parse(tiers))
         if path is not None:
-            self._create(Path(path))
-
-    def _create(self, target: Path) -> None:
-        if (target / "manifest.json").exists():
-            raise InvalidInputError(f"{target} already holds a store; use "
-                                    "SplatStore.open(path)")
-        lock = persist.lock_directory(target)
-        try:
-            self._st.set_cold_dir(target)
-            snapshots.write_generation(self._st, self._manifest(), target, 1)
-            self._journal.open_log(target, 1, create=False)
-        except BaseException:
-            persist.unlock_directory(lock)
-            raise
-        self._journal.hold_lock(self, lock)
+            snapshots.create(self, Path(path))
 
     # ---- what the store holds -------------------------------------------------------------
     @property
@@ -192,7 +161,7 @@ class SplatStore:
     def _after_write(self) -> None:
         """After an acknowledged write: the automatic checkpoint (never an exception for
         the write that triggered it: the write is in the log already) and placement."""
-        if self._journal.checkpoint_due():
+        if self._journal.checkpoint_due(self.slots * (4 * self.dim + 24)):
             try:
                 self.checkpoint()
             except OSError as exc:
