@@ -12,7 +12,6 @@ on the host.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ from .backends import Backend, get_backend
 from .errors import InvalidInputError
 from .inputs import check_ids, check_k, check_metric, check_result_size, prepare, row_sqnorms
 from .knn import search_native
-from .locking import shared, thread_safe
+from .locking import ForkSafeLock, shared, thread_safe
 from .tensor import array_module, host_array, stage, to_caller
 
 # FAISS's metric constants, so `index.metric_type == faiss.METRIC_L2` style checks carry over.
@@ -90,7 +89,7 @@ class IndexFlat:
         self._ids = np.empty(0, dtype=np.int64)
         self._next_id = 0  # one past the largest id ever stored: add() never reuses an id
         self._lookup_stale = True
-        self._lookup_lock = threading.Lock()
+        self._lookup_lock = ForkSafeLock()
 
     def add(self, x: Any) -> None:
         """Append vectors with sequential ids, from one past the largest id this index has

@@ -100,15 +100,20 @@ class RWLock:
         return self._writer == threading.get_ident()
 
 
-class DeviceLock:
-    """A re-entrant lock around one device's queue (``Backend.device_lock``), made anew in
-    a forked child."""
+class ForkSafeLock:
+    """A ``threading.Lock`` (``reentrant``: ``RLock``) made anew in a forked child: a
+    thread that held it at the fork does not exist there, and the child would wait for it
+    forever. Every internal lock of the package is one of these."""
 
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-        _device_locks.add(self)
+    def __init__(self, reentrant: bool = False) -> None:
+        self._reentrant = reentrant
+        self._lock = self._new()
+        _fork_locks.add(self)
 
-    def __enter__(self) -> DeviceLock:
+    def _new(self):
+        return threading.RLock() if self._reentrant else threading.Lock()
+
+    def __enter__(self):
         self._lock.acquire()
         return self
 
@@ -116,7 +121,14 @@ class DeviceLock:
         self._lock.release()
 
 
-_device_locks: weakref.WeakSet = weakref.WeakSet()
+class DeviceLock(ForkSafeLock):
+    """A re-entrant lock around one device's queue (``Backend.device_lock``)."""
+
+    def __init__(self) -> None:
+        super().__init__(reentrant=True)
+
+
+_fork_locks: weakref.WeakSet = weakref.WeakSet()
 
 
 def lock_of(obj) -> RWLock:
@@ -188,10 +200,12 @@ def thread_safe(cls):
 
 
 def _after_fork_in_child() -> None:
+    global _registry_lock
+    _registry_lock = threading.Lock()
     for obj in list(_objects):
         obj.__dict__["_thread_lock"] = RWLock()
-    for lock in list(_device_locks):
-        lock._lock = threading.RLock()
+    for lock in list(_fork_locks):
+        lock._lock = lock._new()
 
 
 if hasattr(os, "register_at_fork"):

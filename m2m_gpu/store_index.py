@@ -24,7 +24,6 @@ times since (the default cell counts depend on n) or when its cells become unbal
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +31,7 @@ import numpy as np
 from .errors import InvalidInputError
 from .hrm2 import HRM2, ProbeReport
 from .inputs import check_count
+from .locking import ForkSafeLock
 
 RETRAIN_GROWTH = 4.0  # retrain when the store has grown this many times since training
 RELAYOUT_DEAD = 0.25  # after a compaction, lay the rows out again past this share of holes
@@ -82,7 +82,7 @@ class StoreIndex:
                          tiers=tiers, cold_dir=cold_dir)
         self.trained_on = 0
         self._params = None  # position-ordered params (host; HRM2 keeps the device copy)
-        self._params_lock = threading.Lock()  # searches build a stale _params once
+        self._params_lock = ForkSafeLock()  # searches build a stale _params once
         self.last_report: ProbeReport | None = None  # of the last search to finish
 
     @property

@@ -96,3 +96,44 @@ def test_pytorch_dataloader_workers_can_search():
                                          multiprocessing_context="fork", timeout=DEADLINE_S)
     got = torch.cat([b for b in loader]).numpy()
     np.testing.assert_array_equal(got[:, 0], np.arange(8))
+
+
+def _child_searches_tiered(store, q):
+    q.put(store.search(np.ones((2, 8), np.float32), k=3).ids)
+
+
+def test_a_fork_while_another_thread_holds_an_internal_lock_does_not_hang_the_child():
+    """The parent forks while one of its threads is inside a search (holding, say, the
+    tiers' access-count lock). That thread does not exist in the child, so every internal
+    lock is made anew there (locking.ForkSafeLock); the child's first search used to wait
+    for it forever."""
+    import threading
+
+    store = m2m_gpu.SplatStore(8, backend="cpu", metric="l2",
+                               tiers={"hot_bytes": 64 * 8, "warm_bytes": 64 * 8})
+    store.add(np.random.default_rng(4).standard_normal((200, 8)).astype(np.float32))
+    want = store.search(np.ones((2, 8), np.float32), k=3).ids
+    held, release = threading.Event(), threading.Event()
+    access = store._st.arrays.rows.access  # its lock is taken by every search's touch
+
+    def hold():
+        with access._lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    try:
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=_child_searches_tiered, args=(store, q))
+        p.start()
+        p.join(DEADLINE_S)
+        if p.is_alive():
+            p.kill()
+            pytest.fail("the forked child hung on a lock its parent's thread held")
+        assert p.exitcode == 0 and q.get(timeout=10) == want
+    finally:
+        release.set()
+        holder.join()

@@ -240,3 +240,56 @@ def test_a_record_that_does_not_apply_is_refused_or_moved_aside_with_repair(tmp_
     assert sorted(again.ids()) == ["u", "w"]  # the delete after the bad record is aside
     assert list(path.glob("wal-1.log.corrupt-*"))
     again.close()
+
+
+def test_a_failing_automatic_consolidation_never_fails_the_write_that_triggered_it(
+        tmp_path, monkeypatch):
+    """The add past ``capacity`` is logged and applied before its consolidation runs: if
+    the consolidation fails, the add still returns (it is there after reopen, as its
+    caller was told), and since the failed group changed nothing, writes go on."""
+    path = tmp_path / "s"
+    s = m2m_gpu.SplatStore(4, backend="cpu", path=path, capacity=2, merge_radius=0.5)
+    s.add(np.eye(4, dtype=np.float32)[:2], ids=["a", "b"])
+
+    def out_of_memory(st):
+        raise MemoryError("device memory ran out")
+
+    monkeypatch.setattr(learning, "plan_merge_round", out_of_memory)
+    assert s.add(np.eye(4, dtype=np.float32)[2:3], ids=["c"]) == ["c"]
+    monkeypatch.undo()
+    s.add(np.eye(4, dtype=np.float32)[3:], ids=["d"])
+    s.close()
+    assert sorted(m2m_gpu.SplatStore.open(path, backend="cpu", mode="r").ids()) == \
+        ["a", "b", "c", "d"]
+
+
+def test_dedup_returns_ids_in_the_order_of_the_rows():
+    v, w, e = np.eye(4, dtype=np.float32)[:3]
+    s = m2m_gpu.SplatStore(4, backend="cpu", dedup=True)
+    assert s.add(np.stack([v, v, w]), ids=["x", "y", "z"]) == ["x", "y", "z"]
+    got = s.add(np.stack([v, w, e]))  # generated ids, two of them aliases
+    assert s.get(got)[2]["vector"].tolist() == e.tolist()
+    assert [s.aliases().get(i, i) for i in got[:2]] == ["x", "z"]
+
+
+def test_the_dedup_map_picks_the_same_target_live_and_after_a_reopen(tmp_path):
+    """Several stored ids can hold one vector; the alias target is the one in the lowest
+    slot, by the same rule whether the map was kept live or rebuilt from a checkpoint."""
+    v, w = np.eye(4, dtype=np.float32)[:2]
+
+    def calls(s):
+        s.delete(["a"])
+        s.add(v, ids=["c"])
+        return sorted(s.ids()), s.aliases()
+
+    def setup(path):
+        s = m2m_gpu.SplatStore(4, backend="cpu", path=path, dedup=True)
+        s.add(np.stack([v, w]), ids=["a", "b"])
+        s.add(v, ids=["b"])
+        s.add(v, ids=["a"])
+        s.checkpoint()
+        return s
+
+    live = calls(setup(tmp_path / "live"))
+    setup(tmp_path / "reopened").close()
+    assert calls(m2m_gpu.SplatStore.open(tmp_path / "reopened", backend="cpu")) == live

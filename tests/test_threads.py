@@ -247,3 +247,26 @@ def test_tiered_store_under_concurrent_searches_gives_the_sequential_answers():
     moves_after = sum(v["splats"] for v in store.stats()["tiers"]["moves"].values())
     assert moves_after > moves_before  # placement passes did run, between the searches
     store.check_integrity()
+
+
+def test_searches_of_an_index_take_no_write_lock_when_no_placement_is_due():
+    """IndexHRM2.search checks whether a placement pass is due after each search; that
+    check must not take the write lock (every search would wait for all the others)."""
+    from m2m_gpu.locking import lock_of
+
+    x = np.random.default_rng(3).standard_normal((600, 8)).astype(np.float32)
+    index = m2m_gpu.IndexHRM2(8, 4, 4, backend="cpu")
+    index.train(x)
+    index.add(x)
+    lock = lock_of(index)
+    writes = []
+    real = lock.write
+
+    def counted():
+        writes.append(1)
+        return real()
+
+    lock.write = counted
+    for _ in range(10):
+        index.search(x[:4], 3)
+    assert writes == []

@@ -19,9 +19,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import threading
 
 from ..errors import BackendUnavailableError, UnknownBackendError
+from ..locking import ForkSafeLock
 from .base import Backend, BackendInfo, TransferStats
 
 __all__ = [
@@ -48,7 +48,7 @@ NAMES: tuple[str, ...] = tuple(_MODULES)
 AUTO_ORDER: tuple[str, ...] = ("cuda", "vulkan", "cpu")
 ENV_VAR = "M2M_BACKEND"
 
-_lock = threading.RLock()
+_lock = ForkSafeLock(reentrant=True)
 _probes: dict[str, BackendInfo] = {}
 _instances: dict[str, Backend] = {}
 _auto: tuple[str, str] | None = None
@@ -146,7 +146,7 @@ def _after_fork_in_child() -> None:
     the child makes its own on first use. The registry's lock is made anew (another thread
     may have held it at the fork)."""
     global _lock, _auto
-    _lock = threading.RLock()
+    _lock = ForkSafeLock(reentrant=True)
     if "cuda" in _instances or (_probes.get("cuda") and _probes["cuda"].available):
         # CUDA cannot be initialised again in a child forked after the parent used it
         _probes["cuda"] = BackendInfo("cuda", False, "CUDA was initialised before this "

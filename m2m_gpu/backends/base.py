@@ -9,7 +9,6 @@ one line in the registry.
 from __future__ import annotations
 
 import contextlib
-import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import GridLimitError, InvalidInputError
+from ..locking import ForkSafeLock
 from .abi import MAX_GRID, PARAM_ALPHA, PARAM_KAPPA, PARAM_TICK, PARAM_WIDTH, Key  # noqa: F401
 
 # Ranking modes of splat_topk: the key codes of the distance kernels (see abi.Key).
@@ -96,7 +96,7 @@ class TransferStats:
     """Bytes and copies moved between host and device, per direction (thread-safe)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self.reset()
 
     def reset(self) -> None:

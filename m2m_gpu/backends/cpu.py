@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from ..locking import ForkSafeLock
 from ..ops import host_cells, host_splat, host_topk
 from ..ops.host_topk import f32
 from . import _jit
@@ -78,7 +78,7 @@ class CpuBackend(Backend):
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="m2m-cpu")
         self.jit = _jit.available()  # compiled HRM2 cell scan (Numba); else NumPy
         self._blas = None  # threadpoolctl controller, made on first use (it scans libraries)
-        self._blas_lock, self._blas_users = threading.Lock(), 0
+        self._blas_lock, self._blas_users = ForkSafeLock(), 0
         _after_fork_in_child(self)
 
     def _rebuild_after_fork(self) -> None:
@@ -86,7 +86,7 @@ class CpuBackend(Backend):
         to it would wait forever. The child gets a pool of its own."""
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="m2m-cpu")
         self._blas = None
-        self._blas_lock, self._blas_users = threading.Lock(), 0
+        self._blas_lock, self._blas_users = ForkSafeLock(), 0
 
     @contextlib.contextmanager
     def _blas_one_thread(self):

@@ -9,13 +9,13 @@ a copy; host <-> device copies are counted in ``transfers``.
 from __future__ import annotations
 
 import importlib.util
-import threading
 from typing import Any
 
 import numpy as np
 
 from .._resources import kernel_dir
 from ..errors import InvalidInputError
+from ..locking import ForkSafeLock
 from ..ops.topk import seeds
 from .base import (
     BackendInfo,
@@ -119,7 +119,7 @@ class CudaBackend(GpuBackend):
 
         self.cp = cupy
         self._modules: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         try:  # a few resident blocks per multiprocessor keep a small batch's select busy
             sms = int(cupy.cuda.Device().attributes["MultiProcessorCount"])
             self.select_groups = 4 * sms

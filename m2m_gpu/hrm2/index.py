@@ -169,6 +169,7 @@ class IndexHRM2:
         self.hrm2.clear_rows()  # the next add lays the rows out again
         self._next_id = 0
 
+    @shared
     def rebalance_due(self) -> bool:
         """Whether the tier placement pass is due (``rebalance_every`` searches since the
         last one, or the hot tier over its budget after the device ran out of memory)."""

@@ -9,17 +9,16 @@ which is a writer's.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
+from ..locking import ForkSafeLock
 from ..tiers import HOT, TierManager, TierOptions
 
 
 class CellRows:
     def __init__(self, d: int, backend, options: TierOptions, cold_dir=None) -> None:
         self.d, self.backend, self.options, self.cold_dir = d, backend, options, cold_dir
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self.tm = self._new()
 
     def _new(self, clock: int = 0) -> TierManager:

@@ -14,10 +14,9 @@ concurrent searches share them.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
+from ..locking import ForkSafeLock
 from ..ops.topk import merge_by_key
 from ..tiers import HOT
 from .layout import CellLayout, expand
@@ -31,7 +30,7 @@ class CellScanner:
     def __init__(self, layout: CellLayout) -> None:
         self.layout = layout
         self._cache: dict = {}
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
 
     def cached(self, name: str, source, make):
         """``make()``, kept while ``source`` is the same object and neither the layout's

@@ -102,8 +102,9 @@ class Journal:
             if self._group[1]:
                 self.wal.append(GROUP_END, {}, [])
         except BaseException as exc:
-            start, self._group = self._group[0], None
-            self._fail(exc, start)
+            start, written, self._group = self._group[0], self._group[1], None
+            if written or self.wal.bytes != start:  # memory may hold part of the group
+                self._fail(exc, start)
             raise
         finally:
             self._group = None

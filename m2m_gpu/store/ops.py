@@ -53,6 +53,7 @@ class Add(Op):
     def __init__(self, x: np.ndarray, keys: list, meta: list, aliases: list,
                  next_id: int) -> None:
         self.x, self.keys, self.meta, self.aliases, self.next_id = x, keys, meta, aliases, next_id
+        self.order = None  # the ids in the caller's row order (set by build)
 
     @classmethod
     def build(cls, st: StoreState, vectors, ids, metadata) -> Add:
@@ -65,12 +66,16 @@ class Add(Op):
             keys = check_ids(ids, n)
         meta = check_metadata(metadata, n)
         op = cls(np.ascontiguousarray(host_array(x, np.float32)), keys, meta, [], nxt)
+        op.order = list(keys)
         if st.options.dedup and n:
             op._dedup(st)
         return op
 
     @property
     def all_ids(self) -> list:
+        """The ids of the call, in its row order (dedup aliases where their rows were)."""
+        if self.order is not None:
+            return list(self.order)
         return [*self.keys, *(k for k, _ in self.aliases)]
 
     def _dedup(self, st: StoreState) -> None:
@@ -86,9 +91,9 @@ class Add(Op):
             if h in batch:
                 self.aliases.append((k, batch[h]))
                 continue
-            target = table.hashes.get(h)
-            s = table.slot.get(target, -1) if target is not None else -1
-            if s >= 0 and np.array_equal(st.arrays.mu(np.array([s]))[0], self.x[i]):
+            target = table.holder(h, lambda s, row=self.x[i]: np.array_equal(
+                st.arrays.mu(np.array([s]))[0], row))
+            if target is not None:
                 self.aliases.append((k, target))
                 continue
             batch[h] = k

@@ -36,7 +36,7 @@ class SlotTable:
         self.hits = np.zeros(0, dtype=np.int64)
         self.slot: dict[Any, int] = {}
         self.alias: dict[Any, Any] = {}
-        self.hashes: dict[bytes, Any] = {}  # dedup: vector digest -> id that stored it
+        self.hashes: dict[bytes, set] = {}  # dedup: vector digest -> ids whose vector it is
         self.hash_of: dict[Any, bytes] = {}  # and back: id -> the digest of its vector
         self.next_id = 0
         self.columns = _filters.Columns()
@@ -119,13 +119,26 @@ class SlotTable:
     def remember(self, key: Any, h: bytes) -> None:
         """Dedup: ``key``'s vector now has digest ``h`` (its old digest is forgotten)."""
         self.forget(key)
-        self.hashes[h] = key
+        self.hashes.setdefault(h, set()).add(key)
         self.hash_of[key] = h
 
     def forget(self, key: Any) -> None:
         old = self.hash_of.pop(key, None)
-        if old is not None and self.hashes.get(old) == key:
-            del self.hashes[old]
+        if old is not None:
+            holders = self.hashes[old]
+            holders.discard(key)
+            if not holders:
+                del self.hashes[old]
+
+    def holder(self, h: bytes, same) -> Any:
+        """Dedup: the stored id, of those whose vector has digest ``h`` and for which
+        ``same(slot)`` (the bits really are equal), in the lowest slot; None if none. One
+        rule, whatever order the map was built in (live, or rebuilt on open)."""
+        slots = sorted(self.slot[k] for k in self.hashes.get(h, ()) if k in self.slot)
+        for s in slots:
+            if same(s):
+                return self.ids[s]
+        return None
 
     def free(self, slots: np.ndarray) -> None:
         """Free ``slots``: their ids, and every alias of those ids, are gone."""

@@ -153,21 +153,38 @@ class SplatStore:
         return out
 
     def _auto_consolidate(self, reason: str | None) -> ConsolidationReport | None:
+        """The automatic consolidation after a write (its own group in the log). The write
+        that triggered it is logged and applied already: a failure here never turns it
+        into an exception. It is logged, the group is cut from the log, and, if the group
+        had changed memory, writes are refused until the store is reopened."""
         if reason is None or not self.options.auto_consolidate:
             return None
-        with self._journal.group():
-            return consolidate(self._st, self._commit, reason)
+        try:
+            with self._journal.group():
+                return consolidate(self._st, self._commit, reason)
+        except Exception as exc:  # noqa: BLE001 - the write itself is acknowledged
+            log.warning("%s: the automatic consolidation (%s) failed (%s: %s); the write "
+                        "that triggered it is kept", self.path or "store", reason,
+                        type(exc).__name__, exc)
+            return None
 
     def _after_write(self) -> None:
-        """After an acknowledged write: the automatic checkpoint (never an exception for
-        the write that triggered it: the write is in the log already) and placement."""
+        """After an acknowledged write: the automatic checkpoint and placement. Neither
+        turns the write into an exception (it is in the log already)."""
         if self._journal.checkpoint_due(self.slots * (4 * self.dim + 24)):
             try:
                 self.checkpoint()
-            except OSError as exc:
-                log.warning("%s: automatic checkpoint failed (%s); the log keeps every write "
-                            "and the next write tries again", self.path, exc)
-        self._rebalance_if_due()
+            except Exception as exc:  # noqa: BLE001 - the write itself is acknowledged
+                log.warning("%s: automatic checkpoint failed (%s: %s); the log keeps every "
+                            "write%s", self.path, type(exc).__name__, exc,
+                            "; writes are refused until the store is reopened"
+                            if self._journal.failed is not None else
+                            " and the next write tries again")
+        try:
+            self._rebalance_if_due()
+        except Exception as exc:  # noqa: BLE001 - placement is derived state
+            log.warning("tier placement after a write failed (%s: %s); the next write or "
+                        "search tries again", type(exc).__name__, exc)
 
     @_writes
     def add(self, vectors: Any, ids: Any = None, metadata: Any = None) -> list[Any]:
@@ -232,7 +249,7 @@ class SplatStore:
             return 0
         out = self._commit(op)
         alpha = self._st.arrays.params_of(np.unique(op.events[1]))[:, PARAM_ALPHA]
-        if (alpha < self.options.alpha_prune).any():
+        if self.options.auto_consolidate and (alpha < self.options.alpha_prune).any():
             self._auto_consolidate(learning.prune_share_reached(self._st))
         self._after_write()
         return out
@@ -251,8 +268,10 @@ class SplatStore:
         op = ops.Decay.build(self._st, now, force)
         elapsed = op.now - self.clock
         self._commit(op)
+        due = learning.prune_share_reached(self._st) if self.options.auto_consolidate \
+            else None
         report = DecayReport(elapsed, float(math.exp(-self._st.lam * elapsed)),
-                             self._auto_consolidate(learning.prune_share_reached(self._st)))
+                             self._auto_consolidate(due))
         if report.pruned:
             log.warning("decay(now=%s) pruned %d splats whose alpha fell under alpha_prune "
                         "(auto_consolidate; create the store with auto_consolidate=False to "

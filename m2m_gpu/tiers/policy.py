@@ -3,10 +3,9 @@ policies rank by, and :func:`plan`, the tier each slot wants under the budgets."
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
+from ..locking import ForkSafeLock
 from .options import COLD, HOT, WARM
 
 
@@ -27,7 +26,7 @@ class AccessStats:
         self.h = np.zeros(0)
         self.last = np.zeros(0, dtype=np.int64)
         self.count = np.zeros(0, dtype=np.int64)
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
 
     def grow(self, n: int) -> None:
         with self._lock:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
+from ..locking import ForkSafeLock
 from .options import COLD, HOT, TIER_NAMES, WARM
 
 
@@ -19,7 +18,7 @@ class Traffic:
         self.moves = {f"{a}->{b}": {"splats": 0, "bytes": 0}
                       for a in TIER_NAMES for b in TIER_NAMES if a != b}
         self.streamed = {"blocks": 0, "bytes": 0}
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
 
     def moved(self, src: np.ndarray, dst: np.ndarray) -> None:
         """Slots went from tiers ``src`` to tiers ``dst`` (element by element)."""
