@@ -21,9 +21,12 @@ from .errors import (
     UnknownMetricError,
 )
 from .hrm2 import IndexHRM2
-from .index import IndexFlat, IndexFlatCosine, IndexFlatIP, IndexFlatL2
+from .idmap import IndexIDMap
+from .index import IndexFlat, IndexFlatCosine, IndexFlatIP, IndexFlatL2, normalize_L2
+from .inputs import METRIC_INNER_PRODUCT, METRIC_L2
 from .kmeans import kmeans
 from .knn import knn
+from .serialize import deserialize_index, read_index, serialize_index, write_index
 from .splat import energy, splat_topk
 from .store import DecayReport, SearchResult, SplatStore
 from .synthetic import synthetic
@@ -45,6 +48,14 @@ __all__ = [
     "IndexFlatL2",
     "IndexFlatIP",
     "IndexFlatCosine",
+    "IndexIDMap",
+    "METRIC_INNER_PRODUCT",
+    "METRIC_L2",
+    "normalize_L2",
+    "write_index",
+    "read_index",
+    "serialize_index",
+    "deserialize_index",
     "IndexHRM2",
     "kmeans",
     "DeviceArray",

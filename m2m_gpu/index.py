@@ -1,13 +1,16 @@
 """FAISS-shaped flat (exact) indexes on any backend.
 
-``m2m_gpu.IndexFlatL2(d)`` and ``m2m_gpu.IndexFlatIP(d)`` behave like their FAISS namesakes:
-``add``, ``search(q, k) -> (D, I)``, ``ntotal``, ``reset``, ``remove_ids``, ``d``,
-``metric_type``; so code written for ``faiss.IndexFlatL2`` works after changing the import.
-Beyond FAISS's flat index: ``add_with_ids`` (FAISS needs an ``IndexIDMap`` for that), a
-cosine variant, a ``backend=`` argument, and ``dtype="float16"`` storage (half the memory
+``m2m_gpu.IndexFlatL2(d)``, ``IndexFlatIP(d)`` and ``IndexFlat(d, metric)`` behave like
+their FAISS namesakes method by method: ``train`` (nothing to learn), ``is_trained``,
+``add``, ``search(x, k, *, params=None, D=None, I=None)``, ``range_search``, ``assign``,
+``reconstruct``, ``reconstruct_n``, ``reconstruct_batch``, ``search_and_reconstruct``,
+``remove_ids`` (the vectors after a removed one move up: ids are positions, as in FAISS),
+``reset``, ``ntotal``, ``d``, ``metric_type``; ``faiss.METRIC_*`` constants are accepted
+as metrics. Ids of your own: wrap the index in :class:`m2m_gpu.IndexIDMap`. Beyond FAISS:
+a cosine variant, a ``backend=`` argument, and ``dtype="float16"`` storage (half the memory
 and half the bytes each search reads, like FAISS's ``IndexScalarQuantizer`` with
-``QT_fp16``; arithmetic stays float32). The vectors live on the backend's device; ids live
-on the host.
+``QT_fp16``; arithmetic stays float32). Indexes save, load and pickle through
+:mod:`m2m_gpu.serialize`.
 """
 
 from __future__ import annotations
@@ -18,17 +21,24 @@ import numpy as np
 
 from .backends import Backend, get_backend
 from .errors import InvalidInputError
-from .inputs import check_ids, check_k, check_metric, check_result_size, prepare, row_sqnorms
+from .inputs import (
+    METRIC_INNER_PRODUCT,
+    METRIC_L2,
+    check_ids,
+    check_k,
+    check_metric,
+    check_result_size,
+    prepare,
+    row_sqnorms,
+)
 from .knn import search_native
-from .locking import ForkSafeLock, shared, thread_safe
+from .locking import shared, thread_safe
 from .tensor import array_module, host_array, stage, to_caller
 
-# FAISS's metric constants, so `index.metric_type == faiss.METRIC_L2` style checks carry over.
-METRIC_INNER_PRODUCT = 0
-METRIC_L2 = 1
 _FAISS_METRIC = {"l2": METRIC_L2, "ip": METRIC_INNER_PRODUCT, "cosine": METRIC_INNER_PRODUCT}
 STORAGE_DTYPES = ("float32", "float16")
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+RANGE_BLOCK_ENTRIES = 1 << 22  # range_search ranks at most this many (query, row) pairs at once
 
 
 def check_storage_dtype(dtype: Any) -> np.dtype:
@@ -44,15 +54,16 @@ def check_storage_dtype(dtype: Any) -> np.dtype:
 
 @thread_safe
 class IndexFlat:
-    """Exact search over every stored vector, on one backend.
+    """Exact search over every stored vector, on one backend; ids are positions.
 
-    ``dtype`` is how the vectors are stored: ``"float32"``, or ``"float16"`` (rounded to the
-    nearest half on ``add``; values beyond +-65504 are refused). Distances are computed in
-    float32 from the stored values, so results equal exact float32 search over the rounded
-    vectors, which ``reconstruct_n`` returns.
+    ``metric``: ``"l2"`` / ``faiss.METRIC_L2``, ``"ip"`` / ``faiss.METRIC_INNER_PRODUCT``,
+    or ``"cosine"``. ``dtype`` is how the vectors are stored: ``"float32"``, or
+    ``"float16"`` (rounded to the nearest half on ``add``; values beyond +-65504 are
+    refused). Distances are computed in float32 from the stored values, so results equal
+    exact float32 search over the rounded vectors, which ``reconstruct_n`` returns.
     """
 
-    def __init__(self, d: int, metric: str = "l2", backend: str | Backend | None = None,
+    def __init__(self, d: int, metric: Any = "l2", backend: str | Backend | None = None,
                  dtype: Any = "float32"):
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
             raise InvalidInputError(f"dimension d must be a positive integer, got {d!r}")
@@ -70,56 +81,72 @@ class IndexFlat:
 
     @property
     def ntotal(self) -> int:
-        return int(self._ids.shape[0])
+        return self._n
 
     @shared
     def __len__(self) -> int:
-        return self.ntotal
+        return self._n
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(d={self.d}, metric={self.metric!r}, "
                 f"dtype={self.dtype.name!r}, ntotal={self.ntotal}, "
                 f"backend={self.backend.name!r})")
 
+    def __reduce__(self):
+        from .serialize import _from_bytes, index_bytes
+
+        return _from_bytes, (index_bytes(self),)
+
     # ---- mutation -----------------------------------------------------------------------
     def reset(self) -> None:
         """Remove every vector."""
         self._rows = self.backend.row_store(self.d, self.dtype)
         self._sqnorms = self.backend.row_store(1) if self.backend.uses_sqnorms else None
-        self._ids = np.empty(0, dtype=np.int64)
-        self._next_id = 0  # one past the largest id ever stored: add() never reuses an id
-        self._lookup_stale = True
-        self._lookup_lock = ForkSafeLock()
+        self._n = 0
+
+    def train(self, x: Any) -> None:
+        """Nothing to learn (``is_trained`` is always True); ``x`` is checked like ``add``'s."""
+        self._validate(x)
 
     def add(self, x: Any) -> None:
-        """Append vectors with sequential ids, from one past the largest id this index has
-        held (``ntotal, ntotal + 1, ...`` until something is removed). Unlike FAISS's flat
-        indexes, which renumber the vectors after ``remove_ids``, ids never change and are
-        never handed out twice."""
+        """Append vectors; they get the ids ``ntotal, ntotal + 1, ...`` (their positions)."""
         rows, sq = self._validate(x)
-        self._append(rows, sq, np.arange(self._next_id, self._next_id + rows.shape[0]))
+        # Everything is validated by now: only a device allocation failure can still raise
+        # below, and ntotal is committed last.
+        self._rows.append(self.backend.stage_rows(rows))
+        if self._sqnorms is not None:
+            self._sqnorms.append(self.backend.stage_rows(sq.reshape(-1, 1)))
+        self._n += int(rows.shape[0])
+
+    def _load_rows(self, rows: np.ndarray) -> None:
+        """Rows exactly as another index of this kind held them (read_index)."""
+        rows = np.ascontiguousarray(rows, self.dtype)
+        self._rows.append(self.backend.stage_rows(rows))
+        if self._sqnorms is not None:
+            sq = row_sqnorms(rows.astype(np.float32), "vectors")
+            self._sqnorms.append(self.backend.stage_rows(sq.reshape(-1, 1)))
+        self._n += int(rows.shape[0])
 
     def add_with_ids(self, x: Any, ids: Any) -> None:
-        """Append vectors with the given int64 ids (returned by ``search`` in ``I``)."""
-        rows, sq = self._validate(x)
-        host_ids = _host_array(ids)
-        if host_ids.ndim != 1 or host_ids.shape[0] != rows.shape[0]:
-            raise InvalidInputError(
-                f"ids must be a 1-D array with one id per vector ({rows.shape[0]}), "
-                f"got shape {host_ids.shape}")
-        self._append(rows, sq, check_ids(host_ids))
+        raise InvalidInputError(f"{type(self).__name__}.add_with_ids: a flat index numbers its "
+                                "vectors by position (as FAISS's does); wrap it, "
+                                "m2m_gpu.IndexIDMap(index), to give them ids of your own")
 
     def remove_ids(self, ids: Any) -> int:
-        """Remove every vector whose id is in ``ids``; returns how many were removed."""
+        """Remove the vectors at the positions in ``ids``; those after them move up (FAISS's
+        renumbering). Returns how many were removed."""
         drop = check_ids(_host_array(ids).ravel())
-        keep = np.flatnonzero(~np.isin(self._ids, drop))
-        removed = self.ntotal - keep.size
+        keep = np.flatnonzero(~np.isin(np.arange(self._n), drop))
+        return self._keep(keep)
+
+    def _keep(self, keep: np.ndarray) -> int:
+        removed = self._n - keep.size
         if removed:
-            self._rows.keep(self._index_for(keep))
+            index = self.backend.index_array(keep)
+            self._rows.keep(index)
             if self._sqnorms is not None:
-                self._sqnorms.keep(self._index_for(keep))
-            self._ids = self._ids[keep]
-            self._lookup_stale = True
+                self._sqnorms.keep(index)
+            self._n = int(keep.size)
         return int(removed)
 
     def _validate(self, x: Any) -> tuple[Any, Any]:
@@ -136,71 +163,141 @@ class IndexFlat:
                 sq = row_sqnorms(rows.astype(xp.float32), "vectors")
         return rows, sq
 
-    def _append(self, rows: Any, sq: Any, ids: np.ndarray) -> None:
-        # Everything is validated by now: only a device allocation failure can still raise
-        # below, and the ids (hence ntotal) are committed last.
-        self._rows.append(self._for_store(rows))
-        if self._sqnorms is not None:
-            self._sqnorms.append(self._for_store(sq.reshape(-1, 1)))
-        self._ids = np.concatenate([self._ids, ids])
-        if ids.size:
-            self._next_id = max(self._next_id, int(ids.max()) + 1)
-        self._lookup_stale = True
-
-    def _for_store(self, staged: Any) -> Any:
-        """Staged rows in the form the backend's row store takes."""
-        return self.backend.stage_rows(staged)
-
-    def _index_for(self, keep: np.ndarray) -> Any:
-        return self.backend.index_array(keep)
-
     # ---- search -------------------------------------------------------------------------
+    def _native_search(self, q, k: int):
+        sq = self._sqnorms.view()[:, 0] if self._sqnorms is not None else None
+        return search_native(self.backend, q, self._rows.view(), self._n, k, self.metric, sq)
+
     @shared
-    def search(self, x: Any, k: int) -> tuple[Any, Any]:
+    def search(self, x: Any, k: int, *, params: Any = None, D: Any = None,
+               I: Any = None) -> tuple[Any, Any]:  # noqa: E741 - FAISS's names
         """The k nearest stored vectors of each query row: ``(D, I)`` of shape (m, k),
-        best first; ``I`` holds the stored ids, -1 where fewer than k vectors exist."""
+        best first; ``I`` holds positions, -1 where fewer than k vectors exist. ``D`` and
+        ``I`` may be given (NumPy arrays of that shape) to be filled, as in FAISS."""
+        _no_params(params)
         k = check_k(k)
         q, _, caller = prepare(x, "queries", self.metric, dim=self.d)
-        check_result_size(q.shape[0], k, self.ntotal)
-        be = self.backend
-        sq = self._sqnorms.view()[:, 0] if self._sqnorms is not None else None
-        D, I = search_native(be, q, self._rows.view(), self.ntotal, k, self.metric, sq)
-        I = self._to_external(I)
-        return to_caller(be, D, caller), to_caller(be, I, caller)
-
-    def _to_external(self, I: Any) -> Any:
-        """Row positions -> stored ids (-1 stays -1)."""
-        with self._lookup_lock:  # rebuilt once after each change, by one of the readers
-            if self._lookup_stale:
-                self._lookup = None  # None: sequential ids, positions are the ids
-                if not np.array_equal(self._ids, np.arange(self.ntotal)):
-                    table = np.append(self._ids, -1)  # position -1 picks the trailing -1
-                    self._lookup = self.backend.index_array(table)
-                self._lookup_stale = False
-            lookup = self._lookup
-        if lookup is None:
-            return I
-        if self.backend.is_native(lookup) and self.backend.is_native(I):
-            return lookup[I]  # on the device (cuda), or both on the host (cpu)
-        return np.asarray(self.backend.to_host(lookup))[self.backend.to_host(I)]
+        check_result_size(q.shape[0], k, self._n)
+        Dn, In = self._native_search(q, k)
+        return _into(to_caller(self.backend, Dn, caller), D), \
+            _into(to_caller(self.backend, In, caller), I)
 
     @shared
-    def reconstruct_n(self, i0: int = 0, ni: int | None = None) -> np.ndarray:
+    def assign(self, x: Any, k: int, labels: Any = None) -> Any:
+        """The ids of the ``k`` nearest vectors of each query (``search`` without ``D``)."""
+        return self.search(x, k, I=labels)[1]
+
+    @shared
+    def range_search(self, x: Any, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every stored vector within ``radius`` of each query: ``(lims, D, I)`` as in
+        FAISS: query i's results are ``D[lims[i]:lims[i+1]]``, ``I[...]``. Within the radius
+        means ``d2 < radius`` for l2 (squared distances) and ``similarity > radius`` for
+        ip and cosine (FAISS's strict inequalities); each query's results best first."""
+        if isinstance(radius, bool) or not isinstance(radius, (int, float, np.number)) or \
+                not np.isfinite(radius):
+            raise InvalidInputError(f"radius must be a finite number, got {radius!r}")
+        q, _, _ = prepare(x, "queries", self.metric, dim=self.d)
+        q = host_array(q, np.float32)
+        m, n = q.shape[0], self._n
+        counts, Ds, Is = np.zeros(m, np.int64), [], []
+        step = max(1, RANGE_BLOCK_ENTRIES // max(n, 1))
+        for a in range(0, m if n else 0, step):
+            Db, Ib = (np.asarray(self.backend.to_host(v)) for v in
+                      self._native_search(q[a : a + step], n))
+            inside = (Db < radius) if self.metric == "l2" else (Db > radius)
+            inside &= Ib >= 0
+            counts[a : a + step] = inside.sum(axis=1)
+            Ds.append(Db[inside])  # row-major: query by query, best first
+            Is.append(Ib[inside])
+        lims = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else \
+            np.zeros(0, dt)  # noqa: E731
+        return lims, cat(Ds, np.float32), cat(Is, np.int64)
+
+    @shared
+    def reconstruct(self, key: int, x: Any = None) -> np.ndarray:
+        """The stored vector with id ``key`` (normalised under cosine)."""
+        return _into(self.reconstruct_batch(np.array([_position(key, self._n)]))[0], x)
+
+    @shared
+    def reconstruct_batch(self, keys: Any, x: Any = None) -> np.ndarray:
+        """The stored vectors with ids ``keys``, as a (len(keys), d) host array."""
+        keys = check_ids(_host_array(keys).ravel())
+        bad = (keys < 0) | (keys >= self._n)
+        if bad.any():
+            raise InvalidInputError(f"reconstruct: id {int(keys[bad][0])} is not in the "
+                                    f"index (ids are 0 .. {self._n - 1})")
+        rows = self.backend.gather_rows(self._rows.view(), keys)
+        return _into(np.asarray(rows, np.float32).reshape(-1, self.d), x)
+
+    @shared
+    def reconstruct_n(self, i0: int = 0, ni: int | None = None, x: Any = None) -> np.ndarray:
         """Stored vectors ``i0 .. i0 + ni`` as a host array (normalised under cosine)."""
-        ni = self.ntotal - i0 if ni is None else ni
+        ni = self._n - i0 if ni is None else ni
         for name, v in (("i0", i0), ("ni", ni)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
                 raise InvalidInputError(f"reconstruct_n: {name} must be an int >= 0, got {v!r}")
-        if i0 + ni > self.ntotal:
-            raise InvalidInputError(f"reconstruct_n: rows {i0} .. {i0 + ni} of {self.ntotal}")
+        if i0 + ni > self._n:
+            raise InvalidInputError(f"reconstruct_n: rows {i0} .. {i0 + ni} of {self._n}")
         rows = np.asarray(self.backend.to_host(self._rows.view()))[i0 : i0 + ni]
-        return rows.astype(np.float32, copy=False)
+        return _into(rows.astype(np.float32, copy=False), x)
+
+    @shared
+    def search_and_reconstruct(self, x: Any, k: int, *, params: Any = None):
+        """``(D, I, R)``: ``search`` plus the found vectors, ``R`` of shape (m, k, d); rows
+        for missing results (id -1) are NaN, as FAISS fills them."""
+        D, I = self.search(x, k, params=params)
+        Ih = np.asarray(host_array(stage(I)[0]))
+        R = np.full(Ih.shape + (self.d,), np.nan, np.float32)
+        found = Ih >= 0
+        if found.any():
+            R[found] = self.reconstruct_batch(Ih[found])
+        return D, I, R
+
+
+def _position(key: Any, n: int) -> int:
+    if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+        raise InvalidInputError(f"reconstruct: the id must be an int, got {key!r}")
+    return int(key)
+
+
+def _no_params(params: Any) -> None:
+    """``params=``: FAISS's SearchParameters. A flat index has nothing to tune."""
+    if params is not None:
+        raise InvalidInputError("a flat index takes no search parameters (params=None); "
+                                "IndexHRM2.search takes nprobe through its attributes")
+
+
+def _into(value: Any, out: Any) -> Any:
+    """FAISS's out-arguments: copy ``value`` into ``out`` (a NumPy array of its shape)."""
+    if out is None:
+        return value
+    if not isinstance(out, np.ndarray) or out.shape != np.shape(value):
+        raise InvalidInputError(f"out-argument must be a NumPy array of shape "
+                                f"{np.shape(value)}, got {type(out).__name__} "
+                                f"{getattr(out, 'shape', '')}")
+    out[...] = host_array(stage(value)[0])
+    return out
 
 
 def _host_array(obj: Any) -> np.ndarray:
     """A caller's array of ids (NumPy, CuPy, torch, list) as a NumPy array."""
     staged, _ = stage(obj)
     return host_array(staged)
+
+
+def normalize_L2(x: np.ndarray) -> None:  # noqa: N802 - FAISS's name
+    """Scale each row of the float32 C-contiguous NumPy array ``x`` to unit L2 norm, in
+    place (``faiss.normalize_L2``; zero rows stay zero)."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or not x.flags.c_contiguous:
+        raise InvalidInputError("normalize_L2 needs a C-contiguous float32 NumPy array")
+    norms = np.linalg.norm(x.reshape(x.shape[0], -1) if x.ndim > 1 else x[None], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(norms > 0, 1.0 / norms, 0.0).astype(np.float32)
+    if x.ndim > 1:
+        x *= scale.reshape((-1,) + (1,) * (x.ndim - 1))
+    else:
+        x *= scale[0]
 
 
 class IndexFlatL2(IndexFlat):

@@ -17,7 +17,21 @@ from .tensor import array_module, stage
 METRICS = ("l2", "ip", "cosine")
 
 
+# FAISS's metric constants (faiss.METRIC_INNER_PRODUCT = 0, faiss.METRIC_L2 = 1): accepted
+# wherever a metric is, so code passing faiss.METRIC_* carries over.
+METRIC_INNER_PRODUCT = 0
+METRIC_L2 = 1
+_FAISS_METRICS = {METRIC_L2: "l2", METRIC_INNER_PRODUCT: "ip"}
+
+
 def check_metric(metric: Any) -> str:
+    if isinstance(metric, (int, np.integer)) and not isinstance(metric, bool):
+        name = _FAISS_METRICS.get(int(metric))
+        if name is None:
+            raise UnknownMetricError(f"unknown metric {metric!r}; the FAISS constants "
+                                     "METRIC_L2 (1) and METRIC_INNER_PRODUCT (0), or one "
+                                     f"of {METRICS}")
+        return name
     name = str(metric).lower() if isinstance(metric, str) else metric
     if name not in METRICS:
         raise UnknownMetricError(f"unknown metric {metric!r}; expected one of {METRICS}")

@@ -39,7 +39,7 @@ def test_index_add_with_ids_and_remove_ids(backend, rng):
     X = rng.standard_normal((300, 8)).astype(np.float32)
     Q = rng.standard_normal((4, 8)).astype(np.float32)
     ids = np.arange(300, dtype=np.int64) * 10 + 7
-    index = m2m_gpu.IndexFlatL2(8, backend=backend.name)
+    index = m2m_gpu.IndexIDMap(m2m_gpu.IndexFlatL2(8, backend=backend.name))
     index.add_with_ids(X, ids)
     D, I = index.search(Q, 5)
     Dr, Ir = m2m_gpu.knn(Q, X, 5, backend="cpu")
@@ -76,8 +76,8 @@ def test_index_bad_input_leaves_it_unchanged(backend, rng):
     for bad in bad_rows:
         with pytest.raises(InvalidInputError):
             index.add(bad)
-    with pytest.raises(InvalidInputError, match="one id per vector"):
-        index.add_with_ids(X[:3], [1, 2])
+    with pytest.raises(InvalidInputError, match="IndexIDMap"):
+        index.add_with_ids(X[:3], [1, 2, 3])  # a flat index numbers by position
     with pytest.raises(InvalidInputError, match="k must be"):
         index.search(Q, 0)
     assert index.ntotal == 50
@@ -140,10 +140,8 @@ def test_float16_storage_matches_reference_over_stored_vectors(backend, rng, sma
     keep = np.setdiff1d(np.arange(2501), np.arange(0, 2501, 7))
     assert index.remove_ids(np.arange(0, 2501, 7)) == 2501 - keep.size
     np.testing.assert_array_equal(index.reconstruct_n(), stored[keep])
-    D, I = index.search(Q, 10)  # ids are the original positions; map them to kept rows
-    assert np.isin(I, keep).all()
-    assert_knn_matches(D, np.searchsorted(keep, I), q, stored[keep], 10, kernel_metric,
-                       *tolerance(backend.name))
+    D, I = index.search(Q, 10)  # ids are positions: renumbered, as in FAISS
+    assert_knn_matches(D, I, q, stored[keep], 10, kernel_metric, *tolerance(backend.name))
 
 
 def test_float16_storage_halves_memory_and_refuses_what_it_cannot_hold(backend, rng):
@@ -168,17 +166,14 @@ def test_float16_storage_halves_memory_and_refuses_what_it_cannot_hold(backend, 
             m2m_gpu.IndexFlatL2(16, backend=backend.name, dtype=bad)
 
 
-@pytest.mark.parametrize("kind", ["flat", "hrm2"])
-def test_ids_are_never_handed_out_twice_after_removals(backend, rng, kind):
-    """add() numbers new vectors from one past the largest id ever held, so removing and
-    adding never gives two vectors one id (FAISS's flat indexes renumber instead); ids
-    given by the caller move the counter too; uint64 ids beyond int64 are refused."""
+def test_hrm2_ids_are_never_handed_out_twice_after_removals(backend, rng):
+    """IndexHRM2 keeps ids (as FAISS's IVF does) and numbers add()s from one past the
+    largest id ever held, so removing and adding never gives two vectors one id; ids given
+    by the caller move the counter too; uint64 ids beyond int64 are refused. (A plain flat
+    index numbers by position and renumbers, as FAISS's does: see the next test.)"""
     X = rng.standard_normal((300, 8)).astype(np.float32)
-    if kind == "flat":
-        index = m2m_gpu.IndexFlatL2(8, backend=backend.name)
-    else:
-        index = m2m_gpu.IndexHRM2(8, backend=backend.name)
-        index.train(X)
+    index = m2m_gpu.IndexHRM2(8, backend=backend.name)
+    index.train(X)
     index.add(X[:10])
     assert index.remove_ids(np.array([2, 3])) == 2
     index.add(X[10:12])
@@ -215,3 +210,23 @@ def test_a_k_whose_results_cannot_be_held_is_refused_before_allocating(kind):
             index.add(X)
             index.search(X[:4], k)
     assert m2m_gpu.knn(X[:4], X, 60, backend="cpu")[1].shape == (4, 60)  # padding still works
+
+
+def test_flat_remove_ids_renumbers_like_faiss_and_idmap_keeps_ids(backend, rng):
+    X = rng.standard_normal((10, 8)).astype(np.float32)
+    flat = m2m_gpu.IndexFlatL2(8, backend=backend.name)
+    flat.add(X)
+    assert flat.remove_ids(np.array([2, 3])) == 2
+    I = flat.search(X[[0, 4, 9]], 1)[1][:, 0]
+    assert I.tolist() == [0, 2, 7]  # positions moved up
+    flat.add(X[:1])
+    assert flat.ntotal == 9 and int(flat.search(X[:1], 2)[1][0, 1]) in (0, 8)
+    mapped = m2m_gpu.IndexIDMap(m2m_gpu.IndexFlatL2(8, backend=backend.name))
+    mapped.add_with_ids(X, np.arange(10) * 10)
+    assert mapped.remove_ids(np.array([20, 30, 999])) == 2
+    assert mapped.search(X[[0, 4, 9]], 1)[1][:, 0].tolist() == [0, 40, 90]
+    np.testing.assert_array_equal(mapped.reconstruct(40), flat.reconstruct(2))
+    with pytest.raises(InvalidInputError, match="-1"):
+        mapped.add_with_ids(X[:1], np.array([-1]))
+    with pytest.raises(InvalidInputError, match="add_with_ids"):
+        mapped.add(X[:1])

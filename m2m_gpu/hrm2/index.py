@@ -42,8 +42,14 @@ class IndexHRM2:
 
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
             raise InvalidInputError(f"dimension d must be a positive integer, got {d!r}")
+        from ..inputs import check_metric
+
+        metric = check_metric(metric)
         if metric not in ("l2", "cosine"):
-            raise UnknownMetricError(f"IndexHRM2 supports 'l2' and 'cosine', got {metric!r}")
+            raise UnknownMetricError(
+                f"IndexHRM2 supports 'l2' (METRIC_L2) and 'cosine', got {metric!r}: inner "
+                "product on unnormalised data is not implemented yet (normalise the vectors "
+                "and use 'cosine', or use IndexFlatIP)")
         self.d, self.metric = int(d), metric
         self.hrm2 = HRM2(self.d, backend, n1, n2, seed=seed, tiers=TierOptions.parse(tiers))
         self._next_id = 0  # one past the largest id ever held: add() never reuses an id
@@ -57,6 +63,34 @@ class IndexHRM2:
     @property
     def is_trained(self) -> bool:
         return self.hrm2.trained
+
+    @property
+    def metric_type(self) -> int:
+        """FAISS's metric constant: METRIC_L2 (1), or METRIC_INNER_PRODUCT (0) for cosine."""
+        from ..inputs import METRIC_INNER_PRODUCT, METRIC_L2
+
+        return METRIC_L2 if self.metric == "l2" else METRIC_INNER_PRODUCT
+
+    @property
+    def nlist(self) -> int | None:
+        """The number of (fine) cells, IVF's lists; None before training."""
+        return self.hrm2.centroids.cells if self.is_trained else None
+
+    @classmethod
+    def from_nlist(cls, d: int, nlist: int, metric: str = "l2", **kwargs) -> IndexHRM2:
+        """An index of about ``nlist`` fine cells, as ``faiss.IndexIVFFlat(q, d, nlist)``
+        would have lists: ``n1 = round(sqrt(nlist))`` coarse cells of ``nlist / n1`` fine
+        cells each."""
+        from ..inputs import check_count
+
+        nlist = check_count("nlist", nlist)
+        n1 = max(1, int(round(nlist ** 0.5)))
+        return cls(d, n1, max(1, int(round(nlist / n1))), metric, **kwargs)
+
+    def __reduce__(self):
+        from ..serialize import _from_bytes, index_bytes
+
+        return _from_bytes, (index_bytes(self),)
 
     @property
     def ntotal(self) -> int:

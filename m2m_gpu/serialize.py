@@ -1,0 +1,209 @@
+"""Saving and loading indexes: ``write_index`` / ``read_index`` / ``serialize_index`` /
+``deserialize_index`` (FAISS's names), and pickling through the same bytes, so an index
+crosses process boundaries (``multiprocessing``, joblib, Ray).
+
+Format (version 1), all little-endian::
+
+    b"M2MIDX\\0\\1" | u32 header length | JSON header | raw arrays | u32 CRC32 of all before
+
+The header names the class, its settings, the backend it was built on, and each array's
+name, dtype and shape. Nothing is read with pickle. A flat index stores its vectors as
+held (float16 stays float16; cosine vectors as normalised), an ``IndexIDMap`` also its ids,
+and an ``IndexHRM2`` its trained centroids with its vectors and ids: it reloads without
+k-means (the cells are laid out again from the centroids).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+
+from .backends import NAMES, get_backend, probe
+from .errors import InvalidInputError, StoreFormatError
+from .locking import holding
+
+MAGIC = b"M2MIDX\x00\x01"
+FORMAT_VERSION = 1
+_U32 = struct.Struct("<I")
+
+
+def _flat_classes() -> dict:
+    from . import index
+
+    return {c.__name__: c for c in (index.IndexFlat, index.IndexFlatL2, index.IndexFlatIP,
+                                    index.IndexFlatCosine)}
+
+
+# ---- writing ----------------------------------------------------------------------------
+def _flat_parts(index) -> tuple[dict, dict]:
+    rows = np.asarray(index.backend.to_host(index._rows.view()))[: index.ntotal]
+    return ({"class": type(index).__name__, "d": index.d, "metric": index.metric,
+             "dtype": index.dtype.name}, {"vectors": rows})
+
+
+def _parts(index) -> tuple[dict, dict]:
+    from .hrm2 import IndexHRM2
+    from .idmap import IndexIDMap
+    from .index import IndexFlat
+
+    if isinstance(index, IndexIDMap):
+        head, arrays = _flat_parts(index.index)
+        return {"class": "IndexIDMap", "inner": head}, {**arrays, "ids": index.id_map}
+    if isinstance(index, IndexFlat):
+        return _flat_parts(index)
+    if isinstance(index, IndexHRM2):
+        return _hrm2_parts(index)
+    raise InvalidInputError(f"cannot serialise a {type(index).__name__}")
+
+
+def _hrm2_parts(index) -> tuple[dict, dict]:
+    h = index.hrm2
+    head = {"class": "IndexHRM2", "d": index.d, "metric": index.metric,
+            "n1": h.n1_opt, "n2": h.n2_opt, "p1": index.p1, "p2": index.p2,
+            "adaptive": bool(index.adaptive), "ratio": index.ratio, "seed": h.seed,
+            "next_id": int(index._next_id), "trained": bool(index.is_trained)}
+    arrays = {}
+    if index.is_trained:
+        c = h.centroids
+        arrays = {"coarse": c.coarse, "fine": c.fine, "parent": c.parent,
+                  "fine_ranges": c.fine_ranges}
+        live = h.live_positions()
+        arrays["vectors"] = h.rows_at(live)
+        arrays["ids"] = h.ids[live]
+    return head, arrays
+
+
+def index_bytes(index) -> bytes:
+    """The bytes of ``index`` in the format above."""
+    with holding(index, "read"):  # a consistent picture, while writers wait
+        head, arrays = _parts(index)
+        arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    head = {**head, "format_version": FORMAT_VERSION, "backend": index.backend.name,
+            "arrays": [[k, a.dtype.newbyteorder("<").str, list(a.shape)]
+                       for k, a in arrays.items()]}
+    hjson = json.dumps(head, separators=(",", ":")).encode()
+    body = b"".join([MAGIC, _U32.pack(len(hjson)), hjson] +
+                    [a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+                     for a in arrays.values()])
+    return body + _U32.pack(zlib.crc32(body))
+
+
+def serialize_index(index) -> np.ndarray:
+    """The index as a NumPy uint8 array (``faiss.serialize_index``)."""
+    return np.frombuffer(index_bytes(index), dtype=np.uint8).copy()
+
+
+def write_index(index, path: str | os.PathLike) -> None:
+    """Write ``index`` to the file ``path`` (replaced atomically: a temporary file, fsynced,
+    renamed over it)."""
+    data = index_bytes(index)
+    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---- reading ----------------------------------------------------------------------------
+def _parse(data: bytes, where: str):
+    if len(data) < len(MAGIC) + 8 or data[: len(MAGIC)] != MAGIC:
+        raise StoreFormatError(f"{where}: not an m2m-gpu index (bad magic)")
+    (crc,) = _U32.unpack_from(data, len(data) - 4)
+    if zlib.crc32(data[:-4]) != crc:
+        raise StoreFormatError(f"{where}: checksum mismatch (damaged or truncated)")
+    (hl,) = _U32.unpack_from(data, len(MAGIC))
+    off = len(MAGIC) + 4
+    try:
+        head = json.loads(data[off : off + hl])
+        if head["format_version"] > FORMAT_VERSION:
+            raise StoreFormatError(f"{where}: format version {head['format_version']} is "
+                                   "newer than this m2m-gpu reads; upgrade m2m-gpu")
+        off += hl
+        arrays = {}
+        for name, dt, shape in head["arrays"]:
+            dtype = np.dtype(dt)
+            count = int(np.prod(shape)) if shape else 1
+            arrays[name] = np.frombuffer(data, dtype, count, off).reshape(shape).astype(
+                dtype.newbyteorder("="))
+            off += count * dtype.itemsize
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreFormatError(f"{where}: malformed index header ({exc})") from None
+    if off != len(data) - 4:
+        raise StoreFormatError(f"{where}: {len(data) - 4 - off} unexpected bytes")
+    return head, arrays
+
+
+def _backend(name: str, backend):
+    if backend is not None:
+        return get_backend(backend)
+    return get_backend(name if name in NAMES and probe(name).available else None)
+
+
+def _flat_from(head: dict, arrays: dict, be):
+    from .index import IndexFlat
+
+    cls = _flat_classes().get(head["class"])
+    if cls is None:
+        raise StoreFormatError(f"unknown flat index class {head['class']!r}")
+    index = cls.__new__(cls)
+    IndexFlat.__init__(index, head["d"], head["metric"], be, head["dtype"])
+    rows = arrays["vectors"]
+    if rows.shape[0]:  # as held: no second normalisation, no rounding
+        index._load_rows(rows)
+    return index
+
+
+def _hrm2_from(head: dict, arrays: dict, be):
+    from .hrm2 import IndexHRM2
+    from .hrm2.train import Centroids
+
+    index = IndexHRM2(head["d"], head["n1"], head["n2"], head["metric"], be.name,
+                      seed=head["seed"], p1=head["p1"], p2=head["p2"],
+                      adaptive=head["adaptive"], ratio=head["ratio"])
+    if head["trained"]:
+        index.hrm2.set_centroids(Centroids(arrays["coarse"], arrays["fine"],
+                                           arrays["parent"], arrays["fine_ranges"]))
+        index._add(arrays["vectors"], arrays["ids"])
+    index._next_id = int(head["next_id"])
+    return index
+
+
+def _from(data: bytes, where: str, backend=None):
+    head, arrays = _parse(bytes(data), where)
+    be = _backend(head.get("backend", "cpu"), backend)
+    try:
+        if head["class"] == "IndexIDMap":
+            from .idmap import IndexIDMap
+
+            out = IndexIDMap(_flat_from(head["inner"], {"vectors": arrays["vectors"]}, be))
+            out.id_map = arrays["ids"].astype(np.int64)
+            return out
+        if head["class"] == "IndexHRM2":
+            return _hrm2_from(head, arrays, be)
+        return _flat_from(head, arrays, be)
+    except (KeyError, TypeError) as exc:
+        raise StoreFormatError(f"{where}: malformed index ({exc})") from None
+
+
+def deserialize_index(data: Any, backend=None):
+    """An index from ``serialize_index``'s array (or bytes); on ``backend``, else the one it
+    was built on if available here, else the default."""
+    raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
+    return _from(raw, "serialized index", backend)
+
+
+def read_index(path: str | os.PathLike, backend=None):
+    """The index ``write_index`` wrote to ``path`` (see :func:`deserialize_index`)."""
+    with open(path, "rb") as f:
+        return _from(f.read(), os.fspath(path), backend)
+
+
+def _from_bytes(data: bytes):
+    """Unpickling: the index, on the backend it was built on if this process has it."""
+    return _from(data, "pickled index")
