@@ -78,8 +78,20 @@ def _hrm2_parts(index) -> tuple[dict, dict]:
     return head, arrays
 
 
+def _parts_check(index) -> None:
+    from .hrm2 import IndexHRM2
+    from .idmap import IndexIDMap
+    from .index import IndexFlat
+
+    if not isinstance(index, (IndexFlat, IndexIDMap, IndexHRM2)):
+        raise InvalidInputError(f"cannot serialise a {type(index).__name__}: write_index takes "
+                                "IndexFlat*, IndexIDMap and IndexHRM2 (SplatStore has its own "
+                                "directory format: SplatStore(path=...), save())")
+
+
 def index_bytes(index) -> bytes:
     """The bytes of ``index`` in the format above."""
+    _parts_check(index)
     with holding(index, "read"):  # a consistent picture, while writers wait
         head, arrays = _parts(index)
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
@@ -154,6 +166,8 @@ def _flat_from(head: dict, arrays: dict, be):
     index = cls.__new__(cls)
     IndexFlat.__init__(index, head["d"], head["metric"], be, head["dtype"])
     rows = arrays["vectors"]
+    if rows.ndim != 2 or rows.shape[1] != index.d:
+        raise StoreFormatError(f"vectors of shape {rows.shape} for d={index.d}")
     if rows.shape[0]:  # as held: no second normalisation, no rounding
         index._load_rows(rows)
     return index
@@ -181,8 +195,12 @@ def _from(data: bytes, where: str, backend=None):
         if head["class"] == "IndexIDMap":
             from .idmap import IndexIDMap
 
-            out = IndexIDMap(_flat_from(head["inner"], {"vectors": arrays["vectors"]}, be))
+            out = IndexIDMap(_flat_from(head["inner"], {"vectors": arrays["vectors"][:0]}, be))
+            out.index._load_rows(arrays["vectors"])
             out.id_map = arrays["ids"].astype(np.int64)
+            if out.id_map.shape[0] != out.index.ntotal:
+                raise StoreFormatError(f"{where}: {out.id_map.shape[0]} ids for "
+                                       f"{out.index.ntotal} vectors")
             return out
         if head["class"] == "IndexHRM2":
             return _hrm2_from(head, arrays, be)
