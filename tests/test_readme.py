@@ -1,0 +1,32 @@
+"""The README's examples run as written. Each section named here has its Python blocks
+executed in order, in one namespace, in a scratch directory."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SECTIONS = ["From FAISS"]
+
+
+def blocks(section: str) -> list[str]:
+    text = README.read_text()
+    start = text.index(f"\n## {section}\n")
+    end = text.find("\n## ", start + 1)
+    body = text[start : end if end > 0 else len(text)]
+    return re.findall(r"```python\n(.*?)```", body, flags=re.S)
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_readme_examples_run(section, tmp_path, monkeypatch):
+    code = blocks(section)
+    assert code, f"no python example under '## {section}'"
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    for i, block in enumerate(code):
+        block = block.replace("/tmp/", str(tmp_path) + os.sep)
+        exec(compile(block, f"README.md ({section}, block {i})", "exec"), scope)  # noqa: S102
