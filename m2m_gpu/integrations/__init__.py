@@ -1,0 +1,1 @@
+"""Adapters for the frameworks people already use (each needs its extra)."""
