@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTIONS = ["From FAISS"]
+SECTIONS = ["From FAISS", "With LangChain", "With LlamaIndex"]
 
 
 def blocks(section: str) -> list[str]:
