@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTIONS = ["From FAISS", "With LangChain", "With LlamaIndex"]
+SECTIONS = ["Use", "From FAISS", "With LangChain", "With LlamaIndex", "Splat memory",
+            "Durable stores", "Memory tiers", "Approximate search: HRM2"]
 
 
 def blocks(section: str) -> list[str]:
@@ -30,3 +31,13 @@ def test_readme_examples_run(section, tmp_path, monkeypatch):
     for i, block in enumerate(code):
         block = block.replace("/tmp/", str(tmp_path) + os.sep)
         exec(compile(block, f"README.md ({section}, block {i})", "exec"), scope)  # noqa: S102
+
+
+def test_every_python_example_is_in_a_tested_section():
+    total = len(re.findall(r"```python\n", README.read_text()))
+    assert total == sum(len(blocks(s)) for s in SECTIONS)
+
+
+def test_the_readme_cites_nothing_outside_the_repository():
+    text = README.read_text()
+    assert "../" not in text and "SPEC.md" not in text
