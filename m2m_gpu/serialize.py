@@ -66,7 +66,8 @@ def _hrm2_parts(index) -> tuple[dict, dict]:
     head = {"class": "IndexHRM2", "d": index.d, "metric": index.metric,
             "n1": h.n1_opt, "n2": h.n2_opt, "p1": index.p1, "p2": index.p2,
             "adaptive": bool(index.adaptive), "ratio": index.ratio, "seed": h.seed,
-            "next_id": int(index._next_id), "trained": bool(index.is_trained)}
+            "next_id": int(index._next_id), "trained": bool(index.is_trained),
+            "ip_norm": index._lift.norm if index._lift is not None else None}
     arrays = {}
     if index.is_trained:
         c = h.centroids
@@ -180,6 +181,8 @@ def _hrm2_from(head: dict, arrays: dict, be):
     index = IndexHRM2(head["d"], head["n1"], head["n2"], head["metric"], be.name,
                       seed=head["seed"], p1=head["p1"], p2=head["p2"],
                       adaptive=head["adaptive"], ratio=head["ratio"])
+    if index._lift is not None:
+        index._lift.norm = head["ip_norm"]
     if head["trained"]:
         index.hrm2.set_centroids(Centroids(arrays["coarse"], arrays["fine"],
                                            arrays["parent"], arrays["fine_ranges"]))

@@ -127,7 +127,7 @@ def test_cosine_and_faiss_shape(backend, rng):
     with pytest.raises(InvalidInputError):
         idx.search(x[:1], 0)
     with pytest.raises(m2m_gpu.UnknownMetricError):
-        IndexHRM2(5, metric="ip")
+        IndexHRM2(5, metric="hamming")
 
 
 def test_default_shape_grows_with_n():
@@ -443,3 +443,37 @@ def test_concurrent_searches_of_one_store_equal_a_sequential_run(monkeypatch):
     np.testing.assert_array_equal(index.hrm2.tiers.tier, placed)
     assert index.check(np.flatnonzero(s._st.table.live)) == []
     s.close()
+
+
+def test_inner_product_on_unnormalised_data_like_ivf(backend):
+    """metric="ip" (METRIC_INNER_PRODUCT), as faiss.IndexIVFFlat takes it: vectors of very
+    different norms, D = q.x, recall against exact IndexFlatIP; full probing is exact; a
+    row longer than all before raises the lift's norm and stays findable; it reloads."""
+    rng = np.random.default_rng(21)
+    X = (rng.standard_normal((3000, 16)) * rng.uniform(0.2, 3.0, (3000, 1))).astype(np.float32)
+    Q = rng.standard_normal((40, 16)).astype(np.float32)
+    flat = m2m_gpu.IndexFlatIP(16, backend=backend.name)
+    flat.add(X)
+    Dref, Iref = flat.search(Q, 10)
+    index = m2m_gpu.IndexHRM2.from_nlist(16, 36, m2m_gpu.METRIC_INNER_PRODUCT,
+                                         backend=backend.name)
+    assert index.metric_type == m2m_gpu.METRIC_INNER_PRODUCT and index.nlist is None
+    index.train(X)
+    index.add(X)
+    assert index.nlist == index.hrm2.centroids.cells > 0
+    index.nprobe = index.nlist
+    index.p1 = index.hrm2.centroids.coarse.shape[0]
+    D, I = index.search(Q, 10)  # every cell: exact
+    np.testing.assert_array_equal(I, Iref)
+    np.testing.assert_allclose(D, Dref, rtol=1e-4, atol=1e-3)
+    index.nprobe, index.p1 = 8, None
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(index.search(Q, 10)[1], Iref,
+                                                                  strict=True)])
+    assert recall > 0.6
+    far = (Q[:1] * 100).astype(np.float32)  # longer than every stored row
+    index.add_with_ids(far, np.array([99999]))
+    index.nprobe = index.nlist
+    index.p1 = index.hrm2.centroids.coarse.shape[0]
+    assert int(index.search(Q[:1], 1)[1][0, 0]) == 99999
+    back = m2m_gpu.deserialize_index(m2m_gpu.serialize_index(index))
+    np.testing.assert_array_equal(back.search(Q, 5)[1], index.search(Q, 5)[1])

@@ -10,6 +10,7 @@ from ..locking import read_then_place, shared, thread_safe, unlocked
 from ..tensor import host_array
 from ..tiers import TierOptions
 from .core import HRM2
+from .mips import MipsLift
 from .search import ProbeReport
 
 
@@ -45,13 +46,13 @@ class IndexHRM2:
         from ..inputs import check_metric
 
         metric = check_metric(metric)
-        if metric not in ("l2", "cosine"):
-            raise UnknownMetricError(
-                f"IndexHRM2 supports 'l2' (METRIC_L2) and 'cosine', got {metric!r}: inner "
-                "product on unnormalised data is not implemented yet (normalise the vectors "
-                "and use 'cosine', or use IndexFlatIP)")
+        if metric not in ("l2", "ip", "cosine"):
+            raise UnknownMetricError(f"IndexHRM2 supports 'l2', 'ip' and 'cosine', got "
+                                     f"{metric!r}")
         self.d, self.metric = int(d), metric
-        self.hrm2 = HRM2(self.d, backend, n1, n2, seed=seed, tiers=TierOptions.parse(tiers))
+        self._lift = MipsLift() if metric == "ip" else None  # ip: an L2 index on d + 1
+        self.hrm2 = HRM2(self.d + (metric == "ip"), backend, n1, n2, seed=seed,
+                         tiers=TierOptions.parse(tiers))
         self._next_id = 0  # one past the largest id ever held: add() never reuses an id
         self.p1, self.p2, self.adaptive, self.ratio = p1, p2, adaptive, ratio
         self.last_report: ProbeReport | None = None
@@ -136,6 +137,23 @@ class IndexHRM2:
         rows, _, _ = prepare(x, what, self.metric, dim=self.d)
         return host_array(rows)
 
+    def _lifted(self, rows: np.ndarray) -> np.ndarray:
+        """Rows as the inner HRM2 holds them: lifted under ip (raising M first if a row
+        is longer than every row so far: the stored rows are lifted again)."""
+        if self._lift is None:
+            return rows
+        grow = self._lift.needs(rows)
+        if grow is not None:
+            h = self.hrm2
+            live = h.live_positions() if h.ntotal else np.zeros(0, np.int64)
+            held = self._lift.strip(h.rows_at(live)) if live.size else None
+            held_ids = h.ids[live].copy() if live.size else None
+            self._lift.norm = grow
+            if held is not None:
+                h.clear_rows()
+                self._add(self._lift.rows(held), held_ids)
+        return self._lift.rows(rows)
+
     def train(self, x) -> None:
         """Train the two levels of centroids on ``x``. On an index that already holds
         vectors this retrains and lays every stored vector out again in the new cells,
@@ -147,6 +165,13 @@ class IndexHRM2:
             live = h.live_positions()
             held, held_ids = h.rows_at(live), h.ids[live].copy()
             h.clear_rows()
+        if self._lift is not None:  # M from the training rows and every row held
+            plain = held if held is None else self._lift.strip(held)
+            self._lift.norm = None
+            self._lift.norm = self._lift.needs(rows if plain is None else
+                                               np.vstack([rows, plain]))
+            held = None if plain is None else self._lift.rows(plain)
+            rows = self._lift.rows(rows)
         h.train(rows)
         if held is not None and held.shape[0]:
             self._add(held, held_ids)
@@ -174,11 +199,17 @@ class IndexHRM2:
         ``remove_ids`` (see ``IndexFlat.add``)."""
         self._need_trained()
         rows = self._rows(x)
-        self._add(rows, np.arange(self._next_id, self._next_id + rows.shape[0]))
+        self._add(self._lifted(rows), np.arange(self._next_id, self._next_id + rows.shape[0]))
 
     def add_with_ids(self, x, ids) -> None:
         self._need_trained()
-        self._add(self._rows(x), np.asarray(ids))
+        rows = self._rows(x)
+        ids = np.asarray(ids)
+        if ids.shape != (rows.shape[0],):
+            from ..errors import InvalidInputError
+
+            raise InvalidInputError(f"ids must be {rows.shape[0]} integers, got {ids.shape}")
+        self._add(self._lifted(rows), check_ids(ids))
 
     def _add(self, rows: np.ndarray, ids: np.ndarray) -> None:
         from ..errors import InvalidInputError
@@ -235,11 +266,15 @@ class IndexHRM2:
             self.last_report = ProbeReport(np.zeros(m, np.int64), np.zeros(m, np.int64))
             return D, I
         p1, p2 = self.probes()
-        keys, pos, d2, report = self.hrm2.search(q, k, p1, p2, adaptive=self.adaptive,
-                                                 ratio=self.ratio)
+        keys, pos, d2, report = self.hrm2.search(
+            q if self._lift is None else self._lift.queries(q), k, p1, p2,
+            adaptive=self.adaptive, ratio=self.ratio)
         self.last_report = report
         I = np.where(pos >= 0, self.hrm2.ids[np.where(pos >= 0, pos, 0)], -1)
         if self.metric == "l2":
             return d2.astype(np.float32), I
+        if self._lift is not None:
+            return np.where(pos >= 0, self._lift.similarity(q, d2), -np.inf).astype(
+                np.float32), I
         D = np.where(pos >= 0, 1.0 - d2 / 2.0, -np.inf).astype(np.float32)
         return D, I
