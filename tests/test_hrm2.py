@@ -477,3 +477,29 @@ def test_inner_product_on_unnormalised_data_like_ivf(backend):
     assert int(index.search(Q[:1], 1)[1][0, 0]) == 99999
     back = m2m_gpu.deserialize_index(m2m_gpu.serialize_index(index))
     np.testing.assert_array_equal(back.search(Q, 5)[1], index.search(Q, 5)[1])
+
+
+def test_search_params_nprobe_and_out_arguments():
+    """FAISS's ``index.search(x, k, params=SearchParametersIVF(nprobe=...))`` sets the
+    probes of one call; ``D=`` / ``I=`` are filled in place."""
+    import types
+
+    x, q = data(2000, 10)
+    index = IndexHRM2(16, 4, 4, backend="cpu")
+    index.train(x)
+    index.add(x)
+    index.nprobe = 1
+    narrow = index.search(q, 5)
+    few = index.last_report.cells.copy()
+    index.search(q, 5, params=types.SimpleNamespace(nprobe=16))
+    assert (index.last_report.cells > few).all()  # more cells scanned in that call ...
+    assert index.nprobe == 1  # ... and only in that call
+    index.search(q, 5)
+    np.testing.assert_array_equal(index.last_report.cells, few)
+    D, I = np.empty((10, 5), np.float32), np.empty((10, 5), np.int64)
+    out = index.search(q, 5, D=D, I=I)
+    assert out[0] is D and out[1] is I and (I == narrow[1]).all()
+    with pytest.raises(InvalidInputError):
+        index.search(q, 5, params=types.SimpleNamespace(nprobe=0))
+    with pytest.raises(InvalidInputError):
+        index.search(q, 5, params=object())

@@ -246,14 +246,30 @@ class IndexHRM2:
         return self.hrm2.rebalance()
 
     @unlocked
-    def search(self, x, k: int):
+    def search(self, x, k: int, *, params=None, D=None, I=None):  # noqa: E741 - FAISS's
+        """``(D, I)`` of the ``k`` nearest stored vectors per query row, FAISS-style.
+        ``params``: an object with ``nprobe`` (FAISS's ``SearchParametersIVF``) sets the
+        probes of this call only; ``D`` / ``I`` are filled if given."""
+        from ..index import _into
+
+        p2 = getattr(params, "nprobe", None)
+        if params is not None and p2 is None:
+            from ..errors import InvalidInputError
+
+            raise InvalidInputError("IndexHRM2.search params take nprobe (like FAISS's "
+                                    "SearchParametersIVF)")
+        p2 = None if p2 is None else check_count("nprobe", p2)
+        Dn, In = self._search_locked(x, k, p2)
+        return _into(Dn, D), _into(In, I)
+
+    def _search_locked(self, x, k: int, p2: int | None):
         """``(D, I)`` of the ``k`` nearest stored vectors per query row, FAISS-style.
         Searches run side by side (read lock); a tier placement pass that has fallen due
         runs after, under the write lock."""
-        return read_then_place(self, lambda: self._search(x, k), self.rebalance_due,
+        return read_then_place(self, lambda: self._search(x, k, p2), self.rebalance_due,
                                self.rebalance)
 
-    def _search(self, x, k: int):
+    def _search(self, x, k: int, p2_call: int | None = None):
         from ..knn import check_k, empty_result
 
         k = check_k(k)
@@ -265,7 +281,7 @@ class IndexHRM2:
             D, I = empty_result(m, k, "l2" if self.metric == "l2" else "ip")
             self.last_report = ProbeReport(np.zeros(m, np.int64), np.zeros(m, np.int64))
             return D, I
-        p1, p2 = self.probes()
+        p1, p2 = self.probes() if p2_call is None else self.hrm2.probes(self.p1, p2_call)
         keys, pos, d2, report = self.hrm2.search(
             q if self._lift is None else self._lift.queries(q), k, p1, p2,
             adaptive=self.adaptive, ratio=self.ratio)
