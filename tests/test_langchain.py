@@ -19,8 +19,8 @@ from m2m_gpu.integrations.langchain import M2MVectorStore  # noqa: E402
 
 class TestM2MVectorStoreStandard(VectorStoreIntegrationTests):
     @pytest.fixture()
-    def vectorstore(self):
-        store = M2MVectorStore(self.get_embeddings(), backend="cpu")
+    def vectorstore(self, backend):  # the whole suite on every backend
+        store = M2MVectorStore(self.get_embeddings(), backend=backend.name)
         yield store
         store.close()
 

@@ -118,3 +118,17 @@ def test_an_index_crosses_into_a_spawned_process():
     p.join(60)
     assert p.exitcode == 0
     np.testing.assert_array_equal(got, index.search(q, 5)[1])
+
+
+def _search_with(index, q):
+    return index.search(q, 5)[1]
+
+
+def test_indexes_go_through_joblib_workers():
+    """joblib's loky workers are separate processes: the index is pickled to them."""
+    joblib = pytest.importorskip("joblib")
+    index = _kinds("cpu")["hrm2"]
+    _, q = _data()
+    got = joblib.Parallel(n_jobs=2, backend="loky")(
+        joblib.delayed(_search_with)(index, q[i : i + 5]) for i in range(0, 20, 5))
+    np.testing.assert_array_equal(np.concatenate(got), index.search(q, 5)[1])
