@@ -31,6 +31,7 @@ from .splat import energy, splat_topk
 from .store import DecayReport, SearchResult, SplatStore
 from .synthetic import synthetic
 from .tensor import DeviceArray, tensor
+from .text import TextMemory
 from .tiers import TierOptions
 
 __version__ = "0.1.0"
@@ -49,6 +50,7 @@ __all__ = [
     "IndexFlatIP",
     "IndexFlatCosine",
     "IndexIDMap",
+    "TextMemory",
     "METRIC_INNER_PRODUCT",
     "METRIC_L2",
     "normalize_L2",

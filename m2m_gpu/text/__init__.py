@@ -1,0 +1,7 @@
+"""Text memory for AI systems: :class:`TextMemory` (hybrid BM25 + vector search over a
+SplatStore, feedback, decay, confidence)."""
+
+from .bm25 import BM25, tokens
+from .memory import TextMemory, minilm_encoder
+
+__all__ = ["BM25", "TextMemory", "minilm_encoder", "tokens"]
