@@ -128,6 +128,29 @@ def report(
     print(f"wrote {md}, {html} and {len(plots)} plots")
 
 
+@app.command()
+def mcp(
+    path: Annotated[Path, typer.Option(help="the memory's directory (made if missing)")],
+    backend: Annotated[str, typer.Option(help="cpu, cuda, vulkan or auto")] = "auto",
+    encoder: Annotated[str, typer.Option(help="minilm (all-MiniLM-L6-v2, offline) or "
+                                              "hashed (no model: bag of hashed words)")
+                       ] = "minilm",
+):
+    """Serve a TextMemory over the Model Context Protocol on stdio (remember, recall,
+    feedback, forget)."""
+    from .text import TextMemory, hashed_encoder, minilm_encoder
+    from .text.mcp_server import build
+
+    if encoder not in ("minilm", "hashed"):
+        raise typer.BadParameter(f"--encoder must be minilm or hashed, got {encoder!r}")
+    enc = minilm_encoder() if encoder == "minilm" else hashed_encoder()
+    memory = TextMemory(path=path, encoder=enc, backend=None if backend == "auto" else backend)
+    try:
+        build(memory).run("stdio")
+    finally:
+        memory.close()
+
+
 def _is_usage_error(exc: BaseException) -> bool:
     """Click's exceptions (usage errors, bad parameters, no command), whether click is
     installed on its own or vendored inside typer (typer >= 0.29 ships ``typer._click``)."""

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTIONS = ["Use", "From FAISS", "With LangChain", "With LlamaIndex", "Splat memory",
+SECTIONS = ["Use", "From FAISS", "With LangChain", "With LlamaIndex", "Text memory",
+            "Splat memory",
             "Durable stores", "Memory tiers", "Approximate search: HRM2"]
 
 

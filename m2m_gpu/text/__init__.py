@@ -2,6 +2,6 @@
 SplatStore, feedback, decay, confidence)."""
 
 from .bm25 import BM25, tokens
-from .memory import TextMemory, minilm_encoder
+from .memory import TextMemory, hashed_encoder, minilm_encoder
 
-__all__ = ["BM25", "TextMemory", "minilm_encoder", "tokens"]
+__all__ = ["BM25", "TextMemory", "hashed_encoder", "minilm_encoder", "tokens"]

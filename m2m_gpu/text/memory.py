@@ -63,6 +63,24 @@ def minilm_encoder(device: str | None = None) -> Callable[[list[str]], np.ndarra
     return encode
 
 
+def hashed_encoder(dim: int = 256) -> Callable[[list[str]], np.ndarray]:
+    """A deterministic encoder with no model: each word (lowercased letters and digits)
+    hashed into one of ``dim`` buckets, counted, normalised. For tests and demos: it finds
+    shared words, not meaning."""
+    import hashlib
+    import re
+
+    def encode(texts: list[str]) -> np.ndarray:
+        out = np.full((len(texts), dim), 1e-3, np.float32)
+        for r, t in enumerate(texts):
+            for w in re.findall(r"[a-z0-9]+", t.lower()):
+                out[r, int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(),
+                                      "little") % dim] += 1.0
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    return encode
+
+
 class TextMemory:
     def __init__(self, path: str | Path | None = None,
                  encoder: Callable[[list[str]], Any] | None = None, backend: Any = None,
