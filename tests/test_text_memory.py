@@ -136,3 +136,17 @@ def test_the_real_minilm_model():
     assert mem.search("which animal sat on a rug?", k=1, mode="vector")[0]["id"] == ids[0]
     assert mem.search("monetary policy", k=1)[0]["id"] == ids[3]
     assert mem.confidence("cats") > mem.confidence("the rules of cricket bowling")
+
+
+def test_long_ingests_are_encoded_in_batches():
+    calls = []
+
+    def counting(texts):
+        calls.append(len(texts))
+        return hashed(texts)
+
+    mem = m2m_gpu.TextMemory(encoder=counting, backend="cpu")
+    texts = [f"note number {i} about topic {i % 7}" for i in range(600)]
+    ids = mem.store(texts)
+    assert calls == [256, 256, 88] and len(ids) == 600  # no progress bar: not a terminal
+    assert mem.search("note number 599", k=1, mode="bm25")[0]["id"] == ids[599]

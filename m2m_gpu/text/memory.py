@@ -34,6 +34,7 @@ from ..store import SplatStore
 from .bm25 import BM25
 
 TEXT_KEY = "__text__"
+ENCODE_BATCH = 256  # texts per encoder call on long ingests
 MODES = ("hybrid", "vector", "bm25")
 RRF_K = 60
 PROMPT = ("Answer using the memories below when they are relevant.\n\n{memories}\n\n"
@@ -98,8 +99,17 @@ class TextMemory:
                 self.bm25.add(r["id"], r["metadata"][TEXT_KEY])
 
     # ---- encoding ---------------------------------------------------------------------------
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        x = np.asarray(self.encoder(texts), dtype=np.float32)
+    def _encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        if len(texts) > ENCODE_BATCH:  # batched, with a progress bar on a terminal
+            parts = []
+            with _progress(len(texts), progress) as advance:
+                for a in range(0, len(texts), ENCODE_BATCH):
+                    parts.append(np.asarray(self.encoder(texts[a : a + ENCODE_BATCH]),
+                                            dtype=np.float32))
+                    advance(min(ENCODE_BATCH, len(texts) - a))
+            x = np.concatenate(parts) if all(p.ndim == 2 for p in parts) else parts[0]
+        else:
+            x = np.asarray(self.encoder(texts), dtype=np.float32)
         if x.ndim != 2 or x.shape[0] != len(texts):
             raise InvalidInputError(f"the encoder returned shape {x.shape} for {len(texts)} "
                                     "texts; expected (texts, dim)")
@@ -136,7 +146,7 @@ class TextMemory:
             raise InvalidInputError(f"{len(metadata)} metadata records for {len(texts)} texts")
         if any(TEXT_KEY in m for m in metadata):
             raise InvalidInputError(f"metadata key {TEXT_KEY!r} is reserved for the text")
-        x = self._encode(texts)
+        x = self._encode(texts, progress=True)
         if self.splats is None:
             self.splats = SplatStore(x.shape[1], metric="cosine", backend=self._backend,
                                     path=self.path, **self._options)
@@ -259,6 +269,31 @@ class TextMemory:
     def close(self) -> None:
         if self.splats is not None:
             self.splats.close()
+
+
+class _progress:
+    """A rich progress bar for long ingests, on stderr when it is a terminal (and
+    ``wanted``); otherwise nothing."""
+
+    def __init__(self, total: int, wanted: bool) -> None:
+        import sys
+
+        self.bar = None
+        if wanted and sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self.bar = Progress(transient=True)
+            self.task = self.bar.add_task("encoding", total=total)
+
+    def __enter__(self):
+        if self.bar is None:
+            return lambda n: None
+        self.bar.start()
+        return lambda n: self.bar.advance(self.task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def _rrf(rankings: list[list[tuple[Any, float]]]) -> list[tuple[Any, float]]:
