@@ -38,6 +38,38 @@ QUERY_EVERY = 64
 GT_K = 100
 
 
+def known_items(raw: str, min_chars: int = 80) -> list[tuple[str, str, str]]:
+    """A labelled known-item set from ``apt-cache dumpavail`` output: ``(package,
+    synopsis, long description)``, the synopsis being the query and the long description
+    its one relevant document. Pairs whose synopsis appears verbatim in the description
+    (case-insensitive) are dropped, and so are short or repeated descriptions; sorted by
+    package."""
+    out, seen = [], set()
+    for stanza in raw.split("\n\n"):
+        pkg, desc, in_desc = None, [], False
+        for line in stanza.splitlines():
+            if line.startswith("Package:"):
+                pkg = line.split(":", 1)[1].strip()
+                in_desc = False
+            elif line.startswith("Description:"):
+                desc = [line.split(":", 1)[1].strip()]
+                in_desc = True
+            elif in_desc and line.startswith(" "):
+                body = line.strip()
+                desc.append("" if body == "." else body)
+            else:
+                in_desc = False
+        if not pkg or len(desc) < 2:
+            continue
+        short, long_ = desc[0], " ".join(x for x in desc[1:] if x)
+        if len(long_) < min_chars or short.lower() in long_.lower() or long_ in seen:
+            continue
+        seen.add(long_)
+        out.append((pkg, short, long_))
+    uniq = {p: (p, s, d) for p, s, d in reversed(out)}  # a package's first stanza
+    return sorted(uniq.values())
+
+
 def apt_descriptions(raw: str) -> list[tuple[str, str]]:
     """``(package, text)`` for each stanza of ``apt-cache dumpavail`` output, first stanza
     of a package only, identical texts once, sorted by package name."""
