@@ -164,13 +164,30 @@ def _guard(method, kind: str):
     return locked
 
 
-def holding(obj, kind: str = "write"):
-    """The object's lock (``kind`` "read" or "write"), then its backend's device lock."""
-    lock = lock_of(obj)
-    stack = contextlib.ExitStack()
-    stack.enter_context(lock.read() if kind == "read" else lock.write())
-    stack.enter_context(getattr(getattr(obj, "backend", None), "device_lock", _NO_LOCK))
-    return stack
+class holding:  # noqa: N801 - used as a function: ``with holding(obj, "read"):``
+    """The object's lock (``kind`` "read" or "write"), then its backend's device lock;
+    released in the other order. (On every locked call: kept to two context managers.)"""
+
+    __slots__ = ("_lock", "_device")
+
+    def __init__(self, obj, kind: str = "write") -> None:
+        rw = lock_of(obj)
+        self._lock = rw.read() if kind == "read" else rw.write()
+        self._device = getattr(getattr(obj, "backend", None), "device_lock", _NO_LOCK)
+
+    def __enter__(self) -> None:
+        self._lock.__enter__()
+        try:
+            self._device.__enter__()
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._device.__exit__(*exc)
+        finally:
+            self._lock.__exit__(*exc)
 
 
 def read_then_place(obj, read, due, place):

@@ -46,19 +46,24 @@ def _flat_parts(index) -> tuple[dict, dict]:
              "dtype": index.dtype.name}, {"vectors": rows})
 
 
-def _parts(index) -> tuple[dict, dict]:
+def _idmap_parts(index) -> tuple[dict, dict]:
+    head, arrays = _flat_parts(index.index)
+    return {"class": "IndexIDMap", "inner": head}, {**arrays, "ids": index.id_map}
+
+
+def _parts_of(index):
+    """The function that takes ``index`` apart (checked before any lock is taken)."""
     from .hrm2 import IndexHRM2
     from .idmap import IndexIDMap
     from .index import IndexFlat
 
-    if isinstance(index, IndexIDMap):
-        head, arrays = _flat_parts(index.index)
-        return {"class": "IndexIDMap", "inner": head}, {**arrays, "ids": index.id_map}
-    if isinstance(index, IndexFlat):
-        return _flat_parts(index)
-    if isinstance(index, IndexHRM2):
-        return _hrm2_parts(index)
-    raise InvalidInputError(f"cannot serialise a {type(index).__name__}")
+    for cls, parts in ((IndexIDMap, _idmap_parts), (IndexFlat, _flat_parts),
+                       (IndexHRM2, _hrm2_parts)):
+        if isinstance(index, cls):
+            return parts
+    raise InvalidInputError(f"cannot serialise a {type(index).__name__}: write_index takes "
+                            "IndexFlat*, IndexIDMap and IndexHRM2 (SplatStore has its own "
+                            "directory format: SplatStore(path=...), save())")
 
 
 def _hrm2_parts(index) -> tuple[dict, dict]:
@@ -79,22 +84,11 @@ def _hrm2_parts(index) -> tuple[dict, dict]:
     return head, arrays
 
 
-def _parts_check(index) -> None:
-    from .hrm2 import IndexHRM2
-    from .idmap import IndexIDMap
-    from .index import IndexFlat
-
-    if not isinstance(index, (IndexFlat, IndexIDMap, IndexHRM2)):
-        raise InvalidInputError(f"cannot serialise a {type(index).__name__}: write_index takes "
-                                "IndexFlat*, IndexIDMap and IndexHRM2 (SplatStore has its own "
-                                "directory format: SplatStore(path=...), save())")
-
-
 def index_bytes(index) -> bytes:
     """The bytes of ``index`` in the format above."""
-    _parts_check(index)
+    parts = _parts_of(index)
     with holding(index, "read"):  # a consistent picture, while writers wait
-        head, arrays = _parts(index)
+        head, arrays = parts(index)
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     head = {**head, "format_version": FORMAT_VERSION, "backend": index.backend.name,
             "arrays": [[k, a.dtype.newbyteorder("<").str, list(a.shape)]

@@ -38,13 +38,10 @@ QUERY_EVERY = 64
 GT_K = 100
 
 
-def known_items(raw: str, min_chars: int = 80) -> list[tuple[str, str, str]]:
-    """A labelled known-item set from ``apt-cache dumpavail`` output: ``(package,
-    synopsis, long description)``, the synopsis being the query and the long description
-    its one relevant document. Pairs whose synopsis appears verbatim in the description
-    (case-insensitive) are dropped, and so are short or repeated descriptions; sorted by
-    package."""
-    out, seen = [], set()
+def stanzas(raw: str):
+    """``(package, [synopsis, long-description lines...])`` per stanza of an apt or dpkg
+    package list (``apt-cache dumpavail``, ``/var/lib/dpkg/status``); ``"."`` lines are
+    empty strings."""
     for stanza in raw.split("\n\n"):
         pkg, desc, in_desc = None, [], False
         for line in stanza.splitlines():
@@ -59,8 +56,17 @@ def known_items(raw: str, min_chars: int = 80) -> list[tuple[str, str, str]]:
                 desc.append("" if body == "." else body)
             else:
                 in_desc = False
-        if not pkg or len(desc) < 2:
-            continue
+        if pkg and desc:
+            yield pkg, desc
+
+
+def known_items(raw: str, min_chars: int = 80) -> list[tuple[str, str, str]]:
+    """A labelled known-item set from a package list: ``(package, synopsis, long
+    description)``, the synopsis being the query and the long description its one relevant
+    document. Pairs whose synopsis appears verbatim in the description (case-insensitive)
+    are dropped, and so are short or repeated descriptions; sorted by package."""
+    out, seen = [], set()
+    for pkg, desc in stanzas(raw):
         short, long_ = desc[0], " ".join(x for x in desc[1:] if x)
         if len(long_) < min_chars or short.lower() in long_.lower() or long_ in seen:
             continue
@@ -75,21 +81,8 @@ def apt_descriptions(raw: str) -> list[tuple[str, str]]:
     of a package only, identical texts once, sorted by package name."""
     out: dict[str, str] = {}
     seen: set[str] = set()
-    for stanza in raw.split("\n\n"):
-        pkg, desc, in_desc = None, [], False
-        for line in stanza.splitlines():
-            if line.startswith("Package:"):
-                pkg = line.split(":", 1)[1].strip()
-                in_desc = False
-            elif line.startswith("Description:"):
-                desc = [line.split(":", 1)[1].strip()]
-                in_desc = True
-            elif in_desc and line.startswith(" "):
-                body = line.strip()
-                desc.append("" if body == "." else body)
-            else:
-                in_desc = False
-        if not pkg or not desc or pkg in out:
+    for pkg, desc in stanzas(raw):
+        if pkg in out:
             continue
         short, long_ = desc[0], " ".join(x for x in desc[1:] if x)
         text = f"{pkg}: {short}." + (f" {long_}" if long_ else "")

@@ -145,7 +145,7 @@ class M2MVectorStore(BasePydanticVectorStore):
         if node_ids is not None:
             keep = set(node_ids)
             if filt is not None:
-                keep &= {n.node_id for n in self.get_nodes(filters=filters)}
+                keep &= set(self._store.ids(filter=filt))
             self._store.delete(sorted(keep))
         elif filt is not None:
             self._store.delete(filter=filt)
@@ -160,17 +160,12 @@ class M2MVectorStore(BasePydanticVectorStore):
         if self._store is None:
             return []
         filt = to_filter(filters)
-        wanted = self._store.ids() if node_ids is None else list(node_ids)
-        out = []
-        for r in self._store.get(wanted):
-            if r is not None:
-                out.append(r)
-        if filt is not None:
-            from ..filters import Columns, evaluate
-
-            mask = evaluate(filt, [r["metadata"] for r in out], Columns())
-            out = [r for r, ok in zip(out, mask.tolist(), strict=True) if ok]
-        return [self._node(r["metadata"], r["vector"]) for r in out]
+        wanted = self._store.ids(filter=filt)
+        if node_ids is not None:
+            matching = set(wanted)
+            wanted = [i for i in node_ids if i in matching]
+        return [self._node(r["metadata"], r["vector"]) for r in self._store.get(wanted)
+                if r is not None]
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         if self._store is None or query.query_embedding is None or len(self._store) == 0:

@@ -112,10 +112,15 @@ class SplatStore:
         return len(self._st.table)
 
     @shared
-    def ids(self) -> list:
+    def ids(self, filter: dict | None = None) -> list:
         """The ids of the stored splats, in slot order (merged and deduplicated aliases are
-        not listed: they resolve to a listed id)."""
-        return self._st.table.live_ids()
+        not listed: they resolve to a listed id); with ``filter``, those whose metadata
+        match it (:mod:`m2m_gpu.filters`, evaluated on the store's columns)."""
+        if filter is None:
+            return self._st.table.live_ids()
+        _filters.check(filter)
+        table = self._st.table
+        return [table.ids[s] for s in np.flatnonzero(table.mask(filter)).tolist()]
 
     @shared
     def aliases(self) -> dict:
@@ -304,8 +309,7 @@ class SplatStore:
                 try:
                     return fn()
                 except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
-                    if attempt == 2 or not self.backend.is_out_of_memory(exc) or \
-                            not rows.counts()[0]:
+                    if attempt == 2 or not rows.retryable(exc):
                         raise
                     failure = exc
             with holding(self):

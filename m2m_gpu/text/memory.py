@@ -233,14 +233,7 @@ class TextMemory:
         return list(zip(res.ids[0], key.tolist(), strict=True))
 
     def _lexical(self, query: str, k: int, filt) -> list[tuple[Any, float]]:
-        allowed = None
-        if filt is not None:
-            from ..filters import Columns, evaluate
-
-            ids = self.splats.ids()
-            recs = self.splats.get(ids)
-            mask = evaluate(filt, [r["metadata"] for r in recs], Columns())
-            allowed = {i for i, ok in zip(ids, mask.tolist(), strict=True) if ok}
+        allowed = None if filt is None else set(self.splats.ids(filter=filt))
         return self.bm25.top(query, k, allowed)
 
     def recall(self, query: str, k: int = 5, **kwargs: Any) -> list[dict]:

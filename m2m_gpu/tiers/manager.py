@@ -27,8 +27,8 @@ class TierManager:
     Threads: the read path (dense, blocks, gather, fetch, upload, touch, due, counts, nbytes,
     stats, check) never moves rows and may run in several threads at once; touches and the
     streamed counters take internal locks. What moves rows or changes slots (place,
-    promote, demote, scatter, keep, rebalance, adopt, rebase, shrink_hot, and the retry of
-    retry_out_of_memory) needs the caller's exclusive lock: no read may run meanwhile."""
+    promote, demote, scatter, keep, rebalance, adopt, rebase, shrink_hot) needs the
+    caller's exclusive lock: no read may run meanwhile."""
 
     def __init__(self, dim: int, backend, options: TierOptions | None = None,
                  cold_dir: str | os.PathLike | None = None, clock: int = 0) -> None:
@@ -153,12 +153,11 @@ class TierManager:
         the policy values least, and the call is retried."""
         self._hot.shrink(exc, fraction)
 
-    def retry_out_of_memory(self, fn, rebalance):
-        """``fn()``; when the device runs out of memory inside it (a kernel's workspace),
-        the hot tier is halved (:meth:`shrink_hot`), ``rebalance()`` demotes the rows the
-        policy values least, and ``fn`` runs again (three tries in all). The retry moves
-        rows: the caller must hold its exclusive lock for it."""
-        return self._hot.retry(fn, rebalance)
+    def retryable(self, exc: BaseException) -> bool:
+        """Whether a call that raised ``exc`` may succeed after :meth:`shrink_hot` and a
+        placement pass (device memory ran out, and rows are hot). The caller retries, under
+        its exclusive lock for the shrink (SplatStore does, between read-locked tries)."""
+        return self._hot.retryable(exc)
 
     def promote(self, slots, to: int = HOT) -> None:
         """Move ``slots`` up to tier ``to`` (one batch)."""

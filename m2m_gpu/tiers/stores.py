@@ -94,17 +94,10 @@ class HotRows:
         self.out_of_memory(exc)
         self.limit = target
 
-    def retry(self, fn, rebalance):
-        """``fn()``, run again (three tries in all) after the device runs out of memory in
-        it: the budget halves (:meth:`shrink`) and ``rebalance()`` demotes rows first."""
-        for attempt in range(3):
-            try:
-                return fn()
-            except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
-                if attempt == 2 or not self.backend.is_out_of_memory(exc) or self.count == 0:
-                    raise
-                self.shrink(exc, 0.5)
-                rebalance()
+    def retryable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the device running out of memory with rows here to demote:
+        then :meth:`shrink`, a placement pass and a retry may succeed."""
+        return self.count > 0 and self.backend.is_out_of_memory(exc)
 
 
 class WarmRows:
