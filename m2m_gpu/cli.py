@@ -132,18 +132,21 @@ def report(
 def mcp(
     path: Annotated[Path, typer.Option(help="the memory's directory (made if missing)")],
     backend: Annotated[str, typer.Option(help="cpu, cuda, vulkan or auto")] = "auto",
-    encoder: Annotated[str, typer.Option(help="minilm (all-MiniLM-L6-v2, offline) or "
-                                              "hashed (no model: bag of hashed words)")
+    encoder: Annotated[str, typer.Option(help="minilm (all-MiniLM-L6-v2, offline), hashed "
+                                              "(no model: bag of hashed words), a "
+                                              "sentence-transformers name or directory, or "
+                                              "hf:NAME (a mean-pooled transformer)")
                        ] = "minilm",
 ):
     """Serve a TextMemory over the Model Context Protocol on stdio (remember, recall,
     feedback, forget)."""
-    from .text import TextMemory, hashed_encoder, minilm_encoder
+    from .text import TextMemory, resolve_encoder
     from .text.mcp_server import build
 
-    if encoder not in ("minilm", "hashed"):
-        raise typer.BadParameter(f"--encoder must be minilm or hashed, got {encoder!r}")
-    enc = minilm_encoder() if encoder == "minilm" else hashed_encoder()
+    try:
+        enc = resolve_encoder(encoder)
+    except (OSError, ValueError) as exc:  # no such model, or not a model directory
+        raise typer.BadParameter(f"--encoder {encoder!r}: {exc}") from exc
     memory = TextMemory(path=path, encoder=enc, backend=None if backend == "auto" else backend)
     try:
         build(memory).run("stdio")

@@ -6,9 +6,11 @@ A filter is a dict in the style of MongoDB / Chroma / LangChain filters::
     {"year": {"$gte": 2020, "$lt": 2025}}            # ranges: $gt $gte $lt $lte
     {"tag": {"$in": ["a", "b"]}, "draft": {"$ne": True}}   # $in $nin $eq $ne
     {"$or": [{"lang": "en"}, {"lang": "de"}]}        # $and $or $not
+    {"lang": {"$exists": True}}                      # the key is there (any value)
     {"lang": "en", "year": {"$gte": 2020}}           # several keys: all must hold
 
-A key missing from a splat's metadata matches only ``$ne`` and ``$nin``. Range operators
+A key missing from a splat's metadata matches only ``$ne``, ``$nin`` and
+``{"$exists": False}``. Range operators
 compare numbers with numbers and strings with strings; other values do not match.
 
 List-valued metadata match element-wise, as in MongoDB: ``{"tags": "x"}`` and
@@ -35,6 +37,7 @@ RANGE_OPS = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte"
 SET_OPS = ("$in", "$nin")
 EQ_OPS = ("$eq", "$ne")
 LIST_OPS = ("$contains",)
+EXISTS = "$exists"
 
 
 MAX_DEPTH = 32  # $and / $or / $not nested deeper than this are refused
@@ -61,8 +64,25 @@ def check(filt: Any, depth: int = 0) -> None:
                 if op in SET_OPS:
                     if not isinstance(val, (list, tuple, set, frozenset)):
                         raise InvalidInputError(f"{op} takes a list, got {val!r}")
+                elif op == EXISTS:
+                    if not isinstance(val, bool):
+                        raise InvalidInputError(f"$exists takes true or false, got {val!r}")
                 elif op not in RANGE_OPS and op not in EQ_OPS and op not in LIST_OPS:
                     raise InvalidInputError(f"unknown filter operator {op!r} on {key!r}")
+
+
+def keys(filt: dict) -> set[str]:
+    """The metadata keys a (checked) filter reads, through $and / $or / $not."""
+    out: set[str] = set()
+    for key, cond in filt.items():
+        if key in ("$and", "$or"):
+            for sub in cond:
+                out |= keys(sub)
+        elif key == "$not":
+            out |= keys(cond)
+        else:
+            out.add(key)
+    return out
 
 
 K_MISSING, K_BOOL, K_NUMBER, K_STR, K_OTHER, K_LIST = 0, 1, 2, 3, 4, 5
@@ -192,6 +212,8 @@ def _apply(col, op: str, val: Any) -> np.ndarray:
         return ~_equal(col, val)
     if op == "$contains":
         return _elementwise(col, val, whole=False)
+    if op == EXISTS:
+        return (kind != K_MISSING) == val
     if op in SET_OPS:
         hit = np.zeros(obj.shape[0], dtype=bool)
         for v in val:

@@ -545,3 +545,14 @@ def test_list_valued_metadata_matches_element_wise():
     assert hits({"tags": {"$nin": ["x", "y"]}}) == []
     assert hits({"n": 1}) == ["a", "c"]  # True is not the number 1
     assert hits({"n": {"$contains": True}}) == ["b"]
+
+
+def test_exists_filter_matches_on_the_key_alone(backend):
+    store = m2m_gpu.SplatStore(3, backend=backend.name)
+    X = np.eye(3, dtype=np.float32)
+    store.add(X, ids=["a", "b", "c"], metadata=[{"k": None}, {}, {"k": 0, "j": 1}])
+    assert sorted(store.ids(filter={"k": {"$exists": True}})) == ["a", "c"]
+    assert store.ids(filter={"k": {"$exists": False}}) == ["b"]
+    assert store.search(X[1:2], k=3, filter={"$not": {"j": {"$exists": True}}}).ids[0][0] == "b"
+    with pytest.raises(InvalidInputError, match=r"\$exists"):
+        store.ids(filter={"k": {"$exists": 1}})

