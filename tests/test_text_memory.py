@@ -49,7 +49,7 @@ def test_bm25_is_incremental_and_matches_a_fresh_build():
         if i != 2:
             b.add(i, "interest rates of the central bank" if i == 3 else t)
     assert a.scores("bank interest cats") == pytest.approx(b.scores("bank interest cats"))
-    assert a.postings == b.postings and a.total == b.total
+    assert a.state() == b.state() and a.total == b.total
     assert tokens("The Cat, and THE dog!") == ["cat", "dog"]  # stop words dropped
     assert tokens("Running libraries") == tokens("runs library")  # stemmed
     assert a.top("runs", 1) == [] and BM25().top("anything", 3) == []
@@ -105,7 +105,7 @@ def test_durable_memory_reopens_with_texts_and_bm25(tmp_path):
     mem.close()
     again = m2m_gpu.TextMemory(path=tmp_path / "m", encoder=hashed, backend="cpu")
     assert again.search("cat mat bank", k=5) == want
-    assert again.bm25.postings == mem.bm25.postings
+    assert again.bm25.state() == mem.bm25.state()
     again.close()
 
 

@@ -173,7 +173,7 @@ class TextMemory:
     def _sync_bm25(self) -> None:
         """Texts a consolidation pruned leave the BM25 index too."""
         held = set(self.splats.ids()) | set(self.splats.aliases())
-        for doc in [d for d in self.bm25.lengths if d not in held]:
+        for doc in [d for d in self.bm25 if d not in held]:
             self.bm25.remove(doc)
 
     # ---- reading ----------------------------------------------------------------------------
