@@ -1,4 +1,5 @@
-"""``m2m-gpu`` command line (typer): ``info``, ``bench`` and ``report``."""
+"""``m2m-gpu`` command line (typer): ``info``, ``bench``, ``report``, ``mcp`` and
+``serve``."""
 
 from __future__ import annotations
 
@@ -152,6 +153,45 @@ def mcp(
         build(memory).run("stdio")
     finally:
         memory.close()
+
+
+@app.command()
+def serve(
+    path: Annotated[Path, typer.Option(help="the server's directory: one store per collection")],
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port (Qdrant's REST port by default)")] = 6333,
+    backend: Annotated[str, typer.Option(help="cpu, cuda, vulkan or auto")] = "auto",
+    api_key: Annotated[str | None, typer.Option(envvar="M2M_API_KEY",
+                                                help="the read-write key (api-key header)")
+                       ] = None,
+    read_only_key: Annotated[list[str] | None, typer.Option(
+        help="a key that may only read (repeatable)")] = None,
+    allow_remote_without_key: Annotated[bool, typer.Option(
+        help="bind a non-loopback address with no API key configured")] = False,
+    max_body_bytes: Annotated[int, typer.Option(help="largest request body")] = 64 << 20,
+    max_points: Annotated[int, typer.Option(help="most points in one request")] = 100_000,
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level")] = "info",
+):
+    """Serve the collections under PATH over REST in Qdrant's wire shape (qdrant-client
+    works against it), with splat routes, API keys, limits and /metrics."""
+    import ipaddress
+
+    import uvicorn
+
+    from .server import create_app
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not (api_key or read_only_key) and not loopback and not allow_remote_without_key:
+        raise typer.BadParameter(f"--host {host} is not a loopback address and no API key is "
+                                 "set: pass --api-key, or --allow-remote-without-key")
+    server_app = create_app(path, backend=None if backend == "auto" else backend,
+                            api_key=api_key, read_only_keys=read_only_key or [],
+                            max_body_bytes=max_body_bytes, max_points=max_points)
+    uvicorn.run(server_app, host=host, port=port, log_level=log_level,
+                timeout_graceful_shutdown=10)
 
 
 def _is_usage_error(exc: BaseException) -> bool:

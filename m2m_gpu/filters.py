@@ -7,8 +7,12 @@ A filter is a dict in the style of MongoDB / Chroma / LangChain filters::
     {"tag": {"$in": ["a", "b"]}, "draft": {"$ne": True}}   # $in $nin $eq $ne
     {"$or": [{"lang": "en"}, {"lang": "de"}]}        # $and $or $not
     {"lang": {"$exists": True}}                      # the key is there (any value)
+    {"meta.source": "a.txt"}                         # a dotted path into nested objects
+    {"$id": {"$in": [1, 2]}}                         # the splats' own ids ($in, $nin, $eq)
     {"lang": "en", "year": {"$gte": 2020}}           # several keys: all must hold
 
+A dotted key ``a.b`` reads ``metadata["a"]["b"]`` when the metadata has no key ``"a.b"``
+itself; through a list of objects it collects ``b`` from each (Qdrant's payload paths).
 A key missing from a splat's metadata matches only ``$ne``, ``$nin`` and
 ``{"$exists": False}``. Range operators
 compare numbers with numbers and strings with strings; other values do not match.
@@ -38,6 +42,7 @@ SET_OPS = ("$in", "$nin")
 EQ_OPS = ("$eq", "$ne")
 LIST_OPS = ("$contains",)
 EXISTS = "$exists"
+ID_KEY = "$id"
 
 
 MAX_DEPTH = 32  # $and / $or / $not nested deeper than this are refused
@@ -57,6 +62,13 @@ def check(filt: Any, depth: int = 0) -> None:
                 check(sub, depth + 1)
         elif key == "$not":
             check(cond, depth + 1)
+        elif key == ID_KEY:
+            ops = cond if isinstance(cond, dict) else {"$eq": cond}
+            for op, val in ops.items():
+                if op not in ("$in", "$nin", "$eq"):
+                    raise InvalidInputError(f"$id takes $in, $nin or $eq, got {op!r}")
+                if op != "$eq" and not isinstance(val, (list, tuple, set, frozenset)):
+                    raise InvalidInputError(f"$id {op} takes a list, got {val!r}")
         elif isinstance(key, str) and key.startswith("$"):
             raise InvalidInputError(f"unknown filter operator {key!r}")
         elif isinstance(cond, dict):
@@ -80,7 +92,7 @@ def keys(filt: dict) -> set[str]:
                 out |= keys(sub)
         elif key == "$not":
             out |= keys(cond)
-        else:
+        elif key != ID_KEY:
             out.add(key)
     return out
 
@@ -112,6 +124,27 @@ def _typed(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return obj, kind, num
 
 
+def lookup(meta: dict, key: str) -> Any:
+    """``meta[key]``, else the dotted path ``key`` walked through nested objects (and
+    through lists of objects, collecting), else MISSING."""
+    if key in meta:
+        return meta[key]
+    if "." not in key:
+        return MISSING
+    cur: Any = meta
+    for part in key.split("."):
+        if isinstance(cur, dict):
+            if part not in cur:
+                return MISSING
+            cur = cur[part]
+        elif isinstance(cur, list):
+            cur = [e[part] for e in cur if isinstance(e, dict) and part in e]
+            cur = [x for e in cur for x in (e if isinstance(e, list) else [e])]
+        else:
+            return MISSING
+    return cur
+
+
 class Columns:
     """Typed columns over a store's slots, one per metadata key that a filter has used:
     the values, a kind code per slot and the numbers as float64. Built once per key and
@@ -124,7 +157,7 @@ class Columns:
         col = self.cols.get(key)
         if col is None or col[0].shape[0] != len(metadata):
             col = self.cols[key] = _typed(
-                [m.get(key, MISSING) if m is not None else MISSING for m in metadata])
+                [lookup(m, key) if m is not None else MISSING for m in metadata])
         return col
 
     def on_set(self, slots: np.ndarray, records: list[dict], total: int) -> None:
@@ -134,7 +167,7 @@ class Columns:
             if have < total:
                 extra = _typed([MISSING] * (total - have))
                 col = tuple(np.concatenate([a, b]) for a, b in zip(col, extra, strict=True))
-            new = _typed([r.get(key, MISSING) for r in records])
+            new = _typed([lookup(r, key) for r in records])
             for a, b in zip(col, new, strict=True):
                 a[slots] = b
             self.cols[key] = col
@@ -144,27 +177,41 @@ class Columns:
             self.cols[key] = tuple(a[keep] for a in col)
 
 
-def evaluate(filt: dict, metadata: list[dict], columns: Columns) -> np.ndarray:
-    """Boolean mask over slots."""
+def evaluate(filt: dict, metadata: list[dict], columns: Columns,
+             ids: list | None = None) -> np.ndarray:
+    """Boolean mask over slots (``ids``: the id in each slot, for ``$id``)."""
     n = len(metadata)
     mask = np.ones(n, dtype=bool)
     for key, cond in filt.items():
         if key == "$and":
             for sub in cond:
-                mask &= evaluate(sub, metadata, columns)
+                mask &= evaluate(sub, metadata, columns, ids)
         elif key == "$or":
             anyof = np.zeros(n, dtype=bool)
             for sub in cond:
-                anyof |= evaluate(sub, metadata, columns)
+                anyof |= evaluate(sub, metadata, columns, ids)
             mask &= anyof
         elif key == "$not":
-            mask &= ~evaluate(cond, metadata, columns)
+            mask &= ~evaluate(cond, metadata, columns, ids)
+        elif key == ID_KEY:
+            mask &= _ids_match(cond, ids)
         else:
             col = columns.column(key, metadata)
             ops = cond if isinstance(cond, dict) else {"$eq": cond}
             for op, val in ops.items():
                 mask &= _apply(col, op, val)
     return mask
+
+
+def _ids_match(cond: Any, ids: list | None) -> np.ndarray:
+    if ids is None:
+        raise InvalidInputError("$id needs the store's ids")
+    hit = np.ones(len(ids), dtype=bool)
+    for op, val in (cond if isinstance(cond, dict) else {"$eq": cond}).items():
+        want = {val} if op == "$eq" else set(val)
+        inside = np.fromiter((i in want for i in ids), bool, len(ids))
+        hit &= ~inside if op == "$nin" else inside
+    return hit
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -556,3 +556,22 @@ def test_exists_filter_matches_on_the_key_alone(backend):
     assert store.search(X[1:2], k=3, filter={"$not": {"j": {"$exists": True}}}).ids[0][0] == "b"
     with pytest.raises(InvalidInputError, match=r"\$exists"):
         store.ids(filter={"k": {"$exists": 1}})
+
+
+def test_dotted_paths_and_id_filters(backend):
+    """``a.b`` walks nested objects (and lists of them); ``$id`` filters on the ids."""
+    store = SplatStore(3, backend=backend.name)
+    X = np.eye(3, dtype=np.float32)
+    store.add(X, ids=[1, 2, "u"], metadata=[
+        {"metadata": {"source": "a.txt", "year": 2020}},
+        {"metadata": {"source": "b.txt"}, "refs": [{"k": 1}, {"k": [2, 3]}]},
+        {"metadata.source": "a.txt"}])  # a literal dotted key wins over the path
+    assert sorted(store.ids(filter={"metadata.source": "a.txt"}), key=str) == [1, "u"]
+    assert store.ids(filter={"metadata.year": {"$gte": 2000}}) == [1]
+    assert store.ids(filter={"refs.k": 3}) == [2] and store.ids(filter={"refs.k": 1}) == [2]
+    assert store.ids(filter={"$id": {"$in": [2, "u"]}, "metadata.source": "b.txt"}) == [2]
+    assert store.ids(filter={"$id": {"$nin": [2, "u"]}}) == [1]
+    hits = store.search(X[2:3], k=3, filter={"$not": {"$id": "u"}}).ids[0]
+    assert sorted(hits) == [1, 2]
+    with pytest.raises(InvalidInputError, match=r"\$id"):
+        store.ids(filter={"$id": {"$gt": 1}})

@@ -87,7 +87,7 @@ class SlotTable:
         """Live slots whose metadata match ``filt`` (every live slot for None)."""
         if filt is None:
             return self.live
-        return self.live & _filters.evaluate(filt, self.meta, self.columns)
+        return self.live & _filters.evaluate(filt, self.meta, self.columns, self.ids)
 
     # ---- changing ------------------------------------------------------------------------
     def append(self, keys: list, meta: list[dict]) -> int:

@@ -1,0 +1,193 @@
+"""One Qdrant collection: a durable SplatStore in its own directory, with Qdrant's points
+(ids, vectors, payloads) and scores on top. Every write is one store call, so it is
+durable when it returns and absent when it raised."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..store import SplatStore
+from .geometry import DISTANCES, Geometry
+from .qdrant import BadRequest, id_order, payload_selector, vector_selector
+
+CONFIG = "collection.json"
+
+
+class Collection:
+    def __init__(self, path: Path, size: int, distance: str, store: SplatStore) -> None:
+        self.path, self.name = path, path.name
+        self.geometry = Geometry(distance, size)
+        self.store = store
+        self._write = threading.Lock()  # Dot's re-lift reads then writes every row
+        ids = store.ids()
+        self.geometry.attach(store.get(ids[:1])[0]["vector"] if ids else None)
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, size: Any, distance: Any, backend: Any) -> Collection:
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 65536:
+            raise BadRequest(f"vector size must be an integer in 1 .. 65536, got {size!r}")
+        if distance not in DISTANCES:
+            raise BadRequest(f"distance must be one of {DISTANCES}, got {distance!r}")
+        geometry = Geometry(distance, size)
+        path.mkdir(parents=True)
+        store = SplatStore(geometry.stored_dim, metric=geometry.metric, backend=backend,
+                           path=path / "store", auto_consolidate=False)
+        tmp = path / (CONFIG + ".tmp")
+        tmp.write_text(json.dumps({"size": size, "distance": distance}))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        tmp.rename(path / CONFIG)  # the commit point: a directory without it is not one
+        return cls(path, size, distance, store)
+
+    @classmethod
+    def open(cls, path: Path, backend: Any) -> Collection:
+        cfg = json.loads((path / CONFIG).read_text())
+        return cls(path, cfg["size"], cfg["distance"],
+                   SplatStore.open(path / "store", backend=backend))
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ---- writing ----------------------------------------------------------------------------
+    def check_vectors(self, vectors: Any, n: int) -> np.ndarray:
+        try:
+            x = np.asarray(vectors, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(f"vectors must be lists of numbers: {exc}") from None
+        if x.ndim != 2 or x.shape[0] != n:
+            raise BadRequest(f"expected {n} vectors of {self.geometry.size} numbers")
+        if x.shape[1] != self.geometry.size:
+            raise BadRequest(f"Vector dimension error: expected dim: {self.geometry.size}, "
+                             f"got {x.shape[1]}")
+        if not np.isfinite(x).all():
+            raise BadRequest("vectors hold NaN or infinity")
+        return x
+
+    def upsert(self, ids: list, vectors: Any, payloads: list[dict]) -> None:
+        if len(set(ids)) != len(ids):
+            raise BadRequest("the same point id appears twice in one request")
+        x = self.check_vectors(vectors, len(ids))
+        with self._write:
+            bound = self.geometry.needs_relift(x)
+            if bound is None:
+                self.store.add(self.geometry.to_stored(x), ids=ids, metadata=payloads)
+                return
+            old = [i for i in self.store.ids() if i not in set(ids)]
+            recs = self.store.get(old)
+            old_x = self.geometry.from_stored(np.stack([r["vector"] for r in recs])) if recs \
+                else np.zeros((0, self.geometry.size), np.float32)
+            self.store.add(self.geometry.to_stored(np.concatenate([old_x, x]), bound),
+                           ids=old + ids, metadata=[r["metadata"] for r in recs] + payloads)
+            self.geometry.bound = bound
+
+    def delete(self, ids: list | None = None, filt: dict | None = None) -> None:
+        with self._write:
+            if filt is not None:
+                self.store.delete(filter=filt)
+            elif ids:
+                present = [i for i, r in zip(ids, self.store.get(ids), strict=True) if r]
+                if present:
+                    self.store.delete(present)
+
+    def set_payload(self, payload: dict, ids: list | None, filt: dict | None,
+                    overwrite: bool, key: str | None = None) -> None:
+        if not isinstance(payload, dict):
+            raise BadRequest("payload must be an object")
+        with self._write:
+            if ids is None:
+                ids = self.store.ids(filter=filt) if filt is not None else []
+            recs = self.store.get(ids)
+            missing = [i for i, r in zip(ids, recs, strict=True) if r is None]
+            if missing:
+                raise NotFound(f"No point with id {missing[0]} found")
+            new = []
+            for r in recs:
+                meta = {} if overwrite else dict(r["metadata"])
+                if key is not None:
+                    meta[key] = {**(meta.get(key) or {}), **payload} \
+                        if isinstance(meta.get(key), dict) else dict(payload)
+                else:
+                    meta.update(payload)
+                new.append(meta)
+            if ids:
+                self.store.update_metadata(ids, new)
+
+    # ---- reading ----------------------------------------------------------------------------
+    def records(self, ids: list, with_payload: Any = True, with_vector: Any = False) -> list:
+        pick, vec = payload_selector(with_payload), vector_selector(with_vector)
+        out = []
+        for i, r in zip(ids, self.store.get(ids), strict=True):
+            if r is None:
+                continue
+            v = self.geometry.from_stored(np.asarray(r["vector"])[None])[0].tolist() \
+                if vec else None
+            out.append({"id": i, "payload": pick(r["metadata"]), "vector": v})
+        return out
+
+    def scroll(self, offset: Any, limit: int, filt: dict | None, with_payload: Any,
+               with_vector: Any) -> dict:
+        ids = sorted(self.store.ids(filter=filt), key=id_order)
+        start = 0
+        if offset is not None:
+            key = id_order(offset)
+            start = next((n for n, i in enumerate(ids) if id_order(i) >= key), len(ids))
+        page = ids[start : start + limit]
+        nxt = ids[start + limit] if start + limit < len(ids) else None
+        return {"points": self.records(page, with_payload, with_vector),
+                "next_page_offset": nxt}
+
+    def count(self, filt: dict | None) -> int:
+        return len(self.store) if filt is None else len(self.store.ids(filter=filt))
+
+    def query(self, vectors: Any, limit: int, offset: int, filt: dict | None,
+              threshold: float | None, with_payload: Any, with_vector: Any) -> list[list]:
+        x = self.check_vectors(vectors, len(vectors))
+        if len(self.store) == 0 or x.shape[0] == 0:
+            return [[] for _ in range(x.shape[0])]
+        res = self.store.search(self.geometry.to_query(x), k=limit + offset, filter=filt,
+                                rank="distance")
+        pick, vec = payload_selector(with_payload), vector_selector(with_vector)
+        scores = self.geometry.scores(res.distances, x)
+        out = []
+        for q in range(x.shape[0]):
+            hits = []
+            for j in range(offset, len(res.ids[q])):
+                s = float(scores[q, j])
+                if not self.geometry.passes(s, threshold):
+                    break  # hits are best first
+                hits.append((res.ids[q][j], s, res.metadata[q][j]))
+            vectors_of = dict(zip([h[0] for h in hits], [None] * len(hits), strict=True))
+            if vec and hits:
+                got = self.store.get([h[0] for h in hits])
+                vectors_of = {h[0]: self.geometry.from_stored(
+                    np.asarray(r["vector"])[None])[0].tolist() for h, r in zip(
+                        hits, got, strict=True)}
+            out.append([{"id": i, "version": 0, "score": s, "payload": pick(m),
+                         "vector": vectors_of[i]} for i, s, m in hits])
+        return out
+
+    def info(self) -> dict:
+        n = len(self.store)
+        return {
+            "status": "green", "optimizer_status": "ok", "segments_count": 1,
+            "points_count": n, "indexed_vectors_count": 0, "payload_schema": {},
+            "config": {
+                "params": {"vectors": {"size": self.geometry.size,
+                                       "distance": self.geometry.distance},
+                           "shard_number": 1, "replication_factor": 1,
+                           "write_consistency_factor": 1, "on_disk_payload": True},
+                "hnsw_config": {"m": 0, "ef_construct": 0, "full_scan_threshold": 0},
+                "optimizer_config": {"default_segment_number": 1, "flush_interval_sec": 0},
+                "wal_config": {"wal_capacity_mb": 64, "wal_segments_ahead": 0},
+                "quantization_config": None}}
+
+
+class NotFound(LookupError):
+    """Qdrant's "Not found": a collection or point that is not there."""

@@ -1,0 +1,120 @@
+"""Request bodies of the server's routes (Qdrant's shapes, validated by pydantic; the
+served OpenAPI schema comes from these). Unknown keys Qdrant's clients may send
+(``shard_key``, ``consistency`` ...) are accepted and ignored."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PointId = int | str
+Payload = dict[str, Any]
+WithPayload = bool | list[str] | dict[str, list[str]]
+WithVector = bool | list[str]
+Filter = dict[str, Any]
+
+MAX_LIMIT = 10_000  # the largest k / page a request may ask for
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class VectorParams(_Loose):
+    size: int = Field(ge=1, le=65536)
+    distance: Literal["Cosine", "Euclid", "Dot"]
+
+
+class CreateCollection(_Loose):
+    vectors: VectorParams
+
+
+class PointStruct(_Loose):
+    id: PointId
+    vector: list[float]
+    payload: Payload | None = None
+
+
+class Batch(_Loose):
+    ids: list[PointId]
+    vectors: list[list[float]]
+    payloads: list[Payload | None] | None = None
+
+
+class PointInsert(_Loose):
+    points: list[PointStruct] | None = None
+    batch: Batch | None = None
+
+
+class PointRequest(_Loose):
+    ids: list[PointId]
+    with_payload: WithPayload = True
+    with_vector: WithVector = False
+
+
+class PointsSelector(_Loose):
+    points: list[PointId] | None = None
+    filter: Filter | None = None
+
+
+class SetPayload(_Loose):
+    payload: Payload
+    points: list[PointId] | None = None
+    filter: Filter | None = None
+    key: str | None = None
+
+
+class ScrollRequest(_Loose):
+    offset: PointId | None = None
+    limit: int = Field(10, ge=1, le=MAX_LIMIT)
+    filter: Filter | None = None
+    with_payload: WithPayload = True
+    with_vector: WithVector = False
+
+
+class CountRequest(_Loose):
+    filter: Filter | None = None
+    exact: bool = True
+
+
+class QueryRequest(_Loose):
+    query: list[float] | dict[str, Any] | None = None
+    limit: int = Field(10, ge=1, le=MAX_LIMIT)
+    offset: int = Field(0, ge=0, le=MAX_LIMIT)
+    filter: Filter | None = None
+    score_threshold: float | None = None
+    with_payload: WithPayload = False
+    with_vector: WithVector = False
+
+
+class QueryBatch(_Loose):
+    searches: list[QueryRequest] = Field(max_length=256)
+
+
+class SearchRequest(_Loose):
+    vector: list[float]
+    limit: int = Field(10, ge=1, le=MAX_LIMIT)
+    offset: int = Field(0, ge=0, le=MAX_LIMIT)
+    filter: Filter | None = None
+    score_threshold: float | None = None
+    with_payload: WithPayload = False
+    with_vector: WithVector = False
+
+
+class SearchBatch(_Loose):
+    searches: list[SearchRequest] = Field(max_length=256)
+
+
+class Feedback(BaseModel):
+    query: list[float]
+    relevant: list[PointId] = []
+    irrelevant: list[PointId] = []
+
+
+class Energy(BaseModel):
+    queries: list[list[float]] = Field(max_length=MAX_LIMIT)
+
+
+class Decay(BaseModel):
+    now: float

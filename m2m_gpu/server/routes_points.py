@@ -1,0 +1,228 @@
+"""Qdrant's collections and points routes (the subset ``qdrant-client`` uses)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+
+from . import models as m
+from .qdrant import BadRequest, point_id, point_ids, to_filter
+
+router = APIRouter()
+
+
+def ok(result: Any, started: float) -> dict:
+    return {"result": result, "status": "ok", "time": time.perf_counter() - started}
+
+
+def reader(request: Request) -> None:
+    request.app.state.keys.check(request, write=False)
+
+
+def writer(request: Request) -> None:
+    request.app.state.keys.check(request, write=True)
+
+
+def registry(request: Request):
+    return request.app.state.registry
+
+
+def collection(name: str, request: Request):
+    return request.app.state.registry.get(name)
+
+
+READ, WRITE = [Depends(reader)], [Depends(writer)]
+Col = Annotated[Any, Depends(collection)]
+Reg = Annotated[Any, Depends(registry)]
+
+
+def _max_points(request: Request, n: int) -> None:
+    limit = request.app.state.max_points
+    if n > limit:
+        raise BadRequest(f"{n} points in one request; the limit is {limit}")
+
+
+def _update(wait: bool, started: float) -> dict:
+    # every write is durable (fsynced) before it returns, whatever wait says
+    return ok({"operation_id": 0, "status": "completed" if wait else "acknowledged"}, started)
+
+
+# ---- collections --------------------------------------------------------------------------
+@router.get("/collections", dependencies=READ)
+def list_collections(reg: Reg):
+    t = time.perf_counter()
+    return ok({"collections": [{"name": n} for n in reg.names()]}, t)
+
+
+@router.put("/collections/{name}", dependencies=WRITE)
+def create_collection(name: str, body: m.CreateCollection, reg: Reg):
+    t = time.perf_counter()
+    reg.create(name, body.vectors.size, body.vectors.distance)
+    return ok(True, t)
+
+
+@router.get("/collections/{name}", dependencies=READ)
+def get_collection(col: Col):
+    t = time.perf_counter()
+    return ok(col.info(), t)
+
+
+@router.get("/collections/{name}/exists", dependencies=READ)
+def collection_exists(name: str, reg: Reg):
+    t = time.perf_counter()
+    return ok({"exists": reg.exists(name)}, t)
+
+
+@router.delete("/collections/{name}", dependencies=WRITE)
+def delete_collection(name: str, reg: Reg):
+    t = time.perf_counter()
+    return ok(reg.delete(name), t)
+
+
+# ---- points: writes -----------------------------------------------------------------------
+@router.put("/collections/{name}/points", dependencies=WRITE)
+def upsert_points(body: m.PointInsert, request: Request, col: Col,
+                  wait: bool = False):
+    t = time.perf_counter()
+    if (body.points is None) == (body.batch is None):
+        raise BadRequest("send either points or batch")
+    if body.points is not None:
+        ids = [p.id for p in body.points]
+        vectors = [p.vector for p in body.points]
+        payloads = [p.payload or {} for p in body.points]
+    else:
+        ids, vectors = body.batch.ids, body.batch.vectors
+        payloads = [p or {} for p in (body.batch.payloads or [None] * len(ids))]
+        if len(vectors) != len(ids) or len(payloads) != len(ids):
+            raise BadRequest("batch ids, vectors and payloads differ in length")
+    _max_points(request, len(ids))
+    col.upsert(point_ids(ids), vectors, payloads)
+    return _update(wait, t)
+
+
+@router.post("/collections/{name}/points/delete", dependencies=WRITE)
+def delete_points(body: m.PointsSelector, request: Request, col: Col,
+                  wait: bool = False):
+    t = time.perf_counter()
+    if (body.points is None) == (body.filter is None):
+        raise BadRequest("send either points or filter")
+    if body.points is not None:
+        _max_points(request, len(body.points))
+        col.delete(ids=point_ids(body.points))
+    else:
+        filt = to_filter(body.filter)
+        col.delete(filt={} if filt is None else filt)
+    return _update(wait, t)
+
+
+def _payload_write(body: m.SetPayload, request: Request, wait: bool, col, overwrite: bool):
+    t = time.perf_counter()
+    if (body.points is None) == (body.filter is None):
+        raise BadRequest("send either points or filter")
+    ids = None
+    if body.points is not None:
+        _max_points(request, len(body.points))
+        ids = point_ids(body.points)
+    filt = to_filter(body.filter) if body.filter is not None else None
+    col.set_payload(body.payload, ids, {} if ids is None and filt is None else filt,
+                    overwrite=overwrite, key=body.key)
+    return _update(wait, t)
+
+
+@router.post("/collections/{name}/points/payload", dependencies=WRITE)
+def set_payload(body: m.SetPayload, request: Request, col: Col,
+                wait: bool = False):
+    return _payload_write(body, request, wait, col, overwrite=False)
+
+
+@router.put("/collections/{name}/points/payload", dependencies=WRITE)
+def overwrite_payload(body: m.SetPayload, request: Request, col: Col,
+                      wait: bool = False):
+    return _payload_write(body, request, wait, col, overwrite=True)
+
+
+# ---- points: reads ------------------------------------------------------------------------
+@router.post("/collections/{name}/points", dependencies=READ)
+def retrieve_points(body: m.PointRequest, request: Request, col: Col):
+    t = time.perf_counter()
+    _max_points(request, len(body.ids))
+    return ok(col.records(point_ids(body.ids), body.with_payload, body.with_vector), t)
+
+
+@router.post("/collections/{name}/points/scroll", dependencies=READ)
+def scroll_points(body: m.ScrollRequest, col: Col):
+    t = time.perf_counter()
+    offset = None if body.offset is None else point_id(body.offset)
+    return ok(col.scroll(offset, body.limit, to_filter(body.filter), body.with_payload,
+                         body.with_vector), t)
+
+
+@router.post("/collections/{name}/points/count", dependencies=READ)
+def count_points(body: m.CountRequest, col: Col):
+    t = time.perf_counter()
+    return ok({"count": col.count(to_filter(body.filter))}, t)
+
+
+def _query_vector(q: Any, col) -> list[float]:
+    if isinstance(q, dict):
+        if set(q) != {"nearest"}:
+            raise BadRequest(f"query {sorted(q)} is not supported (nearest only)")
+        q = q["nearest"]
+    if isinstance(q, (int, str)) and not isinstance(q, bool):  # by the id of a point
+        recs = col.records([point_id(q)], with_payload=False, with_vector=True)
+        if not recs:
+            raise BadRequest(f"no point with id {q!r} to query by")
+        return recs[0]["vector"]
+    if not isinstance(q, list):
+        raise BadRequest("query must be a vector, a point id or {\"nearest\": ...}")
+    return q
+
+
+def _run(col, reqs: list, vectors: list) -> list[list]:
+    """Queries that share limit / offset / filter / threshold run as one batch."""
+    out: list = [None] * len(reqs)
+    groups: dict = {}
+    for n, r in enumerate(reqs):
+        key = (r.limit, r.offset, repr(r.filter), r.score_threshold, repr(r.with_payload),
+               repr(r.with_vector))
+        groups.setdefault(key, []).append(n)
+    for idx in groups.values():
+        r = reqs[idx[0]]
+        hits = col.query([vectors[n] for n in idx], r.limit, r.offset, to_filter(r.filter),
+                         r.score_threshold, r.with_payload, r.with_vector)
+        for n, h in zip(idx, hits, strict=True):
+            out[n] = h
+    return out
+
+
+@router.post("/collections/{name}/points/query", dependencies=READ)
+def query_points(body: m.QueryRequest, col: Col):
+    t = time.perf_counter()
+    if body.query is None:  # no query: the first points, as scroll would give them
+        page = col.scroll(None, body.limit + body.offset, to_filter(body.filter),
+                          body.with_payload, body.with_vector)["points"][body.offset :]
+        return ok({"points": [{**p, "version": 0, "score": 0.0} for p in page]}, t)
+    return ok({"points": _run(col, [body], [_query_vector(body.query, col)])[0]}, t)
+
+
+@router.post("/collections/{name}/points/query/batch", dependencies=READ)
+def query_batch(body: m.QueryBatch, col: Col):
+    t = time.perf_counter()
+    if any(r.query is None for r in body.searches):
+        raise BadRequest("every query of a batch needs a query vector")
+    hits = _run(col, body.searches, [_query_vector(r.query, col) for r in body.searches])
+    return ok([{"points": h} for h in hits], t)
+
+
+@router.post("/collections/{name}/points/search", dependencies=READ)
+def search_points(body: m.SearchRequest, col: Col):
+    t = time.perf_counter()
+    return ok(_run(col, [body], [body.vector])[0], t)
+
+
+@router.post("/collections/{name}/points/search/batch", dependencies=READ)
+def search_batch(body: m.SearchBatch, col: Col):
+    t = time.perf_counter()
+    return ok(_run(col, body.searches, [r.vector for r in body.searches]), t)
