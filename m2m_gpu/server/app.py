@@ -11,6 +11,7 @@ shutdown that closes every store.
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from .metrics import Metrics
 from .registry import Registry
 from .security import BodyLimit, Keys
 
+log = logging.getLogger("m2m_gpu.server")
 QDRANT_VERSION = "1.20.0"  # the API version spoken: qdrant-client checks major.minor
 MAX_BODY_BYTES = 64 << 20
 MAX_POINTS = 100_000
@@ -41,7 +43,9 @@ def create_app(path: str | Path, backend: Any = None, api_key: str | None = None
         try:
             yield
         finally:
+            n = len(registry.names())
             registry.close()
+            log.warning("m2m-gpu server: closed %d collection(s)", n)
 
     app = FastAPI(title="m2m-gpu", version=__version__, lifespan=lifespan,
                   description="Qdrant's REST shape over durable splat stores, and splat "

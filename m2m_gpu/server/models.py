@@ -78,28 +78,25 @@ class CountRequest(_Loose):
     exact: bool = True
 
 
-class QueryRequest(_Loose):
-    query: list[float] | dict[str, Any] | None = None
+class _Ranked(_Loose):
     limit: int = Field(10, ge=1, le=MAX_LIMIT)
     offset: int = Field(0, ge=0, le=MAX_LIMIT)
     filter: Filter | None = None
     score_threshold: float | None = None
     with_payload: WithPayload = False
     with_vector: WithVector = False
+
+
+class QueryRequest(_Ranked):
+    query: list[float] | dict[str, Any] | None = None
 
 
 class QueryBatch(_Loose):
     searches: list[QueryRequest] = Field(max_length=256)
 
 
-class SearchRequest(_Loose):
+class SearchRequest(_Ranked):
     vector: list[float]
-    limit: int = Field(10, ge=1, le=MAX_LIMIT)
-    offset: int = Field(0, ge=0, le=MAX_LIMIT)
-    filter: Filter | None = None
-    score_threshold: float | None = None
-    with_payload: WithPayload = False
-    with_vector: WithVector = False
 
 
 class SearchBatch(_Loose):
@@ -118,3 +115,19 @@ class Energy(BaseModel):
 
 class Decay(BaseModel):
     now: float
+
+
+class ErrorStatus(BaseModel):
+    error: str
+
+
+class ErrorResponse(BaseModel):
+    status: ErrorStatus
+    time: float
+
+
+ERRORS: dict = {code: {"model": ErrorResponse, "description": what} for code, what in (
+    (400, "wrong input: the message names the problem"),
+    (401, "no API key"), (403, "a wrong key, or a read-only key on a write"),
+    (404, "no such collection or point"), (409, "the collection exists"),
+    (413, "the request body is over the limit"))}

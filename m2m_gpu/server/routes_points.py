@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from . import models as m
 from .qdrant import BadRequest, point_id, point_ids, to_filter
 
-router = APIRouter()
+router = APIRouter(responses=m.ERRORS)
 
 
 def ok(result: Any, started: float) -> dict:

@@ -13,7 +13,7 @@ from . import models as m
 from .qdrant import BadRequest, point_ids
 from .routes_points import READ, WRITE, Col, ok
 
-router = APIRouter(prefix="/collections/{name}/splats")
+router = APIRouter(prefix="/collections/{name}/splats", responses=m.ERRORS)
 
 
 def _report(rep) -> dict:
