@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 
 from . import models as m
+from . import responses as r
 from .qdrant import BadRequest, point_id, point_ids, to_filter
 
 router = APIRouter(responses=m.ERRORS)
@@ -50,39 +51,45 @@ def _update(wait: bool, started: float) -> dict:
 
 
 # ---- collections --------------------------------------------------------------------------
-@router.get("/collections", dependencies=READ)
+@router.get("/collections", dependencies=READ,
+             responses=r.doc(r.Collections))
 def list_collections(reg: Reg):
     t = time.perf_counter()
     return ok({"collections": [{"name": n} for n in reg.names()]}, t)
 
 
-@router.put("/collections/{name}", dependencies=WRITE)
+@router.put("/collections/{name}", dependencies=WRITE,
+             responses=r.doc(bool))
 def create_collection(name: str, body: m.CreateCollection, reg: Reg):
     t = time.perf_counter()
     reg.create(name, body.vectors.size, body.vectors.distance)
     return ok(True, t)
 
 
-@router.get("/collections/{name}", dependencies=READ)
+@router.get("/collections/{name}", dependencies=READ,
+             responses=r.doc(r.CollectionInfo))
 def get_collection(col: Col):
     t = time.perf_counter()
     return ok(col.info(), t)
 
 
-@router.get("/collections/{name}/exists", dependencies=READ)
+@router.get("/collections/{name}/exists", dependencies=READ,
+             responses=r.doc(r.Exists))
 def collection_exists(name: str, reg: Reg):
     t = time.perf_counter()
     return ok({"exists": reg.exists(name)}, t)
 
 
-@router.delete("/collections/{name}", dependencies=WRITE)
+@router.delete("/collections/{name}", dependencies=WRITE,
+             responses=r.doc(bool))
 def delete_collection(name: str, reg: Reg):
     t = time.perf_counter()
     return ok(reg.delete(name), t)
 
 
 # ---- points: writes -----------------------------------------------------------------------
-@router.put("/collections/{name}/points", dependencies=WRITE)
+@router.put("/collections/{name}/points", dependencies=WRITE,
+             responses=r.doc(r.UpdateResult))
 def upsert_points(body: m.PointInsert, request: Request, col: Col,
                   wait: bool = False):
     t = time.perf_counter()
@@ -102,7 +109,8 @@ def upsert_points(body: m.PointInsert, request: Request, col: Col,
     return _update(wait, t)
 
 
-@router.post("/collections/{name}/points/delete", dependencies=WRITE)
+@router.post("/collections/{name}/points/delete", dependencies=WRITE,
+             responses=r.doc(r.UpdateResult))
 def delete_points(body: m.PointsSelector, request: Request, col: Col,
                   wait: bool = False):
     t = time.perf_counter()
@@ -131,27 +139,31 @@ def _payload_write(body: m.SetPayload, request: Request, wait: bool, col, overwr
     return _update(wait, t)
 
 
-@router.post("/collections/{name}/points/payload", dependencies=WRITE)
+@router.post("/collections/{name}/points/payload", dependencies=WRITE,
+             responses=r.doc(r.UpdateResult))
 def set_payload(body: m.SetPayload, request: Request, col: Col,
                 wait: bool = False):
     return _payload_write(body, request, wait, col, overwrite=False)
 
 
-@router.put("/collections/{name}/points/payload", dependencies=WRITE)
+@router.put("/collections/{name}/points/payload", dependencies=WRITE,
+             responses=r.doc(r.UpdateResult))
 def overwrite_payload(body: m.SetPayload, request: Request, col: Col,
                       wait: bool = False):
     return _payload_write(body, request, wait, col, overwrite=True)
 
 
 # ---- points: reads ------------------------------------------------------------------------
-@router.post("/collections/{name}/points", dependencies=READ)
+@router.post("/collections/{name}/points", dependencies=READ,
+             responses=r.doc(list[r.Record]))
 def retrieve_points(body: m.PointRequest, request: Request, col: Col):
     t = time.perf_counter()
     _max_points(request, len(body.ids))
     return ok(col.records(point_ids(body.ids), body.with_payload, body.with_vector), t)
 
 
-@router.post("/collections/{name}/points/scroll", dependencies=READ)
+@router.post("/collections/{name}/points/scroll", dependencies=READ,
+             responses=r.doc(r.ScrollResult))
 def scroll_points(body: m.ScrollRequest, col: Col):
     t = time.perf_counter()
     offset = None if body.offset is None else point_id(body.offset)
@@ -159,7 +171,8 @@ def scroll_points(body: m.ScrollRequest, col: Col):
                          body.with_vector), t)
 
 
-@router.post("/collections/{name}/points/count", dependencies=READ)
+@router.post("/collections/{name}/points/count", dependencies=READ,
+             responses=r.doc(r.Count))
 def count_points(body: m.CountRequest, col: Col):
     t = time.perf_counter()
     return ok({"count": col.count(to_filter(body.filter))}, t)
@@ -184,20 +197,21 @@ def _run(col, reqs: list, vectors: list) -> list[list]:
     """Queries that share limit / offset / filter / threshold run as one batch."""
     out: list = [None] * len(reqs)
     groups: dict = {}
-    for n, r in enumerate(reqs):
-        key = (r.limit, r.offset, repr(r.filter), r.score_threshold, repr(r.with_payload),
-               repr(r.with_vector))
+    for n, req in enumerate(reqs):
+        key = (req.limit, req.offset, repr(req.filter), req.score_threshold,
+               repr(req.with_payload), repr(req.with_vector))
         groups.setdefault(key, []).append(n)
     for idx in groups.values():
-        r = reqs[idx[0]]
-        hits = col.query([vectors[n] for n in idx], r.limit, r.offset, to_filter(r.filter),
-                         r.score_threshold, r.with_payload, r.with_vector)
+        q = reqs[idx[0]]
+        hits = col.query([vectors[n] for n in idx], q.limit, q.offset, to_filter(q.filter),
+                         q.score_threshold, q.with_payload, q.with_vector)
         for n, h in zip(idx, hits, strict=True):
             out[n] = h
     return out
 
 
-@router.post("/collections/{name}/points/query", dependencies=READ)
+@router.post("/collections/{name}/points/query", dependencies=READ,
+             responses=r.doc(r.QueryResponse))
 def query_points(body: m.QueryRequest, col: Col):
     t = time.perf_counter()
     if body.query is None:  # no query: the first points, as scroll would give them
@@ -207,22 +221,25 @@ def query_points(body: m.QueryRequest, col: Col):
     return ok({"points": _run(col, [body], [_query_vector(body.query, col)])[0]}, t)
 
 
-@router.post("/collections/{name}/points/query/batch", dependencies=READ)
+@router.post("/collections/{name}/points/query/batch", dependencies=READ,
+             responses=r.doc(list[r.QueryResponse]))
 def query_batch(body: m.QueryBatch, col: Col):
     t = time.perf_counter()
-    if any(r.query is None for r in body.searches):
+    if any(s.query is None for s in body.searches):
         raise BadRequest("every query of a batch needs a query vector")
-    hits = _run(col, body.searches, [_query_vector(r.query, col) for r in body.searches])
+    hits = _run(col, body.searches, [_query_vector(s.query, col) for s in body.searches])
     return ok([{"points": h} for h in hits], t)
 
 
-@router.post("/collections/{name}/points/search", dependencies=READ)
+@router.post("/collections/{name}/points/search", dependencies=READ,
+             responses=r.doc(list[r.ScoredPoint]))
 def search_points(body: m.SearchRequest, col: Col):
     t = time.perf_counter()
     return ok(_run(col, [body], [body.vector])[0], t)
 
 
-@router.post("/collections/{name}/points/search/batch", dependencies=READ)
+@router.post("/collections/{name}/points/search/batch", dependencies=READ,
+             responses=r.doc(list[list[r.ScoredPoint]]))
 def search_batch(body: m.SearchBatch, col: Col):
     t = time.perf_counter()
-    return ok(_run(col, body.searches, [r.vector for r in body.searches]), t)
+    return ok(_run(col, body.searches, [s.vector for s in body.searches]), t)

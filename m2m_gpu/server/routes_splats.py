@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter
 
 from . import models as m
+from . import responses as r
 from .qdrant import BadRequest, point_ids
 from .routes_points import READ, WRITE, Col, ok
 
@@ -20,7 +22,7 @@ def _report(rep) -> dict:
     return dataclasses.asdict(rep) if dataclasses.is_dataclass(rep) else rep
 
 
-@router.post("/feedback", dependencies=WRITE)
+@router.post("/feedback", dependencies=WRITE, responses=r.doc(r.Updated))
 def feedback(body: m.Feedback, col: Col):
     """The Hebbian update: ``relevant`` splats strengthen and move towards the query,
     ``irrelevant`` ones weaken (the store's rates)."""
@@ -31,7 +33,7 @@ def feedback(body: m.Feedback, col: Col):
     return ok({"updated": int(n)}, t)
 
 
-@router.post("/energy", dependencies=READ)
+@router.post("/energy", dependencies=READ, responses=r.doc(r.Energies))
 def energy(body: m.Energy, col: Col):
     """``E(x) = -log sum alpha exp(-kappa d2)`` per query and ``confidence =
     sigmoid(-E)`` (+inf / 0 for an empty collection)."""
@@ -44,7 +46,7 @@ def energy(body: m.Energy, col: Col):
     return ok({"energy": e, "confidence": [float(c) for c in res.confidence]}, t)
 
 
-@router.post("/decay", dependencies=WRITE)
+@router.post("/decay", dependencies=WRITE, responses=r.doc(r.Decayed))
 def decay(body: m.Decay, col: Col):
     """Every alpha decays with the store's half-life up to the clock ``now``."""
     t = time.perf_counter()
@@ -52,7 +54,7 @@ def decay(body: m.Decay, col: Col):
     return ok({"elapsed": rep.elapsed, "factor": rep.factor, "pruned": rep.pruned}, t)
 
 
-@router.post("/consolidate", dependencies=WRITE)
+@router.post("/consolidate", dependencies=WRITE, responses=r.doc(r.Consolidated))
 def consolidate(col: Col):
     """Prune splats under alpha_prune and merge near duplicates; what was removed."""
     t = time.perf_counter()
@@ -61,7 +63,7 @@ def consolidate(col: Col):
     return ok(rep, t)
 
 
-@router.get("/stats", dependencies=READ)
+@router.get("/stats", dependencies=READ, responses=r.doc(dict[str, Any]))
 def stats(col: Col):
     t = time.perf_counter()
     return ok(col.store.stats(), t)
