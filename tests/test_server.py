@@ -49,6 +49,18 @@ QDRANT_FILTER = models.Filter(
             models.FieldCondition(key="tag", match=models.MatchValue(value="y"))],
     must_not=[models.FieldCondition(key="tag", match=models.MatchExcept(**{"except": ["x",
                                                                                       "y"]}))])
+MORE_FILTERS = [
+    models.Filter(must=[models.FieldCondition(key="tag", match=models.MatchExcept(
+        **{"except": ["x"]}))]),
+    models.Filter(must_not=[models.FieldCondition(key="metadata.group",
+                                                  match=models.MatchValue(value=3))],
+                  should=[models.Filter(must=[models.FieldCondition(
+                      key="n", range=models.Range(gt=9000))])]),
+    models.Filter(must=[models.HasIdCondition(has_id=list(range(0, 400, 3))),
+                        models.FieldCondition(key="n", range=models.Range(lte=200.5))]),
+    models.Filter(must=[models.IsEmptyCondition(is_empty=models.PayloadField(key="none"))]),
+    models.Filter(must=[models.IsNullCondition(is_null=models.PayloadField(key="tag"))]),
+]
 OUR_FILTER = {"$and": [{"metadata.group": {"$in": [1, 2]}},
                        {"$or": [{"n": {"$gte": 100, "$lt": 5000}}, {"tag": "y"}]},
                        {"$not": {"tag": {"$nin": ["x", "y"]}}}]}
@@ -69,7 +81,19 @@ def test_qdrant_client_round_trip_equals_the_in_process_store(server):
 
     local = m2m_gpu.SplatStore(DIM, metric="cosine", backend="cpu")
     local.add(X, ids=ids, metadata=payloads)
+    ref = QdrantClient(":memory:")  # Qdrant's own semantics, in qdrant-client's local mode
+    ref.create_collection("docs", vectors_config=models.VectorParams(
+        size=DIM, distance=models.Distance.COSINE))
+    ref.upload_points("docs", [models.PointStruct(id=i, vector=x.tolist(), payload=p)
+                               for i, x, p in zip(ids, X, payloads, strict=True)])
     Q = np.random.default_rng(1).standard_normal((5, DIM)).astype(np.float32)
+    for f in (QDRANT_FILTER, *MORE_FILTERS):
+        assert client.count("docs", count_filter=f).count == ref.count("docs",
+                                                                       count_filter=f).count
+        a = client.query_points("docs", query=Q[0].tolist(), limit=15, query_filter=f).points
+        b = ref.query_points("docs", query=Q[0].tolist(), limit=15, query_filter=f).points
+        assert [p.id for p in a] == [p.id for p in b]
+        np.testing.assert_allclose([p.score for p in a], [p.score for p in b], atol=1e-5)
     for q in Q:
         got = client.query_points("docs", query=q.tolist(), limit=20,
                                   query_filter=QDRANT_FILTER, with_payload=True).points

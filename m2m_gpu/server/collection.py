@@ -20,8 +20,11 @@ CONFIG = "collection.json"
 
 
 class Collection:
-    def __init__(self, path: Path, size: int, distance: str, store: SplatStore) -> None:
+    def __init__(self, path: Path, size: int, distance: str, store: SplatStore,
+                 vector_name: str = "") -> None:
         self.path, self.name = path, path.name
+        self.vector_name = vector_name  # "": Qdrant's unnamed vector
+        self.payload_indexes: dict[str, str] = {}  # declared; filters need none here
         self.geometry = Geometry(distance, size)
         self.store = store
         self._write = threading.Lock()  # Dot's re-lift reads then writes every row
@@ -30,7 +33,8 @@ class Collection:
 
     # ---- lifecycle --------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path, size: Any, distance: Any, backend: Any) -> Collection:
+    def create(cls, path: Path, size: Any, distance: Any, backend: Any,
+               vector_name: str = "") -> Collection:
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 65536:
             raise BadRequest(f"vector size must be an integer in 1 .. 65536, got {size!r}")
         if distance not in DISTANCES:
@@ -39,21 +43,51 @@ class Collection:
         path.mkdir(parents=True)
         store = SplatStore(geometry.stored_dim, metric=geometry.metric, backend=backend,
                            path=path / "store", auto_consolidate=False)
-        tmp = path / (CONFIG + ".tmp")
-        tmp.write_text(json.dumps({"size": size, "distance": distance}))
+        col = cls(path, size, distance, store, vector_name)
+        col.save_config()  # the commit point: a directory without its config is not one
+        return col
+
+    def save_config(self) -> None:
+        tmp = self.path / (CONFIG + ".tmp")
+        tmp.write_text(json.dumps({"size": self.geometry.size,
+                                   "distance": self.geometry.distance,
+                                   "vector_name": self.vector_name,
+                                   "payload_indexes": self.payload_indexes}))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        tmp.rename(path / CONFIG)  # the commit point: a directory without it is not one
-        return cls(path, size, distance, store)
+        tmp.rename(self.path / CONFIG)
 
     @classmethod
     def open(cls, path: Path, backend: Any) -> Collection:
         cfg = json.loads((path / CONFIG).read_text())
-        return cls(path, cfg["size"], cfg["distance"],
-                   SplatStore.open(path / "store", backend=backend))
+        col = cls(path, cfg["size"], cfg["distance"],
+                  SplatStore.open(path / "store", backend=backend), cfg.get("vector_name", ""))
+        col.payload_indexes = dict(cfg.get("payload_indexes", {}))
+        return col
 
     def close(self) -> None:
         self.store.close()
+
+    # ---- vectors, plain or named ----------------------------------------------------------
+    def unpack(self, vector: Any) -> Any:
+        """A point's vector (or a batch's vectors) given plain or as ``{name: ...}``."""
+        if isinstance(vector, dict):
+            if set(vector) != {self.vector_name}:
+                raise BadRequest(f"vector names {sorted(vector)}: this collection has the "
+                                 f"one vector {self.vector_name!r}")
+            return vector[self.vector_name]
+        if self.vector_name:
+            raise BadRequest(f"this collection's vector is named {self.vector_name!r}: send "
+                             f"{{{self.vector_name!r}: [...]}}")
+        return vector
+
+    def pack(self, vector: list[float]) -> Any:
+        return {self.vector_name: vector} if self.vector_name else vector
+
+    def check_using(self, using: str | None) -> None:
+        if using not in (None, self.vector_name):
+            raise BadRequest(f"no vector named {using!r} (this collection has "
+                             f"{self.vector_name!r})")
 
     # ---- writing ----------------------------------------------------------------------------
     def check_vectors(self, vectors: Any, n: int) -> np.ndarray:
@@ -126,7 +160,7 @@ class Collection:
         for i, r in zip(ids, self.store.get(ids), strict=True):
             if r is None:
                 continue
-            v = self.geometry.from_stored(np.asarray(r["vector"])[None])[0].tolist() \
+            v = self.pack(self.geometry.from_stored(np.asarray(r["vector"])[None])[0].tolist()) \
                 if vec else None
             out.append({"id": i, "payload": pick(r["metadata"]), "vector": v})
         return out
@@ -166,27 +200,89 @@ class Collection:
             vectors_of = dict(zip([h[0] for h in hits], [None] * len(hits), strict=True))
             if vec and hits:
                 got = self.store.get([h[0] for h in hits])
-                vectors_of = {h[0]: self.geometry.from_stored(
-                    np.asarray(r["vector"])[None])[0].tolist() for h, r in zip(
+                vectors_of = {h[0]: self.pack(self.geometry.from_stored(
+                    np.asarray(r["vector"])[None])[0].tolist()) for h, r in zip(
                         hits, got, strict=True)}
             out.append([{"id": i, "version": 0, "score": s, "payload": pick(m),
                          "vector": vectors_of[i]} for i, s, m in hits])
         return out
 
+    def mmr(self, vector: Any, limit: int, filt: dict | None, threshold: float | None,
+            with_payload: Any, with_vector: Any, diversity: Any, candidates: Any) -> list:
+        """Maximal marginal relevance: from the ``candidates`` nearest, greedily the one
+        best at ``(1 - diversity) * score(query) - diversity * max score(chosen)``; each
+        keeps its score for the query. Scores between points are the collection's own
+        (for Euclid, the negated distance)."""
+        if isinstance(diversity, bool) or not isinstance(diversity, (int, float)) or \
+                not 0 <= diversity <= 1:
+            raise BadRequest(f"mmr diversity must be in [0, 1], got {diversity!r}")
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or \
+                not limit <= candidates <= 10_000:
+            raise BadRequest(f"mmr candidates_limit must be an integer in limit .. 10000, "
+                             f"got {candidates!r}")
+        pool = self.query([vector], candidates, 0, filt, threshold, with_payload, True)[0]
+        if not pool:
+            return []
+        V = np.asarray([self.unpack(p["vector"]) for p in pool], np.float64)
+        if self.geometry.distance == "Cosine":
+            V /= np.linalg.norm(V, axis=1, keepdims=True)
+        if self.geometry.distance == "Euclid":  # Qdrant's raw similarity: -d^2
+            sq = (V**2).sum(1)
+            x = np.asarray(vector, np.float64)
+            rel = -((V - x) ** 2).sum(1)
+            pair = -np.maximum(sq[:, None] + sq[None] - 2 * V @ V.T, 0)
+        else:
+            rel = np.array([p["score"] for p in pool])
+            pair = V @ V.T
+        # Qdrant's order of play: pending candidates kept in a list from which the chosen
+        # one is swap-removed, and the last of equal maxima chosen
+        pending = list(range(len(pool)))
+        chosen = [_swap_remove(pending, _last_argmax(rel[pending]))]
+        while len(chosen) < min(limit, len(pool)):
+            gain = (1 - diversity) * rel[pending] - diversity * pair[np.ix_(pending,
+                                                                            chosen)].max(1)
+            chosen.append(_swap_remove(pending, _last_argmax(gain)))
+        keep_vec = vector_selector(with_vector)
+        return [{**pool[j], "vector": pool[j]["vector"] if keep_vec else None} for j in chosen]
+
+    def index_field(self, field: Any, schema: Any, drop: bool = False) -> None:
+        """Qdrant's payload indexes: declared and reported (``payload_schema``). Filters
+        here build a typed column per key on first use, so an index changes no answer."""
+        if not isinstance(field, str) or not field:
+            raise BadRequest("field_name must be a non-empty string")
+        with self._write:
+            if drop:
+                self.payload_indexes.pop(field, None)
+            else:
+                kind = schema.get("type") if isinstance(schema, dict) else schema
+                self.payload_indexes[field] = str(kind or "keyword")
+            self.save_config()
+
     def info(self) -> dict:
         n = len(self.store)
         return {
             "status": "green", "optimizer_status": "ok", "segments_count": 1,
-            "points_count": n, "indexed_vectors_count": 0, "payload_schema": {},
+            "points_count": n, "indexed_vectors_count": 0,
+            "payload_schema": {f: {"data_type": t, "points": n}
+                               for f, t in self.payload_indexes.items()},
             "config": {
-                "params": {"vectors": {"size": self.geometry.size,
-                                       "distance": self.geometry.distance},
+                "params": {"vectors": self.pack({"size": self.geometry.size,
+                                                 "distance": self.geometry.distance}),
                            "shard_number": 1, "replication_factor": 1,
                            "write_consistency_factor": 1, "on_disk_payload": True},
                 "hnsw_config": {"m": 0, "ef_construct": 0, "full_scan_threshold": 0},
                 "optimizer_config": {"default_segment_number": 1, "flush_interval_sec": 0},
                 "wal_config": {"wal_capacity_mb": 64, "wal_segments_ahead": 0},
                 "quantization_config": None}}
+
+
+def _last_argmax(x: np.ndarray) -> int:
+    return int(len(x) - 1 - np.argmax(x[::-1]))
+
+
+def _swap_remove(items: list, i: int):
+    items[i], items[-1] = items[-1], items[i]
+    return items.pop()
 
 
 class NotFound(LookupError):

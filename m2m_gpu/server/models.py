@@ -27,18 +27,21 @@ class VectorParams(_Loose):
 
 
 class CreateCollection(_Loose):
-    vectors: VectorParams
+    vectors: VectorParams | dict[str, VectorParams]  # one vector, unnamed or named
+
+
+Vector = list[float] | dict[str, list[float]]  # plain, or {name: vector}
 
 
 class PointStruct(_Loose):
     id: PointId
-    vector: list[float]
+    vector: Vector
     payload: Payload | None = None
 
 
 class Batch(_Loose):
     ids: list[PointId]
-    vectors: list[list[float]]
+    vectors: list[list[float]] | dict[str, list[list[float]]]
     payloads: list[Payload | None] | None = None
 
 
@@ -88,7 +91,8 @@ class _Ranked(_Loose):
 
 
 class QueryRequest(_Ranked):
-    query: list[float] | dict[str, Any] | None = None
+    query: list[float] | dict[str, Any] | PointId | None = None
+    using: str | None = None
 
 
 class QueryBatch(_Loose):
@@ -96,11 +100,16 @@ class QueryBatch(_Loose):
 
 
 class SearchRequest(_Ranked):
-    vector: list[float]
+    vector: list[float] | dict[str, Any]  # plain, or {"name": ..., "vector": [...]}
 
 
 class SearchBatch(_Loose):
     searches: list[SearchRequest] = Field(max_length=256)
+
+
+class FieldIndex(_Loose):
+    field_name: str
+    field_schema: str | dict[str, Any] | None = None
 
 
 class Feedback(BaseModel):

@@ -57,12 +57,13 @@ class Registry:
         with self._lock:
             return name in self._open
 
-    def create(self, name: str, size: Any, distance: Any) -> Collection:
+    def create(self, name: str, size: Any, distance: Any, vector_name: str = "") -> Collection:
         check_name(name)
         with self._lock:
             if name in self._open or (self.root / name).exists():
                 raise AlreadyExists(f"Collection `{name}` already exists!")
-            col = Collection.create(self.root / name, size, distance, self.backend)
+            col = Collection.create(self.root / name, size, distance, self.backend,
+                                    vector_name)
             self._open[name] = col
             return col
 

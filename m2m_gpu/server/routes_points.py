@@ -62,7 +62,12 @@ def list_collections(reg: Reg):
              responses=r.doc(bool))
 def create_collection(name: str, body: m.CreateCollection, reg: Reg):
     t = time.perf_counter()
-    reg.create(name, body.vectors.size, body.vectors.distance)
+    vectors, vector_name = body.vectors, ""
+    if isinstance(vectors, dict):
+        if len(vectors) != 1:
+            raise BadRequest(f"{len(vectors)} named vectors: a collection here has one")
+        (vector_name, vectors), = vectors.items()
+    reg.create(name, vectors.size, vectors.distance, vector_name)
     return ok(True, t)
 
 
@@ -87,6 +92,22 @@ def delete_collection(name: str, reg: Reg):
     return ok(reg.delete(name), t)
 
 
+@router.put("/collections/{name}/index", dependencies=WRITE,
+            responses=r.doc(r.UpdateResult))
+def create_field_index(body: m.FieldIndex, col: Col, wait: bool = False):
+    t = time.perf_counter()
+    col.index_field(body.field_name, body.field_schema)
+    return _update(wait, t)
+
+
+@router.delete("/collections/{name}/index/{field_name}", dependencies=WRITE,
+               responses=r.doc(r.UpdateResult))
+def delete_field_index(field_name: str, col: Col, wait: bool = False):
+    t = time.perf_counter()
+    col.index_field(field_name, None, drop=True)
+    return _update(wait, t)
+
+
 # ---- points: writes -----------------------------------------------------------------------
 @router.put("/collections/{name}/points", dependencies=WRITE,
              responses=r.doc(r.UpdateResult))
@@ -97,10 +118,10 @@ def upsert_points(body: m.PointInsert, request: Request, col: Col,
         raise BadRequest("send either points or batch")
     if body.points is not None:
         ids = [p.id for p in body.points]
-        vectors = [p.vector for p in body.points]
+        vectors = [col.unpack(p.vector) for p in body.points]
         payloads = [p.payload or {} for p in body.points]
     else:
-        ids, vectors = body.batch.ids, body.batch.vectors
+        ids, vectors = body.batch.ids, col.unpack(body.batch.vectors)
         payloads = [p or {} for p in (body.batch.payloads or [None] * len(ids))]
         if len(vectors) != len(ids) or len(payloads) != len(ids):
             raise BadRequest("batch ids, vectors and payloads differ in length")
@@ -178,16 +199,21 @@ def count_points(body: m.CountRequest, col: Col):
     return ok({"count": col.count(to_filter(body.filter))}, t)
 
 
-def _query_vector(q: Any, col) -> list[float]:
+def _query_vector(q: Any, col, using: str | None = None) -> list[float]:
+    col.check_using(using)
+    if isinstance(q, dict) and set(q) == {"name", "vector"}:  # the old search's named form
+        col.check_using(q["name"])
+        q = q["vector"]
     if isinstance(q, dict):
-        if set(q) != {"nearest"}:
-            raise BadRequest(f"query {sorted(q)} is not supported (nearest only)")
+        if set(q) - {"mmr"} != {"nearest"}:
+            raise BadRequest(f"query {sorted(q)} is not supported (nearest, with or "
+                             "without mmr)")
         q = q["nearest"]
     if isinstance(q, (int, str)) and not isinstance(q, bool):  # by the id of a point
         recs = col.records([point_id(q)], with_payload=False, with_vector=True)
         if not recs:
             raise BadRequest(f"no point with id {q!r} to query by")
-        return recs[0]["vector"]
+        return col.unpack(recs[0]["vector"])
     if not isinstance(q, list):
         raise BadRequest("query must be a vector, a point id or {\"nearest\": ...}")
     return q
@@ -218,7 +244,16 @@ def query_points(body: m.QueryRequest, col: Col):
         page = col.scroll(None, body.limit + body.offset, to_filter(body.filter),
                           body.with_payload, body.with_vector)["points"][body.offset :]
         return ok({"points": [{**p, "version": 0, "score": 0.0} for p in page]}, t)
-    return ok({"points": _run(col, [body], [_query_vector(body.query, col)])[0]}, t)
+    vector = _query_vector(body.query, col, body.using)
+    mmr = body.query.get("mmr") if isinstance(body.query, dict) else None
+    if mmr is not None:
+        if not isinstance(mmr, dict) or set(mmr) - {"diversity", "candidates_limit"}:
+            raise BadRequest("mmr takes {\"diversity\": 0..1, \"candidates_limit\": n}")
+        return ok({"points": col.mmr(vector, body.limit, to_filter(body.filter),
+                                     body.score_threshold, body.with_payload,
+                                     body.with_vector, mmr.get("diversity", 0.5),
+                                     mmr.get("candidates_limit", body.limit))}, t)
+    return ok({"points": _run(col, [body], [vector])[0]}, t)
 
 
 @router.post("/collections/{name}/points/query/batch", dependencies=READ,
@@ -227,7 +262,7 @@ def query_batch(body: m.QueryBatch, col: Col):
     t = time.perf_counter()
     if any(s.query is None for s in body.searches):
         raise BadRequest("every query of a batch needs a query vector")
-    hits = _run(col, body.searches, [_query_vector(s.query, col) for s in body.searches])
+    hits = _run(col, body.searches, [_query_vector(s.query, col, s.using) for s in body.searches])
     return ok([{"points": h} for h in hits], t)
 
 
@@ -235,11 +270,11 @@ def query_batch(body: m.QueryBatch, col: Col):
              responses=r.doc(list[r.ScoredPoint]))
 def search_points(body: m.SearchRequest, col: Col):
     t = time.perf_counter()
-    return ok(_run(col, [body], [body.vector])[0], t)
+    return ok(_run(col, [body], [_query_vector(body.vector, col)])[0], t)
 
 
 @router.post("/collections/{name}/points/search/batch", dependencies=READ,
              responses=r.doc(list[list[r.ScoredPoint]]))
 def search_batch(body: m.SearchBatch, col: Col):
     t = time.perf_counter()
-    return ok(_run(col, body.searches, [s.vector for s in body.searches]), t)
+    return ok(_run(col, body.searches, [_query_vector(s.vector, col) for s in body.searches]), t)
