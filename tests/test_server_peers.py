@@ -21,6 +21,7 @@ from qdrant_client import QdrantClient, models  # noqa: E402
 
 from .serving import Server  # noqa: E402
 
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with Server(tmp_path_factory.mktemp("peers")) as s:
