@@ -34,9 +34,23 @@ def test_readme_examples_run(section, tmp_path, monkeypatch):
         exec(compile(block, f"README.md ({section}, block {i})", "exec"), scope)  # noqa: S102
 
 
+def test_the_server_example_runs_against_a_real_server(tmp_path):
+    pytest.importorskip("qdrant_client")
+    pytest.importorskip("fastapi")
+    from .serving import Server
+
+    with Server(tmp_path / "srv", "--api-key", "k") as srv:
+        scope: dict = {"KEY": "k", "vec": [0.1] * 384}
+        for i, block in enumerate(blocks("Server")):
+            block = block.replace("http://localhost:6333", srv.url)
+            exec(compile(block, f"README.md (Server, block {i})", "exec"), scope)  # noqa: S102
+        assert [p.id for p in scope["client"].query_points("docs", query=[0.1] * 384).points] \
+            == [7]
+
+
 def test_every_python_example_is_in_a_tested_section():
     total = len(re.findall(r"```python\n", README.read_text()))
-    assert total == sum(len(blocks(s)) for s in SECTIONS)
+    assert total == sum(len(blocks(s)) for s in [*SECTIONS, "Server"])
 
 
 def test_the_readme_cites_nothing_outside_the_repository():

@@ -358,3 +358,57 @@ def test_kill_9_during_acknowledged_upserts_loses_nothing(tmp_path):
         assert all(r["payload"] == {"t": acked[r["id"]]} for r in got)
     assert len(acked) > 100
     srv.stop()
+
+
+def test_text_collections_store_search_and_reopen(tmp_path):
+    """A TextMemory collection: texts in and out over HTTP, hybrid search with a Qdrant
+    filter, feedback, confidence; Qdrant's reads work on it, its bypassing writes are
+    refused; it reopens with its texts and BM25 state after a restart."""
+    texts = ["the cat sat on the warm mat", "stock markets fell sharply today",
+             "the central bank raised interest rates", "gpu kernels for vector search"]
+    srv = Server(tmp_path / "t").start()
+    try:
+        u = srv.url + "/collections/notes"
+        assert httpx.put(u + "/text", json={"encoder": "hashed"}).json()["result"] is True
+        ids = httpx.post(u + "/text/store", json={
+            "texts": texts, "metadata": [{"kind": "pet" if i == 0 else "money"}
+                                         for i in range(4)]}).json()["result"]["ids"]
+        hits = httpx.post(u + "/text/search", json={"query": "interest rates bank", "k": 2}
+                          ).json()["result"]["hits"]
+        assert hits[0]["id"] == ids[2] and hits[0]["text"] == texts[2]
+        assert hits[0]["ranks"]["bm25"] == 1 and hits[0]["metadata"] == {"kind": "money"}
+        only_pets = {"must": [{"key": "kind", "match": {"value": "pet"}}]}
+        got = httpx.post(u + "/text/search", json={"query": "bank", "k": 4, "mode": "bm25",
+                                                   "filter": only_pets}).json()["result"]
+        assert got["hits"] == []
+        pets = httpx.post(u + "/text/search", json={"query": "cat", "k": 4,
+                                                    "filter": only_pets}).json()["result"]
+        assert [h["id"] for h in pets["hits"]] == [ids[0]]
+        conf = [httpx.post(u + "/text/confidence", json={"query": q}).json()["result"]
+                ["confidence"] for q in (texts[3], "zebra quartz xylophone")]
+        assert conf[0] > 0.9 > conf[1]
+        assert httpx.post(u + "/text/feedback", json={"query": "markets", "relevant": [ids[1]]}
+                          ).json()["result"]["updated"] >= 1
+        assert httpx.post(u + "/points/count", json={}).json()["result"]["count"] == 4
+        r = httpx.put(u + "/points", json={"points": [{"id": 9, "vector": [0.0] * 256}]})
+        assert r.status_code == 400 and "text/store" in r.json()["status"]["error"]
+        rec = httpx.post(u + "/points", json={"ids": [ids[3]]}).json()["result"][0]
+        assert rec["payload"]["__text__"] == texts[3]
+        httpx.post(u + "/points/delete", json={"points": [ids[1]]})
+        r = httpx.post(srv.url + "/collections/nope/text/search", json={"query": "x"})
+        assert r.status_code == 404
+        httpx.put(srv.url + "/collections/vec", json={"vectors": {"size": 2,
+                                                                  "distance": "Dot"}})
+        r = httpx.post(srv.url + "/collections/vec/text/search", json={"query": "x"})
+        assert r.status_code == 400 and "vectors, not texts" in r.json()["status"]["error"]
+        r = httpx.put(srv.url + "/collections/bad/text", json={"encoder": "no/such/model"},
+                      timeout=120)  # it imports torch and sentence-transformers to find out
+        assert r.status_code == 400 and not (tmp_path / "t" / "bad").exists()
+    finally:
+        srv.stop()
+    with Server(tmp_path / "t") as again:
+        hits = httpx.post(again.url + "/collections/notes/text/search", json={
+            "query": "stock markets", "k": 4, "mode": "bm25"}).json()["result"]["hits"]
+        assert ids[1] not in [h["id"] for h in hits]  # the delete held
+        assert [h["id"] for h in httpx.post(again.url + "/collections/notes/text/search", json={
+            "query": "gpu kernels", "k": 1}).json()["result"]["hits"]] == [ids[3]]

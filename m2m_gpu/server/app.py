@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from . import errors, routes_points, routes_splats
+from . import errors, routes_points, routes_splats, routes_text
 from .metrics import Metrics
 from .registry import Registry
 from .security import BodyLimit, Keys
@@ -53,10 +53,11 @@ def create_app(path: str | Path, backend: Any = None, api_key: str | None = None
     app.state.registry, app.state.max_points = registry, max_points
     app.state.keys = Keys(api_key, list(read_only_keys or []))
     metrics = Metrics(registry)
-    app.middleware("http")(metrics.middleware())
     app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(_Measured, metrics=metrics)  # outermost: it sees the 413s too
     app.include_router(routes_points.router)
     app.include_router(routes_splats.router)
+    app.include_router(routes_text.router)
     _errors(app)
 
     @app.get("/")
@@ -82,6 +83,14 @@ def create_app(path: str | Path, backend: Any = None, api_key: str | None = None
                                  media_type="text/plain; version=0.0.4")
 
     return app
+
+
+class _Measured:
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.call = metrics.middleware(app)
+
+    async def __call__(self, scope, receive, send):
+        await self.call(scope, receive, send)
 
 
 def _errors(app: FastAPI) -> None:

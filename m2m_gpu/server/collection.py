@@ -47,12 +47,13 @@ class Collection:
         col.save_config()  # the commit point: a directory without its config is not one
         return col
 
+    def config(self) -> dict:
+        return {"size": self.geometry.size, "distance": self.geometry.distance,
+                "vector_name": self.vector_name, "payload_indexes": self.payload_indexes}
+
     def save_config(self) -> None:
         tmp = self.path / (CONFIG + ".tmp")
-        tmp.write_text(json.dumps({"size": self.geometry.size,
-                                   "distance": self.geometry.distance,
-                                   "vector_name": self.vector_name,
-                                   "payload_indexes": self.payload_indexes}))
+        tmp.write_text(json.dumps(self.config()))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         tmp.rename(self.path / CONFIG)

@@ -21,21 +21,27 @@ class Metrics:
                                           .5, 1, 2.5, 5, 10))
         self.registry.register(_StoreCollector(registry_of_collections))
 
-    def middleware(self):
+    def middleware(self, app):
+        """Pure ASGI (BaseHTTPMiddleware costs a task and a stream per request): the
+        status from the response start, the route template from the scope."""
         metrics = self
 
-        async def record(request, call_next):
-            t = time.perf_counter()
-            status = 500
+        async def record(scope, receive, send):
+            if scope["type"] != "http":
+                return await app(scope, receive, send)
+            t, status = time.perf_counter(), [500]
+
+            async def sending(msg):
+                if msg["type"] == "http.response.start":
+                    status[0] = msg["status"]
+                await send(msg)
+
             try:
-                response = await call_next(request)
-                status = response.status_code
-                return response
+                await app(scope, receive, sending)
             finally:
-                route = request.scope.get("route")
-                path = getattr(route, "path", "unmatched")
-                metrics.requests.labels(request.method, path, str(status)).inc()
-                metrics.latency.labels(request.method, path).observe(time.perf_counter() - t)
+                path = getattr(scope.get("route"), "path", "unmatched")
+                metrics.requests.labels(scope["method"], path, str(status[0])).inc()
+                metrics.latency.labels(scope["method"], path).observe(time.perf_counter() - t)
 
         return record
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from .collection import CONFIG, Collection, NotFound
 from .qdrant import BadRequest
+from .text_collection import TextCollection, is_text
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 TRASH = ".deleted-"
@@ -38,7 +39,9 @@ class Registry:
         for d in sorted(self.root.iterdir()):
             if d.is_dir() and NAME.fullmatch(d.name):
                 if (d / CONFIG).exists():
-                    self._open[d.name] = Collection.open(d, backend)
+                    text = is_text(d)
+                    self._open[d.name] = TextCollection.open_text(d, text, backend) if text \
+                        else Collection.open(d, backend)
                 else:  # a create that a crash interrupted before its commit point
                     shutil.rmtree(d, ignore_errors=True)
 
@@ -58,12 +61,23 @@ class Registry:
             return name in self._open
 
     def create(self, name: str, size: Any, distance: Any, vector_name: str = "") -> Collection:
+        return self._create(name, lambda path: Collection.create(
+            path, size, distance, self.backend, vector_name))
+
+    def create_text(self, name: str, encoder: Any) -> Collection:
+        return self._create(name, lambda path: TextCollection.create_text(
+            path, encoder, self.backend))
+
+    def _create(self, name: str, make) -> Collection:
         check_name(name)
         with self._lock:
             if name in self._open or (self.root / name).exists():
                 raise AlreadyExists(f"Collection `{name}` already exists!")
-            col = Collection.create(self.root / name, size, distance, self.backend,
-                                    vector_name)
+            try:
+                col = make(self.root / name)
+            except BaseException:
+                shutil.rmtree(self.root / name, ignore_errors=True)  # nothing half made
+                raise
             self._open[name] = col
             return col
 

@@ -18,19 +18,20 @@ def ok(result: Any, started: float) -> dict:
     return {"result": result, "status": "ok", "time": time.perf_counter() - started}
 
 
-def reader(request: Request) -> None:
+# async: FastAPI runs a plain def dependency on its thread pool, a thread hop per request
+async def reader(request: Request) -> None:
     request.app.state.keys.check(request, write=False)
 
 
-def writer(request: Request) -> None:
+async def writer(request: Request) -> None:
     request.app.state.keys.check(request, write=True)
 
 
-def registry(request: Request):
+async def registry(request: Request):
     return request.app.state.registry
 
 
-def collection(name: str, request: Request):
+async def collection(name: str, request: Request):
     return request.app.state.registry.get(name)
 
 

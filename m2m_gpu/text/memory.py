@@ -62,8 +62,8 @@ PROMPT = ("Answer using the memories below when they are relevant.\n\n{memories}
 class TextMemory:
     def __init__(self, path: str | Path | None = None,
                  encoder: Callable[[list[str]], Any] | str | Path | None = None,
-                 backend: Any = None,
-                 rank: str = "splat", **store_options: Any) -> None:
+                 backend: Any = None, rank: str = "splat", dim: int | None = None,
+                 **store_options: Any) -> None:
         if rank not in ("splat", "distance"):
             raise InvalidInputError(f"rank must be 'splat' or 'distance', got {rank!r}")
         self.encoder = resolve_encoder(encoder)
@@ -75,8 +75,18 @@ class TextMemory:
             self.splats = SplatStore.open(self.path, backend=backend)
             for r in self.splats.get(self.splats.ids()):
                 self.bm25.add(r["id"], r["metadata"][TEXT_KEY])
+        elif dim is not None:  # the store now, not at the first text (``dim``: its vectors)
+            self._make_store(dim)
+
+    def _make_store(self, dim: int) -> None:
+        self.splats = SplatStore(dim, metric="cosine", backend=self._backend, path=self.path,
+                                 **self._options)
 
     # ---- encoding ---------------------------------------------------------------------------
+    def encode(self, texts: Any) -> np.ndarray:
+        """The encoder's vectors for ``texts``, checked (shape, dimension, finite)."""
+        return self._encode(self._texts(texts))
+
     def _encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
         if len(texts) > ENCODE_BATCH:  # batched, with a progress bar on a terminal
             parts = []
@@ -136,8 +146,7 @@ class TextMemory:
         x = self._encode(texts, progress=True)
         self._warn_long(texts)
         if self.splats is None:
-            self.splats = SplatStore(x.shape[1], metric="cosine", backend=self._backend,
-                                    path=self.path, **self._options)
+            self._make_store(x.shape[1])
         out = self.splats.add(x, ids=ids, metadata=[{**m, TEXT_KEY: t}
                                                    for m, t in zip(metadata, texts,
                                                                    strict=True)])
