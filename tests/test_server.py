@@ -305,7 +305,9 @@ def test_metrics_openapi_probes_and_sigterm(tmp_path):
         assert 'm2m_requests_total{method="PUT",route="/collections/{name}/points",' \
                'status="200"} 1.0' in text
         assert 'route="/collections/{name}",status="404"' in text
-        assert "m2m_request_seconds_bucket" in text and 'm2m_log_bytes{collection="m"}' in text
+        assert 'm2m_request_seconds_bucket{le="0.5",method="GET",route="/collections/{name}",' \
+               'status="404"} 1.0' in text
+        assert 'm2m_log_bytes{collection="m"}' in text
         assert 'm2m_backend_info{device=' in text
         served = httpx.get(srv.url + "/openapi.json").json()
         committed = json.loads((ROOT / "docs" / "openapi.json").read_text())

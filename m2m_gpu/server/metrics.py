@@ -16,7 +16,7 @@ class Metrics:
         self.requests = Counter("m2m_requests", "HTTP requests", ["method", "route", "status"],
                                 registry=self.registry)
         self.latency = Histogram("m2m_request_seconds", "HTTP request latency",
-                                 ["method", "route"], registry=self.registry,
+                                 ["method", "route", "status"], registry=self.registry,
                                  buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25,
                                           .5, 1, 2.5, 5, 10))
         self.registry.register(_StoreCollector(registry_of_collections))
@@ -41,7 +41,8 @@ class Metrics:
             finally:
                 path = getattr(scope.get("route"), "path", "unmatched")
                 metrics.requests.labels(scope["method"], path, str(status[0])).inc()
-                metrics.latency.labels(scope["method"], path).observe(time.perf_counter() - t)
+                metrics.latency.labels(scope["method"], path, str(status[0])).observe(
+                    time.perf_counter() - t)
 
         return record
 
