@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import sys
@@ -28,6 +27,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _out import save  # noqa: E402
 
 import m2m_gpu  # noqa: E402
 from tests.serving import Server  # noqa: E402
@@ -161,10 +163,7 @@ def main() -> int:
             best = max(r.values(), key=lambda v: v["requests_per_s"]) if who == "server" else r
             res.setdefault("ratios", {})[f"{who}_{op}_vs_local_mode"] = (
                 best["requests_per_s"] / res["qdrant_local_mode"][op]["requests_per_s"])
-    print(json.dumps(res, indent=1))
-    out = Path(args.out or ROOT / "bench" / "results" / "server-cpu.json")
-    out.write_text(json.dumps(res, indent=1) + "\n")
-    print(f"wrote {out}")
+    save(res, args.out, "server-cpu")
     return 0
 
 

@@ -34,6 +34,7 @@ def test_readme_examples_run(section, tmp_path, monkeypatch):
         exec(compile(block, f"README.md ({section}, block {i})", "exec"), scope)  # noqa: S102
 
 
+@pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection")
 def test_the_server_example_runs_against_a_real_server(tmp_path):
     pytest.importorskip("qdrant_client")
     pytest.importorskip("fastapi")
