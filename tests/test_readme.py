@@ -11,7 +11,7 @@ import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTIONS = ["Use", "From FAISS", "With LangChain", "With LlamaIndex", "Text memory",
-            "Splat memory",
+            "Sharded store on Ray", "Splat memory",
             "Durable stores", "Memory tiers", "Approximate search: HRM2"]
 
 

@@ -206,3 +206,26 @@ s.close()
     got = __import__("json").loads(out.stdout.strip().splitlines()[-1])
     assert got["n"] == 600 and got["ids"] == want.ids
     np.testing.assert_allclose(got["log"], want.log_scores, rtol=1e-6, atol=1e-6)
+
+
+def test_hrm2_per_shard_for_approximate_search(tmp_path):
+    """index="hrm2" reaches every shard; approximate answers keep most of the exact
+    top-10 (recall against exact=True), and exact=True equals one store's exact search."""
+    X = m2m_gpu.synthetic(4000, DIM, seed=5, kind="clustered", clusters=16)
+    Q = X[::97] + 0.01
+    sh = ShardedStore(DIM, shards=2, path=tmp_path / "h", backend="cpu", index="hrm2",
+                      index_options={"train_min": 1000})
+    try:
+        sh.add(X, ids=list(range(len(X))))
+        approx, exact = sh.search(Q, k=10, rank="distance"), sh.search(Q, k=10,
+                                                                       rank="distance",
+                                                                       exact=True)
+        recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx.ids, exact.ids,
+                                                                     strict=True)])
+        assert recall >= 0.8, recall
+        one = m2m_gpu.SplatStore(DIM, backend="cpu")
+        one.add(X, ids=list(range(len(X))))
+        assert exact.ids == one.search(Q, k=10, rank="distance").ids
+        assert all(s["count"] > 1000 for s in sh.stats()["per_shard"])  # both trained
+    finally:
+        sh.close()
