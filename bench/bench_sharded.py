@@ -106,6 +106,23 @@ def main() -> int:
             res[f"shards_{n}"] = {"add": add, "search": search, "equal_to_one_store": True}
             print(n, add, search, flush=True)
             sh.close()
+        # approximate search: HRM2 in every shard, recall@10 against the shards' exact answers
+        sh = ShardedStore(args.dim, shards=2, path=Path(d) / "hrm2", backend="cpu",
+                          index="hrm2", index_options={"train_min": args.points // 4})
+        C = m2m_gpu.synthetic(args.points, args.dim, seed=1, kind="clustered")
+        CQ = m2m_gpu.synthetic(args.queries, args.dim, seed=1, kind="clustered",
+                               part="queries")
+        for a in range(0, args.points, args.batch):
+            sh.add(C[a : a + args.batch], ids=ids[a : a + args.batch])
+        exact = sh.search(CQ, k=10, exact=True)
+        approx = sh.search(CQ, k=10)
+        res["hrm2_2_shards_clustered"] = {
+            "recall10_vs_exact": float(np.mean([len(set(x) & set(y)) / 10 for x, y in zip(
+                approx.ids, exact.ids, strict=True)])),
+            "search": rate(lambda _: sh.search(CQ, k=10), range(10), args.queries, repeat=2),
+            "exact_search": rate(lambda _: sh.search(CQ, k=10, exact=True), range(10),
+                                 args.queries, repeat=2)}
+        sh.close()
     for n in (1, 2, 4):
         for op in ("add", "search"):
             res.setdefault("ratios", {})[f"shards_{n}_{op}_vs_one_store_in_memory"] = (

@@ -229,3 +229,30 @@ def test_hrm2_per_shard_for_approximate_search(tmp_path):
         assert all(s["count"] > 1000 for s in sh.stats()["per_shard"])  # both trained
     finally:
         sh.close()
+
+
+def test_a_shard_that_stays_dead_gives_a_clear_error(tmp_path, monkeypatch):
+    """max_restarts=0: feedback (not idempotent) is not resent; a read waits for the shard
+    (RETRY_SECONDS) and then names it."""
+    from m2m_gpu.distributed import ShardUnavailableError, sharded
+
+    sh = ShardedStore(DIM, shards=2, path=tmp_path / "d", backend="cpu", max_restarts=0)
+    try:
+        ids = [i for i in range(40)]
+        sh.add(np.random.default_rng(0).standard_normal((40, DIM)), ids=ids)
+        dead = 0
+        victim = next(i for i in ids if shard_of(i, 2) == dead)
+        monkeypatch.setattr(sharded, "RETRY_SECONDS", 1.0)
+        sh.kill_shard(dead)
+        # "not resent", or, if the death is seen first by feedback's check of the ids,
+        # "did not come back": either way the shard is named and nothing is retried forever
+        with pytest.raises(ShardUnavailableError, match=f"shard {dead} "):
+            sh.feedback(np.ones(DIM), relevant=[victim])
+        with pytest.raises(ShardUnavailableError, match=f"shard {dead} did not come back"):
+            sh.get([victim])
+    finally:
+        import ray
+
+        for a in sh._actors:
+            ray.kill(a, no_restart=True)
+        sh._actors = []
