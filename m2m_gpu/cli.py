@@ -170,6 +170,9 @@ def serve(
         help="bind a non-loopback address with no API key configured")] = False,
     max_body_bytes: Annotated[int, typer.Option(help="largest request body")] = 64 << 20,
     max_points: Annotated[int, typer.Option(help="most points in one request")] = 100_000,
+    text_encoder: Annotated[list[str] | None, typer.Option(
+        help="an encoder text collections may use besides hashed and minilm: a "
+             "sentence-transformers name or directory, or hf:NAME (repeatable)")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level")] = "info",
 ):
     """Serve the collections under PATH over REST in Qdrant's wire shape (qdrant-client
@@ -189,7 +192,8 @@ def serve(
                                  "set: pass --api-key, or --allow-remote-without-key")
     server_app = create_app(path, backend=None if backend == "auto" else backend,
                             api_key=api_key, read_only_keys=read_only_key or [],
-                            max_body_bytes=max_body_bytes, max_points=max_points)
+                            max_body_bytes=max_body_bytes, max_points=max_points,
+                            text_encoders=("hashed", "minilm", *(text_encoder or [])))
     uvicorn.run(server_app, host=host, port=port, log_level=log_level,
                 timeout_graceful_shutdown=10)
 

@@ -9,6 +9,15 @@ A filter is a dict in the style of MongoDB / Chroma / LangChain filters::
     {"lang": {"$exists": True}}                      # the key is there (any value)
     {"meta.source": "a.txt"}                         # a dotted path into nested objects
     {"$id": {"$in": [1, 2]}}                         # the splats' own ids ($in, $nin, $eq)
+    {"n": {"$match": 5}}, {"n": {"$any": [5, 6]}}    # Qdrant's typed matches: 5 is not 5.0
+    {"tag": {"$except": ["a"]}}                      # Qdrant's MatchExcept
+    {"k": {"$null": True}}, {"k": {"$empty": True}}  # Qdrant's IsNull and IsEmpty
+
+The ``$match`` / ``$any`` / ``$except`` / ``$null`` / ``$empty`` family follows Qdrant's
+rules (checked against qdrant-client's local mode): types are strict (the integer 5 does not
+match 5.0, nor True 1), lists match element-wise; ``$except`` holds when some non-null value
+is outside the list (a missing key, null and [] do not); ``$null`` holds for null and for a
+list holding null; ``$empty`` for a missing key, null and [].
     {"lang": "en", "year": {"$gte": 2020}}           # several keys: all must hold
 
 A dotted key ``a.b`` reads ``metadata["a"]["b"]`` when the metadata has no key ``"a.b"``
@@ -43,6 +52,7 @@ EQ_OPS = ("$eq", "$ne")
 LIST_OPS = ("$contains",)
 EXISTS = "$exists"
 ID_KEY = "$id"
+TYPED_OPS = ("$match", "$any", "$except", "$null", "$empty")  # Qdrant's semantics
 
 
 MAX_DEPTH = 32  # $and / $or / $not nested deeper than this are refused
@@ -76,9 +86,16 @@ def check(filt: Any, depth: int = 0) -> None:
                 if op in SET_OPS:
                     if not isinstance(val, (list, tuple, set, frozenset)):
                         raise InvalidInputError(f"{op} takes a list, got {val!r}")
-                elif op == EXISTS:
+                elif op in (EXISTS, "$null", "$empty"):
                     if not isinstance(val, bool):
-                        raise InvalidInputError(f"$exists takes true or false, got {val!r}")
+                        raise InvalidInputError(f"{op} takes true or false, got {val!r}")
+                elif op in ("$any", "$except"):
+                    if not isinstance(val, (list, tuple)):
+                        raise InvalidInputError(f"{op} takes a list, got {val!r}")
+                elif op == "$match":
+                    if not isinstance(val, (str, int)):  # bool is an int
+                        raise InvalidInputError(f"$match takes a string, integer or bool, "
+                                                f"got {val!r}")
                 elif op not in RANGE_OPS and op not in EQ_OPS and op not in LIST_OPS:
                     raise InvalidInputError(f"unknown filter operator {op!r} on {key!r}")
 
@@ -261,19 +278,61 @@ def _apply(col, op: str, val: Any) -> np.ndarray:
         return _elementwise(col, val, whole=False)
     if op == EXISTS:
         return (kind != K_MISSING) == val
+    if op in TYPED_OPS:
+        return _typed_op(col, op, val)
     if op in SET_OPS:
         hit = np.zeros(obj.shape[0], dtype=bool)
         for v in val:
             hit |= _equal(col, v)
         return hit if op == "$in" else ~hit
-    cmp = RANGE_OPS[op]  # ranges: numbers with numbers, strings with strings
+    cmp = RANGE_OPS[op]  # ranges: numbers with numbers, strings with strings; lists by element
     if isinstance(val, numbers.Real) and not isinstance(val, bool):
         with np.errstate(invalid="ignore"):
-            return cmp(num, float(val)) & (kind == K_NUMBER)
-    if isinstance(val, str):
+            out = cmp(num, float(val)) & (kind == K_NUMBER)
+        same = _is_number
+    elif isinstance(val, str):
         out = np.zeros(obj.shape[0], dtype=bool)
         idx = np.flatnonzero(kind == K_STR)
         if idx.size:
             out[idx] = cmp(obj[idx].astype(str), val)
-        return out
-    raise InvalidInputError(f"{op} needs a number or a string, got {val!r}")
+        same = _is_str
+    else:
+        raise InvalidInputError(f"{op} needs a number or a string, got {val!r}")
+    for i in np.flatnonzero(kind == K_LIST).tolist():
+        out[i] = any(same(e) and bool(cmp(e, val)) for e in obj[i])
+    return out
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _is_str(x: Any) -> bool:
+    return isinstance(x, str)
+
+
+def _strict(a: Any, b: Any) -> bool:
+    """Qdrant's equality: the same JSON type (bool, integer, float, string) and value."""
+    return type(a) is type(b) and a == b
+
+
+def _typed_op(col, op: str, val: Any) -> np.ndarray:
+    obj, kind, _ = col
+    out = np.zeros(obj.shape[0], dtype=bool)
+    for i, v in enumerate(obj.tolist()):
+        if kind[i] == K_MISSING:
+            out[i] = op == "$empty" and val
+            continue
+        items = v if isinstance(v, list) else [v]
+        if op == "$match":
+            out[i] = any(_strict(e, val) for e in items)
+        elif op == "$any":
+            out[i] = any(_strict(e, w) for e in items for w in val)
+        elif op == "$except":
+            out[i] = any(e is not None and not any(_strict(e, w) for w in val)
+                         for e in items)
+        elif op == "$null":
+            out[i] = any(e is None for e in items) == val
+        else:  # $empty
+            out[i] = (v is None or v == []) == val
+    return out

@@ -132,6 +132,11 @@ def test_bad_input_changes_nothing(tmp_path):
                 sh.add(**bad)
         with pytest.raises(UnknownIdError):
             sh.feedback(X[0], relevant=[ids[0]], irrelevant=["no-such-id"])
+        a = next(i for i in ids if isinstance(i, int) and shard_of(i, 2) == 0)
+        b = next(i for i in ids if shard_of(i, 2) == 1)
+        with pytest.raises(InvalidInputError, match="both relevant and irrelevant"):
+            sh.feedback(X[0], relevant=[a, b], irrelevant=[b])  # nothing may change on a's
+        assert sh.get([np.int64(a)])[0]["alpha"] == 1.0 and 1.5 not in sh
         with pytest.raises(InvalidInputError):
             sh.search(X[:1], k=3, rank="nope")
         with pytest.raises(InvalidInputError, match="path"):

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError, M2MError, UnknownIdError
-from ..store.args import check_ids, check_metadata, id_list, per_event
+from ..store.args import check_id, check_ids, check_metadata, id_list, per_event
 from ..store.results import EnergyResult, SearchResult
 from .placement import id_order, shard_of
 from .shard import Shard
@@ -180,7 +180,7 @@ class ShardedStore:
             raise InvalidInputError("delete takes ids or filter=, not both and not neither")
         if filter is not None:
             return sum(self._all("delete", None, filter))
-        ids = id_list(ids)
+        ids = [check_id(i) for i in id_list(ids)]
         parts = self._split(ids)
         return sum(self._call(list(parts), "delete", [([ids[j] for j in p], None)
                                                       for p in parts.values()]))
@@ -190,8 +190,15 @@ class ShardedStore:
         row order. Not resent after a shard death (see the module's notes)."""
         single = np.ndim(queries) == 1
         q = self._vectors(queries, "queries")
-        rel = per_event(relevant, q.shape[0], single, "relevant")
-        irr = per_event(irrelevant, q.shape[0], single, "irrelevant")
+        rel = [[check_id(i) for i in row] for row in
+               per_event(relevant, q.shape[0], single, "relevant")]
+        irr = [[check_id(i) for i in row] for row in
+               per_event(irrelevant, q.shape[0], single, "irrelevant")]
+        for row, (r, i) in enumerate(zip(rel, irr, strict=True)):
+            both = set(r) & set(i)
+            if both:  # one store refuses this before any change: so do all shards
+                raise InvalidInputError(f"event {row}: ids {sorted(both, key=id_order)} are "
+                                        "both relevant and irrelevant")
         every = sorted({i for row in rel + irr for i in row}, key=id_order)
         missing = [i for i, here in zip(every, self._present(every), strict=True) if not here]
         if missing:
@@ -207,7 +214,7 @@ class ShardedStore:
             return 0
         self._call(list(per_shard), "feedback", [(q[rows], r, i) for rows, r, i in
                                                  per_shard.values()], resend=False)
-        return int(sum(1 for row in range(q.shape[0]) if rel[row] or irr[row]))
+        return q.shape[0]  # as one store counts: every event of a batch that changed any
 
     def decay(self, now: float, *, force: bool = False) -> dict:
         reps = self._all("decay", now, force)
@@ -238,12 +245,16 @@ class ShardedStore:
         return self._by_id("present", ids)
 
     def get(self, ids: Any) -> list[dict | None]:
-        return self._by_id("get", id_list(ids))
+        return self._by_id("get", [check_id(i) for i in id_list(ids)])
 
     def __len__(self) -> int:
         return sum(self._all("count"))
 
     def __contains__(self, id_: Any) -> bool:
+        try:
+            id_ = check_id(id_)
+        except InvalidInputError:
+            return False  # not an id: not held
         return self._present([id_])[0]
 
     def ids(self, filter: dict | None = None) -> list:

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from . import errors, routes_points, routes_splats, routes_text
+from . import errors, routes_points, routes_query, routes_splats, routes_text
 from .metrics import Metrics
 from .registry import Registry
 from .security import BodyLimit, Keys
@@ -35,8 +35,9 @@ MAX_POINTS = 100_000
 
 def create_app(path: str | Path, backend: Any = None, api_key: str | None = None,
                read_only_keys: list[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-               max_points: int = MAX_POINTS) -> FastAPI:
-    registry = Registry(path, backend)
+               max_points: int = MAX_POINTS,
+               text_encoders: tuple[str, ...] = ("hashed", "minilm")) -> FastAPI:
+    registry = Registry(path, backend, text_encoders)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -56,6 +57,7 @@ def create_app(path: str | Path, backend: Any = None, api_key: str | None = None
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.add_middleware(_Measured, metrics=metrics)  # outermost: it sees the 413s too
     app.include_router(routes_points.router)
+    app.include_router(routes_query.router)
     app.include_router(routes_splats.router)
     app.include_router(routes_text.router)
     _errors(app)

@@ -4,6 +4,7 @@ durable when it returns and absent when it raised."""
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import threading
@@ -12,11 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from ..persist import fsync_dir
 from ..store import SplatStore
 from .geometry import DISTANCES, Geometry
 from .qdrant import BadRequest, id_order, payload_selector, vector_selector
 
 CONFIG = "collection.json"
+MMR_CANDIDATES = 2000  # MMR compares every pair of candidates: 2000^2 scores at most
 
 
 class Collection:
@@ -27,9 +30,10 @@ class Collection:
         self.payload_indexes: dict[str, str] = {}  # declared; filters need none here
         self.geometry = Geometry(distance, size)
         self.store = store
-        self._write = threading.Lock()  # Dot's re-lift reads then writes every row
-        ids = store.ids()
-        self.geometry.attach(store.get(ids[:1])[0]["vector"] if ids else None)
+        self._write = threading.Lock()  # writes that read first; the Dot scan's copy
+        self._version = 0  # bumped by every write: the key of the caches below
+        self._scan: tuple[int, list, np.ndarray] | None = None  # Dot: (version, ids, rows)
+        self._sorted: tuple[int, list] | None = None  # scroll: (version, ids in order)
 
     # ---- lifecycle --------------------------------------------------------------------------
     @classmethod
@@ -41,7 +45,7 @@ class Collection:
             raise BadRequest(f"distance must be one of {DISTANCES}, got {distance!r}")
         geometry = Geometry(distance, size)
         path.mkdir(parents=True)
-        store = SplatStore(geometry.stored_dim, metric=geometry.metric, backend=backend,
+        store = SplatStore(size, metric=geometry.metric, backend=backend,
                            path=path / "store", auto_consolidate=False)
         col = cls(path, size, distance, store, vector_name)
         col.save_config()  # the commit point: a directory without its config is not one
@@ -57,6 +61,7 @@ class Collection:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         tmp.rename(self.path / CONFIG)
+        fsync_dir(self.path)
 
     @classmethod
     def open(cls, path: Path, backend: Any) -> Collection:
@@ -106,21 +111,14 @@ class Collection:
         return x
 
     def upsert(self, ids: list, vectors: Any, payloads: list[dict]) -> None:
-        if len(set(ids)) != len(ids):
-            raise BadRequest("the same point id appears twice in one request")
         x = self.check_vectors(vectors, len(ids))
+        last = {i: n for n, i in enumerate(ids)}  # an id twice in one request: the last wins
+        if len(last) != len(ids):
+            keep = sorted(last.values())
+            ids, x, payloads = [ids[n] for n in keep], x[keep], [payloads[n] for n in keep]
         with self._write:
-            bound = self.geometry.needs_relift(x)
-            if bound is None:
-                self.store.add(self.geometry.to_stored(x), ids=ids, metadata=payloads)
-                return
-            old = [i for i in self.store.ids() if i not in set(ids)]
-            recs = self.store.get(old)
-            old_x = self.geometry.from_stored(np.stack([r["vector"] for r in recs])) if recs \
-                else np.zeros((0, self.geometry.size), np.float32)
-            self.store.add(self.geometry.to_stored(np.concatenate([old_x, x]), bound),
-                           ids=old + ids, metadata=[r["metadata"] for r in recs] + payloads)
-            self.geometry.bound = bound
+            self.store.add(x, ids=ids, metadata=payloads)
+            self._version += 1
 
     def delete(self, ids: list | None = None, filt: dict | None = None) -> None:
         with self._write:
@@ -130,6 +128,7 @@ class Collection:
                 present = [i for i, r in zip(ids, self.store.get(ids), strict=True) if r]
                 if present:
                     self.store.delete(present)
+            self._version += 1
 
     def set_payload(self, payload: dict, ids: list | None, filt: dict | None,
                     overwrite: bool, key: str | None = None) -> None:
@@ -153,6 +152,7 @@ class Collection:
                 new.append(meta)
             if ids:
                 self.store.update_metadata(ids, new)
+            self._version += 1
 
     # ---- reading ----------------------------------------------------------------------------
     def records(self, ids: list, with_payload: Any = True, with_vector: Any = False) -> list:
@@ -161,18 +161,24 @@ class Collection:
         for i, r in zip(ids, self.store.get(ids), strict=True):
             if r is None:
                 continue
-            v = self.pack(self.geometry.from_stored(np.asarray(r["vector"])[None])[0].tolist()) \
-                if vec else None
+            v = self.pack(np.asarray(r["vector"]).tolist()) if vec else None
             out.append({"id": i, "payload": pick(r["metadata"]), "vector": v})
         return out
 
     def scroll(self, offset: Any, limit: int, filt: dict | None, with_payload: Any,
                with_vector: Any) -> dict:
-        ids = sorted(self.store.ids(filter=filt), key=id_order)
+        if filt is None:  # the whole order, kept until the next write
+            cached = self._sorted
+            if cached is None or cached[0] != self._version:
+                version = self._version
+                cached = self._sorted = (version, sorted(self.store.ids(), key=id_order))
+            ids = cached[1]
+        else:
+            ids = sorted(self.store.ids(filter=filt), key=id_order)
         start = 0
         if offset is not None:
             key = id_order(offset)
-            start = next((n for n, i in enumerate(ids) if id_order(i) >= key), len(ids))
+            start = bisect.bisect_left(ids, key, key=id_order)
         page = ids[start : start + limit]
         nxt = ids[start + limit] if start + limit < len(ids) else None
         return {"points": self.records(page, with_payload, with_vector),
@@ -182,34 +188,64 @@ class Collection:
         return len(self.store) if filt is None else len(self.store.ids(filter=filt))
 
     def query(self, vectors: Any, limit: int, offset: int, filt: dict | None,
-              threshold: float | None, with_payload: Any, with_vector: Any) -> list[list]:
+              threshold: float | None, with_payload: Any, with_vector: Any,
+              exclude: Any = None) -> list[list]:
+        """Qdrant's scored points per query row, best first (``exclude``: an id left out,
+        the point a query-by-id names)."""
         x = self.check_vectors(vectors, len(vectors))
         if len(self.store) == 0 or x.shape[0] == 0:
             return [[] for _ in range(x.shape[0])]
-        res = self.store.search(self.geometry.to_query(x), k=limit + offset, filter=filt,
-                                rank="distance")
+        k = limit + offset + (exclude is not None)
+        ranked = self._dot(x, k, filt) if self.geometry.by_scan else self._search(x, k, filt)
         pick, vec = payload_selector(with_payload), vector_selector(with_vector)
-        scores = self.geometry.scores(res.distances, x)
         out = []
-        for q in range(x.shape[0]):
-            hits = []
-            for j in range(offset, len(res.ids[q])):
-                s = float(scores[q, j])
-                if not self.geometry.passes(s, threshold):
-                    break  # hits are best first
-                hits.append((res.ids[q][j], s, res.metadata[q][j]))
-            vectors_of = dict(zip([h[0] for h in hits], [None] * len(hits), strict=True))
-            if vec and hits:
-                got = self.store.get([h[0] for h in hits])
-                vectors_of = {h[0]: self.pack(self.geometry.from_stored(
-                    np.asarray(r["vector"])[None])[0].tolist()) for h, r in zip(
-                        hits, got, strict=True)}
-            out.append([{"id": i, "version": 0, "score": s, "payload": pick(m),
-                         "vector": vectors_of[i]} for i, s, m in hits])
+        for ids, scores in ranked:
+            hits = [(i, s) for i, s in zip(ids, scores, strict=True) if i != exclude]
+            hits = [h for h in hits[offset : offset + limit]
+                    if self.geometry.passes(h[1], threshold)]
+            recs = self.store.get([i for i, _ in hits]) if hits else []
+            out.append([{"id": i, "version": 0, "score": s, "payload": pick(r["metadata"]),
+                         "vector": self.pack(np.asarray(r["vector"]).tolist()) if vec
+                         else None}
+                        for (i, s), r in zip(hits, recs, strict=True)
+                        if r is not None])  # None: deleted since it was ranked
         return out
 
+    def _search(self, x: np.ndarray, k: int, filt: dict | None) -> list[tuple[list, list]]:
+        res = self.store.search(x, k=k, filter=filt, rank="distance")
+        scores = self.geometry.scores(res.distances)
+        return [(res.ids[q], scores[q].tolist()) for q in range(x.shape[0])]
+
+    def _dot(self, x: np.ndarray, k: int, filt: dict | None) -> list[tuple[list, list]]:
+        """The exact inner-product scan over the collection's copy of its vectors."""
+        from ..knn import knn
+
+        ids, rows = self._rows()
+        if filt is not None:
+            allowed = set(self.store.ids(filter=filt))
+            keep = np.fromiter((i in allowed for i in ids), bool, len(ids))
+            ids, rows = [i for i, y in zip(ids, keep, strict=True) if y], rows[keep]
+        if not ids:
+            return [([], []) for _ in range(x.shape[0])]
+        D, idx = knn(x, rows, min(k, len(ids)), metric="ip", backend=self.store.backend)
+        D, idx = np.asarray(D), np.asarray(idx)
+        return [([ids[j] for j in idx[q].tolist()], D[q].astype(np.float64).tolist())
+                for q in range(x.shape[0])]
+
+    def _rows(self) -> tuple[list, np.ndarray]:
+        scan = self._scan
+        if scan is None or scan[0] != self._version:
+            with self._write:  # a consistent copy: no write in between
+                ids = self.store.ids()
+                rows = np.stack([np.asarray(r["vector"], np.float32)
+                                 for r in self.store.get(ids)]) if ids else \
+                    np.zeros((0, self.geometry.size), np.float32)
+                scan = self._scan = (self._version, ids, rows)
+        return scan[1], scan[2]
+
     def mmr(self, vector: Any, limit: int, filt: dict | None, threshold: float | None,
-            with_payload: Any, with_vector: Any, diversity: Any, candidates: Any) -> list:
+            with_payload: Any, with_vector: Any, diversity: Any, candidates: Any,
+            exclude: Any = None) -> list:
         """Maximal marginal relevance: from the ``candidates`` nearest, greedily the one
         best at ``(1 - diversity) * score(query) - diversity * max score(chosen)``; each
         keeps its score for the query. Scores between points are the collection's own
@@ -218,13 +254,14 @@ class Collection:
                 not 0 <= diversity <= 1:
             raise BadRequest(f"mmr diversity must be in [0, 1], got {diversity!r}")
         if isinstance(candidates, bool) or not isinstance(candidates, int) or \
-                not limit <= candidates <= 10_000:
-            raise BadRequest(f"mmr candidates_limit must be an integer in limit .. 10000, "
-                             f"got {candidates!r}")
-        pool = self.query([vector], candidates, 0, filt, threshold, with_payload, True)[0]
+                not limit <= candidates <= MMR_CANDIDATES:
+            raise BadRequest(f"mmr candidates_limit must be an integer in limit .. "
+                             f"{MMR_CANDIDATES}, got {candidates!r}")
+        pool = self.query([vector], candidates, 0, filt, threshold, with_payload, True,
+                          exclude)[0]
         if not pool:
             return []
-        V = np.asarray([self.unpack(p["vector"]) for p in pool], np.float64)
+        V = np.asarray([self.unpack(p["vector"]) for p in pool], np.float64)  # Cosine: unit
         if self.geometry.distance == "Cosine":
             V /= np.linalg.norm(V, axis=1, keepdims=True)
         if self.geometry.distance == "Euclid":  # Qdrant's raw similarity: -d^2
@@ -245,6 +282,35 @@ class Collection:
             chosen.append(_swap_remove(pending, _last_argmax(gain)))
         keep_vec = vector_selector(with_vector)
         return [{**pool[j], "vector": pool[j]["vector"] if keep_vec else None} for j in chosen]
+
+    # ---- splat routes -----------------------------------------------------------------------
+    def splats(self) -> SplatStore:
+        """The store, for the splat routes: not under Dot, where a splat has no geometry."""
+        if self.geometry.by_scan:
+            raise BadRequest(f"collection {self.name!r} uses Dot: splat feedback, energy, "
+                             "decay and consolidation need Cosine or Euclid")
+        return self.store
+
+    def decay(self, now: float) -> dict:
+        with self._write:
+            rep = self.splats().decay(now)
+            self._version += 1
+        return {"elapsed": rep.elapsed, "factor": rep.factor, "pruned": rep.pruned}
+
+    def consolidate(self) -> dict:
+        with self._write:
+            rep = self.splats().consolidate()
+            self._version += 1
+        return {"pruned": list(rep.pruned), "merged": [list(p) for p in rep.merged],
+                "rounds": rep.rounds, "before": rep.before, "after": rep.after,
+                "reason": rep.reason}
+
+    def feedback(self, query: Any, relevant: list, irrelevant: list) -> int:
+        q = self.check_vectors([query], 1)[0]
+        with self._write:
+            n = self.splats().feedback(q, relevant=relevant, irrelevant=irrelevant)
+            self._version += 1
+        return int(n)
 
     def index_field(self, field: Any, schema: Any, drop: bool = False) -> None:
         """Qdrant's payload indexes: declared and reported (``payload_schema``). Filters

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PointId = int | str
 Payload = dict[str, Any]
@@ -17,8 +17,25 @@ Filter = dict[str, Any]
 MAX_LIMIT = 10_000  # the largest k / page a request may ask for
 
 
+# Fields of Qdrant's requests that would change the answer and that this server does not
+# implement: refused (400 naming them) rather than ignored.
+REFUSED = frozenset({"prefetch", "lookup_from", "order_by", "group_by", "update_filter",
+                     "shard_key", "sparse_vectors"})
+
+
 class _Loose(BaseModel):
+    """Unknown keys are accepted and ignored (Qdrant's clients send some, e.g.
+    ``consistency``), except those in REFUSED."""
+
     model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _refuse(self):
+        extra = self.model_extra or {}
+        refused = sorted(k for k in REFUSED & set(extra) if extra[k] not in (None, {}, []))
+        if refused:
+            raise ValueError(f"{refused} not supported by this server")
+        return self
 
 
 class VectorParams(_Loose):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-MAX_ID = 2**64 - 1
+MAX_ID = 2**63 - 1  # Qdrant allows 2^64 - 1; the store's integer ids are int64
 MAX_FILTER_DEPTH = 16
 UNSUPPORTED_CONDITIONS = ("geo_radius", "geo_bounding_box", "geo_polygon", "values_count",
                           "nested", "has_vector", "slice")
@@ -24,7 +24,8 @@ def point_id(value: Any) -> int | str:
     if isinstance(value, int):
         if 0 <= value <= MAX_ID:
             return value
-        raise BadRequest(f"point id {value} is outside 0 .. 2^64 - 1")
+        raise BadRequest(f"point id {value} is outside 0 .. 2^63 - 1 (this server keeps "
+                         "integer ids as int64; use a UUID beyond that)")
     if isinstance(value, str):
         try:
             return str(uuid.UUID(value))
@@ -89,9 +90,9 @@ def _condition(c: Any, depth: int) -> dict | None:
     if "has_id" in c:
         return {"$id": {"$in": point_ids(c["has_id"])}}
     if "is_empty" in c:
-        return _empty(_key_of(c["is_empty"]))
+        return {_key_of(c["is_empty"]): {"$empty": True}}
     if "is_null" in c:
-        return {_key_of(c["is_null"]): None}
+        return {_key_of(c["is_null"]): {"$null": True}}
     for name in UNSUPPORTED_CONDITIONS:
         if name in c:
             raise BadRequest(f"filter condition {name!r} is not supported")
@@ -106,10 +107,6 @@ def _key_of(x: Any) -> str:
     return x["key"]
 
 
-def _empty(key: str) -> dict:
-    return {"$or": [{key: {"$exists": False}}, {key: None}, {key: []}]}
-
-
 def _field(c: dict) -> dict:
     key = c["key"]
     if not isinstance(key, str) or not key or key.startswith("$") or "[" in key:
@@ -122,10 +119,10 @@ def _field(c: dict) -> dict:
     kind, val = given[0], c[given[0]]
     if kind in UNSUPPORTED_CONDITIONS:
         raise BadRequest(f"condition {kind!r} on {key!r} is not supported")
-    if kind == "is_empty":
-        return _empty(key) if val else {"$not": _empty(key)}
-    if kind == "is_null":
-        return {key: None} if val else {key: {"$ne": None}}
+    if kind in ("is_empty", "is_null"):
+        if not isinstance(val, bool):
+            raise BadRequest(f"{kind} on {key!r} takes true or false")
+        return {key: {"$empty" if kind == "is_empty" else "$null": val}}
     if kind == "range":
         if not isinstance(val, dict):
             raise BadRequest(f"range on {key!r} must be an object")
@@ -142,11 +139,11 @@ def _field(c: dict) -> dict:
     if how == "value":
         if not isinstance(v, (str, int, bool)):
             raise BadRequest(f"match value on {key!r} must be a string, integer or bool")
-        return {key: v}
+        return {key: {"$match": v}}
     if how in ("any", "except"):
-        if not isinstance(v, list):
-            raise BadRequest(f"match {how} on {key!r} takes a list")
-        return {key: {"$in" if how == "any" else "$nin": v}}
+        if not isinstance(v, list) or not all(isinstance(x, (str, int)) for x in v):
+            raise BadRequest(f"match {how} on {key!r} takes a list of strings or integers")
+        return {key: {"$any" if how == "any" else "$except": v}}
     raise BadRequest(f"match {how!r} on {key!r} is not supported (value / any / except)")
 
 

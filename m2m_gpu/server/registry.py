@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import shutil
 import threading
@@ -9,12 +11,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ..persist import fsync_dir
 from .collection import CONFIG, Collection, NotFound
 from .qdrant import BadRequest
 from .text_collection import TextCollection, is_text
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 TRASH = ".deleted-"
+BUILDING = ".creating-"
+log = logging.getLogger("m2m_gpu.server")
 
 
 class AlreadyExists(ValueError):
@@ -29,21 +34,31 @@ def check_name(name: str) -> str:
 
 
 class Registry:
-    def __init__(self, root: str | Path, backend: Any = None) -> None:
+    """Collections live in ``root/<name>/`` once complete. A create builds the collection
+    under ``root/.creating-<name>-<tag>/`` and renames it into place (the commit point); a
+    delete renames it to ``root/.deleted-<name>-<tag>/`` first. On start only those two
+    kinds of leftovers are removed: any other directory is left alone."""
+
+    def __init__(self, root: str | Path, backend: Any = None,
+                 text_encoders: tuple[str, ...] = ("hashed", "minilm")) -> None:
         self.root, self.backend = Path(root), backend
+        self.text_encoders = tuple(text_encoders)  # what a text collection may load
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._open: dict[str, Collection] = {}
-        for old in self.root.glob(TRASH + "*"):  # a delete that a crash interrupted
-            shutil.rmtree(old, ignore_errors=True)
+        self._creating: set[str] = set()
+        for old in [*self.root.glob(TRASH + "*"), *self.root.glob(BUILDING + "*")]:
+            shutil.rmtree(old, ignore_errors=True)  # an interrupted delete or create
         for d in sorted(self.root.iterdir()):
-            if d.is_dir() and NAME.fullmatch(d.name):
-                if (d / CONFIG).exists():
-                    text = is_text(d)
-                    self._open[d.name] = TextCollection.open_text(d, text, backend) if text \
-                        else Collection.open(d, backend)
-                else:  # a create that a crash interrupted before its commit point
-                    shutil.rmtree(d, ignore_errors=True)
+            if d.is_dir() and NAME.fullmatch(d.name) and (d / CONFIG).exists():
+                self._open[d.name] = self._load(d)
+            elif not d.name.startswith("."):
+                log.warning("%s is not a collection (no %s): left alone", d, CONFIG)
+
+    def _load(self, d: Path) -> Collection:
+        text = is_text(d)
+        return TextCollection.open_text(d, text, self.backend) if text else \
+            Collection.open(d, self.backend)
 
     def names(self) -> list[str]:
         with self._lock:
@@ -65,21 +80,34 @@ class Registry:
             path, size, distance, self.backend, vector_name))
 
     def create_text(self, name: str, encoder: Any) -> Collection:
+        if encoder not in self.text_encoders:  # loading a model runs its files' code
+            raise BadRequest(f"encoder {encoder!r} is not one this server allows "
+                             f"({', '.join(self.text_encoders)}; see serve --text-encoder)")
         return self._create(name, lambda path: TextCollection.create_text(
             path, encoder, self.backend))
 
     def _create(self, name: str, make) -> Collection:
         check_name(name)
-        with self._lock:
-            if name in self._open or (self.root / name).exists():
+        with self._lock:  # reserve the name; the build runs outside the lock (a model load
+            # may take seconds, and every request looks collections up under this lock)
+            if name in self._open or name in self._creating or (self.root / name).exists():
                 raise AlreadyExists(f"Collection `{name}` already exists!")
-            try:
-                col = make(self.root / name)
-            except BaseException:
-                shutil.rmtree(self.root / name, ignore_errors=True)  # nothing half made
-                raise
+            self._creating.add(name)
+        building = self.root / f"{BUILDING}{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            make(building).close()
+            os.rename(building, self.root / name)  # the commit point
+            fsync_dir(self.root)
+            col = self._load(self.root / name)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)  # nothing half made
+            raise
+        finally:
+            with self._lock:
+                self._creating.discard(name)
+        with self._lock:
             self._open[name] = col
-            return col
+        return col
 
     def delete(self, name: str) -> bool:
         with self._lock:
@@ -89,6 +117,7 @@ class Registry:
             col.close()
             trash = self.root / f"{TRASH}{name}-{uuid.uuid4().hex[:8]}"
             (self.root / name).rename(trash)  # atomic: gone from the next start on
+            fsync_dir(self.root)
         shutil.rmtree(trash, ignore_errors=True)
         return True
 

@@ -39,9 +39,10 @@ class Keys:
             given = auth[7:].strip()
         if not given:
             raise Denied(401, "Must provide an API key or an Authorization bearer token")
-        if self.read_write and hmac.compare_digest(given, self.read_write):
+        raw = given.encode("utf-8", "surrogatepass")  # headers may hold any latin-1 text
+        if self.read_write and hmac.compare_digest(raw, self.read_write.encode()):
             return
-        if any(hmac.compare_digest(given, k) for k in self.read_only):
+        if any(hmac.compare_digest(raw, k.encode()) for k in self.read_only):
             if write:
                 raise Denied(403, "this API key is read-only")
             return
@@ -50,7 +51,8 @@ class Keys:
 
 class BodyLimit:
     """ASGI middleware: a request body over ``limit`` bytes is answered 413 before any of
-    it reaches a route (by its Content-Length, or while it streams in)."""
+    it reaches a route, by its Content-Length, or, for a body without one (chunked), by
+    reading it here first (the route then gets it from memory)."""
 
     def __init__(self, app, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -59,27 +61,30 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await _reject(send, self.limit)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
+        if length is not None:
+            if not length.isdigit() or int(length) > self.limit:
+                return await _reject(send, self.limit)
+            return await self.app(scope, receive, send)
+        chunks, seen, more = [], 0, True
+        while more:
             msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return msg
+            if msg["type"] != "http.request":
+                return  # the client went away
+            chunks.append(msg.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.limit:
+                return await _reject(send, self.limit)
+            more = msg.get("more_body", False)
+        body, sent = b"".join(chunks), False
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _reject(send, self.limit)
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _reject(send, limit: int) -> None:

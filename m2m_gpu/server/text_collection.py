@@ -52,7 +52,9 @@ class TextCollection(Collection):
 
     def store_texts(self, texts: list[str], metadata: Any, ids: list | None) -> list:
         with self._write:
-            return self.memory.store(texts, metadata=metadata, ids=ids)
+            out = self.memory.store(texts, metadata=metadata, ids=ids)
+            self._version += 1
+            return out
 
     # Qdrant's writes
     def upsert(self, ids, vectors, payloads) -> None:
@@ -63,12 +65,27 @@ class TextCollection(Collection):
         raise BadRequest(f"collection {self.name!r} holds texts: their payloads are set "
                          "when they are stored")
 
+    def decay(self, now: float) -> dict:  # through the memory: pruned texts leave BM25 too
+        with self._write:
+            rep = self.memory.decay(now)
+            self._version += 1
+        return {"elapsed": rep.elapsed, "factor": rep.factor, "pruned": rep.pruned}
+
+    def consolidate(self) -> dict:
+        with self._write:
+            rep = self.memory.consolidate()
+            self._version += 1
+        return {"pruned": list(rep.pruned), "merged": [list(p) for p in rep.merged],
+                "rounds": rep.rounds, "before": rep.before, "after": rep.after,
+                "reason": rep.reason}
+
     def delete(self, ids: list | None = None, filt: dict | None = None) -> None:
         with self._write:
             if filt is not None:
                 ids = self.store.ids(filter=filt)
             if ids:
                 self.memory.forget(ids)
+            self._version += 1
 
 
 def is_text(path: Path) -> dict | None:

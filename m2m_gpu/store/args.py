@@ -79,9 +79,11 @@ def check_metadata(metadata: Any, n: int) -> list[dict]:
             raise InvalidInputError(f"metadata {i} must be a dict, got {type(m).__name__}")
         m = _plain(m, i)
         try:
-            out.append(json.loads(json.dumps(m)))  # a deep copy, and JSON-safe
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"metadata {i} is not JSON-serialisable: {exc}") from exc
+            out.append(json.loads(json.dumps(m, allow_nan=False)))  # a deep copy, JSON-safe
+        except (TypeError, ValueError) as exc:  # NaN / inf included: JSON has no such number
+            why = "it holds NaN or infinity, which JSON has no number for" if \
+                "Out of range float" in str(exc) else exc
+            raise InvalidInputError(f"metadata {i} is not JSON-serialisable: {why}") from exc
     return out
 
 MAX_METADATA_DEPTH = 64  # dicts and lists nested deeper than this are refused

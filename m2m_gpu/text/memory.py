@@ -180,6 +180,15 @@ class TextMemory:
         self._sync_bm25()
         return out
 
+    def consolidate(self):
+        """The store's consolidation (prune weak texts, merge near duplicates); the texts
+        it removed leave the BM25 index too. Returns the store's report."""
+        if self.splats is None:
+            return None
+        out = self.splats.consolidate()
+        self._sync_bm25()
+        return out
+
     def _sync_bm25(self) -> None:
         """Texts a consolidation pruned leave the BM25 index too."""
         held = set(self.splats.ids()) | set(self.splats.aliases())
@@ -219,6 +228,8 @@ class TextMemory:
         recs = self.splats.get([i for i, _ in fused])
         out = []
         for (i, score), r in zip(fused, recs, strict=True):
+            if r is None:  # forgotten by another thread since it was ranked
+                continue
             meta = dict(r["metadata"])
             text = meta.pop(TEXT_KEY)
             out.append({"id": i, "text": text, "score": float(score), "metadata": meta,
