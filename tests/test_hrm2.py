@@ -503,3 +503,61 @@ def test_search_params_nprobe_and_out_arguments():
         index.search(q, 5, params=types.SimpleNamespace(nprobe=0))
     with pytest.raises(InvalidInputError):
         index.search(q, 5, params=object())
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_target_recall_picks_the_smallest_nprobe_that_reaches_it(backend, metric):
+    """IndexHRM2(target_recall=r) calibrates nprobe on a held-out sample of its training
+    rows after the adds that change its size: the recall measured there reaches r, one
+    probe less does not, and fresh queries come close to r too."""
+    import m2m_gpu
+    from m2m_gpu.hrm2.calibrate import exact_ids, recall
+
+    X = m2m_gpu.synthetic(3000, 16, seed=3, kind="clustered", clusters=24)
+    fresh = m2m_gpu.synthetic(100, 16, seed=3, kind="clustered", clusters=24, part="queries")
+    index = m2m_gpu.IndexHRM2(16, metric=metric, backend=backend.name, target_recall=0.9)
+    index.train(X)
+    assert index.calibration is None
+    index.add(X)
+    cal = index.calibration
+    assert cal is not None and cal.reached and cal.recall >= 0.9 and index.nprobe == cal.nprobe
+    assert cal.ntotal == 3000 and cal.queries == 256 and cal.k == 10
+    truth = exact_ids(index, index._sample, 10)
+    if cal.nprobe > 1:
+        assert recall(index, index._sample, truth, 10, cal.nprobe - 1) < 0.9
+    q = index._rows(fresh, "queries")
+    assert recall(index, q, exact_ids(index, q, 10), 10, index.nprobe) >= 0.8
+    index.add(X[:250])  # under a quarter more: no recalibration
+    assert index.calibration is cal
+    index.add(X[:750])
+    assert index.calibration is not cal and index.calibration.ntotal == 4000
+
+
+def test_target_recall_is_checked_and_calibrate_needs_queries():
+    import m2m_gpu
+    from m2m_gpu.errors import InvalidInputError
+
+    for bad in (0, 1.5, "high", -0.1):
+        with pytest.raises(InvalidInputError, match="target_recall"):
+            m2m_gpu.IndexHRM2(8, target_recall=bad)
+    X = m2m_gpu.synthetic(2000, 8, seed=1, kind="clustered")
+    index = m2m_gpu.IndexHRM2(8, backend="cpu")
+    index.train(X)
+    index.add(X)
+    with pytest.raises(InvalidInputError, match="needs queries"):
+        index.calibrate()
+    cal = index.calibrate(X[:100], k=5)  # on queries given: the default target, 0.95
+    assert cal.target == 0.95 and cal.k == 5 and index.nprobe == cal.nprobe
+
+
+def test_a_long_training_says_so(monkeypatch, caplog):
+    import logging
+
+    from m2m_gpu.hrm2 import core
+
+    monkeypatch.setattr(core, "LOG_AFTER", 0.0)  # every training counts as long here
+    X = m2m_gpu.synthetic(2000, 8, seed=2, kind="clustered")
+    with caplog.at_level(logging.INFO, logger="m2m_gpu.hrm2"):
+        IndexHRM2(8, backend="cpu").train(X)
+    assert any("hrm2: trained" in r.message and "2000 rows of 8 dims" in r.message
+               for r in caplog.records), caplog.text

@@ -8,6 +8,9 @@ are retrained too.
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 
 from ..backends import Backend, get_backend
@@ -23,6 +26,8 @@ from .train import REFINE_ITERS, Centroids
 
 REBUILD_OVERFLOW = 0.25  # share of rows living in the overflow region before a re-layout
 REBUILD_IMBALANCE = 8.0  # largest cell / mean cell size before the centroids are retrained
+LOG_AFTER = 2.0  # seconds: a training that takes longer says so (log line, INFO)
+log = logging.getLogger("m2m_gpu.hrm2")
 
 
 class HRM2:
@@ -57,11 +62,18 @@ class HRM2:
     def train(self, x: np.ndarray) -> None:
         """Coarse k-means, fine k-means inside each coarse cell, then ``refine_iters``
         Lloyd iterations of all fine centroids together (on the backend). The rows already
-        laid out stay where they are until the next :meth:`set_rows`."""
+        laid out stay where they are until the next :meth:`set_rows`. A training that takes
+        more than ``LOG_AFTER`` seconds says so in a log line (``m2m_gpu.hrm2``, INFO)."""
+        t0 = time.perf_counter()
         self.set_centroids(_train.train(
             x, self.backend, self.n1_opt, self.n2_opt, seed=self.seed,
             kmeans_iters=self.kmeans_iters, max_points_per_centroid=self.mppc,
             refine_iters=self.refine_iters))
+        took = time.perf_counter() - t0
+        if took > LOG_AFTER:
+            log.info("hrm2: trained %d x %d cells on %d rows of %d dims in %.1f s (%s)",
+                     self.centroids.coarse.shape[0], self.centroids.cells,
+                     x.shape[0], x.shape[1], took, self.backend.name)
 
     def set_centroids(self, centroids: Centroids) -> None:
         """Take trained centroids (another index's, for the same data): no k-means."""

@@ -9,6 +9,7 @@ from ..inputs import check_count, check_ids, check_result_size
 from ..locking import read_then_place, shared, thread_safe, unlocked
 from ..tensor import host_array
 from ..tiers import TierOptions
+from .calibrate import REGROW, calibrate, held_out
 from .core import HRM2
 from .mips import MipsLift
 from .search import ProbeReport
@@ -24,6 +25,10 @@ class IndexHRM2:
     of :func:`default_probes`); ``nprobe`` is FAISS's name for ``p2``. ``adaptive=True``
     turns on the early stop; ``last_report`` says what each query of the last search
     scanned.
+    ``target_recall``: after the adds that change its size by more than a quarter, the
+    index sets ``nprobe`` to the smallest value whose recall@10 on a held-out sample of its
+    training rows reaches the target (``calibration`` says what was measured; see
+    :mod:`.calibrate`; ``calibrate()`` runs it on demand).
     ``tiers``: byte budgets of the memory tiers for the index's rows
     (:class:`m2m_gpu.tiers.TierOptions`; default: all on the device). Hot cells are scanned
     in place, probed rows that are not hot are fetched to the device per search, and the
@@ -38,7 +43,8 @@ class IndexHRM2:
     def __init__(self, d: int, n1: int | None = None, n2: int | None = None,
                  metric: str = "l2", backend: str | Backend | None = None, *, seed: int = 0,
                  p1: int | None = None, p2: int | None = None, adaptive: bool = False,
-                 ratio: float | None = None, tiers: dict | TierOptions | None = None) -> None:
+                 ratio: float | None = None, tiers: dict | TierOptions | None = None,
+                 target_recall: float | None = None) -> None:
         from ..errors import InvalidInputError, UnknownMetricError
 
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
@@ -56,6 +62,13 @@ class IndexHRM2:
         self._next_id = 0  # one past the largest id ever held: add() never reuses an id
         self.p1, self.p2, self.adaptive, self.ratio = p1, p2, adaptive, ratio
         self.last_report: ProbeReport | None = None
+        if target_recall is not None and not (isinstance(target_recall, (int, float)) and
+                                              0 < target_recall <= 1):
+            raise InvalidInputError(f"target_recall must be in (0, 1], got {target_recall!r}")
+        self.target_recall = target_recall
+        self.calibration = None  # hrm2.calibrate.Calibration, once measured
+        self._sample: np.ndarray | None = None  # held-out training rows, for calibration
+        self._seed = seed
 
     @property
     def backend(self) -> Backend:
@@ -172,6 +185,9 @@ class IndexHRM2:
                                                np.vstack([rows, plain]))
             held = None if plain is None else self._lift.rows(plain)
             rows = self._lift.rows(rows)
+        if self.target_recall is not None:
+            self._sample = held_out(rows if self._lift is None else self._lift.strip(rows),
+                                    self._seed)
         h.train(rows)
         if held is not None and held.shape[0]:
             self._add(held, held_ids)
@@ -222,6 +238,29 @@ class IndexHRM2:
         self.hrm2.add(rows, ids)
         self._next_id = max(self._next_id, int(ids.max()) + 1)
         self.hrm2.rebalance_if_due()
+        self._calibrate_if_due()
+
+    def _calibrate_if_due(self) -> None:
+        if self.target_recall is None or self._sample is None or not self.ntotal:
+            return
+        cal = self.calibration
+        if cal is None or abs(self.ntotal - cal.ntotal) > REGROW * cal.ntotal:
+            self.calibrate()
+
+    def calibrate(self, queries=None, k: int = 10):
+        """Set ``nprobe`` to the smallest value whose recall@k on ``queries`` (default:
+        the held-out training sample) reaches ``target_recall`` (default 0.95); returns
+        the :class:`~.calibrate.Calibration`."""
+        self._need_trained()
+        q = self._sample if queries is None else self._rows(queries, "queries")
+        if q is None:
+            from ..errors import InvalidInputError
+
+            raise InvalidInputError("calibrate() needs queries: this index kept no sample "
+                                    "(it was trained without target_recall)")
+        self.calibration = calibrate(self, q, self.target_recall or 0.95, k)
+        self.p2 = self.calibration.nprobe
+        return self.calibration
 
     def remove_ids(self, ids) -> int:
         drop = np.flatnonzero(np.isin(self.hrm2.ids, np.asarray(ids).ravel()))
