@@ -561,3 +561,27 @@ def test_a_long_training_says_so(monkeypatch, caplog):
         IndexHRM2(8, backend="cpu").train(X)
     assert any("hrm2: trained" in r.message and "2000 rows of 8 dims" in r.message
                for r in caplog.records), caplog.text
+
+
+def test_the_cell_scan_gives_the_same_answer_inline_and_on_the_pool(monkeypatch):
+    """Small scans (a single query, a few cells) skip the thread pool: both paths agree
+    bit for bit, ties included."""
+    pytest.importorskip("numba")
+    from m2m_gpu.backends import _jit_kernels
+
+    X = m2m_gpu.synthetic(5000, 16, seed=4, kind="clustered", clusters=8)
+    X[100:110] = X[100]  # ties
+    index = IndexHRM2(16, backend="cpu")
+    index.train(X)
+    index.add(X)
+    index.nprobe = 12
+    Q = np.concatenate([X[100:101], X[:40] + 0.01])
+    answers = []
+    for work in (0, 10**12):  # everything on the pool / everything inline
+        monkeypatch.setattr(_jit_kernels, "INLINE_WORK", work)
+        answers.append(index.search(Q, 10))
+        answers.append(index.search(Q[:1], 10))
+    np.testing.assert_array_equal(answers[0][1], answers[2][1])
+    np.testing.assert_array_equal(answers[0][0], answers[2][0])
+    np.testing.assert_array_equal(answers[1][1], answers[3][1])
+    assert sorted(answers[1][1][0].tolist()) == list(range(100, 110))

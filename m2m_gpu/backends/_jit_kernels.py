@@ -123,6 +123,9 @@ def _route(queries, coarse, fine, fine_lo, fine_hi, p1, out_cells, out_d2, start
                 _insert(bd, bc, _sqdist(qq, fine[f]), f)
 
 
+INLINE_WORK = 2_000_000  # multiply-adds under which a cell scan skips the thread pool
+
+
 def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, pool=None):
     """Each query's k best rows among the cells it probes: ``(keys, ids)`` of shape
     ``(m, k)``, sorted, with ``inf`` / ``-1`` where fewer than k rows were reachable. Keys
@@ -134,8 +137,12 @@ def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, poo
     count = np.diff(cell_start)
     items = np.flatnonzero(count).astype(np.int64)  # probed, non-empty cells
     # Balance the workers: cells by decreasing cost (rows x queries), dealt round-robin.
-    nthreads = max(1, min(pool.threads if pool is not None else 1, items.size))
-    by_cost = items[np.argsort(-(hi[items] - lo[items]) * count[items], kind="stable")]
+    # Work too small to pay for waking the pool (a single query, a few cells) runs here.
+    cost = (hi[items] - lo[items]) * count[items]
+    small = int(cost.sum()) * queries.shape[1] < INLINE_WORK
+    nthreads = 1 if small else max(1, min(pool.threads if pool is not None else 1,
+                                          items.size))
+    by_cost = items[np.argsort(-cost, kind="stable")]
     deal = [by_cost[t::nthreads] for t in range(nthreads)]
     worker_items = np.concatenate(deal).astype(np.int64)
     worker_start = np.concatenate([[0], np.cumsum([len(x) for x in deal])]).astype(np.int64)
