@@ -1,8 +1,8 @@
 """One query at a time (k = 10) at recall@10 >= a target: HRM2 with ``target_recall``
 against faiss IVF-Flat (same number of lists, nprobe swept) and hnswlib (M = 16, ef swept),
 all in the same run, each at the cheapest setting that reaches the target on held-out
-queries (recall against exact search). Reports p50 / p99 latency per query, the setting,
-its recall, and build times; the batch-of-256 rate for reference.
+queries (recall against exact search). Reports p50 / p99 latency per query (the best of
+3 passes, for every method alike), the setting, its recall, and build times.
 
     python bench/bench_hrm2_single.py [--n 100000] [--d 128] [--target 0.95]
 """
@@ -32,16 +32,23 @@ def recall(got: np.ndarray, truth: np.ndarray) -> float:
         got.tolist(), truth.tolist(), strict=True)]))
 
 
+PASSES = 3  # timed passes over the queries; the best pass counts (this VM is noisy)
+
+
 def one_by_one(search, Q: np.ndarray, warm: int = 20) -> dict:
     for q in Q[:warm]:
         search(q[None])
-    lat, got = [], []
-    for q in Q:
-        t = time.perf_counter()
-        got.append(search(q[None])[0])
-        lat.append(time.perf_counter() - t)
-    return {"p50_ms": 1e3 * float(np.percentile(lat, 50)),
-            "p99_ms": 1e3 * float(np.percentile(lat, 99)), "ids": np.stack(got)}
+    best = None
+    for _ in range(PASSES):
+        lat, got = [], []
+        for q in Q:
+            t = time.perf_counter()
+            got.append(search(q[None])[0])
+            lat.append(time.perf_counter() - t)
+        p50 = float(np.percentile(lat, 50))
+        if best is None or p50 < best[0]:
+            best = (p50, float(np.percentile(lat, 99)))
+    return {"p50_ms": 1e3 * best[0], "p99_ms": 1e3 * best[1], "ids": np.stack(got)}
 
 
 def cheapest(name: str, settings, set_to, search, Q, truth, target) -> dict:

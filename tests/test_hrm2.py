@@ -585,3 +585,31 @@ def test_the_cell_scan_gives_the_same_answer_inline_and_on_the_pool(monkeypatch)
     np.testing.assert_array_equal(answers[0][0], answers[2][0])
     np.testing.assert_array_equal(answers[1][1], answers[3][1])
     assert sorted(answers[1][1][0].tolist()) == list(range(100, 110))
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_a_single_query_takes_the_one_call_path_with_the_same_answer(metric):
+    """On cpu with every row hot, a lone query is routed, scanned and ranked in one
+    compiled call: the same ids as the batch path (distances to float rounding), removed
+    rows skipped, the report filled."""
+    pytest.importorskip("numba")
+    X = m2m_gpu.synthetic(6000, 24, seed=6, kind="clustered", clusters=12)
+    Q = m2m_gpu.synthetic(60, 24, seed=6, kind="clustered", clusters=12, part="queries")
+    index = IndexHRM2(24, metric=metric, backend="cpu")
+    index.train(X)
+    index.add(X)
+    index.remove_ids(np.arange(0, 6000, 5))  # dead rows, masked
+    index.nprobe = 10
+    D, I = index.search(Q, 10)
+    cells = index.last_report.cells.copy()
+    for i in range(len(Q)):
+        d, j = index.search(Q[i : i + 1], 10)
+        np.testing.assert_array_equal(j[0], I[i])
+        np.testing.assert_allclose(d[0], D[i], rtol=1e-5, atol=1e-5)
+        assert index.last_report.cells[0] == cells[i] and index.last_report.vectors[0] > 0
+    assert not np.isin(I, np.arange(0, 6000, 5)).any()
+    few = IndexHRM2(24, backend="cpu")
+    few.train(X[:300])
+    few.add(X[:3])  # fewer rows than k: padded like the batch path
+    d, j = few.search(X[:1], 10)
+    assert (j[0, 3:] == -1).all() and np.isinf(d[0, 3:]).all() and j[0, 0] == 0

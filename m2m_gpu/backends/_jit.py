@@ -52,3 +52,9 @@ def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None):
 def route(queries, coarse, fine, fine_ranges, p1, p2):
     """The compiled two-level routing (see ``_jit_kernels.route``)."""
     return _kernels().route(queries, coarse, fine, fine_ranges, p1, p2, pool=_pool())
+
+
+def search_one(q, coarse, fine, fine_ranges, p1, p2, rows, ranges, dead, k):
+    """One query's routing, scan and ranking in one compiled call (see
+    ``_jit_kernels.search_one``)."""
+    return _kernels().search_one(q, coarse, fine, fine_ranges, p1, p2, rows, ranges, dead, k)

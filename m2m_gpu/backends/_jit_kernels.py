@@ -126,6 +126,53 @@ def _route(queries, coarse, fine, fine_lo, fine_hi, p1, out_cells, out_d2, start
 INLINE_WORK = 2_000_000  # multiply-adds under which a cell scan skips the thread pool
 
 
+@njit(fastmath=True, cache=True, nogil=True)
+def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, rows, lo, hi, C, dead,
+                out_cells, out_d2, out_pos):
+    """One query, one compiled call: the ``p1`` nearest coarse cells, the
+    ``out_cells.shape[0]`` nearest fine cells among theirs (as ``_route``), then every row
+    of those cells (main range ``c`` and overflow range ``c + C``) ranked by its squared
+    distance in the direct form, ties by the smaller row; rows with ``dead[r]`` set are
+    skipped."""
+    cd = np.full(p1, np.inf, dtype=np.float32)
+    cc = np.full(p1, -1, dtype=np.int64)
+    for c in range(coarse.shape[0]):
+        _insert(cd, cc, _sqdist(q, coarse[c]), c)
+    fd = np.full(out_cells.shape[0], np.inf, dtype=np.float32)
+    for j in range(p1):
+        c = cc[j]
+        if c < 0:
+            continue
+        for f in range(fine_lo[c], fine_hi[c]):
+            _insert(fd, out_cells, _sqdist(q, fine[f]), f)
+    for j in range(out_cells.shape[0]):
+        f = out_cells[j]
+        if f < 0:
+            continue
+        for g in (f, f + C):
+            for r in range(lo[g], hi[g]):
+                if dead[r]:
+                    continue
+                _insert(out_d2, out_pos, _sqdist(q, rows[r]), r)
+
+
+def search_one(q, coarse, fine, fine_ranges, p1, p2, rows, ranges, dead, k):
+    """``(cells int64[p2], d2 float32[k], positions int64[k])`` of ``_search_one`` (pads:
+    -1 cells; inf / -1 where fewer than k rows were reachable)."""
+    p1 = max(1, min(int(p1), coarse.shape[0]))
+    cells = np.full(max(1, min(int(p2), fine.shape[0])), -1, dtype=np.int64)
+    d2 = np.full(k, np.inf, dtype=np.float32)
+    pos = np.full(k, -1, dtype=np.int64)
+    C = fine.shape[0]
+    _search_one(np.ascontiguousarray(q, dtype=np.float32), coarse, fine,
+                np.ascontiguousarray(fine_ranges[:, 0], dtype=np.int64),
+                np.ascontiguousarray(fine_ranges[:, 1], dtype=np.int64), p1, rows,
+                np.ascontiguousarray(ranges[:, 0], dtype=np.int64),
+                np.ascontiguousarray(ranges[:, 1], dtype=np.int64), C,
+                dead.view(np.uint8), cells, d2, pos)
+    return cells, d2, pos
+
+
 def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, pool=None):
     """Each query's k best rows among the cells it probes: ``(keys, ids)`` of shape
     ``(m, k)``, sorted, with ``inf`` / ``-1`` where fewer than k rows were reachable. Keys

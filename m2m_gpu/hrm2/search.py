@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..backends.base import MODE_DISTANCE
 from ..ops.topk import merge_by_key
 from .layout import CellLayout
 from .routing import Router
@@ -39,6 +40,11 @@ def search(router: Router, layout: CellLayout, scanner: CellScanner, q: np.ndarr
     """``(keys, positions, d2, report)`` (host) for validated float32 queries ``q``, best
     first, ties by position (see :meth:`m2m_gpu.hrm2.HRM2.search`)."""
     be = layout.backend
+    if q.shape[0] == 1 and not adaptive and mode == MODE_DISTANCE and params is None and \
+            getattr(be, "jit", False):
+        dense = layout.tiers.dense()  # every row hot, on the host
+        if dense is not None:
+            return _one(router, layout, dense, q, k, p1, p2)
     cells, cdist = router.route(q, p1, p2)
     C = router.centroids.cells
     if adaptive and ratio is not None:
@@ -71,6 +77,24 @@ def search(router: Router, layout: CellLayout, scanner: CellScanner, q: np.ndarr
     report = ProbeReport((scanned >= 0).sum(1), counted.sum(1))
     layout.touch(scanned)
     return keys, pos, d2, report
+
+
+def _one(router: Router, layout: CellLayout, rows, q: np.ndarray, k: int, p1: int,
+         p2: int):
+    """A single query on the cpu backend with every row hot: routing, scan and ranking in
+    one compiled call (``_jit.search_one``), without the batch path's grouping and merges.
+    Same answer as the batch path: the direct-form d2, ties by position."""
+    from ..backends import _jit
+
+    c = router.centroids
+    cells, d2, pos = _jit.search_one(q[0], c.coarse, c.fine, c.fine_ranges, p1, p2, rows,
+                                     layout.ranges, np.ascontiguousarray(layout.dead), k)
+    cells = cells[None]
+    sizes = layout.cell_sizes()
+    counted = np.where(cells >= 0, sizes[np.where(cells >= 0, cells, 0)], 0)
+    layout.touch(cells)
+    return d2[None].copy(), pos[None], d2[None], ProbeReport((cells >= 0).sum(1),
+                                                             counted.sum(1))
 
 
 def _scan_retrying(layout: CellLayout, scanner: CellScanner, qn, probes, k, mode, params,
