@@ -101,6 +101,22 @@ def _group_probes(probes, lo, hi):
                 fill[c] += 1
     return cell_start, cell_q
 
+@njit(fastmath=True, inline="always")
+def _nearest_fine(qq, coarse, fine, fine_lo, fine_hi, p1, bd, bc):
+    """The ``p1`` nearest coarse centroids of ``qq``, then the ``bd.shape[0]`` nearest
+    fine centroids among their fine cells into ``bd`` / ``bc``, nearest first (ties:
+    smaller index)."""
+    cd = np.full(p1, np.inf, dtype=np.float32)
+    cc = np.full(p1, -1, dtype=np.int64)
+    for c in range(coarse.shape[0]):
+        _insert(cd, cc, _sqdist(qq, coarse[c]), c)
+    for j in range(p1):
+        c = cc[j]
+        if c < 0:
+            continue
+        for f in range(fine_lo[c], fine_hi[c]):
+            _insert(bd, bc, _sqdist(qq, fine[f]), f)
+
 @njit(fastmath=True, cache=True, nogil=True)
 def _route(queries, coarse, fine, fine_lo, fine_hi, p1, out_cells, out_d2, start, stop):
     """Per query ``start .. stop``: the ``p1`` nearest coarse centroids, then the
@@ -108,19 +124,8 @@ def _route(queries, coarse, fine, fine_lo, fine_hi, p1, out_cells, out_d2, start
     (ties: smaller index). Squared distances in the direct form (the adaptive bound
     subtracts cell radii)."""
     for i in range(start, stop):
-        qq = queries[i]
-        cd = np.full(p1, np.inf, dtype=np.float32)
-        cc = np.full(p1, -1, dtype=np.int64)
-        for c in range(coarse.shape[0]):
-            _insert(cd, cc, _sqdist(qq, coarse[c]), c)
-        bd = out_d2[i]
-        bc = out_cells[i]
-        for j in range(p1):
-            c = cc[j]
-            if c < 0:
-                continue
-            for f in range(fine_lo[c], fine_hi[c]):
-                _insert(bd, bc, _sqdist(qq, fine[f]), f)
+        _nearest_fine(queries[i], coarse, fine, fine_lo, fine_hi, p1, out_d2[i],
+                      out_cells[i])
 
 
 INLINE_WORK = 2_000_000  # multiply-adds under which a cell scan skips the thread pool
@@ -134,17 +139,8 @@ def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, rows, lo, hi, C, dead,
     of those cells (main range ``c`` and overflow range ``c + C``) ranked by its squared
     distance in the direct form, ties by the smaller row; rows with ``dead[r]`` set are
     skipped."""
-    cd = np.full(p1, np.inf, dtype=np.float32)
-    cc = np.full(p1, -1, dtype=np.int64)
-    for c in range(coarse.shape[0]):
-        _insert(cd, cc, _sqdist(q, coarse[c]), c)
     fd = np.full(out_cells.shape[0], np.inf, dtype=np.float32)
-    for j in range(p1):
-        c = cc[j]
-        if c < 0:
-            continue
-        for f in range(fine_lo[c], fine_hi[c]):
-            _insert(fd, out_cells, _sqdist(q, fine[f]), f)
+    _nearest_fine(q, coarse, fine, fine_lo, fine_hi, p1, fd, out_cells)
     for j in range(out_cells.shape[0]):
         f = out_cells[j]
         if f < 0:
