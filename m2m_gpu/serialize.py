@@ -15,6 +15,7 @@ k-means (the cells are laid out again from the centroids).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
@@ -72,7 +73,10 @@ def _hrm2_parts(index) -> tuple[dict, dict]:
             "n1": h.n1_opt, "n2": h.n2_opt, "p1": index.p1, "p2": index.p2,
             "adaptive": bool(index.adaptive), "ratio": index.ratio, "seed": h.seed,
             "next_id": int(index._next_id), "trained": bool(index.is_trained),
-            "ip_norm": index._lift.norm if index._lift is not None else None}
+            "ip_norm": index._lift.norm if index._lift is not None else None,
+            "target_recall": index.target_recall,
+            "calibration": None if index.calibration is None else
+            dataclasses.asdict(index.calibration)}
     arrays = {}
     if index.is_trained:
         c = h.centroids
@@ -81,6 +85,8 @@ def _hrm2_parts(index) -> tuple[dict, dict]:
         live = h.live_positions()
         arrays["vectors"] = h.rows_at(live)
         arrays["ids"] = h.ids[live]
+    if index._sample is not None:
+        arrays["calibration_sample"] = index._sample
     return head, arrays
 
 
@@ -182,6 +188,13 @@ def _hrm2_from(head: dict, arrays: dict, be):
                                            arrays["parent"], arrays["fine_ranges"]))
         index._add(arrays["vectors"], arrays["ids"])
     index._next_id = int(head["next_id"])
+    # the recall target last: loading the rows above must not recalibrate
+    index.target_recall = head.get("target_recall")
+    index._sample = arrays.get("calibration_sample")
+    if head.get("calibration") is not None:
+        from .hrm2.calibrate import Calibration
+
+        index.calibration = Calibration(**head["calibration"])
     return index
 
 

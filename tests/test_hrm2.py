@@ -529,8 +529,14 @@ def test_target_recall_picks_the_smallest_nprobe_that_reaches_it(backend, metric
     assert recall(index, q, exact_ids(index, q, 10), 10, index.nprobe) >= 0.8
     index.add(X[:250])  # under a quarter more: no recalibration
     assert index.calibration is cal
+    again = m2m_gpu.deserialize_index(m2m_gpu.serialize_index(index))  # kept as it was
+    assert again.calibration == cal and again.nprobe == cal.nprobe
+    assert again.target_recall == 0.9 and np.array_equal(again._sample, index._sample)
     index.add(X[:750])
     assert index.calibration is not cal and index.calibration.ntotal == 4000
+    again.add(X[:750])  # the reloaded index recalibrates too (its rows' order, hence
+    assert again.calibration.ntotal == 4000  # ties at the k-th, may differ a little)
+    assert again.calibration.recall == pytest.approx(index.calibration.recall, abs=0.01)
 
 
 def test_target_recall_is_checked_and_calibrate_needs_queries():
