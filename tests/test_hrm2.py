@@ -619,3 +619,27 @@ def test_a_single_query_takes_the_one_call_path_with_the_same_answer(metric):
     few.add(X[:3])  # fewer rows than k: padded like the batch path
     d, j = few.search(X[:1], 10)
     assert (j[0, 3:] == -1).all() and np.isinf(d[0, 3:]).all() and j[0, 0] == 0
+
+
+def test_a_build_reports_its_progress_step_by_step():
+    """train() advances a progress bar once for the coarse k-means, once per coarse cell
+    and once per refinement iteration; with no terminal the default bar is silent."""
+    import contextlib
+
+    from m2m_gpu.backends import get_backend
+    from m2m_gpu.hrm2 import train as hrm2_train
+    from m2m_gpu.progress import Progress
+
+    steps, totals = [], []
+
+    @contextlib.contextmanager
+    def counting(total):
+        totals.append(total)
+        yield lambda n=1: steps.append(n)
+
+    X = m2m_gpu.synthetic(3000, 8, seed=7, kind="clustered")
+    c = hrm2_train.train(X, get_backend("cpu"), 6, 5, progress=counting)
+    assert c.coarse.shape[0] == 6
+    assert totals == [1 + 6 + hrm2_train.REFINE_ITERS] and len(steps) == totals[0]
+    with Progress(10, "x") as advance:  # stderr is not a terminal under pytest
+        advance(3)

@@ -19,6 +19,9 @@ MIN_ROWS_PER_FINE_CELL = 8
 REFINE_ITERS = 3  # Lloyd iterations over all fine centroids together after the two levels
 
 
+PROGRESS_ROWS = 100_000  # builds on at least this many rows show a bar (on a terminal)
+
+
 def default_shape(n: int) -> tuple[int, int]:
     total = max(1, int(round(4 * math.sqrt(max(n, 1)))))
     n1 = max(1, int(round(math.sqrt(total))))
@@ -90,17 +93,20 @@ def nearest(backend: Backend, x: np.ndarray, centroids: np.ndarray):
 
 
 def two_level_kmeans(x: np.ndarray, n1: int, n2: int, backend: Backend, *, seed: int,
-                     iters: int, max_points_per_centroid: int) -> Centroids:
+                     iters: int, max_points_per_centroid: int, advance=None) -> Centroids:
     """Coarse k-means, then k-means inside each coarse cell: ``n1 * n2`` fine cells in all,
     shared among the coarse cells in proportion to their rows (so fine cells hold about
     the same number of rows wherever the data is dense)."""
     be, mppc = backend, max_points_per_centroid
+    advance = advance or (lambda n=1: None)
     coarse = kmeans(x, n1, iters=iters, seed=seed, max_points_per_centroid=mppc,
                     backend=be).centroids
+    advance()
     _, cid = nearest(be, x, coarse)
     share = split_cells(np.bincount(cid, minlength=n1), n1 * n2)
     fine, parent = [], []
     for c in range(n1):  # a loop over coarse cells, not rows
+        advance()
         members = x[cid == c]
         kc = int(min(share[c], max(1, members.shape[0] // MIN_ROWS_PER_FINE_CELL)))
         if members.shape[0] == 0:
@@ -117,7 +123,7 @@ def two_level_kmeans(x: np.ndarray, n1: int, n2: int, backend: Backend, *, seed:
 
 
 def refine(centroids: Centroids, x: np.ndarray, backend: Backend, *, iters: int, seed: int,
-           max_points_per_centroid: int) -> Centroids:
+           max_points_per_centroid: int, advance=None) -> Centroids:
     """Lloyd iterations over all fine centroids at once: each training row goes to its
     nearest fine centroid among those of its ``assign_p1`` nearest coarse cells (not only
     its own coarse cell), each fine centroid moves to the mean of its rows and joins the
@@ -138,6 +144,8 @@ def refine(centroids: Centroids, x: np.ndarray, backend: Backend, *, iters: int,
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     native = be.from_host(sample)
     for _ in range(iters):
+        if advance is not None:
+            advance()
         cells = Router(c, be).assign(sample)
         sums, counts = be.kmeans_sums(native, cells, total)
         fine = c.fine.copy()
@@ -150,13 +158,22 @@ def refine(centroids: Centroids, x: np.ndarray, backend: Backend, *, iters: int,
 
 def train(x: np.ndarray, backend: Backend, n1: int | None = None, n2: int | None = None, *,
           seed: int = 0, kmeans_iters: int = 10, max_points_per_centroid: int = 256,
-          refine_iters: int = REFINE_ITERS) -> Centroids:
+          refine_iters: int = REFINE_ITERS, progress=None) -> Centroids:
     """Both levels for the rows ``x`` (shape from :func:`default_shape` where not given),
-    then ``refine_iters`` joint refinement iterations."""
+    then ``refine_iters`` joint refinement iterations. ``progress(total)``: a context
+    manager giving ``advance()`` (one step: the coarse k-means, each coarse cell's fine
+    k-means, each refinement iteration)."""
+    from ..progress import Progress
+
     n = x.shape[0]
     d1, d2 = default_shape(n)
     n1, n2 = min(n1 or d1, n), n2 or d2
-    c = two_level_kmeans(x, n1, n2, backend, seed=seed, iters=kmeans_iters,
-                         max_points_per_centroid=max_points_per_centroid)
-    return refine(c, x, backend, iters=refine_iters, seed=seed,
-                  max_points_per_centroid=max_points_per_centroid)
+    steps = 1 + n1 + (refine_iters if n1 * n2 >= 2 else 0)
+    bar = progress(steps) if progress is not None else \
+        Progress(steps, f"hrm2: k-means on {n} rows", wanted=n >= PROGRESS_ROWS)
+    with bar as advance:
+        c = two_level_kmeans(x, n1, n2, backend, seed=seed, iters=kmeans_iters,
+                             max_points_per_centroid=max_points_per_centroid,
+                             advance=advance)
+        return refine(c, x, backend, iters=refine_iters, seed=seed,
+                      max_points_per_centroid=max_points_per_centroid, advance=advance)

@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import filters as _filters
 from ..errors import InvalidInputError
+from ..progress import Progress
 from ..store import SplatStore
 from .bm25 import BM25
 from .encoders import TruncatedTextWarning, resolve_encoder
@@ -90,7 +91,7 @@ class TextMemory:
     def _encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
         if len(texts) > ENCODE_BATCH:  # batched, with a progress bar on a terminal
             parts = []
-            with _progress(len(texts), progress) as advance:
+            with Progress(len(texts), "encoding", progress) as advance:
                 for a in range(0, len(texts), ENCODE_BATCH):
                     parts.append(np.asarray(self.encoder(texts[a : a + ENCODE_BATCH]),
                                             dtype=np.float32))
@@ -284,31 +285,6 @@ class TextMemory:
     def close(self) -> None:
         if self.splats is not None:
             self.splats.close()
-
-
-class _progress:
-    """A rich progress bar for long ingests, on stderr when it is a terminal (and
-    ``wanted``); otherwise nothing."""
-
-    def __init__(self, total: int, wanted: bool) -> None:
-        import sys
-
-        self.bar = None
-        if wanted and sys.stderr.isatty():
-            from rich.progress import Progress
-
-            self.bar = Progress(transient=True)
-            self.task = self.bar.add_task("encoding", total=total)
-
-    def __enter__(self):
-        if self.bar is None:
-            return lambda n: None
-        self.bar.start()
-        return lambda n: self.bar.advance(self.task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def _rrf(rankings: list[list[tuple[Any, float]]]) -> list[tuple[Any, float]]:
