@@ -317,22 +317,58 @@ def _strict(a: Any, b: Any) -> bool:
 
 
 def _typed_op(col, op: str, val: Any) -> np.ndarray:
+    """Qdrant's typed conditions: scalar slots decided column-wise (only the numeric or
+    object candidates are type-checked one by one), list slots element by element."""
+    obj, kind, _ = col
+    if op == "$any":
+        out = np.zeros(obj.shape[0], dtype=bool)
+        for v in val:
+            out |= _typed_op(col, "$match", v)
+        return out
+    if op == "$match":
+        out = _strict_scalar(col, val)
+
+        def items(e):
+            return any(_strict(x, val) for x in e)
+    elif op == "$except":
+        inside = _typed_op(col, "$any", val)
+        out = (kind != K_MISSING) & (kind != K_LIST) & ~inside & ~_nulls(col)
+
+        def items(e):
+            return any(x is not None and not any(_strict(x, w) for w in val) for x in e)
+    elif op == "$null":
+        out = _nulls(col)
+
+        def items(e):
+            return any(x is None for x in e)
+    else:  # $empty: missing, null or []
+        out = (kind == K_MISSING) | _nulls(col)
+
+        def items(e):
+            return len(e) == 0
+    for i in np.flatnonzero(kind == K_LIST).tolist():
+        out[i] = items(obj[i])
+    if op in ("$null", "$empty") and not val:
+        out = ~out & (kind != K_MISSING)  # a missing key is neither null nor non-null
+    return out
+
+
+def _nulls(col) -> np.ndarray:
     obj, kind, _ = col
     out = np.zeros(obj.shape[0], dtype=bool)
-    for i, v in enumerate(obj.tolist()):
-        if kind[i] == K_MISSING:
-            out[i] = op == "$empty" and val
-            continue
-        items = v if isinstance(v, list) else [v]
-        if op == "$match":
-            out[i] = any(_strict(e, val) for e in items)
-        elif op == "$any":
-            out[i] = any(_strict(e, w) for e in items for w in val)
-        elif op == "$except":
-            out[i] = any(e is not None and not any(_strict(e, w) for w in val)
-                         for e in items)
-        elif op == "$null":
-            out[i] = any(e is None for e in items) == val
-        else:  # $empty
-            out[i] = (v is None or v == []) == val
+    for i in np.flatnonzero(kind == K_OTHER).tolist():
+        out[i] = obj[i] is None
+    return out
+
+
+def _strict_scalar(col, val: Any) -> np.ndarray:
+    """Scalar slots holding exactly ``val``, its JSON type included (5 is not 5.0)."""
+    obj, kind, num = col
+    if isinstance(val, bool):
+        return (kind == K_BOOL) & np.asarray(obj == val, dtype=bool)
+    if isinstance(val, str):
+        return (kind == K_STR) & np.asarray(obj == val, dtype=bool)
+    out = (kind == K_NUMBER) & (num == float(val))
+    for i in np.flatnonzero(out).tolist():
+        out[i] = type(obj[i]) is type(val)
     return out
