@@ -72,11 +72,16 @@ def search(router: Router, layout: CellLayout, scanner: CellScanner, q: np.ndarr
         scanned = np.concatenate([cells[:, :first], rest], 1)
         if (rest >= 0).any():
             keys, pos, d2 = merge_by_key([(keys, pos, d2), scan(rest)], k)
+    return keys, pos, d2, _scanned(layout, scanned)
+
+
+def _scanned(layout: CellLayout, scanned: np.ndarray) -> ProbeReport:
+    """What the queries scanned (int64[m, P] cells, -1 pad): counted as accessed by the
+    tier policy, and reported."""
     sizes = layout.cell_sizes()
     counted = np.where(scanned >= 0, sizes[np.where(scanned >= 0, scanned, 0)], 0)
-    report = ProbeReport((scanned >= 0).sum(1), counted.sum(1))
     layout.touch(scanned)
-    return keys, pos, d2, report
+    return ProbeReport((scanned >= 0).sum(1), counted.sum(1))
 
 
 def _one(router: Router, layout: CellLayout, rows, q: np.ndarray, k: int, p1: int,
@@ -89,12 +94,7 @@ def _one(router: Router, layout: CellLayout, rows, q: np.ndarray, k: int, p1: in
     c = router.centroids
     cells, d2, pos = _jit.search_one(q[0], c.coarse, c.fine, c.fine_ranges, p1, p2, rows,
                                      layout.ranges, np.ascontiguousarray(layout.dead), k)
-    cells = cells[None]
-    sizes = layout.cell_sizes()
-    counted = np.where(cells >= 0, sizes[np.where(cells >= 0, cells, 0)], 0)
-    layout.touch(cells)
-    return d2[None].copy(), pos[None], d2[None], ProbeReport((cells >= 0).sum(1),
-                                                             counted.sum(1))
+    return d2[None].copy(), pos[None], d2[None], _scanned(layout, cells[None])
 
 
 def _scan_retrying(layout: CellLayout, scanner: CellScanner, qn, probes, k, mode, params,

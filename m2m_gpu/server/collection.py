@@ -64,8 +64,8 @@ class Collection:
         fsync_dir(self.path)
 
     @classmethod
-    def open(cls, path: Path, backend: Any) -> Collection:
-        cfg = json.loads((path / CONFIG).read_text())
+    def open(cls, path: Path, backend: Any, cfg: dict) -> Collection:
+        """Reopen the collection ``cfg`` (its :func:`read_config`) describes."""
         col = cls(path, cfg["size"], cfg["distance"],
                   SplatStore.open(path / "store", backend=backend), cfg.get("vector_name", ""))
         col.payload_indexes = dict(cfg.get("payload_indexes", {}))
@@ -125,9 +125,7 @@ class Collection:
             if filt is not None:
                 self.store.delete(filter=filt)
             elif ids:
-                present = [i for i, r in zip(ids, self.store.get(ids), strict=True) if r]
-                if present:
-                    self.store.delete(present)
+                self.store.delete(ids)  # ids it does not hold are ignored
             self._version += 1
 
     def set_payload(self, payload: dict, ids: list | None, filt: dict | None,
@@ -291,15 +289,20 @@ class Collection:
                              "decay and consolidation need Cosine or Euclid")
         return self.store
 
+    def _forgetting(self):
+        """What decay and consolidation run on: the store (a text collection: its memory,
+        so that pruned texts leave BM25 too)."""
+        return self.splats()
+
     def decay(self, now: float) -> dict:
         with self._write:
-            rep = self.splats().decay(now)
+            rep = self._forgetting().decay(now)
             self._version += 1
         return {"elapsed": rep.elapsed, "factor": rep.factor, "pruned": rep.pruned}
 
     def consolidate(self) -> dict:
         with self._write:
-            rep = self.splats().consolidate()
+            rep = self._forgetting().consolidate()
             self._version += 1
         return {"pruned": list(rep.pruned), "merged": [list(p) for p in rep.merged],
                 "rounds": rep.rounds, "before": rep.before, "after": rep.after,
@@ -350,6 +353,10 @@ def _last_argmax(x: np.ndarray) -> int:
 def _swap_remove(items: list, i: int):
     items[i], items[-1] = items[-1], items[i]
     return items.pop()
+
+
+def read_config(path: Path) -> dict:
+    return json.loads((path / CONFIG).read_text())
 
 
 class NotFound(LookupError):

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ..persist import fsync_dir
-from .collection import CONFIG, Collection, NotFound
+from .collection import CONFIG, Collection, NotFound, read_config
 from .qdrant import BadRequest
-from .text_collection import TextCollection, is_text
+from .text_collection import TextCollection
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 TRASH = ".deleted-"
@@ -56,9 +56,10 @@ class Registry:
                 log.warning("%s is not a collection (no %s): left alone", d, CONFIG)
 
     def _load(self, d: Path) -> Collection:
-        text = is_text(d)
-        return TextCollection.open_text(d, text, self.backend) if text else \
-            Collection.open(d, self.backend)
+        cfg = read_config(d)
+        if cfg.get("kind") == "text":
+            return TextCollection.open_text(d, cfg, self.backend)
+        return Collection.open(d, self.backend, cfg)
 
     def names(self) -> list[str]:
         with self._lock:

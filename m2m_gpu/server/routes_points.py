@@ -136,28 +136,27 @@ def upsert_points(body: m.PointInsert, request: Request, col: Col,
 def delete_points(body: m.PointsSelector, request: Request, col: Col,
                   wait: bool = False):
     t = time.perf_counter()
+    ids, filt = _selected(body, request)
+    col.delete(ids=ids, filt=filt)
+    return _update(wait, t)
+
+
+def _selected(body, request: Request) -> tuple[list | None, dict | None]:
+    """A request's ``points`` or ``filter`` (exactly one): ``(ids, None)`` or ``(None,
+    filter)``; an empty filter is ``{}``, every point, as in Qdrant."""
     if (body.points is None) == (body.filter is None):
         raise BadRequest("send either points or filter")
     if body.points is not None:
         _max_points(request, len(body.points))
-        col.delete(ids=point_ids(body.points))
-    else:
-        filt = to_filter(body.filter)
-        col.delete(filt={} if filt is None else filt)
-    return _update(wait, t)
+        return point_ids(body.points), None
+    filt = to_filter(body.filter)
+    return None, {} if filt is None else filt
 
 
 def _payload_write(body: m.SetPayload, request: Request, wait: bool, col, overwrite: bool):
     t = time.perf_counter()
-    if (body.points is None) == (body.filter is None):
-        raise BadRequest("send either points or filter")
-    ids = None
-    if body.points is not None:
-        _max_points(request, len(body.points))
-        ids = point_ids(body.points)
-    filt = to_filter(body.filter) if body.filter is not None else None
-    col.set_payload(body.payload, ids, {} if ids is None and filt is None else filt,
-                    overwrite=overwrite, key=body.key)
+    ids, filt = _selected(body, request)
+    col.set_payload(body.payload, ids, filt, overwrite=overwrite, key=body.key)
     return _update(wait, t)
 
 

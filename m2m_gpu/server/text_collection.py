@@ -6,12 +6,11 @@ are refused; deletes forget the texts."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..text import TextMemory
-from .collection import CONFIG, Collection
+from .collection import Collection
 from .qdrant import BadRequest
 
 
@@ -65,19 +64,8 @@ class TextCollection(Collection):
         raise BadRequest(f"collection {self.name!r} holds texts: their payloads are set "
                          "when they are stored")
 
-    def decay(self, now: float) -> dict:  # through the memory: pruned texts leave BM25 too
-        with self._write:
-            rep = self.memory.decay(now)
-            self._version += 1
-        return {"elapsed": rep.elapsed, "factor": rep.factor, "pruned": rep.pruned}
-
-    def consolidate(self) -> dict:
-        with self._write:
-            rep = self.memory.consolidate()
-            self._version += 1
-        return {"pruned": list(rep.pruned), "merged": [list(p) for p in rep.merged],
-                "rounds": rep.rounds, "before": rep.before, "after": rep.after,
-                "reason": rep.reason}
+    def _forgetting(self):
+        return self.memory  # its decay and consolidation keep BM25 in step
 
     def delete(self, ids: list | None = None, filt: dict | None = None) -> None:
         with self._write:
@@ -86,8 +74,3 @@ class TextCollection(Collection):
             if ids:
                 self.memory.forget(ids)
             self._version += 1
-
-
-def is_text(path: Path) -> dict | None:
-    cfg = json.loads((path / CONFIG).read_text())
-    return cfg if cfg.get("kind") == "text" else None
