@@ -264,12 +264,32 @@ extern "C" __global__ void topk_select(
 // HRM2 scan (see shaders/cells_distance.comp): candidate j of query i lies in one of the
 // query's p segments (row start, length, destination offset); direct-form key, +inf where no
 // segment covers j when fill is set (the first block of rows writes it). params is unread
-// for KEY_L2.
-extern "C" __global__ void cells_distance(
-    const float* __restrict__ q, const float* __restrict__ x,
-    const long long* __restrict__ segs, float* __restrict__ keys, unsigned int m,
-    unsigned int d, unsigned int t, unsigned int p, unsigned int mode,
-    const float4* __restrict__ params, unsigned int fill)
+// for KEY_L2. Rows are read as codec says (CODEC_F32, CODEC_F16, CODEC_SQ8 with dequant:
+// offsets[d] then scales[d]); arithmetic is float32 throughout.
+struct RowsF32 {
+    const float* x; unsigned int d;
+    __device__ __forceinline__ float at(long long r, unsigned int c) const {
+        return x[(size_t)r * d + c];
+    }
+};
+struct RowsF16 {
+    const unsigned short* x; unsigned int d;
+    __device__ __forceinline__ float at(long long r, unsigned int c) const {
+        return load_x(x, (size_t)r * d + c);
+    }
+};
+struct RowsSQ8 {  // one byte per dimension, rows padded to whole 32-bit words
+    const unsigned char* x; const float* dq; unsigned int d, stride;
+    __device__ __forceinline__ float at(long long r, unsigned int c) const {
+        return fmaf(dq[d + c], (float)x[(size_t)r * stride + c], dq[c]);
+    }
+};
+
+template <typename R>
+__device__ __forceinline__ void cells_distance_body(
+    const float* __restrict__ q, const R rows, const long long* __restrict__ segs,
+    float* __restrict__ keys, unsigned int m, unsigned int d, unsigned int t, unsigned int p,
+    unsigned int mode, const float4* __restrict__ params, unsigned int fill)
 {
     const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
     const unsigned int i = blockIdx.y;
@@ -281,7 +301,7 @@ extern "C" __global__ void cells_distance(
             const long long r = start + (j - dst);
             float acc = 0.0f;
             for (unsigned int c = 0; c < d; ++c) {
-                const float df = q[(size_t)i * d + c] - x[(size_t)r * d + c];
+                const float df = q[(size_t)i * d + c] - rows.at(r, c);
                 acc = fmaf(df, df, acc);
             }
             keys[(size_t)i * t + j] = finish_key(acc, mode, params, r);
@@ -289,4 +309,23 @@ extern "C" __global__ void cells_distance(
         }
     }
     if (fill) keys[(size_t)i * t + j] = __int_as_float(0x7f800000);
+}
+
+extern "C" __global__ void cells_distance(
+    const float* __restrict__ q, const void* __restrict__ x,
+    const long long* __restrict__ segs, float* __restrict__ keys, unsigned int m,
+    unsigned int d, unsigned int t, unsigned int p, unsigned int mode,
+    const float4* __restrict__ params, unsigned int fill, const float* __restrict__ dequant,
+    unsigned int codec)
+{
+    if (codec == CODEC_SQ8) {
+        const RowsSQ8 rows = {(const unsigned char*)x, dequant, d, 4u * ((d + 3u) / 4u)};
+        cells_distance_body(q, rows, segs, keys, m, d, t, p, mode, params, fill);
+    } else if (codec == CODEC_F16) {
+        const RowsF16 rows = {(const unsigned short*)x, d};
+        cells_distance_body(q, rows, segs, keys, m, d, t, p, mode, params, fill);
+    } else {
+        const RowsF32 rows = {(const float*)x, d};
+        cells_distance_body(q, rows, segs, keys, m, d, t, p, mode, params, fill);
+    }
 }

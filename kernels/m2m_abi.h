@@ -12,3 +12,6 @@
 #define CANONICAL_NAN_BITS 0x7FC00000u
 #define SELECT_IDS 1u
 #define SELECT_NO_BEST 2u
+#define CODEC_F32 0u
+#define CODEC_F16 1u
+#define CODEC_SQ8 2u

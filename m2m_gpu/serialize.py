@@ -75,6 +75,7 @@ def _hrm2_parts(index) -> tuple[dict, dict]:
             "next_id": int(index._next_id), "trained": bool(index.is_trained),
             "ip_norm": index._lift.norm if index._lift is not None else None,
             "target_recall": index.target_recall,
+            "codec": index.codec, "rerank": index.rerank,
             "calibration": None if index.calibration is None else
             dataclasses.asdict(index.calibration)}
     arrays = {}
@@ -85,6 +86,9 @@ def _hrm2_parts(index) -> tuple[dict, dict]:
         live = h.live_positions()
         arrays["vectors"] = h.rows_at(live)
         arrays["ids"] = h.ids[live]
+        if h.layout.codec is not None:  # SQ8's trained ranges (codes are made again)
+            arrays["codec_offset"] = h.layout.codec.offset
+            arrays["codec_scale"] = h.layout.codec.scale
     if index._sample is not None:
         arrays["calibration_sample"] = index._sample
     return head, arrays
@@ -180,12 +184,18 @@ def _hrm2_from(head: dict, arrays: dict, be):
 
     index = IndexHRM2(head["d"], head["n1"], head["n2"], head["metric"], be.name,
                       seed=head["seed"], p1=head["p1"], p2=head["p2"],
-                      adaptive=head["adaptive"], ratio=head["ratio"])
+                      adaptive=head["adaptive"], ratio=head["ratio"],
+                      codec=head.get("codec"), rerank=head.get("rerank", 4))
     if index._lift is not None:
         index._lift.norm = head["ip_norm"]
     if head["trained"]:
         index.hrm2.set_centroids(Centroids(arrays["coarse"], arrays["fine"],
                                            arrays["parent"], arrays["fine_ranges"]))
+        if "codec_offset" in arrays:
+            from .codecs import Codec
+
+            index.hrm2.layout.set_codec(Codec(head["codec"], arrays["codec_offset"],
+                                              arrays["codec_scale"]))
         index._add(arrays["vectors"], arrays["ids"])
     index._next_id = int(head["next_id"])
     # the recall target last: loading the rows above must not recalibrate

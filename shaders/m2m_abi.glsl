@@ -11,3 +11,6 @@ const uint SEED_KEY_BITS = 0x7FFFFFFFu;
 const uint CANONICAL_NAN_BITS = 0x7FC00000u;
 const uint SELECT_IDS = 1u;
 const uint SELECT_NO_BEST = 2u;
+const uint CODEC_F32 = 0u;
+const uint CODEC_F16 = 1u;
+const uint CODEC_SQ8 = 2u;

@@ -43,10 +43,11 @@ def threads() -> int:
     return _pool().threads if available() else 1
 
 
-def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None):
-    """The compiled HRM2 cell scan (see ``_jit_kernels.scan_cells``)."""
+def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, dequant=None):
+    """The compiled HRM2 cell scan, over float32 rows or codes (see
+    ``_jit_kernels.scan_cells``)."""
     return _kernels().scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params,
-                                 pool=_pool())
+                                 pool=_pool(), dequant=dequant)
 
 
 def route(queries, coarse, fine, fine_ranges, p1, p2):
@@ -58,3 +59,9 @@ def search_one(q, coarse, fine, fine_ranges, p1, p2, rows, ranges, dead, k):
     """One query's routing, scan and ranking in one compiled call (see
     ``_jit_kernels.search_one``)."""
     return _kernels().search_one(q, coarse, fine, fine_ranges, p1, p2, rows, ranges, dead, k)
+
+
+def d2_at(queries, rows, pos):
+    """Direct-form d2 of each query to the rows at its positions (see
+    ``_jit_kernels.d2_at``)."""
+    return _kernels().d2_at(queries, rows, pos, pool=_pool())

@@ -74,6 +74,60 @@ def _scan_cells(queries, qnorms, rows, sqnorms, params, mode, item_lo, item_hi,
                     key = max(key + qnorms[q], np.float32(0.0)) * kap + nla
                 _insert(bk[q], bi[q], key, r)
 
+@njit(fastmath=True, cache=True, nogil=True)
+def _scan_codes(queries, qnorms, codes, kind, qs, qo, sqnorms, params, mode, item_lo,
+                item_hi, item_start, item_count, cell_q, worker_items, worker_start, out_k,
+                out_i, scratch, t):
+    """``_scan_cells`` over codes, on the same keys (``sqnorms``: the decoded rows'
+    squared norms). Kind 1, float16: each row is widened once into ``scratch[t]`` for all
+    the queries probing its cell (the bits moved into float32 position and scaled by
+    2^112, exact for every finite half, subnormals included). Kind 2, SQ8: no decoding;
+    ``q . x = qo[q] + sum_e qs[q, e] code[e]`` with ``qs = q * scale`` and
+    ``qo = q . offset``."""
+    d = queries.shape[1]
+    masked = params.shape[0] > 0
+    splat = masked and mode == MODE_SPLAT
+    bk = out_k[t]
+    bi = out_i[t]
+    bits = scratch[t]
+    x = bits.view(np.float32)
+    big = np.float32(5.192296858534828e33)  # 2 ** 112
+    for w in range(worker_start[t], worker_start[t + 1]):
+        c = worker_items[w]
+        s0 = item_start[c]
+        g = item_count[c]
+        for r in range(item_lo[c], item_hi[c]):
+            if masked and params[r, PARAM_ALPHA] <= 0:
+                continue
+            if kind == 1:
+                for e in range(d):
+                    h = np.uint32(codes[r, e])
+                    bits[e] = ((h & np.uint32(0x7FFF)) << np.uint32(13)) | \
+                        ((h & np.uint32(0x8000)) << np.uint32(16))
+                for e in range(d):
+                    x[e] *= big
+            base = sqnorms[r]
+            if splat:
+                kap = params[r, PARAM_KAPPA]
+                nla = -np.log(params[r, PARAM_ALPHA])
+            for j in range(g):
+                q = cell_q[s0 + j]
+                dot = np.float32(0.0)
+                if kind == 1:
+                    qq = queries[q]
+                    for e in range(d):
+                        dot += qq[e] * x[e]
+                else:
+                    qv = qs[q]
+                    cr = codes[r]
+                    for e in range(d):
+                        dot += qv[e] * np.float32(cr[e])
+                    dot += qo[q]
+                key = base - np.float32(2.0) * dot
+                if splat:
+                    key = max(key + qnorms[q], np.float32(0.0)) * kap + nla
+                _insert(bk[q], bi[q], key, r)
+
 @njit(cache=True, nogil=True)
 def _group_probes(probes, lo, hi):
     """Counting sort of the (query, cell) probes by cell, skipping empty cells and -1:
@@ -169,10 +223,14 @@ def search_one(q, coarse, fine, fine_ranges, p1, p2, rows, ranges, dead, k):
     return cells, d2, pos
 
 
-def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, pool=None):
+def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, pool=None,
+               dequant=None):
     """Each query's k best rows among the cells it probes: ``(keys, ids)`` of shape
     ``(m, k)``, sorted, with ``inf`` / ``-1`` where fewer than k rows were reachable. Keys
-    are the ranking keys of ``_scan_cells`` (not yet finished in the direct form)."""
+    are the ranking keys of ``_scan_cells`` (not yet finished in the direct form).
+    ``rows`` float32, or codes (``float16[n, d]``, or SQ8 ``uint32`` words with
+    ``dequant``, see :mod:`m2m_gpu.codecs`): then ``_scan_codes`` ranks the decoded rows
+    on the same keys (``sqnorms``: the decoded rows' squared norms)."""
     m = queries.shape[0]
     lo = np.ascontiguousarray(ranges[:, 0], dtype=np.int64)
     hi = np.ascontiguousarray(ranges[:, 1], dtype=np.int64)
@@ -194,14 +252,36 @@ def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, poo
     params = np.zeros((0, PARAM_WIDTH), np.float32) if params is None else \
         np.ascontiguousarray(params, dtype=np.float32)  # (no copy when already so)
     qnorms = np.einsum("ij,ij->i", queries, queries).astype(np.float32)
-    args = (queries, qnorms, rows, sqnorms, params, int(mode), lo, hi, cell_start[:-1],
-            count, cell_q, worker_items, worker_start, out_k, out_i)
-    _run(pool, lambda t: _scan_cells(*args, t), range(nthreads))
+    plan = (params, int(mode), lo, hi, cell_start[:-1], count, cell_q, worker_items,
+            worker_start, out_k, out_i)
+    if rows.dtype == np.float32:
+        args = (queries, qnorms, rows, sqnorms) + plan
+        _run(pool, lambda t: _scan_cells(*args, t), range(nthreads))
+    else:
+        codes, kind, dq = _code_view(rows, queries.shape[1], dequant)
+        qs = np.ascontiguousarray(queries * dq[1], dtype=np.float32)
+        qo = (queries @ dq[0]).astype(np.float32)
+        scratch = np.empty((nthreads, queries.shape[1]), np.uint32)
+        args = (queries, qnorms, codes, kind, qs, qo, np.ascontiguousarray(
+            sqnorms, dtype=np.float32)) + plan + (scratch,)
+        _run(pool, lambda t: _scan_codes(*args, t), range(nthreads))
     if nthreads == 1:
         return out_k[0], out_i[0]
     keys, ids = sort_rows(np.concatenate(list(out_k), axis=1),
                           np.concatenate(list(out_i), axis=1))  # (key, id), -1 last
     return keys[:, :k], ids[:, :k]
+
+
+def _code_view(rows, d, dequant):
+    """``(codes, kind, dequant)`` as ``_scan_codes`` reads them: float16 rows as their
+    uint16 bits (kind 1), SQ8 words as bytes (kind 2)."""
+    if rows.dtype == np.float16:
+        return (np.ascontiguousarray(rows).view(np.uint16), 1,
+                np.stack([np.zeros(d, np.float32), np.ones(d, np.float32)]))
+    if dequant is None:
+        raise ValueError("SQ8 codes need their dequant table (offsets, scales)")
+    return (np.ascontiguousarray(rows).view(np.uint8), 2,
+            np.ascontiguousarray(dequant, dtype=np.float32))
 
 
 def _run(pool, job, items) -> None:
@@ -212,6 +292,30 @@ def _run(pool, job, items) -> None:
             job(it)
     else:
         list(pool._pool.map(job, items))
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def _d2_at(queries, rows, pos, out, start, stop):
+    """Direct-form squared distances of queries ``start .. stop`` to the rows at their
+    positions ``pos`` (-1: +inf)."""
+    for i in range(start, stop):
+        for j in range(pos.shape[1]):
+            p = pos[i, j]
+            out[i, j] = np.inf if p < 0 else _sqdist(queries[i], rows[p])
+
+
+def d2_at(queries, rows, pos, pool=None):
+    """``float32[m, c]``: each query's squared distance to the rows ``pos[i]`` (the exact
+    re-ranking of candidates found on codes)."""
+    m = queries.shape[0]
+    out = np.empty(pos.shape, np.float32)
+    args = (np.ascontiguousarray(queries, dtype=np.float32), rows,
+            np.ascontiguousarray(pos, dtype=np.int64), out)
+    work = pos.size * queries.shape[1]
+    parts = 1 if work < INLINE_WORK else max(1, min(pool.threads if pool else 1, m))
+    edges = np.linspace(0, m, parts + 1).astype(np.int64)
+    _run(pool, lambda i: _d2_at(*args, edges[i], edges[i + 1]), range(parts))
+    return out
 
 
 def route(queries, coarse, fine, fine_ranges, p1, p2, pool=None):

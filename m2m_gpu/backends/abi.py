@@ -50,6 +50,13 @@ CANONICAL_NAN_BITS = 0x7FC00000
 SELECT_IDS = 1
 SELECT_NO_BEST = 2
 
+# How cells_distance reads its rows (m2m_gpu.codecs): float32; float16 (IEEE binary16 bits,
+# two per word in GLSL); SQ8 (one byte per dimension, four per word, rows padded to whole
+# words, widened as dequant[c] + dequant[d + c] * byte).
+CODEC_F32 = 0
+CODEC_F16 = 1
+CODEC_SQ8 = 2
+
 # The largest number of workgroups (thread blocks) any launch puts on grid y or z. CUDA's
 # limit is 65535 on y and z; Vulkan guarantees 65535 on every dimension. Drivers split
 # their launches so that no dimension exceeds it (tests lower it through the backend's
@@ -104,7 +111,7 @@ TOPK_SELECT = KernelSpec(
 CELLS_DISTANCE = KernelSpec(
     "cells_distance", "knn",
     ("buf q", "buf x", "ids segs", "buf keys", "u32 m", "u32 d", "u32 t", "u32 p",
-     "u32 mode", "buf params", "u32 fill"), (128, 1, 1))
+     "u32 mode", "buf params", "u32 fill", "buf dequant", "u32 codec"), (128, 1, 1))
 ENERGY_ACCUMULATE = KernelSpec(
     "energy_accumulate", "splat",
     ("buf tile", "buf state", "buf grad", "buf params", "buf mu", "u32 t", "u32 d",
@@ -121,6 +128,9 @@ _CONSTANTS = {
     "CANONICAL_NAN_BITS": CANONICAL_NAN_BITS,
     "SELECT_IDS": SELECT_IDS,
     "SELECT_NO_BEST": SELECT_NO_BEST,
+    "CODEC_F32": CODEC_F32,
+    "CODEC_F16": CODEC_F16,
+    "CODEC_SQ8": CODEC_SQ8,
 }
 
 _BANNER = ("Generated from m2m_gpu/backends/abi.py by scripts/build_shaders.py; "

@@ -302,10 +302,13 @@ class Backend(ABC):
         raise NotImplementedError(f"{self.name} has no kmeans_sums kernel")
 
     def scan_cells(self, queries, rows, ranges: np.ndarray, probes: np.ndarray, k: int,
-                   mode: int, params=None, sqnorms=None):
+                   mode: int, params=None, sqnorms=None, dequant=None):
         """Exact top-k of each query over the rows of the cells it probes (HRM2's scan).
 
         ``rows``: native float32[N, d], cell c holding rows ``ranges[c, 0] .. ranges[c, 1]``;
+        or codes (:mod:`m2m_gpu.codecs`: float16[N, d], or SQ8 uint32 words with their
+        ``dequant`` table), widened in the kernel: the result is then that of the exact
+        scan over the decoded rows;
         ``probes``: host int64[m, p] cell ids per query (-1: none). ``mode`` as in
         :meth:`splat_topk` (``params`` None means alpha = kappa = 1). Returns host
         ``(keys float32[m, k], positions int64[m, k], d2 float32[m, k])``, best first,

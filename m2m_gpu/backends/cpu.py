@@ -193,9 +193,10 @@ class CpuBackend(Backend):
     def decay(self, params, now, lam):
         host_splat.host_decay(self, params, now, lam)
 
-    def scan_cells(self, queries, rows, ranges, probes, k, mode, params=None, sqnorms=None):
+    def scan_cells(self, queries, rows, ranges, probes, k, mode, params=None, sqnorms=None,
+                   dequant=None):
         return host_cells.host_scan(self, queries, rows, ranges, probes, k, mode, params,
-                                    sqnorms)
+                                    sqnorms, dequant)
 
     def philox(self, row0, rows, d, seed, stream, *, normal=True, centers=None, spread=1.0):
         from ..synthetic import assignments, normals, words

@@ -287,7 +287,8 @@ class CudaBackend(GpuBackend):
             yield q0, block.shape[0], self.cp.ascontiguousarray(block, dtype=self.cp.float32)
 
     def row_blocks(self, rows, params=None):
-        rows = self.cp.ascontiguousarray(rows) if rows.dtype == self.cp.float16 else \
+        keep = rows.dtype in (self.cp.float16, self.cp.uint32)  # float16 rows, SQ8 codes
+        rows = self.cp.ascontiguousarray(rows) if keep else \
             self.cp.ascontiguousarray(rows, dtype=self.cp.float32)
         if params is not None:
             params = self.cp.ascontiguousarray(params, dtype=self.cp.float32)

@@ -131,5 +131,6 @@ class GpuBackend(Backend):
     def energy(self, queries, mu, params, *, grad=False, sqnorms=None):
         return device_energy(self, queries, mu, params, grad)
 
-    def scan_cells(self, queries, rows, ranges, probes, k, mode, params=None, sqnorms=None):
-        return device_scan(self, queries, rows, ranges, probes, k, mode, params)
+    def scan_cells(self, queries, rows, ranges, probes, k, mode, params=None, sqnorms=None,
+                   dequant=None):
+        return device_scan(self, queries, rows, ranges, probes, k, mode, params, dequant)

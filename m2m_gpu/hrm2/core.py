@@ -15,6 +15,8 @@ import numpy as np
 
 from ..backends import Backend, get_backend
 from ..backends.base import MODE_DISTANCE, PARAM_ALPHA
+from ..codecs import Codec
+from ..codecs import check_name as check_codec
 from ..inputs import check_count
 from ..tiers import TierManager, TierOptions
 from . import search as _search
@@ -26,6 +28,7 @@ from .train import REFINE_ITERS, Centroids
 
 REBUILD_OVERFLOW = 0.25  # share of rows living in the overflow region before a re-layout
 REBUILD_IMBALANCE = 8.0  # largest cell / mean cell size before the centroids are retrained
+RERANK = 4  # with a codec: candidates per result re-ranked exactly (FAISS's k_factor)
 LOG_AFTER = 2.0  # seconds: a training that takes longer says so (log line, INFO)
 log = logging.getLogger("m2m_gpu.hrm2")
 
@@ -41,7 +44,8 @@ class HRM2:
     def __init__(self, d: int, backend: str | Backend | None = None, n1: int | None = None,
                  n2: int | None = None, *, seed: int = 0, kmeans_iters: int = 10,
                  max_points_per_centroid: int = 256, refine_iters: int = REFINE_ITERS,
-                 tiers: TierOptions | None = None, cold_dir=None) -> None:
+                 tiers: TierOptions | None = None, cold_dir=None,
+                 codec: str | None = None) -> None:
         self.d = d
         self.backend = get_backend(backend)
         self.n1_opt = check_count("n1", n1, allow_none=True)
@@ -54,7 +58,8 @@ class HRM2:
         self.rebuilds = 0
         self.centroids: Centroids | None = None
         self.router: Router | None = None
-        self.layout = CellLayout(d, self.backend, tiers or TierOptions(), cold_dir)
+        self.layout = CellLayout(d, self.backend, tiers or TierOptions(), cold_dir,
+                                 check_codec(codec))
         self.scanner = CellScanner(self.layout)
         self._alpha_params = None  # the last unfiltered params (the hotness policy's alpha)
 
@@ -62,13 +67,16 @@ class HRM2:
     def train(self, x: np.ndarray) -> None:
         """Coarse k-means, fine k-means inside each coarse cell, then ``refine_iters``
         Lloyd iterations of all fine centroids together (on the backend). The rows already
-        laid out stay where they are until the next :meth:`set_rows`. A training that takes
+        laid out stay where they are until the next :meth:`set_rows`; a codec is trained on
+        the same rows (the held rows are encoded again). A training that takes
         more than ``LOG_AFTER`` seconds says so in a log line (``m2m_gpu.hrm2``, INFO)."""
         t0 = time.perf_counter()
         self.set_centroids(_train.train(
             x, self.backend, self.n1_opt, self.n2_opt, seed=self.seed,
             kmeans_iters=self.kmeans_iters, max_points_per_centroid=self.mppc,
             refine_iters=self.refine_iters))
+        if self.layout.codec_name is not None:  # SQ8's ranges from the training rows
+            self.layout.set_codec(Codec.train(self.layout.codec_name, x))
         took = time.perf_counter() - t0
         if took > LOG_AFTER:
             log.info("hrm2: trained %d x %d cells on %d rows of %d dims in %.1f s (%s)",
@@ -235,18 +243,19 @@ class HRM2:
     # ---- search -----------------------------------------------------------------------------
     def search(self, q: np.ndarray, k: int, p1: int, p2: int, *, adaptive: bool = False,
                ratio: float | None = None, mode: int = MODE_DISTANCE, params=None,
-               cache: bool = True):
+               cache: bool = True, rerank: int = RERANK):
         """``(keys, positions, d2, report)`` (host) for validated float32 queries ``q``,
         best first, ties by position. ``params``: host float32[ntotal, PARAM_WIDTH] in
         position order (None: alpha = kappa = 1, dead positions masked); its device copy is
         kept for the next search with the same array unless ``cache=False`` (a filter's
         one-off mask). Safe in several threads at once; moves no row (see
-        :meth:`rebalance_due`)."""
+        :meth:`rebalance_due`). With a codec, the codes are scanned for the best
+        ``rerank * k`` rows per query, which are ranked again on their float32 rows."""
         if params is not None and cache:
             self._alpha_params = params
         return _search.search(self.router, self.layout, self.scanner, q, k, p1, p2,
                               adaptive=adaptive, ratio=ratio, mode=mode, params=params,
-                              cache=cache)
+                              cache=cache, rerank=rerank)
 
     # ---- tiers (writers only) ---------------------------------------------------------------
     def rebalance_due(self) -> bool:

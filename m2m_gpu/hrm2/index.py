@@ -29,6 +29,11 @@ class IndexHRM2:
     index sets ``nprobe`` to the smallest value whose recall@10 on a held-out sample of its
     training rows reaches the target (``calibration`` says what was measured; see
     :mod:`.calibrate`; ``calibrate()`` runs it on demand).
+    ``codec``: ``"fp16"`` or ``"sq8"`` (:mod:`m2m_gpu.codecs`) keeps a compressed copy of
+    every row, held whole on the device, and scans it instead of the float32 rows; the best
+    ``rerank * k`` rows per query (FAISS's ``k_factor``) are then ranked again exactly on
+    their float32 rows, from whatever tier holds them. SQ8's ranges are trained with the
+    centroids.
     ``tiers``: byte budgets of the memory tiers for the index's rows
     (:class:`m2m_gpu.tiers.TierOptions`; default: all on the device). Hot cells are scanned
     in place, probed rows that are not hot are fetched to the device per search, and the
@@ -44,7 +49,8 @@ class IndexHRM2:
                  metric: str = "l2", backend: str | Backend | None = None, *, seed: int = 0,
                  p1: int | None = None, p2: int | None = None, adaptive: bool = False,
                  ratio: float | None = None, tiers: dict | TierOptions | None = None,
-                 target_recall: float | None = None) -> None:
+                 target_recall: float | None = None, codec: str | None = None,
+                 rerank: int = 4) -> None:
         from ..errors import InvalidInputError, UnknownMetricError
 
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
@@ -57,8 +63,12 @@ class IndexHRM2:
                                      f"{metric!r}")
         self.d, self.metric = int(d), metric
         self._lift = MipsLift() if metric == "ip" else None  # ip: an L2 index on d + 1
+        from ..codecs import check_name
+
+        self.codec = check_name(codec)
+        self.rerank = rerank
         self.hrm2 = HRM2(self.d + (metric == "ip"), backend, n1, n2, seed=seed,
-                         tiers=TierOptions.parse(tiers))
+                         tiers=TierOptions.parse(tiers), codec=self.codec)
         self._next_id = 0  # one past the largest id ever held: add() never reuses an id
         self.p1, self.p2, self.adaptive, self.ratio = p1, p2, adaptive, ratio
         self.last_report: ProbeReport | None = None
@@ -117,6 +127,15 @@ class IndexHRM2:
     @nprobe.setter
     def nprobe(self, value: int) -> None:
         self.p2 = value
+
+    @property
+    def rerank(self) -> int:
+        """With a codec: candidates re-ranked exactly per result wanted."""
+        return self._rerank
+
+    @rerank.setter
+    def rerank(self, value: int) -> None:
+        self._rerank = check_count("rerank", value)
 
     @property
     def p1(self) -> int | None:
@@ -323,7 +342,7 @@ class IndexHRM2:
         p1, p2 = self.probes() if p2_call is None else self.hrm2.probes(self.p1, p2_call)
         keys, pos, d2, report = self.hrm2.search(
             q if self._lift is None else self._lift.queries(q), k, p1, p2,
-            adaptive=self.adaptive, ratio=self.ratio)
+            adaptive=self.adaptive, ratio=self.ratio, rerank=self.rerank)
         self.last_report = report
         I = np.where(pos >= 0, self.hrm2.ids[np.where(pos >= 0, pos, 0)], -1)
         if self.metric == "l2":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends.base import PARAM_ALPHA, PARAM_KAPPA, PARAM_WIDTH
+from ..codecs import Codec
 from ..tiers import TierManager, TierOptions
 from .rows import CellRows
 
@@ -42,13 +43,17 @@ class CellLayout:
     """
 
     def __init__(self, d: int, backend, tier_options: TierOptions | None = None,
-                 cold_dir=None) -> None:
+                 cold_dir=None, codec: str | None = None) -> None:
         self.d = d
         self.backend = backend
         self.tier_options = tier_options or TierOptions()
         self.rows = CellRows(d, backend, self.tier_options, cold_dir)
         self.version = 0
         self.fine = np.zeros((0, d), np.float32)  # the centroids of the last re-layout
+        # compressed copies of the rows, in position order (m2m_gpu.codecs), when a codec
+        # is named: host codes kept in step with every change of the rows
+        self.codec_name = codec
+        self.codec: Codec | None = None  # trained with the centroids (or on first layout)
         self._reset()
 
     # ---- state ------------------------------------------------------------------------------
@@ -65,6 +70,9 @@ class CellLayout:
         self.main_end = 0
         self.ranges = np.zeros((0, 2), np.int64)
         self.radius = np.zeros(0, np.float32)
+        self.codes = None if self.codec is None else \
+            self.codec.encode(np.zeros((0, self.d), np.float32))
+        self.code_sq = np.zeros(0, np.float32)  # |decoded row|^2 (the cpu scan's)
         self.version += 1
 
     def close(self) -> None:
@@ -89,6 +97,21 @@ class CellLayout:
         C = self.fine.shape[0]
         lens = self.ranges[:, 1] - self.ranges[:, 0]
         return lens[:C] + lens[C:]
+
+    def set_codec(self, codec: Codec | None) -> None:
+        """Use ``codec`` (trained) for the compressed copies; the rows held are encoded
+        again with it."""
+        self.codec = codec
+        self.codes = None if codec is None else self._encode_held()
+        self.code_sq = np.zeros(0, np.float32) if codec is None else codec.sqnorms(self.codes)
+        self.version += 1
+
+    def _encode_held(self) -> np.ndarray:
+        n, tm, step = self.ntotal, self.tiers, self.tiers.block_rows
+        parts = [self.codec.encode(tm.gather(np.arange(s, min(n, s + step), dtype=np.int64)))
+                 for s in range(0, n, step)]
+        return np.concatenate(parts) if parts else \
+            self.codec.encode(np.zeros((0, self.d), np.float32))
 
     def positions_of(self, ids: np.ndarray) -> np.ndarray:
         """The live position of each id (-1 where absent); ids are non-negative ints."""
@@ -163,6 +186,7 @@ class CellLayout:
         sq[~mine] = np.einsum("ij,ij->i", fresh, fresh)
         self.fine = fine
         self.radius = np.zeros(fine.shape[0], np.float32)
+        codes = []  # encoded on the way when the codec is trained already
 
         def rows_of(s: int, e: int) -> np.ndarray:
             part = src[s:e]
@@ -173,14 +197,25 @@ class CellLayout:
             if not o.all():
                 out[~o] = new_rows[-1 - part[~o]]
             self._grow_radius(out, cells[s:e])
+            if self.codec is not None:
+                codes.append(self.codec.encode(out))
             return out
 
         self.rows.rebuild(src.size, rows_of, history)
         self.ids, self.cell_of, self.sqnorms = ids, cells, sq
+        if self.codec is not None:
+            self.codes = np.concatenate(codes) if codes else \
+                self.codec.encode(np.zeros((0, self.d), np.float32))
+            self.code_sq = self.codec.sqnorms(self.codes)
+        elif self.codec_name is not None:  # centroids from elsewhere: train on these rows
+            self.set_codec(Codec.train(self.codec_name, self._gather_all()))
         self.main_end = self.ntotal
         self.dead = np.zeros(self.ntotal, bool)
         self.ranges = self._ranges_from_cells()
         self.version += 1
+
+    def _gather_all(self) -> np.ndarray:
+        return self.tiers.gather(np.arange(self.ntotal, dtype=np.int64))
 
     # ---- changes in place -----------------------------------------------------------------
     def append_overflow(self, x: np.ndarray, ids: np.ndarray, cells: np.ndarray) -> None:
@@ -201,6 +236,10 @@ class CellLayout:
             [self.dead[m:], np.zeros(r, bool)])[order]])
         tail_sq = np.concatenate([self.sqnorms[m:], np.einsum("ij,ij->i", x, x)])
         self.sqnorms = np.concatenate([self.sqnorms[:m], tail_sq[order]])
+        if self.codec is not None:
+            tail = self.codec.encode(tail_rows)
+            self.codes = np.concatenate([self.codes[:m], tail])
+            self.code_sq = np.concatenate([self.code_sq[:m], self.codec.sqnorms(tail)])
         self._grow_radius(x, cells)  # radii only grow with new members
         self.ranges = self._ranges_from_cells()
         self.version += 1
@@ -214,6 +253,9 @@ class CellLayout:
             p, r = pos[same], x[same]
             self.tiers.scatter(p, r)
             self.sqnorms[p] = np.einsum("ij,ij->i", r, r)
+            if self.codec is not None:
+                self.codes[p] = self.codec.encode(r)
+                self.code_sq[p] = self.codec.sqnorms(self.codes[p])
             self._grow_radius(r, cells[same])
             self.version += 1
         moved = ~same
@@ -278,6 +320,8 @@ class CellLayout:
                 problems.append("hrm2 layout: positions not grouped by cell")
             if not np.array_equal(self.ranges, self._ranges_from_cells()):
                 problems.append("hrm2 layout: cell ranges disagree with the positions")
+            if self.codec is not None and not self.codes.shape[0] == self.code_sq.size == n:
+                problems.append("hrm2 layout: compressed codes and rows differ in length")
             live = self.ids[~self.dead]
             if np.unique(live).size != live.size:
                 problems.append("hrm2 layout: an id at two live positions")

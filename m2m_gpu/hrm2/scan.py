@@ -90,6 +90,21 @@ class CellScanner:
                     np.full((m, k), np.inf, np.float32))
         return merge_by_key(parts, k)
 
+    def scan_codes(self, qn, probes: np.ndarray, k: int, mode: int, params, cache: bool):
+        """``(keys, positions, d2)`` top-k over the ranges ``probes`` ranked on the
+        compressed rows (d2 of the decoded rows). The codes are held whole on the device
+        (a copy kept until the layout changes), whatever tier the float32 rows are in."""
+        L = self.layout
+        be = L.backend
+        keep = self.cached if cache else _uncached
+        codes = self.cached("codes", None, lambda: be.from_host(L.codes))
+        prm = None if params is None else keep(
+            "code_params", params, lambda: be.from_host(params, like=codes))
+        sq = None if not be.uses_sqnorms else self.cached(
+            "code_sq", None, lambda: be.from_host(L.code_sq))
+        return be.scan_cells(qn, codes, L.ranges, probes, k, mode, prm, sq,
+                             dequant=L.codec.dequant)
+
     def _fetched(self, qn, probes, k, mode, params, sq_all, hot_ranges, block_rows):
         """The probed rows not in ``hot_ranges`` (None: every probed row), fetched to the
         device in groups of whole ranges of about ``block_rows`` rows, scanned group by

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backends.base import MODE_DISTANCE
-from ..ops.topk import merge_by_key
+from ..backends.base import MODE_DISTANCE, MODE_SPLAT, PARAM_ALPHA, PARAM_KAPPA
+from ..ops.topk import merge_by_key, sort_rows
 from .layout import CellLayout
 from .routing import Router
 from .scan import CellScanner
@@ -36,12 +36,13 @@ class ProbeReport:
 
 def search(router: Router, layout: CellLayout, scanner: CellScanner, q: np.ndarray, k: int,
            p1: int, p2: int, *, adaptive: bool, ratio: float | None, mode: int, params,
-           cache: bool):
+           cache: bool, rerank: int = 4):
     """``(keys, positions, d2, report)`` (host) for validated float32 queries ``q``, best
     first, ties by position (see :meth:`m2m_gpu.hrm2.HRM2.search`)."""
     be = layout.backend
+    coded = layout.codec is not None
     if q.shape[0] == 1 and not adaptive and mode == MODE_DISTANCE and params is None and \
-            getattr(be, "jit", False):
+            not coded and getattr(be, "jit", False):
         dense = layout.tiers.dense()  # every row hot, on the host
         if dense is not None:
             return _one(router, layout, dense, q, k, p1, p2)
@@ -56,6 +57,10 @@ def search(router: Router, layout: CellLayout, scanner: CellScanner, q: np.ndarr
 
     def scan(c):
         probes = np.concatenate([c, np.where(c >= 0, c + C, -1)], 1)
+        if coded:
+            _, cand, _ = scanner.scan_codes(qn, probes, max(k, rerank * k), mode, params,
+                                            cache)
+            return exact_rerank(layout, q, cand, k, mode, params)
         return _scan_retrying(layout, scanner, qn, probes, k, mode, params, cache)
 
     if not adaptive or cells.shape[1] < 4:
@@ -73,6 +78,35 @@ def search(router: Router, layout: CellLayout, scanner: CellScanner, q: np.ndarr
         if (rest >= 0).any():
             keys, pos, d2 = merge_by_key([(keys, pos, d2), scan(rest)], k)
     return keys, pos, d2, _scanned(layout, scanned)
+
+
+def exact_rerank(layout: CellLayout, q: np.ndarray, cand: np.ndarray, k: int, mode: int,
+                 params):
+    """The k best of the candidate positions ``cand`` (int64[m, c], -1 pad; found on the
+    codes) ranked again on their float32 rows, read from whatever tier holds them:
+    ``(keys, positions, d2)`` as a scan returns them (direct-form d2; splat keys
+    ``kappa d2 - log alpha``; ties by position)."""
+    from ..ops.host_topk import direct_d2
+
+    found = cand >= 0
+    safe = np.where(found, cand, 0)
+    dense = layout.tiers.dense()
+    if isinstance(dense, np.ndarray) and getattr(layout.backend, "jit", False):
+        from ..backends import _jit
+
+        d2 = _jit.d2_at(q, dense, safe)  # every row on the host: read in place
+    else:
+        uniq, inv = np.unique(safe, return_inverse=True)
+        d2 = direct_d2(None, q, layout.rows_at(uniq), inv.reshape(safe.shape))
+    keys = d2
+    if params is not None and mode == MODE_SPLAT:
+        prm = params[safe]
+        with np.errstate(divide="ignore"):
+            keys = prm[..., PARAM_KAPPA] * d2 - np.log(prm[..., PARAM_ALPHA])
+    keys = np.where(found, keys, np.inf).astype(np.float32)
+    d2 = np.where(found, d2, np.inf).astype(np.float32)
+    keys, pos, d2 = sort_rows(keys, np.where(found, cand, -1), d2)
+    return keys[:, :k], np.where(np.isinf(keys[:, :k]), -1, pos[:, :k]), d2[:, :k]
 
 
 def _scanned(layout: CellLayout, scanned: np.ndarray) -> ProbeReport:

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backends.abi import CELLS_DISTANCE, PARAM_ALPHA, PARAM_KAPPA, Key
+from ..backends.abi import (
+    CELLS_DISTANCE,
+    CODEC_F16,
+    CODEC_F32,
+    CODEC_SQ8,
+    PARAM_ALPHA,
+    PARAM_KAPPA,
+    Key,
+)
+from ..codecs import codes_dtype
 from .knn import Selector
 from .splat import splat_d2
 from .topk import sort_select_output
@@ -73,28 +82,34 @@ def empty_scan(m: int, k: int):
 
 
 def device_scan(be, queries, rows, ranges: np.ndarray, probes: np.ndarray, k: int,
-                mode: int, params=None):
+                mode: int, params=None, dequant=None):
     """Exact top-k of each query over the rows of its probed cells (see
-    ``Backend.scan_cells``), on a GPU backend."""
+    ``Backend.scan_cells``), on a GPU backend; ``rows`` float32, or codes (float16, SQ8
+    words with ``dequant``) widened in the kernel."""
     m = probes.shape[0]
     _, t = cell_segments(ranges, probes)
     if m == 0 or t == 0:
         return empty_scan(m, k)
+    codec = {"f32": CODEC_F32, "fp16": CODEC_F16, "sq8": CODEC_SQ8}[codes_dtype(rows)]
+    if codec == CODEC_SQ8 and dequant is None:
+        raise ValueError("SQ8 codes need their dequant table (offsets, scales)")
+    dq = None if codec != CODEC_SQ8 else np.ascontiguousarray(dequant, np.float32).ravel()
     step = max(1, min(be.max_grid, be.tile_budget_bytes // (4 * t)))
-    parts = [_scan_block(be, qbuf, rows, ranges, probes[q0 : q0 + mq], k, mode, params)
+    parts = [_scan_block(be, qbuf, rows, ranges, probes[q0 : q0 + mq], k, mode, params,
+                         queries.shape[1], codec, dq)
              for q0, mq, qbuf in be.query_blocks(queries, step)]
     return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
 
 
-def _scan_block(be, qbuf, rows, ranges, probes, k, mode, params):
+def _scan_block(be, qbuf, rows, ranges, probes, k, mode, params, d, codec, dq):
     segs, t = cell_segments(ranges, probes)
     m, p = probes.shape
     if t == 0:
         return empty_scan(m, k)
-    d = rows.shape[1]
     kk = min(k, t)
     key = mode if params is not None else Key.L2
     b = be.batch()
+    dqbuf = None if dq is None else b.upload(dq)
     keys = b.scratch(m * t)
     best = [b.seeds(m * kk), b.seeds(m * kk)]
     for c, (first, count, xbuf, pbuf) in enumerate(be.row_blocks(rows, params)):
@@ -105,7 +120,8 @@ def _scan_block(be, qbuf, rows, ranges, probes, k, mode, params):
         local = np.stack([np.where(length > 0, lo - first, 0), length,
                           segs[..., 2] + (lo - segs[..., 0])], -1)
         b.launch(CELLS_DISTANCE, (-(-t // CELLS_DISTANCE.local[0]), m, 1), qbuf, xbuf,
-                 b.upload_ids(local), keys, m, d, t, p, int(key), pbuf, int(c == 0))
+                 b.upload_ids(local), keys, m, d, t, p, int(key), pbuf, int(c == 0), dqbuf,
+                 codec)
     Selector(be, b, m, t, kk).merge(keys, t, best[0], best[1], 0)
     kh, ch = (np.asarray(be.to_host(a)) for a in b.run(*best[1]))
     return finish_cell_scan(be, kh.reshape(m, kk), ch.reshape(m, kk).astype(np.int64), segs,

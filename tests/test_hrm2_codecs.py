@@ -1,0 +1,200 @@
+"""HRM2 over compressed rows (float16, SQ8: ``m2m_gpu.codecs``): the scan kernel over codes
+against the reference over the decoded rows, and the index that scans codes and re-ranks
+on the float32 rows, on every backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import m2m_gpu
+from m2m_gpu import InvalidInputError
+from m2m_gpu.codecs import Codec
+from m2m_gpu.hrm2 import IndexHRM2
+
+from .test_hrm2 import check_scan, cpu_scan_paths, data, recall
+
+CODECS = ["fp16", "sq8"]
+
+
+def test_codecs_round_trip_within_their_step(rng):
+    x = (rng.standard_normal((500, 13)) * rng.uniform(0.01, 100, 13)).astype(np.float32)
+    x[:, 3] = -2.0  # constant: SQ8 scale 0, decoded exactly
+    for name in CODECS:
+        c = Codec.train(name, x)
+        codes = c.encode(x)
+        assert codes.dtype == (np.float16 if name == "fp16" else np.uint32)
+        assert codes.shape == ((500, 13) if name == "fp16" else (500, 4))
+        dec = c.decode(codes)
+        step = c.scale / 2 * 1.001 + 1e-6 if name == "sq8" else np.abs(x) / 1024 + 1e-7
+        assert (np.abs(dec - x) <= step).all()
+        np.testing.assert_array_equal(dec[:, 3], -2.0)
+        np.testing.assert_allclose(c.sqnorms(codes), np.einsum("ij,ij->i", dec, dec),
+                                   rtol=1e-6)
+    far = Codec.train("sq8", x).encode(x * 10)  # outside the trained range: clipped
+    assert far.view(np.uint8).max() == 255
+    assert np.isfinite(Codec.fp16(2).decode(Codec.fp16(2).encode(
+        np.array([[1e6, -1e6]], np.float32)))).all()
+
+
+@pytest.mark.parametrize("codec", ["fp16", "sq8"])
+@pytest.mark.parametrize("mode", ["splat", "distance", "plain"])
+def test_compressed_scan_matches_reference_on_the_decoded_rows(backend, rng, codec, mode,
+                                                                small_tiles, monkeypatch):
+    """The scan over codes (float16, SQ8) ranks exactly as the reference does over the
+    decoded rows, with splat parameters, masked rows and no params at all; odd d (float16
+    halves straddle rows; SQ8 rows are padded to whole words) and, with small tiles, rows
+    split over several device buffers."""
+    from m2m_gpu.backends import vulkan
+    from m2m_gpu.backends.base import MODE_DISTANCE, MODE_SPLAT, PARAM_WIDTH
+
+    monkeypatch.setattr(vulkan, "CHUNK_BYTES", 1024)  # 73 float16 rows: an odd half count
+    n, d, m, k = 300, 7, 9, 12
+    x = (rng.standard_normal((n, d)) * [1, 5, 0.1, 2, 1, 3, 0.5]).astype(np.float32)
+    x[:, 4] = 1.5  # a constant dimension: SQ8 scale 0
+    q = rng.standard_normal((m, d)).astype(np.float32)
+    c = Codec.train(codec, x)
+    codes = c.encode(x)
+    dec = c.decode(codes)
+    err = np.abs(dec - x)  # a real codec: half a step (SQ8), float16's rounding
+    assert (err <= (c.scale / 2 * 1.001 + 1e-7 if codec == "sq8" else np.abs(x) / 1024)).all()
+    assert err.max() > 0
+    bounds = np.array([0, 40, 41, 41, 130, 300])
+    ranges = np.stack([bounds[:-1], bounds[1:]], 1)
+    probes = np.array([[0, 3, -1], [2, 4, 1], [1, -1, -1]] * 3)
+    params = np.zeros((n, PARAM_WIDTH), np.float32)
+    params[:, 0] = rng.uniform(0.1, 3, n) if mode != "plain" else 1.0
+    params[:, 1] = rng.uniform(0.5, 4, n) if mode == "splat" else 1.0
+    if mode != "plain":
+        params[::7, 0] = 0
+    cn = backend.from_host(codes)
+    code = MODE_SPLAT if mode == "splat" else MODE_DISTANCE
+    pn = None if mode == "plain" else backend.from_host(params, like=cn)
+    for _ in cpu_scan_paths(backend):
+        keys, pos, d2 = backend.scan_cells(backend.from_host(q), cn, ranges, probes, k, code,
+                                           pn, dequant=c.dequant)
+        check_scan(keys, pos, d2, q, dec, ranges, probes, params, k,
+                   "splat" if mode == "splat" else "distance")
+
+
+
+def index_pair(backend, codec, metric="l2", **kw):
+    n = 3000 if backend.name != "vulkan" else 1500
+    x, q = data(n, 40, d=24)
+    shape = (6, 6) if backend.name == "vulkan" else (None, None)
+    idx = IndexHRM2(24, *shape, metric, backend=backend.name, codec=codec, **kw)
+    ref = IndexHRM2(24, *shape, metric, backend=backend.name, **kw)
+    for i in (idx, ref):
+        i.train(x)
+        i.add(x)
+    return x, q, idx, ref
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+@pytest.mark.parametrize("codec", CODECS)
+def test_probing_every_cell_with_a_deep_rerank_is_exact(backend, codec, metric):
+    """All cells probed and 8 k candidates re-ranked: the exact answer, with the exact
+    float32 distances (the codes only chose the candidates)."""
+    x, q, idx, _ = index_pair(backend, codec, metric, rerank=8)
+    idx.p1, idx.nprobe = idx.hrm2.coarse.shape[0], idx.nlist
+    D, I = idx.search(q, 10)
+    flat = {"l2": m2m_gpu.IndexFlatL2, "cosine": m2m_gpu.IndexFlatIP,
+            "ip": m2m_gpu.IndexFlatIP}[metric](24)
+    xs = x / np.linalg.norm(x, axis=1, keepdims=True) if metric == "cosine" else x
+    qs = q / np.linalg.norm(q, axis=1, keepdims=True) if metric == "cosine" else q
+    flat.add(xs)
+    D0, I0 = flat.search(qs, 10)
+    assert recall(I, I0) == 1.0
+    np.testing.assert_allclose(D, D0, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_compressed_index_keeps_the_recall_of_the_float_index(backend, codec):
+    x, q, idx, ref = index_pair(backend, codec)
+    flat = m2m_gpu.IndexFlatL2(24)
+    flat.add(x)
+    _, I0 = flat.search(q, 10)
+    for i in (idx, ref):
+        i.nprobe = 8
+    r, r_ref = recall(idx.search(q, 10)[1], I0), recall(ref.search(q, 10)[1], I0)
+    assert r >= r_ref - 0.01 and r > 0.5
+    idx.rerank = 1  # no spare candidates: the codes' own ranking shows
+    assert recall(idx.search(q, 10)[1], I0) >= r_ref - 0.05
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_writes_keep_the_codes_in_step(backend, codec):
+    """Adds into the overflow region, a re-layout, removals and a retraining: the codes
+    follow the rows (layout check), new rows are found at once, removed ones never."""
+    x, q, idx, _ = index_pair(backend, codec)
+    new = (x[:30] + 0.05).astype(np.float32)
+    idx.add_with_ids(new, np.arange(10**6, 10**6 + 30))
+    assert idx.hrm2.check() == [] and idx.hrm2.rebuilds == 0
+    D, I = idx.search(new, 1)
+    np.testing.assert_array_equal(I[:, 0], np.arange(10**6, 10**6 + 30))
+    np.testing.assert_allclose(D[:, 0], 0, atol=1e-4)  # exact after the re-rank
+    assert idx.remove_ids(np.arange(0, x.shape[0], 2)) == x.shape[0] // 2
+    _, I = idx.search(q, 10)
+    assert not np.isin(I, np.arange(0, x.shape[0], 2)).any() and idx.hrm2.check() == []
+    idx.add(x[: x.shape[0] // 2])  # past the overflow threshold: a re-layout
+    assert idx.hrm2.rebuilds >= 1 and idx.hrm2.check() == []
+    idx.train(x)  # retrain a populated index: codes (and SQ8's ranges) made again
+    assert idx.hrm2.check() == [] and idx.hrm2.layout.codes.shape[0] == idx.ntotal
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_rows_moved_in_place_or_across_cells_are_found_where_they_are(backend, codec):
+    """HRM2.relocate (a splat's mu moved): rewritten in place, or dead at the old position
+    and added to the new cell; a search finds each where it now is, never a dead copy."""
+    x, q, idx, _ = index_pair(backend, codec)
+    h = idx.hrm2
+    pos = h.positions_of(np.arange(40))
+    target = x[::-1][:40] + np.float32(0.01)  # far away: most cross into another cell
+    target[:5] = x[:5] + np.float32(1e-3)  # these stay in their cells
+    moved = h.relocate(pos, target)
+    assert 0 < moved < 40 and h.check() == []
+    keys, p, d2, _ = h.search(target, 1, h.coarse.shape[0], h.centroids.cells,
+                              params=h.mask_params(), cache=False)
+    np.testing.assert_array_equal(h.ids[p[:, 0]], np.arange(40))
+    np.testing.assert_allclose(d2[:, 0], 0, atol=1e-4)
+    assert not h.dead[p[:, 0]].any()
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_the_codec_and_its_ranges_survive_saving(backend, codec):
+    x, q, idx, _ = index_pair(backend, codec, rerank=3)
+    idx.nprobe = 6
+    D, I = idx.search(q, 10)
+    back = m2m_gpu.deserialize_index(m2m_gpu.serialize_index(idx), backend=backend.name)
+    assert back.codec == codec and back.rerank == 3
+    a, b = idx.hrm2.layout.codec, back.hrm2.layout.codec
+    np.testing.assert_array_equal(a.offset, b.offset)
+    np.testing.assert_array_equal(a.scale, b.scale)
+    D2, I2 = back.search(q, 10)
+    np.testing.assert_array_equal(I, I2)
+    np.testing.assert_allclose(D, D2, rtol=1e-6)
+
+
+def test_codes_stay_on_the_device_while_the_float_rows_are_in_lower_tiers(rng):
+    """Float32 rows mostly cold (a spill file): the codes are scanned, only the re-ranked
+    candidates' rows are read from their tiers; the answer is the all-hot one."""
+    x, q = data(3000, 30, d=24)
+    hot = IndexHRM2(24, codec="sq8", backend="cpu")
+    cold = IndexHRM2(24, codec="sq8", backend="cpu",
+                     tiers={"hot_bytes": 200 * 96, "warm_bytes": 300 * 96})
+    for i in (hot, cold):
+        i.train(x)
+        i.add(x)
+        i.nprobe = 8
+    assert cold.hrm2.device_bytes() <= 200 * 96
+    D, I = hot.search(q, 10)
+    Dc, Ic = cold.search(q, 10)
+    np.testing.assert_array_equal(I, Ic)
+    np.testing.assert_allclose(D, Dc, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [{"codec": "pq8"}, {"codec": 8}, {"rerank": 0},
+                                 {"rerank": 1.5}])
+def test_bad_codec_options_are_refused(bad):
+    with pytest.raises(InvalidInputError):
+        IndexHRM2(8, **bad)
