@@ -225,7 +225,12 @@ class CpuBackend(Backend):
         d = x.shape[1]
         sums = np.zeros((k, d))
         step = max(1, (32 << 20) // max(1, 8 * d))  # float64 staging of at most 32 MB
-        for s in range(0, x.shape[0], step):
-            np.add.at(sums, assign[s : s + step], x[s : s + step].astype(np.float64))
+        for s in range(0, x.shape[0], step):  # rows sorted by centroid, summed per run
+            a = np.asarray(assign[s : s + step])
+            order = np.argsort(a, kind="stable")
+            a = a[order]
+            first = np.flatnonzero(np.concatenate([[True], a[1:] != a[:-1]]))
+            sums[a[first]] += np.add.reduceat(
+                np.asarray(x[s : s + step], np.float64)[order], first, axis=0)
         return sums, np.bincount(assign, minlength=k).astype(np.int64)
 
