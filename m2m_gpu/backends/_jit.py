@@ -55,10 +55,19 @@ def route(queries, coarse, fine, fine_ranges, p1, p2):
     return _kernels().route(queries, coarse, fine, fine_ranges, p1, p2, pool=_pool())
 
 
-def search_one(q, coarse, fine, fine_ranges, p1, p2, rows, ranges, dead, k):
+def bounds_of(ranges):
+    """``(starts, stops)`` of int64 ``[start, stop)`` ranges as contiguous arrays, the form
+    ``search_one`` reads."""
+    import numpy as np
+
+    return (np.ascontiguousarray(ranges[:, 0], dtype=np.int64),
+            np.ascontiguousarray(ranges[:, 1], dtype=np.int64))
+
+
+def search_one(q, coarse, fine, fine_bounds, p1, p2, rows, bounds, dead, k):
     """One query's routing, scan and ranking in one compiled call (see
     ``_jit_kernels.search_one``)."""
-    return _kernels().search_one(q, coarse, fine, fine_ranges, p1, p2, rows, ranges, dead, k)
+    return _kernels().search_one(q, coarse, fine, fine_bounds, p1, p2, rows, bounds, dead, k)
 
 
 def d2_at(queries, rows, pos):

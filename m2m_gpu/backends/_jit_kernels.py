@@ -206,19 +206,17 @@ def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, rows, lo, hi, C, dead,
                 _insert(out_d2, out_pos, _sqdist(q, rows[r]), r)
 
 
-def search_one(q, coarse, fine, fine_ranges, p1, p2, rows, ranges, dead, k):
+def search_one(q, coarse, fine, fine_bounds, p1, p2, rows, bounds, dead, k):
     """``(cells int64[p2], d2 float32[k], positions int64[k])`` of ``_search_one`` (pads:
-    -1 cells; inf / -1 where fewer than k rows were reachable)."""
+    -1 cells; inf / -1 where fewer than k rows were reachable). ``fine_bounds`` and
+    ``bounds``: the starts and the stops of the fine ranges and of the row ranges, each a
+    contiguous int64 array (see :func:`bounds_of`: made once, not per query)."""
     p1 = max(1, min(int(p1), coarse.shape[0]))
     cells = np.full(max(1, min(int(p2), fine.shape[0])), -1, dtype=np.int64)
     d2 = np.full(k, np.inf, dtype=np.float32)
     pos = np.full(k, -1, dtype=np.int64)
-    C = fine.shape[0]
-    _search_one(np.ascontiguousarray(q, dtype=np.float32), coarse, fine,
-                np.ascontiguousarray(fine_ranges[:, 0], dtype=np.int64),
-                np.ascontiguousarray(fine_ranges[:, 1], dtype=np.int64), p1, rows,
-                np.ascontiguousarray(ranges[:, 0], dtype=np.int64),
-                np.ascontiguousarray(ranges[:, 1], dtype=np.int64), C,
+    _search_one(np.ascontiguousarray(q, dtype=np.float32), coarse, fine, fine_bounds[0],
+                fine_bounds[1], p1, rows, bounds[0], bounds[1], fine.shape[0],
                 dead.view(np.uint8), cells, d2, pos)
     return cells, d2, pos
 

@@ -324,7 +324,7 @@ class IndexHRM2:
         """``(D, I)`` of the ``k`` nearest stored vectors per query row, FAISS-style.
         Searches run side by side (read lock); a tier placement pass that has fallen due
         runs after, under the write lock."""
-        return read_then_place(self, lambda: self._search(x, k, p2), self.rebalance_due,
+        return read_then_place(self, lambda: self._search(x, k, p2), self.hrm2.rebalance_due,
                                self.rebalance)
 
     def _search(self, x, k: int, p2_call: int | None = None):
@@ -339,7 +339,7 @@ class IndexHRM2:
             D, I = empty_result(m, k, "l2" if self.metric == "l2" else "ip")
             self.last_report = ProbeReport(np.zeros(m, np.int64), np.zeros(m, np.int64))
             return D, I
-        p1, p2 = self.probes() if p2_call is None else self.hrm2.probes(self.p1, p2_call)
+        p1, p2 = self.hrm2.probes(self.p1, self.p2 if p2_call is None else p2_call)
         keys, pos, d2, report = self.hrm2.search(
             q if self._lift is None else self._lift.queries(q), k, p1, p2,
             adaptive=self.adaptive, ratio=self.ratio, rerank=self.rerank)

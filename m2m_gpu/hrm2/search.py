@@ -45,7 +45,7 @@ def search(router: Router, layout: CellLayout, scanner: CellScanner, q: np.ndarr
             not coded and getattr(be, "jit", False):
         dense = layout.tiers.dense()  # every row hot, on the host
         if dense is not None:
-            return _one(router, layout, dense, q, k, p1, p2)
+            return _one(router, layout, scanner, dense, q, k, p1, p2)
     cells, cdist = router.route(q, p1, p2)
     C = router.centroids.cells
     if adaptive and ratio is not None:
@@ -77,7 +77,7 @@ def search(router: Router, layout: CellLayout, scanner: CellScanner, q: np.ndarr
         scanned = np.concatenate([cells[:, :first], rest], 1)
         if (rest >= 0).any():
             keys, pos, d2 = merge_by_key([(keys, pos, d2), scan(rest)], k)
-    return keys, pos, d2, _scanned(layout, scanned)
+    return keys, pos, d2, _scanned(layout, scanner, scanned)
 
 
 def exact_rerank(layout: CellLayout, q: np.ndarray, cand: np.ndarray, k: int, mode: int,
@@ -109,26 +109,31 @@ def exact_rerank(layout: CellLayout, q: np.ndarray, cand: np.ndarray, k: int, mo
     return keys[:, :k], np.where(np.isinf(keys[:, :k]), -1, pos[:, :k]), d2[:, :k]
 
 
-def _scanned(layout: CellLayout, scanned: np.ndarray) -> ProbeReport:
+def _scanned(layout: CellLayout, scanner: CellScanner, scanned: np.ndarray) -> ProbeReport:
     """What the queries scanned (int64[m, P] cells, -1 pad): counted as accessed by the
     tier policy, and reported."""
-    sizes = layout.cell_sizes()
-    counted = np.where(scanned >= 0, sizes[np.where(scanned >= 0, scanned, 0)], 0)
+    sizes = scanner.cached("sizes", None, layout.cell_sizes)
+    hit = scanned >= 0
     layout.touch(scanned)
-    return ProbeReport((scanned >= 0).sum(1), counted.sum(1))
+    if scanned.shape[0] == 1:  # one query: no masked arrays to build
+        cells = scanned[hit]
+        return ProbeReport(np.array([cells.size]), np.array([sizes[cells].sum()]))
+    counted = np.where(hit, sizes[np.where(hit, scanned, 0)], 0)
+    return ProbeReport(hit.sum(1), counted.sum(1))
 
 
-def _one(router: Router, layout: CellLayout, rows, q: np.ndarray, k: int, p1: int,
-         p2: int):
+def _one(router: Router, layout: CellLayout, scanner: CellScanner, rows, q: np.ndarray,
+         k: int, p1: int, p2: int):
     """A single query on the cpu backend with every row hot: routing, scan and ranking in
     one compiled call (``_jit.search_one``), without the batch path's grouping and merges.
     Same answer as the batch path: the direct-form d2, ties by position."""
     from ..backends import _jit
 
     c = router.centroids
-    cells, d2, pos = _jit.search_one(q[0], c.coarse, c.fine, c.fine_ranges, p1, p2, rows,
-                                     layout.ranges, np.ascontiguousarray(layout.dead), k)
-    return d2[None].copy(), pos[None], d2[None], _scanned(layout, cells[None])
+    bounds = scanner.cached("bounds", None, lambda: _jit.bounds_of(layout.ranges))
+    cells, d2, pos = _jit.search_one(q[0], c.coarse, c.fine, router.fine_bounds, p1, p2,
+                                     rows, bounds, np.ascontiguousarray(layout.dead), k)
+    return d2[None].copy(), pos[None], d2[None], _scanned(layout, scanner, cells[None])
 
 
 def _scan_retrying(layout: CellLayout, scanner: CellScanner, qn, probes, k, mode, params,

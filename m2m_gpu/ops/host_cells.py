@@ -131,7 +131,7 @@ def _scan_cells_numpy(be, queries, rows, ranges, probes, k, mode, params, sqnorm
 def _finish_scan(be, queries, rows, best_i, mode, params):
     found = best_i >= 0
     safe = np.where(found, best_i, 0)
-    d2 = ht.direct_d2(be, queries, rows, safe)
+    d2 = _jit.d2_at(queries, rows, safe) if be.jit else ht.direct_d2(be, queries, rows, safe)
     if params is not None and mode == Key.SPLAT:
         alpha = params[safe, PARAM_ALPHA]
         with np.errstate(divide="ignore"):

@@ -80,7 +80,12 @@ def select_k(keys: np.ndarray, ids: np.ndarray, k: int):
 def merge_by_key(parts, k: int):
     """Top-k of several host ``(keys, index, d2)`` results (each (m, c)) by key, then by
     index (slot or position; -1 last): the one order that every search path returns, so
-    that ties are broken the same way whatever the tier layout."""
+    that ties are broken the same way whatever the tier layout. One part is taken as it
+    is: every scan returns its rows in that order already."""
+    if len(parts) == 1:
+        keys, idx, d2 = parts[0]
+        return (np.asarray(keys, np.float32)[:, :k], np.asarray(idx, np.int64)[:, :k],
+                np.asarray(d2, np.float32)[:, :k])
     keys = np.concatenate([np.asarray(p[0], np.float32) for p in parts], 1)
     idx = np.concatenate([np.asarray(p[1], np.int64) for p in parts], 1)
     d2 = np.concatenate([np.asarray(p[2], np.float32) for p in parts], 1)
