@@ -61,10 +61,16 @@ class Codec:
             return cls.fp16(d)
         if name != "sq8":
             raise ValueError(f"unknown codec {name!r}")
-        lo = x.min(axis=0) if x.shape[0] else np.zeros(d, np.float32)
-        hi = x.max(axis=0) if x.shape[0] else np.zeros(d, np.float32)
-        return cls("sq8", lo.astype(np.float32),
-                   ((hi.astype(np.float64) - lo) / SQ8_LEVELS).astype(np.float32))
+        if not x.shape[0]:
+            return cls.from_range(np.zeros(d, np.float32), np.zeros(d, np.float32))
+        return cls.from_range(x.min(axis=0), x.max(axis=0))
+
+    @classmethod
+    def from_range(cls, lo: np.ndarray, hi: np.ndarray) -> Codec:
+        """SQ8 over the per-dimension range ``[lo, hi]`` (measured elsewhere)."""
+        lo = np.asarray(lo, np.float32)
+        return cls("sq8", lo, ((np.asarray(hi, np.float64) - lo) / SQ8_LEVELS)
+                   .astype(np.float32))
 
     @property
     def d(self) -> int:
@@ -123,6 +129,24 @@ class Codec:
     def from_state(cls, state: dict) -> Codec:
         return cls(str(state["name"]), np.asarray(state["offset"], np.float32),
                    np.asarray(state["scale"], np.float32))
+
+
+def check_codes(codes, d: int, dequant) -> str:
+    """What a scan's row array holds (``"f32"``, ``"fp16"``, ``"sq8"``), checked against
+    the query dimension ``d``: an error naming the problem otherwise."""
+    from .errors import InvalidInputError
+
+    kind = codes_dtype(codes)
+    width = {"f32": d, "fp16": d, "sq8": -(-d // 4)}[kind]
+    if len(codes.shape) != 2 or codes.shape[1] != width:
+        raise InvalidInputError(f"{kind} rows for {d}-dimensional queries must have "
+                                f"{width} columns, got shape {tuple(codes.shape)}")
+    if kind == "sq8":
+        if dequant is None or np.shape(dequant) != (2, d):
+            raise InvalidInputError(f"SQ8 codes need their dequant table of shape (2, {d}) "
+                                    f"(offsets, scales), got "
+                                    f"{None if dequant is None else np.shape(dequant)}")
+    return kind
 
 
 def codes_dtype(codes) -> str:

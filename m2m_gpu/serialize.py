@@ -76,6 +76,7 @@ def _hrm2_parts(index) -> tuple[dict, dict]:
             "ip_norm": index._lift.norm if index._lift is not None else None,
             "target_recall": index.target_recall,
             "codec": index.codec, "rerank": index.rerank,
+            "refine_iters": h.refine_iters,
             "calibration": None if index.calibration is None else
             dataclasses.asdict(index.calibration)}
     arrays = {}
@@ -185,7 +186,9 @@ def _hrm2_from(head: dict, arrays: dict, be):
     index = IndexHRM2(head["d"], head["n1"], head["n2"], head["metric"], be.name,
                       seed=head["seed"], p1=head["p1"], p2=head["p2"],
                       adaptive=head["adaptive"], ratio=head["ratio"],
-                      codec=head.get("codec"), rerank=head.get("rerank", 4))
+                      codec=head.get("codec"), rerank=head.get("rerank", 4),
+                      **({"refine_iters": head["refine_iters"]} if "refine_iters" in head
+                         else {}))
     if index._lift is not None:
         index._lift.norm = head["ip_norm"]
     if head["trained"]:

@@ -194,7 +194,73 @@ def test_codes_stay_on_the_device_while_the_float_rows_are_in_lower_tiers(rng):
 
 
 @pytest.mark.parametrize("bad", [{"codec": "pq8"}, {"codec": 8}, {"rerank": 0},
-                                 {"rerank": 1.5}])
+                                 {"rerank": 1.5}, {"refine_iters": -1},
+                                 {"refine_iters": 2.0}])
 def test_bad_codec_options_are_refused(bad):
     with pytest.raises(InvalidInputError):
         IndexHRM2(8, **bad)
+
+
+def test_copied_training_brings_its_sq8_ranges_or_measures_them_on_each_layout(rng):
+    """copy_training takes the source's SQ8 ranges; from an index without them, the ranges
+    are those of the rows laid out, measured again at each full re-layout (a first add of
+    one row does not fix them for good)."""
+    x, q = data(3000, 30, d=24)
+    src = IndexHRM2(24, codec="sq8")
+    src.train(x)
+    dst = IndexHRM2(24, codec="sq8")
+    dst.copy_training(src)
+    np.testing.assert_array_equal(dst.hrm2.layout.codec.scale, src.hrm2.layout.codec.scale)
+    plain = IndexHRM2(24)
+    plain.train(x)
+    late = IndexHRM2(24, codec="sq8")
+    late.copy_training(plain)
+    late.add(x[:1])
+    assert (late.hrm2.layout.codec.scale == 0).all()  # one row: no range yet
+    late.add(x[1:])  # past the overflow threshold: a re-layout measures the ranges again
+    assert late.hrm2.rebuilds >= 1 and (late.hrm2.layout.codec.scale > 0).all()
+    assert late.hrm2.check() == []
+    flat = m2m_gpu.IndexFlatL2(24)
+    flat.add(x)
+    late.nprobe = plain.nprobe = 8
+    plain.add(x)
+    assert recall(late.search(q, 10)[1], flat.search(q, 10)[1]) >= \
+        recall(plain.search(q, 10)[1], flat.search(q, 10)[1]) - 0.01
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_inner_product_rows_longer_than_the_training_ones_retrain_the_codec(backend, codec):
+    """metric ip lifts rows by their norm; a longer row raises the lift and re-lifts every
+    row held, and SQ8's range of the lift coordinate is trained again."""
+    x, q = data(1500, 16, d=12)
+    x = x * np.linspace(0.5, 3, x.shape[0], dtype=np.float32)[:, None]
+    idx = IndexHRM2(12, 4, 4, "ip", backend=backend.name, codec=codec, rerank=8)
+    idx.train(x[:300])  # the shortest rows only
+    idx.add(x)
+    assert idx.hrm2.check() == []
+    idx.p1, idx.nprobe = 4, idx.nlist
+    D, I = idx.search(q, 10)
+    flat = m2m_gpu.IndexFlatIP(12)
+    flat.add(x)
+    D0, I0 = flat.search(q, 10)
+    assert recall(I, I0) == 1.0
+    np.testing.assert_allclose(D, D0, rtol=1e-4, atol=1e-3)
+
+
+def test_codes_of_the_wrong_shape_or_without_their_table_are_refused(backend, rng):
+    from m2m_gpu.backends.base import MODE_DISTANCE
+
+    x = rng.standard_normal((50, 10)).astype(np.float32)
+    q = backend.from_host(x[:3])
+    ranges = np.array([[0, 50]])
+    probes = np.zeros((3, 1), np.int64)
+    c = Codec.train("sq8", x)
+    codes = c.encode(x)
+    with pytest.raises(InvalidInputError, match="dequant"):
+        backend.scan_cells(q, backend.from_host(codes), ranges, probes, 5, MODE_DISTANCE)
+    with pytest.raises(InvalidInputError, match="columns"):
+        backend.scan_cells(q, backend.from_host(np.ascontiguousarray(codes[:, :2])), ranges,
+                           probes, 5, MODE_DISTANCE, dequant=c.dequant)
+    with pytest.raises(InvalidInputError, match="columns"):
+        backend.scan_cells(q, backend.from_host(x[:, :8].astype(np.float16)), ranges, probes,
+                           5, MODE_DISTANCE)

@@ -276,8 +276,6 @@ def _code_view(rows, d, dequant):
     if rows.dtype == np.float16:
         return (np.ascontiguousarray(rows).view(np.uint16), 1,
                 np.stack([np.zeros(d, np.float32), np.ones(d, np.float32)]))
-    if dequant is None:
-        raise ValueError("SQ8 codes need their dequant table (offsets, scales)")
     return (np.ascontiguousarray(rows).view(np.uint8), 2,
             np.ascontiguousarray(dequant, dtype=np.float32))
 

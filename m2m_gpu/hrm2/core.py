@@ -64,11 +64,12 @@ class HRM2:
         self._alpha_params = None  # the last unfiltered params (the hotness policy's alpha)
 
     # ---- training -------------------------------------------------------------------------
-    def train(self, x: np.ndarray) -> None:
+    def train(self, x: np.ndarray, *, encode: bool = True) -> None:
         """Coarse k-means, fine k-means inside each coarse cell, then ``refine_iters``
         Lloyd iterations of all fine centroids together (on the backend). The rows already
         laid out stay where they are until the next :meth:`set_rows`; a codec is trained on
-        the same rows (the held rows are encoded again). A training that takes
+        the same rows (the held rows are encoded again unless ``encode=False``: a re-layout
+        follows at once). A training that takes
         more than ``LOG_AFTER`` seconds says so in a log line (``m2m_gpu.hrm2``, INFO)."""
         t0 = time.perf_counter()
         self.set_centroids(_train.train(
@@ -76,7 +77,7 @@ class HRM2:
             kmeans_iters=self.kmeans_iters, max_points_per_centroid=self.mppc,
             refine_iters=self.refine_iters))
         if self.layout.codec_name is not None:  # SQ8's ranges from the training rows
-            self.layout.set_codec(Codec.train(self.layout.codec_name, x))
+            self.layout.set_codec(Codec.train(self.layout.codec_name, x), encode=encode)
         took = time.perf_counter() - t0
         if took > LOG_AFTER:
             log.info("hrm2: trained %d x %d cells on %d rows of %d dims in %.1f s (%s)",
@@ -234,7 +235,7 @@ class HRM2:
         sizes = np.bincount(cells, minlength=self.centroids.cells)
         if src.size and sizes.max() > REBUILD_IMBALANCE * max(1.0, sizes.mean()):
             x = self.layout.gather_sources(src, new_rows)
-            self.train(x)
+            self.train(x, encode=False)  # set_rows encodes them
             self.set_rows(x, ids)
             return
         L = self.layout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends import Backend
+from ..codecs import Codec
 from ..inputs import check_count, check_ids, check_result_size
 from ..locking import read_then_place, shared, thread_safe, unlocked
 from ..tensor import host_array
@@ -13,6 +14,7 @@ from .calibrate import REGROW, calibrate, held_out
 from .core import HRM2
 from .mips import MipsLift
 from .search import ProbeReport
+from .train import REFINE_ITERS
 
 
 @thread_safe
@@ -34,6 +36,8 @@ class IndexHRM2:
     ``rerank * k`` rows per query (FAISS's ``k_factor``) are then ranked again exactly on
     their float32 rows, from whatever tier holds them. SQ8's ranges are trained with the
     centroids.
+    ``refine_iters``: joint Lloyd iterations over all fine centroids after the two levels
+    of k-means (default 3; 0 skips them: a faster build, less recall per scanned row).
     ``tiers``: byte budgets of the memory tiers for the index's rows
     (:class:`m2m_gpu.tiers.TierOptions`; default: all on the device). Hot cells are scanned
     in place, probed rows that are not hot are fetched to the device per search, and the
@@ -50,7 +54,7 @@ class IndexHRM2:
                  p1: int | None = None, p2: int | None = None, adaptive: bool = False,
                  ratio: float | None = None, tiers: dict | TierOptions | None = None,
                  target_recall: float | None = None, codec: str | None = None,
-                 rerank: int = 4) -> None:
+                 rerank: int = 4, refine_iters: int = REFINE_ITERS) -> None:
         from ..errors import InvalidInputError, UnknownMetricError
 
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
@@ -65,10 +69,15 @@ class IndexHRM2:
         self._lift = MipsLift() if metric == "ip" else None  # ip: an L2 index on d + 1
         from ..codecs import check_name
 
-        self.codec = check_name(codec)
+        self._codec = check_name(codec)
         self.rerank = rerank
+        if isinstance(refine_iters, bool) or not isinstance(refine_iters, (int, np.integer)) \
+                or refine_iters < 0:
+            raise InvalidInputError(f"refine_iters must be an integer >= 0, got "
+                                    f"{refine_iters!r}")
         self.hrm2 = HRM2(self.d + (metric == "ip"), backend, n1, n2, seed=seed,
-                         tiers=TierOptions.parse(tiers), codec=self.codec)
+                         tiers=TierOptions.parse(tiers), codec=self._codec,
+                         refine_iters=int(refine_iters))
         self._next_id = 0  # one past the largest id ever held: add() never reuses an id
         self.p1, self.p2, self.adaptive, self.ratio = p1, p2, adaptive, ratio
         self.last_report: ProbeReport | None = None
@@ -129,6 +138,11 @@ class IndexHRM2:
         self.p2 = value
 
     @property
+    def codec(self) -> str | None:
+        """``"fp16"``, ``"sq8"`` or None (fixed when the index is made)."""
+        return self._codec
+
+    @property
     def rerank(self) -> int:
         """With a codec: candidates re-ranked exactly per result wanted."""
         return self._rerank
@@ -181,9 +195,16 @@ class IndexHRM2:
             held = self._lift.strip(h.rows_at(live)) if live.size else None
             held_ids = h.ids[live].copy() if live.size else None
             self._lift.norm = grow
-            if held is not None:
+            lifted = self._lift.rows(rows)
+            again = None if held is None else self._lift.rows(held)
+            if held is not None or h.layout.codec is not None:
                 h.clear_rows()
-                self._add(self._lift.rows(held), held_ids)
+            if h.layout.codec is not None:  # the lift coordinate's range changed
+                h.layout.set_codec(Codec.train(
+                    h.layout.codec.name, lifted if again is None else np.vstack([again, lifted])))
+            if again is not None:
+                self._add(again, held_ids)
+            return lifted
         return self._lift.rows(rows)
 
     def train(self, x) -> None:
@@ -222,6 +243,10 @@ class IndexHRM2:
         if self.ntotal:
             raise InvalidInputError("copy_training needs an empty index (reset() first)")
         self.hrm2.set_centroids(other.hrm2.centroids.copy())
+        theirs = other.hrm2.layout.codec
+        if self.codec is not None and theirs is not None and theirs.name == self.codec and \
+                theirs.d == self.hrm2.d:  # SQ8's ranges from their training rows
+            self.hrm2.layout.set_codec(theirs)
 
     def _need_trained(self) -> None:
         from ..errors import InvalidInputError

@@ -54,6 +54,7 @@ class CellLayout:
         # is named: host codes kept in step with every change of the rows
         self.codec_name = codec
         self.codec: Codec | None = None  # trained with the centroids (or on first layout)
+        self._codec_here = False  # SQ8 measured on the laid-out rows: measured again
         self._reset()
 
     # ---- state ------------------------------------------------------------------------------
@@ -98,13 +99,22 @@ class CellLayout:
         lens = self.ranges[:, 1] - self.ranges[:, 0]
         return lens[:C] + lens[C:]
 
-    def set_codec(self, codec: Codec | None) -> None:
+    def set_codec(self, codec: Codec | None, encode: bool = True) -> None:
         """Use ``codec`` (trained) for the compressed copies; the rows held are encoded
-        again with it."""
+        again with it (``encode=False``: only by a re-layout that the caller runs next)."""
         self.codec = codec
-        self.codes = None if codec is None else self._encode_held()
-        self.code_sq = np.zeros(0, np.float32) if codec is None else codec.sqnorms(self.codes)
+        self._codec_here = False
+        self.codes = None if codec is None else self._encode_held() if encode else \
+            codec.encode(np.zeros((0, self.d), np.float32))
+        self.code_sq = np.zeros(0, np.float32) if codec is None else \
+            self._code_sqnorms(self.codes)
         self.version += 1
+
+    def _code_sqnorms(self, codes: np.ndarray) -> np.ndarray:
+        """The decoded rows' squared norms where the backend's scan reads them (cpu)."""
+        if not self.backend.uses_sqnorms:
+            return np.zeros(0, np.float32)
+        return self.codec.sqnorms(codes)
 
     def _encode_held(self) -> np.ndarray:
         n, tm, step = self.ntotal, self.tiers, self.tiers.block_rows
@@ -186,7 +196,14 @@ class CellLayout:
         sq[~mine] = np.einsum("ij,ij->i", fresh, fresh)
         self.fine = fine
         self.radius = np.zeros(fine.shape[0], np.float32)
+        if self.codec is None and self.codec_name == "fp16":
+            self.codec = Codec.fp16(self.d)  # nothing to train
+        # SQ8 not trained with the centroids (they came from elsewhere): its ranges are
+        # those of the rows of each full re-layout, measured on the way, then encoded
+        measure = self.codec_name == "sq8" and (self.codec is None or self._codec_here)
         codes = []  # encoded on the way when the codec is trained already
+        lo = np.full(self.d, np.inf, np.float32)  # else SQ8's ranges, measured on the way
+        hi = np.full(self.d, -np.inf, np.float32)
 
         def rows_of(s: int, e: int) -> np.ndarray:
             part = src[s:e]
@@ -197,25 +214,26 @@ class CellLayout:
             if not o.all():
                 out[~o] = new_rows[-1 - part[~o]]
             self._grow_radius(out, cells[s:e])
-            if self.codec is not None:
+            if not measure and self.codec is not None:
                 codes.append(self.codec.encode(out))
+            elif measure and out.shape[0]:
+                np.minimum(lo, out.min(axis=0), out=lo)
+                np.maximum(hi, out.max(axis=0), out=hi)
             return out
 
         self.rows.rebuild(src.size, rows_of, history)
         self.ids, self.cell_of, self.sqnorms = ids, cells, sq
-        if self.codec is not None:
+        if measure and self.ntotal:
+            self.set_codec(Codec.from_range(lo, hi))  # a second pass over the rows
+            self._codec_here = True
+        elif self.codec is not None:
             self.codes = np.concatenate(codes) if codes else \
                 self.codec.encode(np.zeros((0, self.d), np.float32))
-            self.code_sq = self.codec.sqnorms(self.codes)
-        elif self.codec_name is not None:  # centroids from elsewhere: train on these rows
-            self.set_codec(Codec.train(self.codec_name, self._gather_all()))
+            self.code_sq = self._code_sqnorms(self.codes)
         self.main_end = self.ntotal
         self.dead = np.zeros(self.ntotal, bool)
         self.ranges = self._ranges_from_cells()
         self.version += 1
-
-    def _gather_all(self) -> np.ndarray:
-        return self.tiers.gather(np.arange(self.ntotal, dtype=np.int64))
 
     # ---- changes in place -----------------------------------------------------------------
     def append_overflow(self, x: np.ndarray, ids: np.ndarray, cells: np.ndarray) -> None:
@@ -239,7 +257,7 @@ class CellLayout:
         if self.codec is not None:
             tail = self.codec.encode(tail_rows)
             self.codes = np.concatenate([self.codes[:m], tail])
-            self.code_sq = np.concatenate([self.code_sq[:m], self.codec.sqnorms(tail)])
+            self.code_sq = np.concatenate([self.code_sq[:m], self._code_sqnorms(tail)])
         self._grow_radius(x, cells)  # radii only grow with new members
         self.ranges = self._ranges_from_cells()
         self.version += 1
@@ -255,7 +273,8 @@ class CellLayout:
             self.sqnorms[p] = np.einsum("ij,ij->i", r, r)
             if self.codec is not None:
                 self.codes[p] = self.codec.encode(r)
-                self.code_sq[p] = self.codec.sqnorms(self.codes[p])
+                if self.code_sq.size:
+                    self.code_sq[p] = self.codec.sqnorms(self.codes[p])
             self._grow_radius(r, cells[same])
             self.version += 1
         moved = ~same
@@ -320,8 +339,11 @@ class CellLayout:
                 problems.append("hrm2 layout: positions not grouped by cell")
             if not np.array_equal(self.ranges, self._ranges_from_cells()):
                 problems.append("hrm2 layout: cell ranges disagree with the positions")
-            if self.codec is not None and not self.codes.shape[0] == self.code_sq.size == n:
-                problems.append("hrm2 layout: compressed codes and rows differ in length")
+            if self.codec is not None and not np.array_equal(self.codes, self._encode_held()):
+                problems.append("hrm2 layout: compressed codes disagree with the rows")
+            elif self.code_sq.size and not np.allclose(
+                    self.code_sq, self.codec.sqnorms(self.codes), rtol=1e-6):
+                problems.append("hrm2 layout: the codes' norms disagree with the codes")
             live = self.ids[~self.dead]
             if np.unique(live).size != live.size:
                 problems.append("hrm2 layout: an id at two live positions")

@@ -30,6 +30,7 @@ class CellScanner:
     def __init__(self, layout: CellLayout) -> None:
         self.layout = layout
         self._cache: dict = {}
+        self._codes: dict = {}
         self._lock = ForkSafeLock()
 
     def cached(self, name: str, source, make):
@@ -48,6 +49,23 @@ class CellScanner:
                 self._cache.clear()  # the layout changed: drop stale device copies
             value = make()
             self._cache[name] = (source, key, value)
+            return value
+
+    def cached_codes(self, name: str, source, make):
+        """As :meth:`cached`, for the compressed copies: kept while the layout's rows are
+        the same (tier moves leave the codes as they are)."""
+        key = self.layout.version
+        hit = self._codes.get(name)
+        if hit is not None and hit[0] is source and hit[1] == key:
+            return hit[2]
+        with self._lock:
+            hit = self._codes.get(name)
+            if hit is not None and hit[0] is source and hit[1] == key:
+                return hit[2]
+            if any(v[1] != key for v in self._codes.values()):
+                self._codes.clear()
+            value = make()
+            self._codes[name] = (source, key, value)
             return value
 
     def scan(self, qn, probes: np.ndarray, k: int, mode: int, params, cache: bool,
@@ -96,11 +114,11 @@ class CellScanner:
         (a copy kept until the layout changes), whatever tier the float32 rows are in."""
         L = self.layout
         be = L.backend
-        keep = self.cached if cache else _uncached
-        codes = self.cached("codes", None, lambda: be.from_host(L.codes))
+        keep = self.cached_codes if cache else _uncached
+        codes = self.cached_codes("codes", None, lambda: be.from_host(L.codes))
         prm = None if params is None else keep(
             "code_params", params, lambda: be.from_host(params, like=codes))
-        sq = None if not be.uses_sqnorms else self.cached(
+        sq = None if not be.uses_sqnorms else self.cached_codes(
             "code_sq", None, lambda: be.from_host(L.code_sq))
         return be.scan_cells(qn, codes, L.ranges, probes, k, mode, prm, sq,
                              dequant=L.codec.dequant)

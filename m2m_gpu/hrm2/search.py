@@ -91,13 +91,18 @@ def exact_rerank(layout: CellLayout, q: np.ndarray, cand: np.ndarray, k: int, mo
     found = cand >= 0
     safe = np.where(found, cand, 0)
     dense = layout.tiers.dense()
-    if isinstance(dense, np.ndarray) and getattr(layout.backend, "jit", False):
-        from ..backends import _jit
-
-        d2 = _jit.d2_at(q, dense, safe)  # every row on the host: read in place
+    jit = getattr(layout.backend, "jit", False)  # one arithmetic whatever the tiers
+    if isinstance(dense, np.ndarray) and jit:
+        rows, at = dense, safe  # every row on the host: read in place
     else:
         uniq, inv = np.unique(safe, return_inverse=True)
-        d2 = direct_d2(None, q, layout.rows_at(uniq), inv.reshape(safe.shape))
+        rows, at = layout.rows_at(uniq), inv.reshape(safe.shape)
+    if jit:
+        from ..backends import _jit
+
+        d2 = _jit.d2_at(q, rows, at)
+    else:
+        d2 = direct_d2(None, q, rows, at)
     keys = d2
     if params is not None and mode == MODE_SPLAT:
         prm = params[safe]

@@ -20,7 +20,7 @@ from ..backends.abi import (
     PARAM_KAPPA,
     Key,
 )
-from ..codecs import codes_dtype
+from ..codecs import check_codes
 from .knn import Selector
 from .splat import splat_d2
 from .topk import sort_select_output
@@ -90,9 +90,8 @@ def device_scan(be, queries, rows, ranges: np.ndarray, probes: np.ndarray, k: in
     _, t = cell_segments(ranges, probes)
     if m == 0 or t == 0:
         return empty_scan(m, k)
-    codec = {"f32": CODEC_F32, "fp16": CODEC_F16, "sq8": CODEC_SQ8}[codes_dtype(rows)]
-    if codec == CODEC_SQ8 and dequant is None:
-        raise ValueError("SQ8 codes need their dequant table (offsets, scales)")
+    kind = check_codes(rows, queries.shape[1], dequant)
+    codec = {"f32": CODEC_F32, "fp16": CODEC_F16, "sq8": CODEC_SQ8}[kind]
     dq = None if codec != CODEC_SQ8 else np.ascontiguousarray(dequant, np.float32).ravel()
     step = max(1, min(be.max_grid, be.tile_budget_bytes // (4 * t)))
     parts = [_scan_block(be, qbuf, rows, ranges, probes[q0 : q0 + mq], k, mode, params,

@@ -8,9 +8,8 @@ import numpy as np
 
 from ..backends import _jit
 from ..backends.abi import PARAM_ALPHA, PARAM_KAPPA, Key
-from ..codecs import Codec, codes_dtype
+from ..codecs import Codec, check_codes
 from . import host_topk as ht
-from .splat import splat_d2
 from .topk import sort_rows
 
 SCAN_BATCH = 1 << 16  # HRM2 cell scan: candidates formed per batch before a merge
@@ -22,7 +21,7 @@ def host_scan(be, queries, rows, ranges, probes, k, mode, params=None, sqnorms=N
     of ``_jit`` when Numba is available (else ``_scan_cells_numpy``), and the k found
     are finished in the direct form. ``rows`` may be codes (float16, or SQ8 words with
     ``dequant``; see :mod:`m2m_gpu.codecs`): the scan then ranks the decoded rows."""
-    if codes_dtype(rows) != "f32":
+    if check_codes(rows, queries.shape[1], dequant) != "f32":
         return _host_scan_codes(be, ht.c32(queries), np.ascontiguousarray(rows), ranges,
                                 probes, k, mode, params, dequant, sqnorms)
     queries, rows = ht.c32(queries), ht.c32(rows)
@@ -42,28 +41,20 @@ def _host_scan_codes(be, queries, codes, ranges, probes, k, mode, params, dequan
                      sqnorms):
     """The scan over codes (``sqnorms``: the decoded rows' squared norms, worked out here
     when None): the compiled loop reads the codes; without it, every row is decoded and
-    scanned as float32 (the same keys). The keys and d2 of the k found are those of the
-    ranking, in the fast form (codes are approximations, and callers rank the candidates
-    again on their float32 rows: a direct-form pass over decoded rows would buy nothing)."""
+    scanned as float32 (the same keys). The k found are finished in the direct form on
+    their decoded rows, as the GPU kernels compute them."""
     codec = Codec.of(codes, queries.shape[1], dequant)
     params = None if params is None else ht.c32(params)
     if not be.jit:
         return host_scan(be, queries, codec.decode(codes), ranges, probes, k, mode, params)
     if sqnorms is None:
         sqnorms = codec.sqnorms(codes)
-    keys, best_i = _jit.scan_cells(queries, codes, sqnorms, ranges, probes, k, mode,
-                                   params, dequant)
-    found = best_i >= 0
-    if params is not None and mode == Key.SPLAT:  # kappa max(d2, 0) - log alpha
-        safe = np.where(found, best_i, 0)
-        d2 = splat_d2(np, keys, best_i, params[safe, PARAM_ALPHA], params[safe, PARAM_KAPPA],
-                      None)
-    else:  # the fast-form keys |x|^2 - 2 q.x, in d2's order for each query
-        keys = np.maximum(keys + np.einsum("ij,ij->i", queries, queries)[:, None], 0)
-        d2 = keys
-    keys = np.where(found, keys, np.inf).astype(np.float32)
-    d2 = np.where(found, d2, np.inf).astype(np.float32)
-    return keys, np.where(found, best_i, -1), d2
+    _, best_i = _jit.scan_cells(queries, codes, sqnorms, ranges, probes, k, mode, params,
+                                dequant)
+    safe = np.where(best_i >= 0, best_i, 0)
+    uniq, inv = np.unique(safe, return_inverse=True)
+    return _finish_scan(be, queries, codec.decode(codes[uniq]), best_i, mode, params,
+                        inv.reshape(safe.shape))
 
 
 def _scan_cells_numpy(be, queries, rows, ranges, probes, k, mode, params, sqnorms):
@@ -128,10 +119,13 @@ def _scan_cells_numpy(be, queries, rows, ranges, probes, k, mode, params, sqnorm
     return best_i
 
 
-def _finish_scan(be, queries, rows, best_i, mode, params):
+def _finish_scan(be, queries, rows, best_i, mode, params, local=None):
+    """Keys and d2 of the rows found, sorted (``local``: where each found row sits in
+    ``rows``, when ``rows`` holds only those)."""
     found = best_i >= 0
     safe = np.where(found, best_i, 0)
-    d2 = _jit.d2_at(queries, rows, safe) if be.jit else ht.direct_d2(be, queries, rows, safe)
+    at = safe if local is None else local
+    d2 = _jit.d2_at(queries, rows, at) if be.jit else ht.direct_d2(be, queries, rows, at)
     if params is not None and mode == Key.SPLAT:
         alpha = params[safe, PARAM_ALPHA]
         with np.errstate(divide="ignore"):
