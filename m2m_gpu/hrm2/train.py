@@ -17,6 +17,9 @@ from ..kmeans import kmeans, rng_for
 
 MIN_ROWS_PER_FINE_CELL = 8
 REFINE_ITERS = 3  # Lloyd iterations over all fine centroids together after the two levels
+# rows per fine centroid the refinement reads (a sample beyond that): it starts from
+# centroids k-means already placed, so fewer rows than k-means' own 256 suffice
+REFINE_POINTS_PER_CENTROID = 64
 
 
 PROGRESS_ROWS = 100_000  # builds on at least this many rows show a bar (on a terminal)
@@ -137,7 +140,7 @@ def refine(centroids: Centroids, x: np.ndarray, backend: Backend, *, iters: int,
         return c
     be = backend
     total = c.cells
-    cap = max_points_per_centroid * total
+    cap = min(max_points_per_centroid, REFINE_POINTS_PER_CENTROID) * total
     sample = x
     if x.shape[0] > cap:
         sample = x[np.sort(rng_for(seed + 7919).choice(x.shape[0], cap, replace=False))]
