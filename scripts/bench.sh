@@ -30,7 +30,7 @@ fi
 "$py" bench/bench_knn.py "$@"
 "$py" bench/bench_splat.py "${quick[@]}"
 if ((${#quick[@]})); then
-  "$py" bench/bench_hrm2.py --n 20000 --repeat 3 --out bench/results/hrm2-quick.json
+  "$py" bench/bench_hrm2.py --n 20000 --repeat 3 --single 50 --out bench/results/hrm2-quick.json
   "$py" bench/bench_tiers.py --n 50000 --repeat 3 --out bench/results/tiers-quick.json
   "$py" bench/bench_tiers.py --index hrm2 --n 50000 --repeat 3 \
     --out bench/results/tiers-hrm2-quick.json
