@@ -29,7 +29,7 @@ from .errors import InvalidInputError, StoreFormatError
 from .locking import holding
 
 MAGIC = b"M2MIDX\x00\x01"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: an IndexHRM2 over compressed cells (its codec and SQ8 ranges)
 _U32 = struct.Struct("<I")
 
 
@@ -101,7 +101,10 @@ def index_bytes(index) -> bytes:
     with holding(index, "read"):  # a consistent picture, while writers wait
         head, arrays = parts(index)
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    head = {**head, "format_version": FORMAT_VERSION, "backend": index.backend.name,
+    # the oldest version that holds everything written: a reader from before codecs
+    # refuses an index it would load without them, and reads every other file
+    version = 2 if head.get("codec") else 1
+    head = {**head, "format_version": version, "backend": index.backend.name,
             "arrays": [[k, a.dtype.newbyteorder("<").str, list(a.shape)]
                        for k, a in arrays.items()]}
     hjson = json.dumps(head, separators=(",", ":")).encode()

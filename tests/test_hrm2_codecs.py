@@ -173,6 +173,19 @@ def test_the_codec_and_its_ranges_survive_saving(backend, codec):
     D2, I2 = back.search(q, 10)
     np.testing.assert_array_equal(I, I2)
     np.testing.assert_allclose(D, D2, rtol=1e-6)
+    from m2m_gpu import serialize
+
+    blob = m2m_gpu.serialize_index(idx)
+    plain = m2m_gpu.serialize_index(IndexHRM2(24))
+    assert b'"format_version":2' in bytes(blob) and b'"format_version":1' in bytes(plain)
+    old_reader = serialize.FORMAT_VERSION
+    try:  # a reader from before codecs refuses the index instead of dropping its codec
+        serialize.FORMAT_VERSION = 1
+        with pytest.raises(m2m_gpu.StoreFormatError, match="newer"):
+            m2m_gpu.deserialize_index(blob)
+        m2m_gpu.deserialize_index(plain)
+    finally:
+        serialize.FORMAT_VERSION = old_reader
 
 
 def test_codes_stay_on_the_device_while_the_float_rows_are_in_lower_tiers(rng):
