@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +51,6 @@ from m2m_gpu import backends  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = 0.95  # the recall of the targets (batch and single query)
-PASSES = 3  # single-query passes; the best p50 counts (this VM is noisy)
 
 
 def qps(fn, m, repeat):
@@ -115,19 +113,8 @@ def single(method, curve, queries, gt, k):
 def _single_at(method, point, queries, gt, k):
     setting = {key: point[key] for key in ("p2", "rerank", "nprobe", "ef") if key in point}
     search = next(s for st, s in method.points() if st == setting)
-    for q in queries[:20]:
-        search(q[None], k)
-    p50 = p99 = None
-    for _ in range(PASSES):
-        lat, ids = [], []
-        for q in queries:
-            t = time.perf_counter()
-            ids.append(search(q[None], k)[0])
-            lat.append(time.perf_counter() - t)
-        if p50 is None or np.percentile(lat, 50) < p50:
-            p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
-    return {**setting, "recall": recall(np.stack(ids), gt[: len(queries)]),
-            "p50_ms": 1e3 * p50, "p99_ms": 1e3 * p99}
+    r = am.one_by_one(lambda q: search(q, k), queries)
+    return {**setting, "recall": recall(r.pop("ids"), gt[: len(queries)]), **r}
 
 
 def main() -> int:

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _ann_methods import one_by_one  # noqa: E402
 from _out import save  # noqa: E402
 
 import m2m_gpu  # noqa: E402
@@ -30,25 +31,6 @@ import m2m_gpu  # noqa: E402
 def recall(got: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(g) & set(t)) / truth.shape[1] for g, t in zip(
         got.tolist(), truth.tolist(), strict=True)]))
-
-
-PASSES = 3  # timed passes over the queries; the best pass counts (this VM is noisy)
-
-
-def one_by_one(search, Q: np.ndarray, warm: int = 20) -> dict:
-    for q in Q[:warm]:
-        search(q[None])
-    best = None
-    for _ in range(PASSES):
-        lat, got = [], []
-        for q in Q:
-            t = time.perf_counter()
-            got.append(search(q[None])[0])
-            lat.append(time.perf_counter() - t)
-        p50 = float(np.percentile(lat, 50))
-        if best is None or p50 < best[0]:
-            best = (p50, float(np.percentile(lat, 99)))
-    return {"p50_ms": 1e3 * best[0], "p99_ms": 1e3 * best[1], "ids": np.stack(got)}
 
 
 def cheapest(name: str, settings, set_to, search, Q, truth, target) -> dict:

@@ -22,6 +22,7 @@ codes, and the callers re-rank its best candidates on the float32 rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -76,7 +77,7 @@ class Codec:
     def d(self) -> int:
         return int(self.offset.shape[0])
 
-    @property
+    @cached_property
     def dequant(self) -> np.ndarray:
         """``float32[2, d]``: offsets, then scales (what the kernels read)."""
         return np.ascontiguousarray(np.stack([self.offset, self.scale]), dtype=np.float32)

@@ -184,12 +184,13 @@ def _flat_from(head: dict, arrays: dict, be):
 
 def _hrm2_from(head: dict, arrays: dict, be):
     from .hrm2 import IndexHRM2
+    from .hrm2.search import RERANK
     from .hrm2.train import Centroids
 
     index = IndexHRM2(head["d"], head["n1"], head["n2"], head["metric"], be.name,
                       seed=head["seed"], p1=head["p1"], p2=head["p2"],
                       adaptive=head["adaptive"], ratio=head["ratio"],
-                      codec=head.get("codec"), rerank=head.get("rerank", 4),
+                      codec=head.get("codec"), rerank=head.get("rerank", RERANK),
                       **({"refine_iters": head["refine_iters"]} if "refine_iters" in head
                          else {}))
     if index._lift is not None:

@@ -28,7 +28,6 @@ from .train import REFINE_ITERS, Centroids
 
 REBUILD_OVERFLOW = 0.25  # share of rows living in the overflow region before a re-layout
 REBUILD_IMBALANCE = 8.0  # largest cell / mean cell size before the centroids are retrained
-RERANK = 4  # with a codec: candidates per result re-ranked exactly (FAISS's k_factor)
 LOG_AFTER = 2.0  # seconds: a training that takes longer says so (log line, INFO)
 log = logging.getLogger("m2m_gpu.hrm2")
 
@@ -244,7 +243,7 @@ class HRM2:
     # ---- search -----------------------------------------------------------------------------
     def search(self, q: np.ndarray, k: int, p1: int, p2: int, *, adaptive: bool = False,
                ratio: float | None = None, mode: int = MODE_DISTANCE, params=None,
-               cache: bool = True, rerank: int = RERANK):
+               cache: bool = True, rerank: int = _search.RERANK):
         """``(keys, positions, d2, report)`` (host) for validated float32 queries ``q``,
         best first, ties by position. ``params``: host float32[ntotal, PARAM_WIDTH] in
         position order (None: alpha = kappa = 1, dead positions masked); its device copy is

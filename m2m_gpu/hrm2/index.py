@@ -13,7 +13,7 @@ from ..tiers import TierOptions
 from .calibrate import REGROW, calibrate, held_out
 from .core import HRM2
 from .mips import MipsLift
-from .search import ProbeReport
+from .search import RERANK, ProbeReport
 from .train import REFINE_ITERS
 
 
@@ -54,7 +54,7 @@ class IndexHRM2:
                  p1: int | None = None, p2: int | None = None, adaptive: bool = False,
                  ratio: float | None = None, tiers: dict | TierOptions | None = None,
                  target_recall: float | None = None, codec: str | None = None,
-                 rerank: int = 4, refine_iters: int = REFINE_ITERS) -> None:
+                 rerank: int = RERANK, refine_iters: int = REFINE_ITERS) -> None:
         from ..errors import InvalidInputError, UnknownMetricError
 
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:

@@ -38,34 +38,25 @@ class CellScanner:
         rows nor the hot tier have changed. Double-checked: concurrent callers build it
         once."""
         key = (self.layout.version, self.layout.tiers.version)
-        hit = self._cache.get(name)
-        if hit is not None and hit[0] is source and hit[1] == key:
-            return hit[2]
-        with self._lock:
-            hit = self._cache.get(name)
-            if hit is not None and hit[0] is source and hit[1] == key:
-                return hit[2]
-            if any(v[1] != key for v in self._cache.values()):
-                self._cache.clear()  # the layout changed: drop stale device copies
-            value = make()
-            self._cache[name] = (source, key, value)
-            return value
+        return self._kept(self._cache, key, name, source, make)
 
     def cached_codes(self, name: str, source, make):
         """As :meth:`cached`, for the compressed copies: kept while the layout's rows are
         the same (tier moves leave the codes as they are)."""
-        key = self.layout.version
-        hit = self._codes.get(name)
+        return self._kept(self._codes, self.layout.version, name, source, make)
+
+    def _kept(self, store: dict, key, name: str, source, make):
+        hit = store.get(name)
         if hit is not None and hit[0] is source and hit[1] == key:
             return hit[2]
         with self._lock:
-            hit = self._codes.get(name)
+            hit = store.get(name)
             if hit is not None and hit[0] is source and hit[1] == key:
                 return hit[2]
-            if any(v[1] != key for v in self._codes.values()):
-                self._codes.clear()
+            if any(v[1] != key for v in store.values()):
+                store.clear()  # the layout changed: drop stale device copies
             value = make()
-            self._codes[name] = (source, key, value)
+            store[name] = (source, key, value)
             return value
 
     def scan(self, qn, probes: np.ndarray, k: int, mode: int, params, cache: bool,

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backends.base import MODE_DISTANCE, MODE_SPLAT, PARAM_ALPHA, PARAM_KAPPA
-from ..ops.topk import merge_by_key, sort_rows
+from ..backends.base import MODE_DISTANCE
+from ..ops.topk import merge_by_key
 from .layout import CellLayout
 from .routing import Router
 from .scan import CellScanner
 
+RERANK = 4  # with a codec: candidates per result re-ranked exactly (FAISS's k_factor)
 RETRIES = 2  # scans retried after running out of device memory (three tries in all)
 
 
@@ -36,7 +37,7 @@ class ProbeReport:
 
 def search(router: Router, layout: CellLayout, scanner: CellScanner, q: np.ndarray, k: int,
            p1: int, p2: int, *, adaptive: bool, ratio: float | None, mode: int, params,
-           cache: bool, rerank: int = 4):
+           cache: bool, rerank: int = RERANK):
     """``(keys, positions, d2, report)`` (host) for validated float32 queries ``q``, best
     first, ties by position (see :meth:`m2m_gpu.hrm2.HRM2.search`)."""
     be = layout.backend
@@ -58,7 +59,7 @@ def search(router: Router, layout: CellLayout, scanner: CellScanner, q: np.ndarr
     def scan(c):
         probes = np.concatenate([c, np.where(c >= 0, c + C, -1)], 1)
         if coded:
-            _, cand, _ = scanner.scan_codes(qn, probes, max(k, rerank * k), mode, params,
+            _, cand, _ = scanner.scan_codes(qn, probes, rerank * k, mode, params,
                                             cache)
             return exact_rerank(layout, q, cand, k, mode, params)
         return _scan_retrying(layout, scanner, qn, probes, k, mode, params, cache)
@@ -84,34 +85,19 @@ def exact_rerank(layout: CellLayout, q: np.ndarray, cand: np.ndarray, k: int, mo
                  params):
     """The k best of the candidate positions ``cand`` (int64[m, c], -1 pad; found on the
     codes) ranked again on their float32 rows, read from whatever tier holds them:
-    ``(keys, positions, d2)`` as a scan returns them (direct-form d2; splat keys
-    ``kappa d2 - log alpha``; ties by position)."""
-    from ..ops.host_topk import direct_d2
+    ``(keys, positions, d2)`` as a scan returns them (``ops.host_cells.finish_scan``)."""
+    from ..ops.host_cells import finish_scan
 
-    found = cand >= 0
-    safe = np.where(found, cand, 0)
     dense = layout.tiers.dense()
     jit = getattr(layout.backend, "jit", False)  # one arithmetic whatever the tiers
     if isinstance(dense, np.ndarray) and jit:
-        rows, at = dense, safe  # every row on the host: read in place
+        rows, local = dense, None  # every row on the host: read in place
     else:
+        safe = np.where(cand >= 0, cand, 0)
         uniq, inv = np.unique(safe, return_inverse=True)
-        rows, at = layout.rows_at(uniq), inv.reshape(safe.shape)
-    if jit:
-        from ..backends import _jit
-
-        d2 = _jit.d2_at(q, rows, at)
-    else:
-        d2 = direct_d2(None, q, rows, at)
-    keys = d2
-    if params is not None and mode == MODE_SPLAT:
-        prm = params[safe]
-        with np.errstate(divide="ignore"):
-            keys = prm[..., PARAM_KAPPA] * d2 - np.log(prm[..., PARAM_ALPHA])
-    keys = np.where(found, keys, np.inf).astype(np.float32)
-    d2 = np.where(found, d2, np.inf).astype(np.float32)
-    keys, pos, d2 = sort_rows(keys, np.where(found, cand, -1), d2)
-    return keys[:, :k], np.where(np.isinf(keys[:, :k]), -1, pos[:, :k]), d2[:, :k]
+        rows, local = layout.rows_at(uniq), inv.reshape(safe.shape)
+    keys, pos, d2 = finish_scan(q, rows, cand, mode, params, local, jit=jit)
+    return keys[:, :k], pos[:, :k], d2[:, :k]
 
 
 def _scanned(layout: CellLayout, scanner: CellScanner, scanned: np.ndarray) -> ProbeReport:
@@ -119,11 +105,8 @@ def _scanned(layout: CellLayout, scanner: CellScanner, scanned: np.ndarray) -> P
     tier policy, and reported."""
     sizes = scanner.cached("sizes", None, layout.cell_sizes)
     hit = scanned >= 0
-    layout.touch(scanned)
-    if scanned.shape[0] == 1:  # one query: no masked arrays to build
-        cells = scanned[hit]
-        return ProbeReport(np.array([cells.size]), np.array([sizes[cells].sum()]))
     counted = np.where(hit, sizes[np.where(hit, scanned, 0)], 0)
+    layout.touch(scanned)
     return ProbeReport(hit.sum(1), counted.sum(1))
 
 

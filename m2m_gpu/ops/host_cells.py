@@ -34,7 +34,7 @@ def host_scan(be, queries, rows, ranges, probes, k, mode, params=None, sqnorms=N
     else:
         best_i = _scan_cells_numpy(be, queries, rows, ranges, probes, k, mode, params,
                                         sqnorms)
-    return _finish_scan(be, queries, rows, best_i, mode, params)
+    return finish_scan(queries, rows, best_i, mode, params, jit=be.jit)
 
 
 def _host_scan_codes(be, queries, codes, ranges, probes, k, mode, params, dequant,
@@ -53,8 +53,8 @@ def _host_scan_codes(be, queries, codes, ranges, probes, k, mode, params, dequan
                                 dequant)
     safe = np.where(best_i >= 0, best_i, 0)
     uniq, inv = np.unique(safe, return_inverse=True)
-    return _finish_scan(be, queries, codec.decode(codes[uniq]), best_i, mode, params,
-                        inv.reshape(safe.shape))
+    return finish_scan(queries, codec.decode(codes[uniq]), best_i, mode, params,
+                       inv.reshape(safe.shape), jit=True)
 
 
 def _scan_cells_numpy(be, queries, rows, ranges, probes, k, mode, params, sqnorms):
@@ -119,13 +119,15 @@ def _scan_cells_numpy(be, queries, rows, ranges, probes, k, mode, params, sqnorm
     return best_i
 
 
-def _finish_scan(be, queries, rows, best_i, mode, params, local=None):
-    """Keys and d2 of the rows found, sorted (``local``: where each found row sits in
-    ``rows``, when ``rows`` holds only those)."""
+def finish_scan(queries, rows, best_i, mode, params, local=None, *, jit: bool):
+    """Keys (as ``mode`` and ``params`` say) and direct-form d2 of the positions found,
+    ``best_i`` (int64[m, c], -1 pad), sorted by (key, position): ``(keys, positions,
+    d2)`` as a cell scan returns them. ``local``: where each found row sits in ``rows``,
+    when ``rows`` holds only those; ``jit``: d2 by the compiled loop."""
     found = best_i >= 0
     safe = np.where(found, best_i, 0)
     at = safe if local is None else local
-    d2 = _jit.d2_at(queries, rows, at) if be.jit else ht.direct_d2(be, queries, rows, at)
+    d2 = ht.d2_at(queries, rows, at, jit)
     if params is not None and mode == Key.SPLAT:
         alpha = params[safe, PARAM_ALPHA]
         with np.errstate(divide="ignore"):

@@ -162,6 +162,16 @@ def direct_d2(be, queries, mu, ids):
     return dist
 
 
+def d2_at(queries, rows, at, jit: bool) -> np.ndarray:
+    """Direct-form d2 of each query ``i`` to the rows ``rows[at[i]]`` (host arrays): the
+    compiled loop of ``_jit`` when ``jit``, else :func:`direct_d2`."""
+    if jit:
+        from ..backends import _jit
+
+        return _jit.d2_at(queries, rows, at)
+    return direct_d2(None, queries, rows, at)
+
+
 def c32(a: np.ndarray) -> np.ndarray:
     """A kernel input as C-contiguous float32 (a no-op when it already is)."""
     return np.ascontiguousarray(a, dtype=np.float32)
