@@ -26,6 +26,30 @@ def test_kmeans_sums_match_reference(backend, rng, n, d, k):
     np.testing.assert_allclose(sums, rs, *tolerance(backend.name, what="kmeans_sums"))
 
 
+@pytest.mark.parametrize("jit", [True, False])
+def test_cpu_kmeans_sums_compiled_and_numpy(rng, jit):
+    """The cpu backend's two ways (the compiled pass, sorted runs in NumPy) both give the
+    reference; out-of-range assignments are refused by the compiled one."""
+    from m2m_gpu.backends import _jit, get_backend
+
+    be = get_backend("cpu")
+    if jit and not _jit.available():
+        pytest.skip("Numba is not installed")
+    x = rng.standard_normal((5003, 33)).astype(np.float32)
+    a = rng.integers(0, 70, x.shape[0])
+    saved, be.jit = be.jit, jit
+    try:
+        sums, counts = be.kmeans_sums(x, a, 71)  # centroid 70 is empty
+    finally:
+        be.jit = saved
+    rs, rc = ref.kmeans_update(x, a, 71)
+    np.testing.assert_array_equal(counts, rc)
+    np.testing.assert_allclose(sums, rs, *tolerance("cpu", what="kmeans_sums"))
+    if jit:
+        with pytest.raises(ValueError, match="outside"):
+            _jit.kmeans_sums(x[:2], np.array([0, 71]), 71)
+
+
 def test_kmeans_sums_across_chunks_and_strided_input(backend, rng, monkeypatch):
     monkeypatch.setattr(vulkan_backend, "CHUNK_BYTES", 8192)  # many chunks per centroid
     big = rng.standard_normal((4000, 20)).astype(np.float32)

@@ -25,6 +25,8 @@ SHAPES = [
     (33, 509, 67, 64),
     (4, 61, 1100, 10),  # d > 1024
     (6, 2053, 16, 300),
+    (700, 1024, 5, 1),  # k = 1 over a few rows (k-means' assignment), many query tiles
+    (40, 1025, 9, 1),  # one row too many for that path
 ]
 
 

@@ -74,3 +74,9 @@ def d2_at(queries, rows, pos):
     """Direct-form d2 of each query to the rows at its positions (see
     ``_jit_kernels.d2_at``)."""
     return _kernels().d2_at(queries, rows, pos, pool=_pool())
+
+
+def kmeans_sums(x, assign, k):
+    """Per-centroid float64 sums and counts of the rows of ``x`` (see
+    ``_jit_kernels.kmeans_sums``)."""
+    return _kernels().kmeans_sums(x, assign, k)

@@ -40,7 +40,9 @@ def _scan_cells(queries, qnorms, rows, sqnorms, params, mode, item_lo, item_hi,
     Numba's threading layer: GNU OpenMP aborts a forked child, and the workqueue layer
     cannot be called from two threads at once. A cell's rows are read once for all the
     queries that probe it: row ``r`` is compared with each query
-    ``cell_q[item_start[c] : item_start[c] + item_count[c]]``.
+    ``cell_q[item_start[c] : item_start[c] + item_count[c]]``; when a cell has more
+    queries than rows (HRM2's fine k-means: a coarse cell's few centroids, probed by all
+    its rows), the loops swap, so that the smaller side is the one kept in cache.
 
     ``params`` with no rows: no mask. Otherwise (float32[n, PARAM_WIDTH]) rows with
     ``alpha <= 0`` are skipped and, in ``mode == MODE_SPLAT``, the key is
@@ -55,6 +57,23 @@ def _scan_cells(queries, qnorms, rows, sqnorms, params, mode, item_lo, item_hi,
         c = worker_items[w]
         s0 = item_start[c]
         g = item_count[c]
+        if g > item_hi[c] - item_lo[c]:  # more queries than rows (k-means: centroids)
+            for j in range(g):  # the cell's few rows stay in cache for every query
+                q = cell_q[s0 + j]
+                qq = queries[q]
+                for r in range(item_lo[c], item_hi[c]):
+                    if masked and params[r, PARAM_ALPHA] <= 0:
+                        continue
+                    x = rows[r]
+                    dot = np.float32(0.0)
+                    for e in range(d):
+                        dot += qq[e] * x[e]
+                    key = sqnorms[r] - np.float32(2.0) * dot
+                    if splat:
+                        key = max(key + qnorms[q], np.float32(0.0)) * \
+                            params[r, PARAM_KAPPA] - np.log(params[r, PARAM_ALPHA])
+                    _insert(bk[q], bi[q], key, r)
+            continue
         for r in range(item_lo[c], item_hi[c]):
             if masked and params[r, PARAM_ALPHA] <= 0:
                 continue
@@ -330,3 +349,29 @@ def route(queries, coarse, fine, fine_ranges, p1, p2, pool=None):
     edges = np.linspace(0, m, parts + 1).astype(np.int64)
     _run(pool, lambda i: _route(*args, edges[i], edges[i + 1]), range(parts))
     return cells, d2
+
+
+@njit(cache=True, nogil=True)
+def _kmeans_sums(x, assign, sums, counts):
+    """``sums[a] += x[i]`` (float64) and ``counts[a] += 1`` for ``a = assign[i]``, rows in
+    order: the same sums on every run."""
+    for i in range(x.shape[0]):
+        a = assign[i]
+        counts[a] += 1
+        s = sums[a]
+        xi = x[i]
+        for e in range(x.shape[1]):
+            s[e] += np.float64(xi[e])
+
+
+def kmeans_sums(x, assign, k):
+    """``(float64[k, d] sums, int64[k] counts)`` of the rows of host float32 ``x`` per
+    centroid ``assign[i]`` in ``[0, k)``."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    assign = np.ascontiguousarray(assign, dtype=np.int64)
+    if assign.size and (assign.min() < 0 or assign.max() >= k):
+        raise ValueError(f"kmeans_sums: assignments outside [0, {k})")
+    sums = np.zeros((k, x.shape[1]), np.float64)
+    counts = np.zeros(k, np.int64)
+    _kmeans_sums(x, assign, sums, counts)
+    return sums, counts

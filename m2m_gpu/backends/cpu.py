@@ -222,6 +222,8 @@ class CpuBackend(Backend):
         native[index] = values
 
     def kmeans_sums(self, x, assign, k):
+        if self.jit:  # one compiled pass in row order, float64 sums
+            return _jit.kmeans_sums(x, assign, k)
         d = x.shape[1]
         sums = np.zeros((k, d))
         step = max(1, (32 << 20) // max(1, 8 * d))  # float64 staging of at most 32 MB

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backends import Backend
-from ..kmeans import kmeans, rng_for
+from ..backends.base import MODE_DISTANCE
+from ..kmeans import INIT_POINTS_PER_CENTROID, kmeans, kmeans_pp, rng_for
 
 MIN_ROWS_PER_FINE_CELL = 8
 REFINE_ITERS = 3  # Lloyd iterations over all fine centroids together after the two levels
@@ -97,32 +98,87 @@ def nearest(backend: Backend, x: np.ndarray, centroids: np.ndarray):
 
 def two_level_kmeans(x: np.ndarray, n1: int, n2: int, backend: Backend, *, seed: int,
                      iters: int, max_points_per_centroid: int, advance=None) -> Centroids:
-    """Coarse k-means, then k-means inside each coarse cell: ``n1 * n2`` fine cells in all,
-    shared among the coarse cells in proportion to their rows (so fine cells hold about
-    the same number of rows wherever the data is dense)."""
+    """Coarse k-means, then k-means inside every coarse cell at once
+    (:func:`fine_kmeans`): ``n1 * n2`` fine cells in all, shared among the coarse cells in
+    proportion to their rows (so fine cells hold about the same number of rows wherever
+    the data is dense)."""
     be, mppc = backend, max_points_per_centroid
     advance = advance or (lambda n=1: None)
     coarse = kmeans(x, n1, iters=iters, seed=seed, max_points_per_centroid=mppc,
                     backend=be).centroids
     advance()
     _, cid = nearest(be, x, coarse)
-    share = split_cells(np.bincount(cid, minlength=n1), n1 * n2)
-    fine, parent = [], []
-    for c in range(n1):  # a loop over coarse cells, not rows
+    sizes = np.bincount(cid, minlength=n1)
+    kc = np.minimum(split_cells(sizes, n1 * n2),
+                    np.maximum(1, sizes // MIN_ROWS_PER_FINE_CELL))
+    kc[sizes == 0] = 0
+    fine = fine_kmeans(x, cid, kc, be, seed=seed + 1, iters=iters,
+                       max_points_per_centroid=mppc, advance=advance)
+    return Centroids.grouped(coarse, fine, np.repeat(np.arange(n1), kc))
+
+
+def fine_kmeans(x: np.ndarray, cid: np.ndarray, kc: np.ndarray, backend: Backend, *,
+                seed: int, iters: int, max_points_per_centroid: int,
+                advance=None) -> np.ndarray:
+    """``kc[j]`` centroids for the rows of each coarse cell ``j`` (``cid``: each row's
+    coarse cell), grouped by coarse cell: float32[kc.sum(), d].
+
+    Every cell's Lloyd iterations run together, one pass over the sample per iteration:
+    a row is compared only with its own cell's centroids, which is HRM2's cell scan with
+    k = 1 (``Backend.scan_cells``: the centroids are the cells' rows and each sample row
+    a query probing its coarse cell), and one ``kmeans_sums`` moves them all. Each cell
+    trains on at most ``max_points_per_centroid * kc[j]`` of its rows and is seeded by
+    k-means++ on at most ``INIT_POINTS_PER_CENTROID * kc[j]`` of those; an emptied centroid
+    is re-seeded with its cell's row farthest from its centroid that no other re-seed
+    took. Stops after ``iters`` iterations or when no centroid moves by more than 1e-6 of
+    the sample's mean squared norm."""
+    be = backend
+    advance = advance or (lambda n=1: None)
+    rng = rng_for(seed)
+    n1 = kc.size
+    # the sample: per coarse cell, its rows in a random order cut at the cell's cap
+    order = np.lexsort((rng.random(cid.size), cid))
+    sizes = np.bincount(cid, minlength=n1)
+    first = np.cumsum(sizes) - sizes
+    cell = cid[order]
+    rank = np.arange(cid.size) - first[cell]
+    keep = rank < (max_points_per_centroid * kc)[cell]
+    sample, scell, srank = order[keep], cell[keep], rank[keep]
+    xs = np.ascontiguousarray(x[sample], dtype=np.float32)  # grouped by coarse cell
+    ss = np.concatenate([[0], np.cumsum(np.bincount(scell, minlength=n1))])
+    ends = np.cumsum(kc)
+    ranges = np.stack([ends - kc, ends], 1).astype(np.int64)
+    cent = np.empty((int(ends[-1]) if n1 else 0, x.shape[1]), np.float32)
+    for j in np.flatnonzero(kc):  # k-means++ seeds: a loop over cells, not rows
+        pool = xs[ss[j] : ss[j + 1]]
+        pool = pool[srank[ss[j] : ss[j + 1]] < INIT_POINTS_PER_CENTROID * kc[j]]
+        cent[ranges[j, 0] : ranges[j, 1]] = kmeans_pp(pool, int(kc[j]), rng)
+    native = be.from_host(xs)
+    probes = scell[:, None].astype(np.int64)
+    scale = float(np.mean(np.einsum("ij,ij->i", xs, xs))) if xs.size else 1.0
+    for done in range(1, iters + 1):
         advance()
-        members = x[cid == c]
-        kc = int(min(share[c], max(1, members.shape[0] // MIN_ROWS_PER_FINE_CELL)))
-        if members.shape[0] == 0:
-            continue
-        if kc == 1:
-            f = members.mean(axis=0, keepdims=True).astype(np.float32)
-        else:
-            f = kmeans(members, kc, iters=iters, seed=seed + 1 + c,
-                       max_points_per_centroid=mppc, backend=be).centroids
-        fine.append(f)
-        parent.append(np.full(f.shape[0], c))
-    return Centroids.grouped(coarse, np.concatenate(fine).astype(np.float32),
-                             np.concatenate(parent))
+        _, pos, d2 = be.scan_cells(native, be.from_host(cent), ranges, probes, 1,
+                                   MODE_DISTANCE)
+        a, d2 = pos[:, 0], d2[:, 0]
+        sums, counts = be.kmeans_sums(native, a, cent.shape[0])
+        new = cent.copy()
+        full = counts > 0
+        new[full] = (sums[full] / counts[full, None]).astype(np.float32)
+        empty = np.flatnonzero(~full)
+        if empty.size:  # per cell, its farthest rows first, each used once
+            far = np.lexsort((-d2, scell))
+            owner = np.searchsorted(ends, empty, side="right")
+            taken = np.zeros(n1, np.int64)
+            for e, j in zip(empty.tolist(), owner.tolist(), strict=True):
+                new[e] = xs[far[ss[j] + taken[j]]]
+                taken[j] += 1
+        shift = float(np.max(np.einsum("ij,ij->i", new - cent, new - cent), initial=0))
+        cent = new
+        if shift <= 1e-6 * (scale or 1.0) and not empty.size:
+            advance(iters - done)  # converged: the bar's remaining steps at once
+            break
+    return cent
 
 
 def refine(centroids: Centroids, x: np.ndarray, backend: Backend, *, iters: int, seed: int,
@@ -164,14 +220,14 @@ def train(x: np.ndarray, backend: Backend, n1: int | None = None, n2: int | None
           refine_iters: int = REFINE_ITERS, progress=None) -> Centroids:
     """Both levels for the rows ``x`` (shape from :func:`default_shape` where not given),
     then ``refine_iters`` joint refinement iterations. ``progress(total)``: a context
-    manager giving ``advance()`` (one step: the coarse k-means, each coarse cell's fine
+    manager giving ``advance()`` (one step: the coarse k-means, each iteration of the fine
     k-means, each refinement iteration)."""
     from ..progress import Progress
 
     n = x.shape[0]
     d1, d2 = default_shape(n)
     n1, n2 = min(n1 or d1, n), n2 or d2
-    steps = 1 + n1 + (refine_iters if n1 * n2 >= 2 else 0)
+    steps = 1 + kmeans_iters + (refine_iters if n1 * n2 >= 2 else 0)
     bar = progress(steps) if progress is not None else \
         Progress(steps, f"hrm2: k-means on {n} rows", wanted=n >= PROGRESS_ROWS)
     with bar as advance:

@@ -27,6 +27,7 @@ from .topk import select_k, sort_rows
 SMALL_BATCH = 4  # up to this many queries, stream the database once per query
 SCAN_TILE_ROWS = 4096  # rows per task in the streaming path (fits in L2 for d <= 64)
 BATCH_TILE_BYTES = 1 << 20  # GEMM output tile of the batch path: stays in L2
+FEW_ROWS = 1024  # k = 1 over at most this many rows (k-means' assign): GEMM, then argmin
 QUERY_CHUNK = 1024  # most queries per block in the batch path
 SEED_ROWS = 512  # merge_topk: rows of the first tile that seed a running top-k
 GATHER_BUDGET_BYTES = 64 << 20  # re-ranking gathers at most this many bytes of rows at once
@@ -39,7 +40,9 @@ def host_knn(be, queries, database, k, metric, *, database_sqnorms=None):
         database_sqnorms = be.sqnorms(database)
     # Ranking key, smaller is better: ||x||^2 - 2 q.x  (l2)  or  -q.x  (ip).
     scale = np.float32(-2.0 if metric == "l2" else -1.0)
-    if m <= SMALL_BATCH:
+    if k == 1 and m > SMALL_BATCH and database.shape[0] <= FEW_ROWS:
+        keys, ids = _nearest_of_few(be, queries * scale, database, database_sqnorms)
+    elif m <= SMALL_BATCH:
         keys, ids = _select_streaming(be, queries * scale, database, database_sqnorms, k)
     else:
         keys, ids = _select_batched(be, queries * scale, database, database_sqnorms, k)
@@ -62,6 +65,29 @@ def _select_streaming(be, scaled_q, database, sqnorms, k):
 
         list(be._pool.map(job, range(0, n, SCAN_TILE_ROWS)))
         out_k[row], out_i[row] = _select_row(keys, k)
+    return out_k, out_i
+
+
+def _nearest_of_few(be, scaled_q, database, sqnorms):
+    """k = 1 over a few rows (k-means' assignment): each block's whole key matrix, one
+    GEMM, then the first smallest key (ties: smaller row), query blocks on the pool."""
+    m = scaled_q.shape[0]
+    out_k = np.empty((m, 1), dtype=np.float32)
+    out_i = np.empty((m, 1), dtype=np.int64)
+    dt = np.ascontiguousarray(f32(database).T)
+    rows = max(1, BATCH_TILE_BYTES // (4 * database.shape[0]))
+
+    def job(block: tuple[int, int]) -> None:
+        for a in range(block[0], block[1], rows):
+            b = min(block[1], a + rows)
+            keys = scaled_q[a:b] @ dt
+            if sqnorms is not None:
+                keys += sqnorms[None, :]
+            i = np.argmin(keys, axis=1)
+            out_i[a:b, 0] = i
+            out_k[a:b, 0] = keys[np.arange(b - a), i]
+
+    be._run_blocks(job, split_rows(m, be.threads, 1 << 20))
     return out_k, out_i
 
 
