@@ -31,6 +31,12 @@ def _sqdist(a, b):
         s += t * t
     return s
 
+@njit(fastmath=True, inline="always")
+def _splat_key(fast, qnorm, kap, nla):
+    """The splat key ``kappa d2 - log alpha`` from the fast form ``||x||^2 - 2 q.x``
+    (``nla = -log alpha``; d2 clamped at 0)."""
+    return max(fast + qnorm, np.float32(0.0)) * kap + nla
+
 @njit(fastmath=True, cache=True, nogil=True)
 def _scan_cells(queries, qnorms, rows, sqnorms, params, mode, item_lo, item_hi,
                 item_start, item_count, cell_q, worker_items, worker_start, out_k, out_i, t):
@@ -70,8 +76,8 @@ def _scan_cells(queries, qnorms, rows, sqnorms, params, mode, item_lo, item_hi,
                         dot += qq[e] * x[e]
                     key = sqnorms[r] - np.float32(2.0) * dot
                     if splat:
-                        key = max(key + qnorms[q], np.float32(0.0)) * \
-                            params[r, PARAM_KAPPA] - np.log(params[r, PARAM_ALPHA])
+                        key = _splat_key(key, qnorms[q], params[r, PARAM_KAPPA],
+                                         -np.log(params[r, PARAM_ALPHA]))
                     _insert(bk[q], bi[q], key, r)
             continue
         for r in range(item_lo[c], item_hi[c]):
@@ -90,7 +96,7 @@ def _scan_cells(queries, qnorms, rows, sqnorms, params, mode, item_lo, item_hi,
                     dot += qq[e] * x[e]
                 key = base - np.float32(2.0) * dot
                 if splat:
-                    key = max(key + qnorms[q], np.float32(0.0)) * kap + nla
+                    key = _splat_key(key, qnorms[q], kap, nla)
                 _insert(bk[q], bi[q], key, r)
 
 @njit(fastmath=True, cache=True, nogil=True)
@@ -144,7 +150,7 @@ def _scan_codes(queries, qnorms, codes, kind, qs, qo, sqnorms, params, mode, ite
                     dot += qo[q]
                 key = base - np.float32(2.0) * dot
                 if splat:
-                    key = max(key + qnorms[q], np.float32(0.0)) * kap + nla
+                    key = _splat_key(key, qnorms[q], kap, nla)
                 _insert(bk[q], bi[q], key, r)
 
 @njit(cache=True, nogil=True)

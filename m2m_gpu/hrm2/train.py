@@ -130,8 +130,8 @@ def fine_kmeans(x: np.ndarray, cid: np.ndarray, kc: np.ndarray, backend: Backend
     trains on at most ``max_points_per_centroid * kc[j]`` of its rows and is seeded by
     k-means++ on at most ``INIT_POINTS_PER_CENTROID * kc[j]`` of those; an emptied centroid
     is re-seeded with its cell's row farthest from its centroid that no other re-seed
-    took. Stops after ``iters`` iterations or when no centroid moves by more than 1e-6 of
-    the sample's mean squared norm."""
+    took. Stops after ``iters`` iterations, or once an iteration re-seeds nothing and no
+    centroid's squared shift exceeds 1e-6 of the sample's mean squared norm."""
     be = backend
     advance = advance or (lambda n=1: None)
     rng = rng_for(seed)
@@ -220,8 +220,9 @@ def train(x: np.ndarray, backend: Backend, n1: int | None = None, n2: int | None
           refine_iters: int = REFINE_ITERS, progress=None) -> Centroids:
     """Both levels for the rows ``x`` (shape from :func:`default_shape` where not given),
     then ``refine_iters`` joint refinement iterations. ``progress(total)``: a context
-    manager giving ``advance()`` (one step: the coarse k-means, each iteration of the fine
-    k-means, each refinement iteration)."""
+    manager giving ``advance(n=1)`` (a step: the coarse k-means, each iteration of the
+    fine k-means, each refinement iteration; the fine k-means' remaining steps in one call
+    when it converges early)."""
     from ..progress import Progress
 
     n = x.shape[0]
