@@ -237,6 +237,76 @@ def test_jit_scan_ties_resolve_to_the_smaller_row_whatever_the_threads(rng):
         np.testing.assert_array_equal(runs[0][1][i], np.sort(rows[best])[:7])
 
 
+def test_scan_work_items_cover_every_cell_exactly_once():
+    """A cell costing more than a worker's share is cut along its longer side (queries or
+    rows); the pieces cover each cell's rows x queries exactly once; with one worker, or
+    cells no bigger than a share, nothing is cut."""
+    from m2m_gpu.backends._jit_kernels import _work_items
+
+    lo = np.array([0, 10, 11, 500])
+    hi = np.array([10, 11, 500, 503])
+    start = np.array([0, 900, 905, 940])
+    count = np.array([900, 5, 35, 3])  # cell 0: many queries; cell 2: many rows
+    for threads in (1, 2, 4, 16):
+        il, ih, ist, icn = _work_items(lo, hi, start, count, threads)
+        got = sorted((r, q) for a, b, s, c in zip(il, ih, ist, icn, strict=True)
+                     for r in range(a, b) for q in range(s, s + c))
+        want = sorted((r, q) for a, b, s, c in zip(lo, hi, start, count, strict=True)
+                      for r in range(a, b) for q in range(s, s + c))
+        assert got == want
+        if threads == 1:
+            assert len(il) == 4
+        else:  # no piece costs more than a worker's share
+            share = int(((hi - lo) * count).sum()) // threads
+            assert len(il) > 4 and ((ih - il) * icn).max() <= share
+    same = _work_items(np.array([0, 5]), np.array([5, 10]), np.array([0, 3]),
+                       np.array([3, 3]), 2)  # two equal cells for two workers
+    assert [len(a) for a in same] == [2, 2, 2, 2]
+
+
+@pytest.mark.skipif(not _jit.available(), reason="numba not installed (M2M_REQUIRE_JIT=1 in CI)")
+@pytest.mark.parametrize("codes", [False, True])
+def test_jit_scan_same_result_when_one_cell_is_split_among_workers(rng, codes, monkeypatch):
+    """One dominant cell (k-means' shape: a coarse cell's rows probing its few centroids,
+    and a search's shape: one big cell): four workers cut it and give bit for bit the
+    same keys and rows as one worker, which match brute force over the probed rows."""
+    from m2m_gpu.backends import _jit_kernels as K
+    from m2m_gpu.backends.base import MODE_DISTANCE
+    from m2m_gpu.backends.cpu import CpuBackend, probe
+
+    pieces = []
+    real = K._work_items
+
+    def spy(*args):
+        out = real(*args)
+        pieces.append((args[0].size, out[0].size))
+        return out
+
+    monkeypatch.setattr(K, "_work_items", spy)
+    four = CpuBackend(probe(), threads=4)
+    d = 48
+    x = rng.standard_normal((6000, d)).astype(np.float32)
+    rows = x.astype(np.float16) if codes else x
+    xr = rows.astype(np.float32)
+    sq = np.einsum("ij,ij->i", xr, xr)
+    cases = [(np.array([[0, 8], [8, 6000]]), np.repeat([[0], [1]], [5000, 3], axis=0), 1),
+             (np.array([[0, 5800], [5800, 6000]]), np.repeat([[0, 1], [1, -1]], [8, 2], 0),
+              9)]
+    for ranges, probes, k in cases:
+        q = rng.standard_normal((probes.shape[0], d)).astype(np.float32)
+        one = K.scan_cells(q, rows, sq, ranges, probes, k, MODE_DISTANCE)
+        many = K.scan_cells(q, rows, sq, ranges, probes, k, MODE_DISTANCE, pool=four)
+        assert pieces[-1][1] > pieces[-1][0] == 2  # four workers did cut the big cell
+        np.testing.assert_array_equal(one[0], many[0])
+        np.testing.assert_array_equal(one[1], many[1])
+        for i in range(0, probes.shape[0], 97):
+            reach = np.concatenate([np.arange(*ranges[c]) for c in probes[i] if c >= 0])
+            key = sq[reach] - 2 * xr[reach] @ q[i]
+            np.testing.assert_array_equal(np.sort(one[1][i]),
+                                          np.sort(reach[np.argsort(key)[:k]]))
+    four._pool.shutdown()
+
+
 @pytest.mark.skipif(not _jit.available(), reason="numba not installed (M2M_REQUIRE_JIT=1 in CI)")
 def test_jit_routing_matches_numpy_routing(monkeypatch):
     x, q = data(5_000, 64)

@@ -110,3 +110,82 @@ def test_fine_kmeans_is_deterministic(iters):
     a = T.fine_kmeans(x, cid, kc, be, seed=9, iters=iters, max_points_per_centroid=16)
     b = T.fine_kmeans(x, cid, kc, be, seed=9, iters=iters, max_points_per_centroid=16)
     np.testing.assert_array_equal(a, b)
+
+
+def test_fine_kmeans_cell_with_fewer_distinct_rows_than_centroids(backend):
+    """A coarse cell of 3 distinct rows (each repeated) asked for 5 centroids: the two
+    that stay empty keep their place instead of being re-seeded every iteration (so the
+    build stops early), and every centroid stays inside its own cell; the other cell is
+    unaffected."""
+    rng = np.random.default_rng(11)
+    twins = rng.standard_normal((3, 6)).astype(np.float32) * 5 + 50
+    other = rng.standard_normal((200, 6)).astype(np.float32)
+    x = np.concatenate([np.repeat(twins, 20, axis=0), other])
+    cid = np.repeat([0, 1], [60, 200])
+    kc = np.array([5, 4])
+    steps = []
+    cent = T.fine_kmeans(x, cid, kc, backend, seed=2, iters=50, max_points_per_centroid=64,
+                         advance=lambda n=1: steps.append(n))
+    assert sum(steps) == 50 and len(steps) < 50  # converged early, bar completed
+    mine = cent[:5]
+    assert (mine >= twins.min(0) - 1e-4).all() and (mine <= twins.max(0) + 1e-4).all()
+    for t in twins:  # each distinct row is a centroid of its cell
+        assert np.abs(mine - t).max(1).min() < 1e-4
+    theirs = cent[5:]
+    assert (theirs >= other.min(0) - 1e-4).all() and (theirs <= other.max(0) + 1e-4).all()
+
+
+def test_fine_kmeans_reseeds_an_emptied_centroid_inside_its_own_cell(backend, monkeypatch):
+    """A seed no row is near (forced here: far beyond the data, on the other cell's
+    side) gets no rows, so it is re-seeded with its own cell's row farthest from its
+    centroid, never another cell's, and Lloyd's iterations go on from there to a fixed
+    point with distinct centroids."""
+    x, cid = _cells(2, [240, 160], 6, seed=9)
+    kc = np.array([3, 2])
+
+    def twin_seeds(pool, k, rng):  # k-means++'s seeds, the second one sent far away
+        seeds = T_kmeans_pp(pool, k, rng)
+        seeds[1] = (seeds[0] - pool.mean(0)) * 1e3
+        return seeds
+
+    T_kmeans_pp = T.kmeans_pp
+    monkeypatch.setattr(T, "kmeans_pp", twin_seeds)
+    cent = T.fine_kmeans(x, cid, kc, backend, seed=0, iters=60, max_points_per_centroid=256)
+    ends = np.cumsum(kc)
+    for j in range(2):
+        mine, rows = cent[ends[j] - kc[j] : ends[j]], x[cid == j]
+        assert (mine >= rows.min(0) - 1e-4).all() and (mine <= rows.max(0) + 1e-4).all()
+        gaps = np.abs(mine[:, None] - mine[None]).max(-1) + np.eye(kc[j]) * 1e9
+        assert gaps.min() > 1e-3
+    stop = np.sqrt(1e-6 * np.mean((x.astype(np.float64) ** 2).sum(1)))
+    assert _lloyd_fixed_point(x, cid, kc, cent) <= stop + 1e-4
+
+
+def test_fine_kmeans_single_centroid_cells_get_the_mean_of_all_rows(backend):
+    """A coarse cell with one centroid trains on no sample: its centroid is the mean of
+    every one of its rows, however small the sampling cap."""
+    x, cid = _cells(3, [500, 90, 300], 5, seed=6)
+    kc = np.array([1, 2, 1])
+    cent = T.fine_kmeans(x, cid, kc, backend, seed=0, iters=4, max_points_per_centroid=8)
+    np.testing.assert_allclose(cent[0], x[cid == 0].astype(np.float64).mean(0),
+                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(cent[3], x[cid == 2].astype(np.float64).mean(0),
+                               rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("cid, kc, words", [
+    (np.array([0, 0, 1]), np.array([1, 2]), "coarse cell 1 asks for 2 centroids"),
+    (np.array([0, 2, 1]), np.array([1, 1]), "outside [0, 2)"),
+    (np.array([0, -1, 1]), np.array([1, 1]), "outside [0, 2)"),
+    (np.array([0, 1]), np.array([1, 1]), "one integer coarse cell per row"),
+    (np.array([0.0, 1.0, 1.0]), np.array([1, 1]), "one integer coarse cell per row"),
+    (np.array([0, 1, 1]), np.array([1, -1]), "non-negative"),
+])
+def test_fine_kmeans_rejects_cells_it_cannot_train(cid, kc, words):
+    from m2m_gpu.errors import InvalidInputError
+
+    x = np.arange(9, dtype=np.float32).reshape(3, 3)
+    with pytest.raises(InvalidInputError, match=words.replace("[", r"\[").replace(
+            "(", r"\(").replace(")", r"\)")):
+        T.fine_kmeans(x, cid, kc, m2m_gpu.get_backend("cpu"), seed=0, iters=2,
+                      max_points_per_centroid=8)

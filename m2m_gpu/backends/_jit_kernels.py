@@ -40,11 +40,12 @@ def _splat_key(fast, qnorm, kap, nla):
 @njit(fastmath=True, cache=True, nogil=True)
 def _scan_cells(queries, qnorms, rows, sqnorms, params, mode, item_lo, item_hi,
                 item_start, item_count, cell_q, worker_items, worker_start, out_k, out_i, t):
-    """Worker ``t`` scans the cells ``worker_items[worker_start[t]:worker_start[t+1]]``
-    and keeps its own top-k per query in ``out_k[t], out_i[t]`` (sorted by key, then by
-    row). Workers run on the cpu backend's thread pool (the GIL is released), not on
-    Numba's threading layer: GNU OpenMP aborts a forked child, and the workqueue layer
-    cannot be called from two threads at once. A cell's rows are read once for all the
+    """Worker ``t`` scans the work items ``worker_items[worker_start[t]:worker_start[t+1]]``
+    (a probed cell, or a piece of one: see ``_work_items``) and keeps its own top-k per
+    query in ``out_k[t], out_i[t]`` (sorted by key, then by row). Workers run on the cpu
+    backend's thread pool (the GIL is released), not on Numba's threading layer: GNU
+    OpenMP aborts a forked child, and the workqueue layer cannot be called from two
+    threads at once. A cell's rows are read once for all the
     queries that probe it: row ``r`` is compared with each query
     ``cell_q[item_start[c] : item_start[c] + item_count[c]]``; when a cell has more
     queries than rows (HRM2's fine k-means: a coarse cell's few centroids, probed by all
@@ -259,14 +260,17 @@ def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, poo
     hi = np.ascontiguousarray(ranges[:, 1], dtype=np.int64)
     cell_start, cell_q = _group_probes(np.ascontiguousarray(probes, dtype=np.int64), lo, hi)
     count = np.diff(cell_start)
-    items = np.flatnonzero(count).astype(np.int64)  # probed, non-empty cells
-    # Balance the workers: cells by decreasing cost (rows x queries), dealt round-robin.
+    cells = np.flatnonzero(count)  # probed, non-empty cells
     # Work too small to pay for waking the pool (a single query, a few cells) runs here.
-    cost = (hi[items] - lo[items]) * count[items]
-    small = int(cost.sum()) * queries.shape[1] < INLINE_WORK
-    nthreads = 1 if small else max(1, min(pool.threads if pool is not None else 1,
-                                          items.size))
-    by_cost = items[np.argsort(-cost, kind="stable")]
+    work = int(((hi[cells] - lo[cells]) * count[cells]).sum())
+    nthreads = 1 if work * queries.shape[1] < INLINE_WORK else \
+        max(1, pool.threads if pool is not None else 1)
+    item_lo, item_hi, item_start, item_count = _work_items(
+        lo[cells], hi[cells], cell_start[cells], count[cells], nthreads)
+    # Balance the workers: items by decreasing cost (rows x queries), dealt round-robin.
+    cost = (item_hi - item_lo) * item_count
+    nthreads = max(1, min(nthreads, cost.size))
+    by_cost = np.argsort(-cost, kind="stable")
     deal = [by_cost[t::nthreads] for t in range(nthreads)]
     worker_items = np.concatenate(deal).astype(np.int64)
     worker_start = np.concatenate([[0], np.cumsum([len(x) for x in deal])]).astype(np.int64)
@@ -275,8 +279,8 @@ def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, poo
     params = np.zeros((0, PARAM_WIDTH), np.float32) if params is None else \
         np.ascontiguousarray(params, dtype=np.float32)  # (no copy when already so)
     qnorms = np.einsum("ij,ij->i", queries, queries).astype(np.float32)
-    plan = (params, int(mode), lo, hi, cell_start[:-1], count, cell_q, worker_items,
-            worker_start, out_k, out_i)
+    plan = (params, int(mode), item_lo, item_hi, item_start, item_count, cell_q,
+            worker_items, worker_start, out_k, out_i)
     if rows.dtype == np.float32:
         args = (queries, qnorms, rows, sqnorms) + plan
         _run(pool, lambda t: _scan_cells(*args, t), range(nthreads))
@@ -293,6 +297,30 @@ def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, poo
     keys, ids = sort_rows(np.concatenate(list(out_k), axis=1),
                           np.concatenate(list(out_i), axis=1))  # (key, id), -1 last
     return keys[:, :k], ids[:, :k]
+
+
+def _work_items(lo, hi, start, count, nthreads):
+    """The scan's work items ``(row_lo, row_hi, query_start, query_count)``: one per probed
+    cell, except that a cell costing more than a worker's share (``1 / nthreads`` of all
+    the rows x queries) is cut, along its longer side (its queries, as a coarse cell's
+    rows probing its few centroids in HRM2's fine k-means, or its rows), into pieces of
+    about half a share, so that one big cell does not leave the other workers idle.
+    Results do not depend on the cut: each worker keeps its own top-k per query, merged
+    by (key, row)."""
+    rows = hi - lo
+    cost = rows * count
+    if nthreads < 2 or not cost.size or cost.max() * nthreads <= cost.sum():
+        return lo, hi, start, count
+    share = max(1, int(cost.sum()) // nthreads)
+    by_q = count >= rows
+    side = np.where(by_q, count, rows)
+    parts = np.where(cost > share, np.clip(-(-2 * cost // share), 1, side), 1)
+    of = np.repeat(np.arange(cost.size), parts)
+    t = np.arange(of.size) - np.repeat(np.cumsum(parts) - parts, parts)
+    a, b = t * side[of] // parts[of], (t + 1) * side[of] // parts[of]
+    q = by_q[of]
+    return (np.where(q, lo[of], lo[of] + a), np.where(q, hi[of], lo[of] + b),
+            np.where(q, start[of] + a, start[of]), np.where(q, b - a, count[of]))
 
 
 def _code_view(rows, d, dequant):

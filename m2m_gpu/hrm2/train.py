@@ -14,6 +14,7 @@ import numpy as np
 
 from ..backends import Backend
 from ..backends.base import MODE_DISTANCE
+from ..errors import InvalidInputError
 from ..kmeans import INIT_POINTS_PER_CENTROID, kmeans, kmeans_pp, rng_for
 
 MIN_ROWS_PER_FINE_CELL = 8
@@ -130,11 +131,15 @@ def fine_kmeans(x: np.ndarray, cid: np.ndarray, kc: np.ndarray, backend: Backend
     trains on at most ``max_points_per_centroid * kc[j]`` of its rows and is seeded by
     k-means++ on at most ``INIT_POINTS_PER_CENTROID * kc[j]`` of those; an emptied centroid
     is re-seeded with its cell's row farthest from its centroid that no other re-seed
-    took. Stops after ``iters`` iterations, or once an iteration re-seeds nothing and no
-    centroid's squared shift exceeds 1e-6 of the sample's mean squared norm."""
+    took (a cell whose rows all already sit on centroids, fewer distinct rows than
+    ``kc[j]``, keeps its emptied centroids where they are). Stops after ``iters``
+    iterations, or once an iteration re-seeds nothing and no centroid's squared shift
+    exceeds 1e-6 of the sample's mean squared norm. A cell with one centroid gets the
+    mean of all its rows, not of a sample."""
     be = backend
     advance = advance or (lambda n=1: None)
     rng = rng_for(seed)
+    cid, kc = _check_cells(x, cid, kc)
     n1 = kc.size
     # the sample: per coarse cell, its rows in a random order cut at the cell's cap
     order = np.lexsort((rng.random(cid.size), cid))
@@ -165,20 +170,68 @@ def fine_kmeans(x: np.ndarray, cid: np.ndarray, kc: np.ndarray, backend: Backend
         new = cent.copy()
         full = counts > 0
         new[full] = (sums[full] / counts[full, None]).astype(np.float32)
-        empty = np.flatnonzero(~full)
-        if empty.size:  # per cell, its farthest rows first, each used once
-            far = np.lexsort((-d2, scell))
-            owner = np.searchsorted(ends, empty, side="right")
-            taken = np.zeros(n1, np.int64)
-            for e, j in zip(empty.tolist(), owner.tolist(), strict=True):
-                new[e] = xs[far[ss[j] + taken[j]]]
-                taken[j] += 1
+        reseeded = _reseed(new, np.flatnonzero(~full), xs, d2, scell, ss, ends)
         shift = float(np.max(np.einsum("ij,ij->i", new - cent, new - cent), initial=0))
         cent = new
-        if shift <= 1e-6 * (scale or 1.0) and not empty.size:
+        if shift <= 1e-6 * (scale or 1.0) and not reseeded:
             advance(iters - done)  # converged: the bar's remaining steps at once
             break
+    _exact_single(cent, x, cid, kc, ends, be)
     return cent
+
+
+def _check_cells(x: np.ndarray, cid: np.ndarray, kc: np.ndarray):
+    """``cid`` and ``kc`` as int64, or :class:`InvalidInputError` naming what is wrong."""
+    cid = np.asarray(cid)
+    kc = np.asarray(kc)
+    if cid.shape != (x.shape[0],) or not np.issubdtype(cid.dtype, np.integer):
+        raise InvalidInputError(f"cid must be one integer coarse cell per row, shape "
+                                f"({x.shape[0]},); got {cid.dtype}{list(cid.shape)}")
+    if kc.ndim != 1 or not np.issubdtype(kc.dtype, np.integer) or (kc < 0).any():
+        raise InvalidInputError("kc must be a 1-d array of non-negative integers")
+    cid, kc = cid.astype(np.int64), kc.astype(np.int64)
+    if cid.size and (cid.min() < 0 or cid.max() >= kc.size):
+        raise InvalidInputError(f"cid holds coarse cells outside [0, {kc.size}): "
+                                f"{int(cid.min())} .. {int(cid.max())}")
+    sizes = np.bincount(cid, minlength=kc.size)
+    short = np.flatnonzero(kc > sizes)
+    if short.size:
+        j = int(short[0])
+        raise InvalidInputError(f"coarse cell {j} asks for {int(kc[j])} centroids but "
+                                f"holds {int(sizes[j])} rows ({short.size} such cells)")
+    return cid, kc
+
+
+def _reseed(new, empty, xs, d2, scell, ss, ends) -> int:
+    """Each emptied centroid ``empty`` (in place in ``new``) to its coarse cell's sample
+    row farthest from its centroid, each row used once; rows already on a centroid
+    (``d2 == 0``) are not taken: such a centroid stays. Returns how many moved."""
+    if not empty.size:
+        return 0
+    far = np.lexsort((-d2, scell))  # per cell, its farthest rows first
+    owner = np.searchsorted(ends, empty, side="right")
+    taken = np.zeros(ends.size, np.int64)
+    moved = 0
+    for e, j in zip(empty.tolist(), owner.tolist(), strict=True):
+        at = ss[j] + taken[j]
+        if at < ss[j + 1] and d2[far[at]] > 0:
+            new[e] = xs[far[at]]
+            taken[j] += 1
+            moved += 1
+    return moved
+
+
+def _exact_single(cent, x, cid, kc, ends, be) -> None:
+    """The centroid of every coarse cell with ``kc == 1`` set (in place) to the mean of
+    all the cell's rows: one ``kmeans_sums`` over those rows only."""
+    one = kc == 1
+    rows = np.flatnonzero(one[cid])
+    if not rows.size:
+        return
+    sums, counts = be.kmeans_sums(be.from_host(np.ascontiguousarray(x[rows], np.float32)),
+                                  cid[rows], kc.size)
+    at = np.flatnonzero(one)
+    cent[ends[at] - 1] = (sums[at] / counts[at, None]).astype(np.float32)
 
 
 def refine(centroids: Centroids, x: np.ndarray, backend: Backend, *, iters: int, seed: int,

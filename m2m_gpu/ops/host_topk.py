@@ -40,7 +40,7 @@ def host_knn(be, queries, database, k, metric, *, database_sqnorms=None):
         database_sqnorms = be.sqnorms(database)
     # Ranking key, smaller is better: ||x||^2 - 2 q.x  (l2)  or  -q.x  (ip).
     scale = np.float32(-2.0 if metric == "l2" else -1.0)
-    if k == 1 and m > SMALL_BATCH and database.shape[0] <= FEW_ROWS:
+    if k == 1 and m > SMALL_BATCH and 0 < database.shape[0] <= FEW_ROWS:
         keys, ids = _nearest_of_few(be, queries * scale, database, database_sqnorms)
     elif m <= SMALL_BATCH:
         keys, ids = _select_streaming(be, queries * scale, database, database_sqnorms, k)
