@@ -142,18 +142,21 @@ def test_default_shape_grows_with_n():
     assert default_probes(40, 40, 1) == (5, 1)  # at least n1 // 8
 
 
+@pytest.mark.parametrize("reps", [3, 50])
 @pytest.mark.parametrize("mode", ["splat", "distance"])
-def test_scan_cells_matches_reference_on_the_probed_rows(backend, rng, mode):
+def test_scan_cells_matches_reference_on_the_probed_rows(backend, rng, mode, reps):
     """The scan kernel alone, with splat parameters (some rows masked by alpha = 0), against
-    the reference over exactly the rows of each query's probed cells."""
+    the reference over exactly the rows of each query's probed cells. ``reps = 50``: cells
+    probed by up to 100 queries (the cpu kernel's blocks of queries and of rows, its
+    register tiles and their remainders, a one-row cell probed by 100)."""
     from m2m_gpu.backends.base import MODE_DISTANCE, MODE_SPLAT, PARAM_WIDTH
 
-    n, d, m, k = 300, 7, 9, 12
+    n, d, m, k = 300, 7, 3 * reps, 12
     x = rng.standard_normal((n, d)).astype(np.float32)
     q = rng.standard_normal((m, d)).astype(np.float32)
     bounds = np.array([0, 40, 41, 41, 130, 300])  # cells of awkward sizes, one empty
     ranges = np.stack([bounds[:-1], bounds[1:]], 1)
-    probes = np.array([[0, 3, -1], [2, 4, 1], [1, -1, -1]] * 3)
+    probes = np.array([[0, 3, -1], [2, 4, 1], [1, -1, -1]] * reps)
     params = np.zeros((n, PARAM_WIDTH), np.float32)
     params[:, 0] = rng.uniform(0.1, 3, n)
     params[:, 1] = rng.uniform(0.5, 4, n)
@@ -239,16 +242,17 @@ def test_jit_scan_ties_resolve_to_the_smaller_row_whatever_the_threads(rng):
 
 def test_scan_work_items_cover_every_cell_exactly_once():
     """A cell costing more than a worker's share is cut along its longer side (queries or
-    rows); the pieces cover each cell's rows x queries exactly once; with one worker, or
-    cells no bigger than a share, nothing is cut."""
-    from m2m_gpu.backends._jit_kernels import _work_items
+    rows), on the kernel's blocks (``qblock`` queries, ``ROW_BLOCK`` rows, counted from
+    the cell's start); the pieces cover each cell's rows x queries exactly once; with one
+    worker, or cells no bigger than a share, nothing is cut."""
+    from m2m_gpu.backends._jit_kernels import ROW_BLOCK, _work_items
 
     lo = np.array([0, 10, 11, 500])
     hi = np.array([10, 11, 500, 503])
     start = np.array([0, 900, 905, 940])
     count = np.array([900, 5, 35, 3])  # cell 0: many queries; cell 2: many rows
     for threads in (1, 2, 4, 16):
-        il, ih, ist, icn = _work_items(lo, hi, start, count, threads)
+        il, ih, ist, icn = _work_items(lo, hi, start, count, threads, 8)
         got = sorted((r, q) for a, b, s, c in zip(il, ih, ist, icn, strict=True)
                      for r in range(a, b) for q in range(s, s + c))
         want = sorted((r, q) for a, b, s, c in zip(lo, hi, start, count, strict=True)
@@ -256,11 +260,16 @@ def test_scan_work_items_cover_every_cell_exactly_once():
         assert got == want
         if threads == 1:
             assert len(il) == 4
-        else:  # no piece costs more than a worker's share
-            share = int(((hi - lo) * count).sum()) // threads
-            assert len(il) > 4 and ((ih - il) * icn).max() <= share
+            continue
+        assert len(il) > 4
+        cell = np.searchsorted(hi, il, side="right")
+        assert ((il - lo[cell]) % ROW_BLOCK == 0).all()
+        assert ((ist - start[cell]) % 8 == 0).all()
+        share = int(((hi - lo) * count).sum()) // threads  # at most a share, or one block
+        block = np.maximum(8 * (ih - il), ROW_BLOCK * icn)
+        assert (((ih - il) * icn) <= np.maximum(share, block)).all()
     same = _work_items(np.array([0, 5]), np.array([5, 10]), np.array([0, 3]),
-                       np.array([3, 3]), 2)  # two equal cells for two workers
+                       np.array([3, 3]), 2, 8)  # two equal cells for two workers
     assert [len(a) for a in same] == [2, 2, 2, 2]
 
 

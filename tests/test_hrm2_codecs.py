@@ -37,19 +37,22 @@ def test_codecs_round_trip_within_their_step(rng):
         np.array([[1e6, -1e6]], np.float32)))).all()
 
 
+@pytest.mark.parametrize("reps", [3, 50])
 @pytest.mark.parametrize("codec", ["fp16", "sq8"])
 @pytest.mark.parametrize("mode", ["splat", "distance", "plain"])
 def test_compressed_scan_matches_reference_on_the_decoded_rows(backend, rng, codec, mode,
-                                                                small_tiles, monkeypatch):
+                                                                small_tiles, monkeypatch,
+                                                                reps):
     """The scan over codes (float16, SQ8) ranks exactly as the reference does over the
     decoded rows, with splat parameters, masked rows and no params at all; odd d (float16
     halves straddle rows; SQ8 rows are padded to whole words) and, with small tiles, rows
-    split over several device buffers."""
+    split over several device buffers. ``reps = 50``: cells probed by up to 100 queries
+    (the cpu kernel's decoded row blocks and register tiles)."""
     from m2m_gpu.backends import vulkan
     from m2m_gpu.backends.base import MODE_DISTANCE, MODE_SPLAT, PARAM_WIDTH
 
     monkeypatch.setattr(vulkan, "CHUNK_BYTES", 1024)  # 73 float16 rows: an odd half count
-    n, d, m, k = 300, 7, 9, 12
+    n, d, m, k = 300, 7, 3 * reps, 12
     x = (rng.standard_normal((n, d)) * [1, 5, 0.1, 2, 1, 3, 0.5]).astype(np.float32)
     x[:, 4] = 1.5  # a constant dimension: SQ8 scale 0
     q = rng.standard_normal((m, d)).astype(np.float32)
@@ -61,7 +64,7 @@ def test_compressed_scan_matches_reference_on_the_decoded_rows(backend, rng, cod
     assert err.max() > 0
     bounds = np.array([0, 40, 41, 41, 130, 300])
     ranges = np.stack([bounds[:-1], bounds[1:]], 1)
-    probes = np.array([[0, 3, -1], [2, 4, 1], [1, -1, -1]] * 3)
+    probes = np.array([[0, 3, -1], [2, 4, 1], [1, -1, -1]] * reps)
     params = np.zeros((n, PARAM_WIDTH), np.float32)
     params[:, 0] = rng.uniform(0.1, 3, n) if mode != "plain" else 1.0
     params[:, 1] = rng.uniform(0.5, 4, n) if mode == "splat" else 1.0

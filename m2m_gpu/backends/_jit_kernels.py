@@ -37,9 +37,143 @@ def _splat_key(fast, qnorm, kap, nla):
     (``nla = -log alpha``; d2 clamped at 0)."""
     return max(fast + qnorm, np.float32(0.0)) * kap + nla
 
+QUERY_TILE, ROW_TILE = 4, 2  # the float32 scan's register tile: 2 rows x 4 queries
+ROW_BLOCK = 64  # rows in a block of dot products (then its keys)
+L1_QUERY_BYTES = 24 << 10  # a block's queries, kept in L1 while its rows stream past
+
+
+def query_block(d: int) -> int:
+    """Queries in a block: as many as fit ``L1_QUERY_BYTES`` (a multiple of the tile,
+    4 to 64)."""
+    return max(QUERY_TILE, min(64, L1_QUERY_BYTES // (4 * max(1, d)) // QUERY_TILE
+                               * QUERY_TILE))
+
+
+@njit(fastmath=True, inline="always")
+def _dots_2x4(x0, x1, q0, q1, q2, q3):
+    """The 8 dot products of rows x0, x1 with queries q0 .. q3 in one pass over d: each
+    element loaded once serves four (or two) multiply-adds instead of one."""
+    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
+    for e in range(x0.shape[0]):
+        u, v = x0[e], x1[e]
+        a0 += q0[e] * u
+        a1 += q1[e] * u
+        a2 += q2[e] * u
+        a3 += q3[e] * u
+        b0 += q0[e] * v
+        b1 += q1[e] * v
+        b2 += q2[e] * v
+        b3 += q3[e] * v
+    return (a0, a1, a2, a3, b0, b1, b2, b3)
+
+
+@njit(fastmath=True, inline="always")
+def _dots_1x4(x, q0, q1, q2, q3):
+    a0 = a1 = a2 = a3 = np.float32(0.0)
+    for e in range(x.shape[0]):
+        u = x[e]
+        a0 += q0[e] * u
+        a1 += q1[e] * u
+        a2 += q2[e] * u
+        a3 += q3[e] * u
+    return (a0, a1, a2, a3)
+
+
+@njit(fastmath=True, inline="always")
+def _dots_2x1(x0, x1, q):
+    a = b = np.float32(0.0)
+    for e in range(x0.shape[0]):
+        a += q[e] * x0[e]
+        b += q[e] * x1[e]
+    return a, b
+
+
+@njit(fastmath=True, inline="always")
+def _dot(x, q):
+    a = np.float32(0.0)
+    for e in range(x.shape[0]):
+        a += q[e] * x[e]
+    return a
+
+
+@njit(fastmath=True, nogil=True)
+def _block_dots(queries, cell_q, j0, nq, rows, r0, nr, out):
+    """``out[a, b] = queries[cell_q[j0 + a]] . rows[r0 + b]`` for a block of ``nq``
+    queries and ``nr`` rows, in register tiles of 2 rows x 4 queries (the last odd row and
+    the last queries short of four by narrower tiles). Branch-free, so the loops over d
+    vectorise; which tile computes a pair depends only on its place in the block."""
+    b = 0
+    while b + ROW_TILE <= nr:  # rows outer: the block's queries stay in L1
+        x0, x1 = rows[r0 + b], rows[r0 + b + 1]
+        a = 0
+        while a + QUERY_TILE <= nq:
+            t = _dots_2x4(x0, x1, queries[cell_q[j0 + a]], queries[cell_q[j0 + a + 1]],
+                          queries[cell_q[j0 + a + 2]], queries[cell_q[j0 + a + 3]])
+            for u in range(QUERY_TILE):
+                out[a + u, b] = t[u]
+                out[a + u, b + 1] = t[QUERY_TILE + u]
+            a += QUERY_TILE
+        while a < nq:
+            out[a, b], out[a, b + 1] = _dots_2x1(x0, x1, queries[cell_q[j0 + a]])
+            a += 1
+        b += ROW_TILE
+    if b < nr:
+        x = rows[r0 + b]
+        a = 0
+        while a + QUERY_TILE <= nq:
+            t1 = _dots_1x4(x, queries[cell_q[j0 + a]], queries[cell_q[j0 + a + 1]],
+                           queries[cell_q[j0 + a + 2]], queries[cell_q[j0 + a + 3]])
+            for u in range(QUERY_TILE):
+                out[a + u, b] = t1[u]
+            a += QUERY_TILE
+        while a < nq:
+            out[a, b] = _dot(x, queries[cell_q[j0 + a]])
+            a += 1
+
+
+@njit(fastmath=True, inline="always")
+def _block_keys(dots, cell_q, j0, nq, r0, nr, sqnorms, qnorms, qo, params, masked, splat,
+                nla, bk, bi):
+    """The block's keys from its dot products (plus ``qo[q]``: SQ8's offset term, else
+    nothing: ``qo`` empty), each offered to its query's top-k."""
+    if splat:
+        for b in range(nr):
+            alpha = params[r0 + b, PARAM_ALPHA]
+            nla[b] = -np.log(alpha) if alpha > 0 else np.float32(0.0)
+    for a in range(nq):
+        q = cell_q[j0 + a]
+        kq, iq = bk[q], bi[q]
+        off = qo[q] if qo.shape[0] else np.float32(0.0)
+        for b in range(nr):
+            r = r0 + b
+            if masked and params[r, PARAM_ALPHA] <= 0:
+                continue
+            key = sqnorms[r] - np.float32(2.0) * (dots[a, b] + off)
+            if splat:
+                key = _splat_key(key, qnorms[q], params[r, PARAM_KAPPA], nla[b])
+            _insert(kq, iq, key, r)
+
+
+@njit(fastmath=True, inline="always")
+def _direct_row(x, r, qs, cell_q, s0, g, sqnorms, qnorms, qo, params, splat, bk, bi):
+    """Row ``x`` (row ``r``) against the few queries of a cell probed by fewer than a
+    tile's worth: one dot product each, its key offered at once (no block)."""
+    nla = -np.log(params[r, PARAM_ALPHA]) if splat else np.float32(0.0)
+    for j in range(g):
+        q = cell_q[s0 + j]
+        dot = _dot(x, qs[q])
+        if qo.shape[0]:
+            dot += qo[q]
+        key = sqnorms[r] - np.float32(2.0) * dot
+        if splat:
+            key = _splat_key(key, qnorms[q], params[r, PARAM_KAPPA], nla)
+        _insert(bk[q], bi[q], key, r)
+
+
 @njit(fastmath=True, cache=True, nogil=True)
 def _scan_cells(queries, qnorms, rows, sqnorms, params, mode, item_lo, item_hi,
-                item_start, item_count, cell_q, worker_items, worker_start, out_k, out_i, t):
+                item_start, item_count, cell_q, worker_items, worker_start, out_k, out_i,
+                scratch, t):
     """Worker ``t`` scans the work items ``worker_items[worker_start[t]:worker_start[t+1]]``
     (a probed cell, or a piece of one: see ``_work_items``) and keeps its own top-k per
     query in ``out_k[t], out_i[t]`` (sorted by key, then by row). Workers run on the cpu
@@ -49,110 +183,141 @@ def _scan_cells(queries, qnorms, rows, sqnorms, params, mode, item_lo, item_hi,
     queries that probe it: row ``r`` is compared with each query
     ``cell_q[item_start[c] : item_start[c] + item_count[c]]``; when a cell has more
     queries than rows (HRM2's fine k-means: a coarse cell's few centroids, probed by all
-    its rows), the loops swap, so that the smaller side is the one kept in cache.
+    its rows), the loops swap, so that the smaller side is the one kept in cache. A cell
+    probed by at least ``QUERY_TILE`` queries goes in blocks of ``query_block(d)``
+    queries x ``ROW_BLOCK`` rows: first the block's dot products in register tiles
+    (``_block_dots``, into ``scratch[t]``), then its keys (``_block_keys``); one probed
+    by fewer, row by row (``_direct_row``). Which of them computes a pair depends only on
+    the pair's cell and its place there, never on the workers, so keys are the same
+    bits whatever the number of threads.
 
     ``params`` with no rows: no mask. Otherwise (float32[n, PARAM_WIDTH]) rows with
     ``alpha <= 0`` are skipped and, in ``mode == MODE_SPLAT``, the key is
     ``kappa * d2 - log(alpha)``; else it is ``||x||^2 - 2 q.x`` (the order of ``d2``
     for one query)."""
-    d = queries.shape[1]
     masked = params.shape[0] > 0
     splat = masked and mode == MODE_SPLAT
     bk = out_k[t]
     bi = out_i[t]
+    dots = scratch[t]
+    qb = dots.shape[0]  # queries per block (query_block(d))
+    nla = np.empty(ROW_BLOCK, np.float32)
+    qo = np.empty(0, np.float32)  # no offset term
     for w in range(worker_start[t], worker_start[t + 1]):
         c = worker_items[w]
-        s0 = item_start[c]
-        g = item_count[c]
-        if g > item_hi[c] - item_lo[c]:  # more queries than rows (k-means: centroids)
-            for j in range(g):  # the cell's few rows stay in cache for every query
-                q = cell_q[s0 + j]
-                qq = queries[q]
-                for r in range(item_lo[c], item_hi[c]):
-                    if masked and params[r, PARAM_ALPHA] <= 0:
-                        continue
-                    x = rows[r]
-                    dot = np.float32(0.0)
-                    for e in range(d):
-                        dot += qq[e] * x[e]
-                    key = sqnorms[r] - np.float32(2.0) * dot
-                    if splat:
-                        key = _splat_key(key, qnorms[q], params[r, PARAM_KAPPA],
-                                         -np.log(params[r, PARAM_ALPHA]))
-                    _insert(bk[q], bi[q], key, r)
-            continue
-        for r in range(item_lo[c], item_hi[c]):
-            if masked and params[r, PARAM_ALPHA] <= 0:
-                continue
-            x = rows[r]
-            base = sqnorms[r]
-            if splat:
-                kap = params[r, PARAM_KAPPA]
-                nla = -np.log(params[r, PARAM_ALPHA])
-            for j in range(g):
-                q = cell_q[s0 + j]
-                qq = queries[q]
-                dot = np.float32(0.0)
-                for e in range(d):
-                    dot += qq[e] * x[e]
-                key = base - np.float32(2.0) * dot
-                if splat:
-                    key = _splat_key(key, qnorms[q], kap, nla)
-                _insert(bk[q], bi[q], key, r)
+        s0, g = item_start[c], item_count[c]
+        lo, hi = item_lo[c], item_hi[c]
+        if g < QUERY_TILE:  # a few queries: each row's dot products straight to keys
+            for r in range(lo, hi):
+                if not (masked and params[r, PARAM_ALPHA] <= 0):
+                    _direct_row(rows[r], r, queries, cell_q, s0, g, sqnorms, qnorms, qo,
+                                params, splat, bk, bi)
+        elif g > hi - lo:  # more queries than rows (k-means: a cell's few centroids)
+            for j in range(0, g, qb):  # the cell's rows stay in cache
+                nq = min(qb, g - j)
+                for r in range(lo, hi, ROW_BLOCK):
+                    nr = min(ROW_BLOCK, hi - r)
+                    _block_dots(queries, cell_q, s0 + j, nq, rows, r, nr, dots)
+                    _block_keys(dots, cell_q, s0 + j, nq, r, nr, sqnorms, qnorms, qo,
+                                params, masked, splat, nla, bk, bi)
+        else:  # each row read once from memory for all the cell's queries
+            for r in range(lo, hi, ROW_BLOCK):
+                nr = min(ROW_BLOCK, hi - r)
+                for j in range(0, g, qb):
+                    nq = min(qb, g - j)
+                    _block_dots(queries, cell_q, s0 + j, nq, rows, r, nr, dots)
+                    _block_keys(dots, cell_q, s0 + j, nq, r, nr, sqnorms, qnorms, qo,
+                                params, masked, splat, nla, bk, bi)
 
 @njit(fastmath=True, cache=True, nogil=True)
+def _scan_fp16(queries, qnorms, codes, qs, qo, sqnorms, params, mode, item_lo, item_hi,
+               item_start, item_count, cell_q, worker_items, worker_start, out_k, out_i,
+               scratch, decoded, t):
+    """``_scan_codes`` compiled for float16 codes (the kind a constant: a branch on it
+    inside the row loop costs more than the row)."""
+    _scan_codes(queries, qnorms, codes, 1, qs, qo, sqnorms, params, mode, item_lo, item_hi,
+                item_start, item_count, cell_q, worker_items, worker_start, out_k, out_i,
+                scratch, decoded, t)
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def _scan_sq8(queries, qnorms, codes, qs, qo, sqnorms, params, mode, item_lo, item_hi,
+              item_start, item_count, cell_q, worker_items, worker_start, out_k, out_i,
+              scratch, decoded, t):
+    """``_scan_codes`` compiled for SQ8 codes."""
+    _scan_codes(queries, qnorms, codes, 2, qs, qo, sqnorms, params, mode, item_lo, item_hi,
+                item_start, item_count, cell_q, worker_items, worker_start, out_k, out_i,
+                scratch, decoded, t)
+
+
+@njit(fastmath=True, inline="always")
 def _scan_codes(queries, qnorms, codes, kind, qs, qo, sqnorms, params, mode, item_lo,
                 item_hi, item_start, item_count, cell_q, worker_items, worker_start, out_k,
-                out_i, scratch, t):
+                out_i, scratch, decoded, t):
     """``_scan_cells`` over codes, on the same keys (``sqnorms``: the decoded rows'
-    squared norms). Kind 1, float16: each row is widened once into ``scratch[t]`` for all
-    the queries probing its cell (the bits moved into float32 position and scaled by
-    2^112, exact for every finite half, subnormals included). Kind 2, SQ8: no decoding;
-    ``q . x = qo[q] + sum_e qs[q, e] code[e]`` with ``qs = q * scale`` and
-    ``qo = q . offset``."""
-    d = queries.shape[1]
+    squared norms), block by block: each block of rows is widened once into
+    ``decoded[t]`` (``_decode_block``) for all the queries probing its cell, then goes
+    through the same register tiles as float32 rows, with ``q . x = qo[q] + qs[q] . w``
+    (``w`` the widened row; float16: ``qs = q``, ``qo = 0``; SQ8: ``w`` the codes,
+    ``qs = q * scale`` and ``qo = q . offset``)."""
     masked = params.shape[0] > 0
     splat = masked and mode == MODE_SPLAT
     bk = out_k[t]
     bi = out_i[t]
-    bits = scratch[t]
-    x = bits.view(np.float32)
-    big = np.float32(5.192296858534828e33)  # 2 ** 112
+    dots = scratch[t]
+    qb = dots.shape[0]
+    xb = decoded[t]
+    xbits = xb.view(np.uint32)
+    x1 = np.empty(xb.shape[1], np.float32)  # the one row of the few-queries path
+    x1bits = x1.view(np.uint32)
+    nla = np.empty(ROW_BLOCK, np.float32)
     for w in range(worker_start[t], worker_start[t + 1]):
         c = worker_items[w]
-        s0 = item_start[c]
-        g = item_count[c]
-        for r in range(item_lo[c], item_hi[c]):
-            if masked and params[r, PARAM_ALPHA] <= 0:
-                continue
-            if kind == 1:
-                for e in range(d):
-                    h = np.uint32(codes[r, e])
-                    bits[e] = ((h & np.uint32(0x7FFF)) << np.uint32(13)) | \
-                        ((h & np.uint32(0x8000)) << np.uint32(16))
-                for e in range(d):
-                    x[e] *= big
-            base = sqnorms[r]
-            if splat:
-                kap = params[r, PARAM_KAPPA]
-                nla = -np.log(params[r, PARAM_ALPHA])
-            for j in range(g):
-                q = cell_q[s0 + j]
-                dot = np.float32(0.0)
-                if kind == 1:
-                    qq = queries[q]
-                    for e in range(d):
-                        dot += qq[e] * x[e]
-                else:
-                    qv = qs[q]
-                    cr = codes[r]
-                    for e in range(d):
-                        dot += qv[e] * np.float32(cr[e])
-                    dot += qo[q]
-                key = base - np.float32(2.0) * dot
-                if splat:
-                    key = _splat_key(key, qnorms[q], kap, nla)
-                _insert(bk[q], bi[q], key, r)
+        s0, g = item_start[c], item_count[c]
+        lo, hi = item_lo[c], item_hi[c]
+        if g < QUERY_TILE:  # a few queries: one row widened at a time
+            for r in range(lo, hi):
+                if not (masked and params[r, PARAM_ALPHA] <= 0):
+                    _decode_row(codes[r], kind, x1, x1bits)
+                    _direct_row(x1, r, qs, cell_q, s0, g, sqnorms, qnorms, qo, params,
+                                splat, bk, bi)
+            continue
+        for r in range(lo, hi, ROW_BLOCK):
+            nr = min(ROW_BLOCK, hi - r)
+            _decode_block(codes, kind, r, nr, xb, xbits)
+            for j in range(0, g, qb):
+                nq = min(qb, g - j)
+                _block_dots(qs, cell_q, s0 + j, nq, xb, 0, nr, dots)
+                _block_keys(dots, cell_q, s0 + j, nq, r, nr, sqnorms, qnorms, qo, params,
+                            masked, splat, nla, bk, bi)
+
+
+@njit(fastmath=True, inline="always")
+def _decode_row(code, kind, out, bits):
+    """One row of codes widened to float32 into ``out`` (``bits``: the same memory as
+    uint32). Kind 1, float16: the bits moved into float32 position and scaled by 2^112
+    (exact for every finite half, subnormals included). Kind 2, SQ8: each byte as a
+    float (0 .. 255)."""
+    d = out.shape[0]
+    if kind == 1:
+        big = np.float32(5.192296858534828e33)  # 2 ** 112
+        for e in range(d):
+            h = np.uint32(code[e])
+            bits[e] = ((h & np.uint32(0x7FFF)) << np.uint32(13)) | \
+                ((h & np.uint32(0x8000)) << np.uint32(16))
+        for e in range(d):
+            out[e] *= big
+    else:
+        for e in range(d):
+            out[e] = np.float32(code[e])
+
+
+@njit(fastmath=True, inline="always")
+def _decode_block(codes, kind, r0, nr, out, bits):
+    """Rows ``r0 .. r0 + nr`` of the codes widened into ``out[:nr]`` (``_decode_row``)."""
+    for b in range(nr):
+        _decode_row(codes[r0 + b], kind, out[b], bits[b])
+
 
 @njit(cache=True, nogil=True)
 def _group_probes(probes, lo, hi):
@@ -266,7 +431,8 @@ def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, poo
     nthreads = 1 if work * queries.shape[1] < INLINE_WORK else \
         max(1, pool.threads if pool is not None else 1)
     item_lo, item_hi, item_start, item_count = _work_items(
-        lo[cells], hi[cells], cell_start[cells], count[cells], nthreads)
+        lo[cells], hi[cells], cell_start[cells], count[cells], nthreads,
+        query_block(queries.shape[1]))
     # Balance the workers: items by decreasing cost (rows x queries), dealt round-robin.
     cost = (item_hi - item_lo) * item_count
     nthreads = max(1, min(nthreads, cost.size))
@@ -281,17 +447,19 @@ def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, poo
     qnorms = np.einsum("ij,ij->i", queries, queries).astype(np.float32)
     plan = (params, int(mode), item_lo, item_hi, item_start, item_count, cell_q,
             worker_items, worker_start, out_k, out_i)
+    dots = np.empty((nthreads, query_block(queries.shape[1]), ROW_BLOCK), np.float32)
     if rows.dtype == np.float32:
-        args = (queries, qnorms, rows, sqnorms) + plan
+        args = (queries, qnorms, rows, sqnorms) + plan + (dots,)
         _run(pool, lambda t: _scan_cells(*args, t), range(nthreads))
     else:
         codes, kind, dq = _code_view(rows, queries.shape[1], dequant)
         qs = np.ascontiguousarray(queries * dq[1], dtype=np.float32)
         qo = (queries @ dq[0]).astype(np.float32)
-        scratch = np.empty((nthreads, queries.shape[1]), np.uint32)
-        args = (queries, qnorms, codes, kind, qs, qo, np.ascontiguousarray(
-            sqnorms, dtype=np.float32)) + plan + (scratch,)
-        _run(pool, lambda t: _scan_codes(*args, t), range(nthreads))
+        decoded = np.empty((nthreads, ROW_BLOCK, queries.shape[1]), np.float32)
+        args = (queries, qnorms, codes, qs, qo, np.ascontiguousarray(
+            sqnorms, dtype=np.float32)) + plan + (dots, decoded)
+        kernel = _scan_fp16 if kind == 1 else _scan_sq8
+        _run(pool, lambda t: kernel(*args, t), range(nthreads))
     if nthreads == 1:
         return out_k[0], out_i[0]
     keys, ids = sort_rows(np.concatenate(list(out_k), axis=1),
@@ -299,14 +467,16 @@ def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, poo
     return keys[:, :k], ids[:, :k]
 
 
-def _work_items(lo, hi, start, count, nthreads):
+def _work_items(lo, hi, start, count, nthreads, qblock=QUERY_TILE):
     """The scan's work items ``(row_lo, row_hi, query_start, query_count)``: one per probed
     cell, except that a cell costing more than a worker's share (``1 / nthreads`` of all
     the rows x queries) is cut, along its longer side (its queries, as a coarse cell's
     rows probing its few centroids in HRM2's fine k-means, or its rows), into pieces of
-    about half a share, so that one big cell does not leave the other workers idle.
-    Results do not depend on the cut: each worker keeps its own top-k per query, merged
-    by (key, row)."""
+    about half a share, so that one big cell does not leave the other workers idle. The
+    cuts fall on the kernel's blocks (every ``qblock`` queries or ``ROW_BLOCK`` rows from
+    the cell's start) and leave no piece with fewer than ``QUERY_TILE`` queries, so each
+    pair is computed by the same tile as without the cut; and each worker keeps its own
+    top-k per query, merged by (key, row): results do not depend on the cut."""
     rows = hi - lo
     cost = rows * count
     if nthreads < 2 or not cost.size or cost.max() * nthreads <= cost.sum():
@@ -317,8 +487,16 @@ def _work_items(lo, hi, start, count, nthreads):
     parts = np.where(cost > share, np.clip(-(-2 * cost // share), 1, side), 1)
     of = np.repeat(np.arange(cost.size), parts)
     t = np.arange(of.size) - np.repeat(np.cumsum(parts) - parts, parts)
-    a, b = t * side[of] // parts[of], (t + 1) * side[of] // parts[of]
     q = by_q[of]
+    unit = np.where(q, qblock, ROW_BLOCK)  # cuts on the kernel's blocks
+    a = t * side[of] // parts[of] // unit * unit
+    b = np.where(t + 1 == parts[of], side[of], (t + 1) * side[of] // parts[of] // unit * unit)
+    # a cut never leaves fewer than a tile of queries (the kernel would change): the
+    # last piece of a cell joins the one before it when it would
+    short = q & (b - a < QUERY_TILE) & (a > 0)
+    b[np.flatnonzero(short) - 1] = b[short]
+    keep = (b > a) & ~short
+    of, q, a, b = of[keep], q[keep], a[keep], b[keep]
     return (np.where(q, lo[of], lo[of] + a), np.where(q, hi[of], lo[of] + b),
             np.where(q, start[of] + a, start[of]), np.where(q, b - a, count[of]))
 
