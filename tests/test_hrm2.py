@@ -240,6 +240,38 @@ def test_jit_scan_ties_resolve_to_the_smaller_row_whatever_the_threads(rng):
         np.testing.assert_array_equal(runs[0][1][i], np.sort(rows[best])[:7])
 
 
+@pytest.mark.skipif(not _jit.available(), reason="numba not installed (M2M_REQUIRE_JIT=1 in CI)")
+def test_jit_sort_and_merge_follow_the_one_tie_rule(rng):
+    """The compiled ends of a scan order as ``ops.topk.sort_rows`` does: by key, then id,
+    -1 (padding, key inf) last; widths on both sides of the compiled sort's limit, many
+    equal keys; the merge of the workers' lists equals sorting them all."""
+    from m2m_gpu.backends import _jit_kernels as K
+    from m2m_gpu.ops.topk import sort_rows
+
+    for width in (1, 7, K.SMALL_SORT, K.SMALL_SORT + 1):
+        keys = rng.integers(0, 4, (50, width)).astype(np.float32)
+        ids = rng.permutation(50 * width).reshape(50, width).astype(np.int64)
+        pad = rng.random((50, width)) < 0.2
+        keys[pad], ids[pad] = np.inf, -1
+        d2 = rng.random((50, width)).astype(np.float32)
+        want = sort_rows(keys, ids, d2)
+        got = K.sort_scan_rows(keys.copy(), ids.copy(), d2.copy())
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+    workers, m, k = 3, 40, 6
+    out_k = rng.integers(0, 3, (workers, m, k)).astype(np.float32)
+    out_i = rng.permutation(workers * m * k).reshape(workers, m, k).astype(np.int64)
+    short = rng.random((workers, m)) < 0.3  # some lists end early: padding
+    out_k[:, :, 4:][short] = np.inf
+    out_i[:, :, 4:][short] = -1
+    for t in range(workers):  # each worker's lists sorted, as the scan leaves them
+        out_k[t], out_i[t] = sort_rows(out_k[t], out_i[t])
+    want = sort_rows(np.concatenate(list(out_k), 1), np.concatenate(list(out_i), 1))
+    K._merge_workers(out_k, out_i)
+    np.testing.assert_array_equal(out_k[0], want[0][:, :k])
+    np.testing.assert_array_equal(out_i[0], want[1][:, :k])
+
+
 def test_scan_work_items_cover_every_cell_exactly_once():
     """A cell costing more than a worker's share is cut along its longer side (queries or
     rows), on the kernel's blocks (``qblock`` queries, ``ROW_BLOCK`` rows, counted from

@@ -76,6 +76,12 @@ def d2_at(queries, rows, pos):
     return _kernels().d2_at(queries, rows, pos, pool=_pool())
 
 
+def sort_scan_rows(keys, ids, d2):
+    """A scan's (keys, ids, d2) sorted by (key, id; -1 last), in place where contiguous
+    (see ``_jit_kernels.sort_scan_rows``)."""
+    return _kernels().sort_scan_rows(keys, ids, d2)
+
+
 def kmeans_sums(x, assign, k):
     """Per-centroid float64 sums and counts of the rows of ``x`` (see
     ``_jit_kernels.kmeans_sums``)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..ops.topk import sort_rows
+from ..ops.topk import sort_rows as topk_sort_rows
 from .base import MODE_SPLAT, PARAM_ALPHA, PARAM_KAPPA, PARAM_WIDTH
 
 
@@ -462,9 +462,56 @@ def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, poo
         _run(pool, lambda t: kernel(*args, t), range(nthreads))
     if nthreads == 1:
         return out_k[0], out_i[0]
-    keys, ids = sort_rows(np.concatenate(list(out_k), axis=1),
-                          np.concatenate(list(out_i), axis=1))  # (key, id), -1 last
-    return keys[:, :k], ids[:, :k]
+    _merge_workers(out_k, out_i)  # into out_k[0], out_i[0]: (key, id), -1 last
+    return out_k[0], out_i[0]
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def _merge_workers(out_k, out_i):
+    """Every worker's sorted top-k per query merged into worker 0's lists, in place, by
+    (key, id): each entry of the others offered to them (padding, ``inf`` and -1, never
+    displaces anything)."""
+    for q in range(out_k.shape[1]):
+        bk, bi = out_k[0, q], out_i[0, q]
+        for t in range(1, out_k.shape[0]):
+            for j in range(out_k.shape[2]):
+                if out_i[t, q, j] < 0:
+                    break
+                _insert(bk, bi, out_k[t, q, j], out_i[t, q, j])
+
+
+SMALL_SORT = 64  # rows of at most this many entries are sorted by the compiled loop
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def _sort_small_rows(keys, ids, d2):
+    """Each row sorted in place by (key, id; -1 last), ``d2`` carried along: insertion
+    sort, for the few entries of a scan's result."""
+    for r in range(keys.shape[0]):
+        kr, ir, dr = keys[r], ids[r], d2[r]
+        for j in range(1, kr.shape[0]):
+            key, i, d = kr[j], ir[j], dr[j]
+            tie = i if i >= 0 else np.iinfo(np.int64).max
+            p = j
+            while p > 0:
+                prev = ir[p - 1] if ir[p - 1] >= 0 else np.iinfo(np.int64).max
+                if kr[p - 1] > key or (kr[p - 1] == key and prev > tie):
+                    kr[p], ir[p], dr[p] = kr[p - 1], ir[p - 1], dr[p - 1]
+                    p -= 1
+                else:
+                    break
+            kr[p], ir[p], dr[p] = key, i, d
+
+
+def sort_scan_rows(keys, ids, d2):
+    """``ops.topk.sort_rows`` for the (keys, ids, d2) a scan made (arrays the caller owns:
+    sorted in place where they are contiguous): compiled for rows of at most
+    ``SMALL_SORT`` entries, else NumPy's lexsort."""
+    if keys.shape[1] > SMALL_SORT or not keys.size:
+        return topk_sort_rows(keys, ids, d2)
+    keys, ids, d2 = (np.ascontiguousarray(a) for a in (keys, ids, d2))
+    _sort_small_rows(keys, ids, d2)
+    return keys, ids, d2
 
 
 def _work_items(lo, hi, start, count, nthreads, qblock=QUERY_TILE):

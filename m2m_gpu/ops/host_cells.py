@@ -138,5 +138,6 @@ def finish_scan(queries, rows, best_i, mode, params, local=None, *, jit: bool):
         keys = d2.copy()
     keys = np.where(found, keys, np.inf).astype(np.float32)
     d2 = np.where(found, d2, np.inf).astype(np.float32)
-    keys, ids, d2 = sort_rows(keys, np.where(found, best_i, -1), d2)
+    order = _jit.sort_scan_rows if jit else sort_rows
+    keys, ids, d2 = order(keys, np.where(found, best_i, -1), d2)
     return keys, np.where(np.isinf(keys), -1, ids), d2
