@@ -305,6 +305,28 @@ def test_scan_work_items_cover_every_cell_exactly_once():
     assert [len(a) for a in same] == [2, 2, 2, 2]
 
 
+@pytest.mark.parametrize("rows, queries, threads, qblock", [
+    (63, 83, 32, 16), (42, 47, 16, 4), (63, 63, 32, 12), (8, 5000, 4, 64), (63, 83, 2, 16),
+    (1, 7, 64, 4), (5, 9, 3, 4)])
+def test_scan_work_items_never_lose_or_shrink_a_cell(rows, queries, threads, qblock):
+    """A dominant cell with more workers than blocks (cuts rounded onto the same block
+    leave empty pieces, and the last piece may be short): every (row, query) pair is in
+    exactly one piece, and no piece has fewer than 4 queries unless its cell does."""
+    from m2m_gpu.backends._jit_kernels import QUERY_TILE, _work_items
+
+    lo, hi = np.array([0, rows]), np.array([rows, rows + 2])
+    start, count = np.array([0, queries]), np.array([queries, 1])  # and a tiny cell
+    il, ih, ist, icn = _work_items(lo, hi, start, count, threads, qblock)
+    got = sorted((r, q) for a, b, s, c in zip(il, ih, ist, icn, strict=True)
+                 for r in range(a, b) for q in range(s, s + c))
+    want = sorted((r, q) for a, b, s, c in zip(lo, hi, start, count, strict=True)
+                  for r in range(a, b) for q in range(s, s + c))
+    assert got == want
+    cell = np.searchsorted(hi, il, side="right")
+    assert (icn >= np.minimum(QUERY_TILE, count[cell])).all()
+    assert ((ist - start[cell]) % qblock == 0).all()
+
+
 @pytest.mark.skipif(not _jit.available(), reason="numba not installed (M2M_REQUIRE_JIT=1 in CI)")
 @pytest.mark.parametrize("codes", [False, True])
 def test_jit_scan_same_result_when_one_cell_is_split_among_workers(rng, codes, monkeypatch):

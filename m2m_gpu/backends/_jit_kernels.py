@@ -466,7 +466,7 @@ def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, poo
     return out_k[0], out_i[0]
 
 
-@njit(fastmath=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _merge_workers(out_k, out_i):
     """Every worker's sorted top-k per query merged into worker 0's lists, in place, by
     (key, id): each entry of the others offered to them (padding, ``inf`` and -1, never
@@ -483,10 +483,11 @@ def _merge_workers(out_k, out_i):
 SMALL_SORT = 64  # rows of at most this many entries are sorted by the compiled loop
 
 
-@njit(fastmath=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _sort_small_rows(keys, ids, d2):
     """Each row sorted in place by (key, id; -1 last), ``d2`` carried along: insertion
-    sort, for the few entries of a scan's result."""
+    sort, for the few entries of a scan's result (no fastmath: the padding keys are inf;
+    keys are never NaN here, where lexsort would put them last)."""
     for r in range(keys.shape[0]):
         kr, ir, dr = keys[r], ids[r], d2[r]
         for j in range(1, kr.shape[0]):
@@ -504,8 +505,8 @@ def _sort_small_rows(keys, ids, d2):
 
 
 def sort_scan_rows(keys, ids, d2):
-    """``ops.topk.sort_rows`` for the (keys, ids, d2) a scan made (arrays the caller owns:
-    sorted in place where they are contiguous): compiled for rows of at most
+    """``ops.topk.sort_rows`` for the (keys, ids, d2) a scan made (arrays the caller owns,
+    which may be sorted in place: use the returned ones): compiled for rows of at most
     ``SMALL_SORT`` entries, else NumPy's lexsort."""
     if keys.shape[1] > SMALL_SORT or not keys.size:
         return topk_sort_rows(keys, ids, d2)
@@ -538,12 +539,15 @@ def _work_items(lo, hi, start, count, nthreads, qblock=QUERY_TILE):
     unit = np.where(q, qblock, ROW_BLOCK)  # cuts on the kernel's blocks
     a = t * side[of] // parts[of] // unit * unit
     b = np.where(t + 1 == parts[of], side[of], (t + 1) * side[of] // parts[of] // unit * unit)
-    # a cut never leaves fewer than a tile of queries (the kernel would change): the
-    # last piece of a cell joins the one before it when it would
-    short = q & (b - a < QUERY_TILE) & (a > 0)
-    b[np.flatnonzero(short) - 1] = b[short]
-    keep = (b > a) & ~short
+    keep = b > a  # cuts rounded onto the same block leave empty pieces
     of, q, a, b = of[keep], q[keep], a[keep], b[keep]
+    # a cut never leaves fewer than a tile of queries (the kernel would change): the
+    # last piece of a cell joins the one before it (of the same cell: the pieces of a
+    # cell now tile it from its start) when it would
+    last = np.append(of[1:] != of[:-1], True)
+    short = q & last & (b - a < QUERY_TILE) & (a > 0)
+    b[np.flatnonzero(short) - 1] = b[short]
+    of, q, a, b = of[~short], q[~short], a[~short], b[~short]
     return (np.where(q, lo[of], lo[of] + a), np.where(q, hi[of], lo[of] + b),
             np.where(q, start[of] + a, start[of]), np.where(q, b - a, count[of]))
 

@@ -223,13 +223,20 @@ def _reseed(new, empty, xs, d2, scell, ss, ends) -> int:
 
 def _exact_single(cent, x, cid, kc, ends, be) -> None:
     """The centroid of every coarse cell with ``kc == 1`` set (in place) to the mean of
-    all the cell's rows: one ``kmeans_sums`` over those rows only."""
+    all the cell's rows: ``kmeans_sums`` over those rows only, 64 MB at a time."""
     one = kc == 1
     rows = np.flatnonzero(one[cid])
     if not rows.size:
         return
-    sums, counts = be.kmeans_sums(be.from_host(np.ascontiguousarray(x[rows], np.float32)),
-                                  cid[rows], kc.size)
+    sums = np.zeros((kc.size, x.shape[1]))
+    counts = np.zeros(kc.size, np.int64)
+    step = max(1, (64 << 20) // (4 * x.shape[1]))  # at most 64 MB of rows at a time
+    for s in range(0, rows.size, step):
+        part = rows[s : s + step]
+        ps, pc = be.kmeans_sums(be.from_host(np.ascontiguousarray(x[part], np.float32)),
+                                cid[part], kc.size)
+        sums += ps
+        counts += pc
     at = np.flatnonzero(one)
     cent[ends[at] - 1] = (sums[at] / counts[at, None]).astype(np.float32)
 
