@@ -779,3 +779,34 @@ def test_a_build_reports_its_progress_step_by_step():
     assert totals == [1 + 10 + hrm2_train.REFINE_ITERS] and sum(steps) == totals[0]
     with Progress(10, "x") as advance:  # stderr is not a terminal under pytest
         advance(3)
+
+
+@pytest.mark.skipif(not _jit.available(), reason="numba not installed (M2M_REQUIRE_JIT=1 in CI)")
+@pytest.mark.parametrize("bad", [None, 0, 3])
+def test_jit_run_finishes_every_item_before_returning_or_raising(bad):
+    """The first item runs on the caller, the rest on the pool; every item has run when
+    ``_run`` returns, and when one raises, after all the others are done."""
+    import threading
+    import time
+
+    from m2m_gpu.backends import _jit_kernels as K
+    from m2m_gpu.backends.cpu import CpuBackend, probe
+
+    pool = CpuBackend(probe(), threads=4)
+    done, threads = [], set()
+
+    def job(i):
+        time.sleep(0.01 * (4 - i))  # the pool's items finish after the caller's
+        threads.add(threading.get_ident())
+        done.append(i)
+        if i == bad:
+            raise ValueError(f"item {i}")
+
+    if bad is None:
+        K._run(pool, job, range(4))
+    else:
+        with pytest.raises(ValueError, match=f"item {bad}"):
+            K._run(pool, job, range(4))
+    assert sorted(done) == [0, 1, 2, 3]
+    assert threading.get_ident() in threads and len(threads) >= 2
+    pool._pool.shutdown()

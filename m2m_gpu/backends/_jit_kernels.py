@@ -563,13 +563,23 @@ def _code_view(rows, d, dequant):
 
 
 def _run(pool, job, items) -> None:
-    """``job`` over ``items`` on the cpu backend's pool (rebuilt in forked children)."""
+    """``job`` over ``items``: the first on the calling thread, the others on the cpu
+    backend's pool (rebuilt in forked children), so a batch wakes one thread fewer and
+    the caller works instead of waiting. Returns once every item is done, even when one
+    raises (then the first error is raised)."""
     items = list(items)
     if pool is None or len(items) == 1:
         for it in items:
             job(it)
-    else:
-        list(pool._pool.map(job, items))
+        return
+    futures = [pool._pool.submit(job, it) for it in items[1:]]
+    try:
+        job(items[0])
+    finally:
+        errors = [f.exception() for f in futures]  # waits for each
+    for e in errors:
+        if e is not None:
+            raise e
 
 
 @njit(fastmath=True, cache=True, nogil=True)
