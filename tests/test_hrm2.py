@@ -258,6 +258,16 @@ def test_jit_sort_and_merge_follow_the_one_tie_rule(rng):
         got = K.sort_scan_rows(keys.copy(), ids.copy(), d2.copy())
         for a, b in zip(got, want, strict=True):
             np.testing.assert_array_equal(a, b)
+        gk, gi, gd = got  # and checked on its own: (key, id) ascending, -1 last, d2 carried
+        tie = np.where(gi < 0, np.iinfo(np.int64).max, gi)
+        pads = (gi[:, 1:] < 0) & (gi[:, :-1] < 0)
+        assert ((gk[:, 1:] > gk[:, :-1]) | ((gk[:, 1:] == gk[:, :-1]) &
+                                           ((tie[:, 1:] > tie[:, :-1]) | pads))).all()
+        for r in range(50):
+            assert sorted(gi[r].tolist()) == sorted(ids[r].tolist())
+            mine, theirs = gi[r] >= 0, ids[r] >= 0  # each real id keeps its own d2
+            assert dict(zip(gi[r][mine].tolist(), gd[r][mine].tolist(), strict=True)) == \
+                dict(zip(ids[r][theirs].tolist(), d2[r][theirs].tolist(), strict=True))
     workers, m, k = 3, 40, 6
     out_k = rng.integers(0, 3, (workers, m, k)).astype(np.float32)
     out_i = rng.permutation(workers * m * k).reshape(workers, m, k).astype(np.int64)
