@@ -3,7 +3,7 @@ thread and on all, against this machine's streaming read bandwidth and its BLAS 
 rate, measured in the same run.
 
     python bench/bench_cell_scan.py                      # 1M x 64, HRM2's default shape
-    python bench/bench_cell_scan.py --n 62686 --d 384 --cells 992 --p2 64
+    python bench/bench_cell_scan.py --n 62699 --d 384 --cells 992 --p2 64
 
 The layout is HRM2's: ``cells`` equal contiguous cells, each of 256 queries probing ``p2``
 distinct random cells (the same probes for every variant). The scan is the cpu backend's
