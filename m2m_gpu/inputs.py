@@ -95,9 +95,6 @@ def as_float32_matrix(staged: Any, what: str, dim: int | None = None) -> Any:
     return xp.ascontiguousarray(staged, dtype=xp.float32)
 
 
-FEW_ROWS = 64  # row_sqnorms of at most this many host rows: one einsum in the caller
-
-
 def row_sqnorms(x: Any, what: str) -> Any:
     """``||x||^2`` per row, and the check that every value is finite, in one pass.
 
@@ -107,9 +104,7 @@ def row_sqnorms(x: Any, what: str) -> Any:
     it would be finite.
     """
     xp = array_module(x)
-    if xp is np and x.shape[0] <= FEW_ROWS:  # a few queries: no backend, no pool
-        sq = np.einsum("ij,ij->i", x, x).astype(np.float32, copy=False)
-    elif xp is np:
+    if xp is np:
         sq = get_backend("cpu").sqnorms(x)  # threaded on the cpu backend, cache-sized tiles
     else:
         sq = (x * x).sum(axis=1)

@@ -155,6 +155,17 @@ def _block_keys(dots, cell_q, j0, nq, r0, nr, sqnorms, qnorms, qo, params, maske
 
 
 @njit(fastmath=True, inline="always")
+def _block(qsrc, cell_q, j0, nq, src, s0, r0, nr, dots, sqnorms, qnorms, qo, params,
+           masked, splat, nla, bk, bi):
+    """One block: the dot products of queries ``qsrc[cell_q[j0 : j0 + nq]]`` with rows
+    ``src[s0 : s0 + nr]`` (row ``r0`` onwards of the cell: ``src`` is the rows, or a
+    block of them widened from codes), then their keys into each query's top-k."""
+    _block_dots(qsrc, cell_q, j0, nq, src, s0, nr, dots)
+    _block_keys(dots, cell_q, j0, nq, r0, nr, sqnorms, qnorms, qo, params, masked, splat,
+                nla, bk, bi)
+
+
+@njit(fastmath=True, inline="always")
 def _direct_row(x, r, qs, cell_q, s0, g, sqnorms, qnorms, qo, params, splat, bk, bi):
     """Row ``x`` (row ``r``) against the few queries of a cell probed by fewer than a
     tile's worth: one dot product each, its key offered at once (no block)."""
@@ -214,20 +225,16 @@ def _scan_cells(queries, qnorms, rows, sqnorms, params, mode, item_lo, item_hi,
                                 params, splat, bk, bi)
         elif g > hi - lo:  # more queries than rows (k-means: a cell's few centroids)
             for j in range(0, g, qb):  # the cell's rows stay in cache
-                nq = min(qb, g - j)
                 for r in range(lo, hi, ROW_BLOCK):
-                    nr = min(ROW_BLOCK, hi - r)
-                    _block_dots(queries, cell_q, s0 + j, nq, rows, r, nr, dots)
-                    _block_keys(dots, cell_q, s0 + j, nq, r, nr, sqnorms, qnorms, qo,
-                                params, masked, splat, nla, bk, bi)
+                    _block(queries, cell_q, s0 + j, min(qb, g - j), rows, r, r,
+                           min(ROW_BLOCK, hi - r), dots, sqnorms, qnorms, qo, params,
+                           masked, splat, nla, bk, bi)
         else:  # each row read once from memory for all the cell's queries
             for r in range(lo, hi, ROW_BLOCK):
-                nr = min(ROW_BLOCK, hi - r)
                 for j in range(0, g, qb):
-                    nq = min(qb, g - j)
-                    _block_dots(queries, cell_q, s0 + j, nq, rows, r, nr, dots)
-                    _block_keys(dots, cell_q, s0 + j, nq, r, nr, sqnorms, qnorms, qo,
-                                params, masked, splat, nla, bk, bi)
+                    _block(queries, cell_q, s0 + j, min(qb, g - j), rows, r, r,
+                           min(ROW_BLOCK, hi - r), dots, sqnorms, qnorms, qo, params,
+                           masked, splat, nla, bk, bi)
 
 @njit(fastmath=True, cache=True, nogil=True)
 def _scan_fp16(queries, qnorms, codes, qs, qo, sqnorms, params, mode, item_lo, item_hi,
@@ -286,10 +293,8 @@ def _scan_codes(queries, qnorms, codes, kind, qs, qo, sqnorms, params, mode, ite
             nr = min(ROW_BLOCK, hi - r)
             _decode_block(codes, kind, r, nr, xb, xbits)
             for j in range(0, g, qb):
-                nq = min(qb, g - j)
-                _block_dots(qs, cell_q, s0 + j, nq, xb, 0, nr, dots)
-                _block_keys(dots, cell_q, s0 + j, nq, r, nr, sqnorms, qnorms, qo, params,
-                            masked, splat, nla, bk, bi)
+                _block(qs, cell_q, s0 + j, min(qb, g - j), xb, 0, r, nr, dots, sqnorms,
+                       qnorms, qo, params, masked, splat, nla, bk, bi)
 
 
 @njit(fastmath=True, inline="always")
@@ -430,9 +435,9 @@ def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, poo
     work = int(((hi[cells] - lo[cells]) * count[cells]).sum())
     nthreads = 1 if work * queries.shape[1] < INLINE_WORK else \
         max(1, pool.threads if pool is not None else 1)
+    qb = query_block(queries.shape[1])
     item_lo, item_hi, item_start, item_count = _work_items(
-        lo[cells], hi[cells], cell_start[cells], count[cells], nthreads,
-        query_block(queries.shape[1]))
+        lo[cells], hi[cells], cell_start[cells], count[cells], nthreads, qb)
     # Balance the workers: items by decreasing cost (rows x queries), dealt round-robin.
     cost = (item_hi - item_lo) * item_count
     nthreads = max(1, min(nthreads, cost.size))
@@ -447,7 +452,7 @@ def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, poo
     qnorms = np.einsum("ij,ij->i", queries, queries).astype(np.float32)
     plan = (params, int(mode), item_lo, item_hi, item_start, item_count, cell_q,
             worker_items, worker_start, out_k, out_i)
-    dots = np.empty((nthreads, query_block(queries.shape[1]), ROW_BLOCK), np.float32)
+    dots = np.empty((nthreads, qb, ROW_BLOCK), np.float32)
     if rows.dtype == np.float32:
         args = (queries, qnorms, rows, sqnorms) + plan + (dots,)
         _run(pool, lambda t: _scan_cells(*args, t), range(nthreads))

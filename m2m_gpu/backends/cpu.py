@@ -153,18 +153,16 @@ class CpuBackend(Backend):
 
     # ---- helpers -----------------------------------------------------------------------
     def sqnorms(self, database: np.ndarray) -> np.ndarray:
+        if database.shape[0] <= SQNORM_TILE_ROWS:  # one tile: inline, no pool round trip
+            xt = f32(database)
+            return np.einsum("ij,ij->i", xt, xt).astype(np.float32, copy=False)
         out = np.empty(database.shape[0], dtype=np.float32)
 
         def job(s: int) -> None:
             xt = f32(database[s : s + SQNORM_TILE_ROWS])
             np.einsum("ij,ij->i", xt, xt, out=out[s : s + SQNORM_TILE_ROWS])
 
-        starts = range(0, database.shape[0], SQNORM_TILE_ROWS)
-        if len(starts) <= 1:  # one tile: inline (a pool round trip costs more than it)
-            for s in starts:
-                job(s)
-        else:
-            list(self._pool.map(job, starts))
+        list(self._pool.map(job, range(0, database.shape[0], SQNORM_TILE_ROWS)))
         return out
 
     # ---- k-NN --------------------------------------------------------------------------

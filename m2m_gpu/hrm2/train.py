@@ -139,11 +139,10 @@ def fine_kmeans(x: np.ndarray, cid: np.ndarray, kc: np.ndarray, backend: Backend
     be = backend
     advance = advance or (lambda n=1: None)
     rng = rng_for(seed)
-    cid, kc = _check_cells(x, cid, kc)
+    cid, kc, sizes = _check_cells(x, cid, kc)
     n1 = kc.size
     # the sample: per coarse cell, its rows in a random order cut at the cell's cap
     order = np.lexsort((rng.random(cid.size), cid))
-    sizes = np.bincount(cid, minlength=n1)
     first = np.cumsum(sizes) - sizes
     cell = cid[order]
     rank = np.arange(cid.size) - first[cell]
@@ -181,7 +180,8 @@ def fine_kmeans(x: np.ndarray, cid: np.ndarray, kc: np.ndarray, backend: Backend
 
 
 def _check_cells(x: np.ndarray, cid: np.ndarray, kc: np.ndarray):
-    """``cid`` and ``kc`` as int64, or :class:`InvalidInputError` naming what is wrong."""
+    """``cid`` and ``kc`` as int64 and each coarse cell's row count, or
+    :class:`InvalidInputError` naming what is wrong."""
     cid = np.asarray(cid)
     kc = np.asarray(kc)
     if cid.shape != (x.shape[0],) or not np.issubdtype(cid.dtype, np.integer):
@@ -199,7 +199,7 @@ def _check_cells(x: np.ndarray, cid: np.ndarray, kc: np.ndarray):
         j = int(short[0])
         raise InvalidInputError(f"coarse cell {j} asks for {int(kc[j])} centroids but "
                                 f"holds {int(sizes[j])} rows ({short.size} such cells)")
-    return cid, kc
+    return cid, kc, sizes
 
 
 def _reseed(new, empty, xs, d2, scell, ss, ends) -> int:
