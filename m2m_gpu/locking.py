@@ -25,76 +25,83 @@ import functools
 import os
 import threading
 import weakref
-from contextlib import contextmanager
 
 _objects: weakref.WeakSet = weakref.WeakSet()
 _registry_lock = threading.Lock()
 _SPECIAL = ("__len__", "__contains__", "__iter__")
-_NO_LOCK = contextlib.nullcontext()
 
 
 class RWLock:
     """A writer-preferring reader-writer lock, re-entrant as described in the module."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()  # entered directly: the uncontended path is short
+        self._cond = threading.Condition(self._mutex)
         self._readers: dict[int, int] = {}  # thread id -> read depth
         self._writer: int | None = None
         self._write_depth = 0
         self._writers_waiting = 0
 
-    @contextmanager
-    def read(self):
-        me = threading.get_ident()
-        with self._cond:
-            if self._writer == me:  # a writer reading: it already excludes everyone
-                nested = True
-            elif me in self._readers:  # re-entry: never wait for a queued writer
-                self._readers[me] += 1
-                nested = False
-            else:
-                while self._writer is not None or self._writers_waiting:
-                    self._cond.wait()
-                self._readers[me] = 1
-                nested = False
-        try:
-            yield
-        finally:
-            if not nested:
-                with self._cond:
-                    depth = self._readers[me] - 1
-                    if depth:
-                        self._readers[me] = depth
-                    else:
-                        del self._readers[me]
-                        if not self._readers:
-                            self._cond.notify_all()
+    def read(self) -> _Held:
+        """``with lock.read():`` (see :class:`holding` for an object's locks)."""
+        return _Held(self, "read")
 
-    @contextmanager
-    def write(self):
+    def write(self) -> _Held:
+        """``with lock.write():``."""
+        return _Held(self, "write")
+
+    def acquire_read(self) -> bool:
+        """Take the read lock; True when this thread holds the write lock (nothing was
+        taken: pass the flag to :meth:`release_read`)."""
         me = threading.get_ident()
-        with self._cond:
+        with self._mutex:
+            if self._writer == me:  # a writer reading: it already excludes everyone
+                return True
+            depth = self._readers.get(me)
+            if depth is not None:  # re-entry: never wait for a queued writer
+                self._readers[me] = depth + 1
+                return False
+            while self._writer is not None or self._writers_waiting:
+                self._cond.wait()
+            self._readers[me] = 1
+            return False
+
+    def release_read(self, nested: bool) -> None:
+        if nested:
+            return
+        me = threading.get_ident()
+        with self._mutex:
+            depth = self._readers[me] - 1
+            if depth:
+                self._readers[me] = depth
+            else:
+                del self._readers[me]
+                if not self._readers:
+                    self._cond.notify_all()
+
+    def acquire_write(self) -> None:
+        me = threading.get_ident()
+        with self._mutex:
             if self._writer == me:
                 self._write_depth += 1
-            else:
-                if me in self._readers:
-                    raise RuntimeError("a thread holding the read lock cannot start a write "
-                                       "(it would wait for itself)")
-                self._writers_waiting += 1
-                try:
-                    while self._writer is not None or self._readers:
-                        self._cond.wait()
-                finally:
-                    self._writers_waiting -= 1
-                self._writer, self._write_depth = me, 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._write_depth -= 1
-                if not self._write_depth:
-                    self._writer = None
-                    self._cond.notify_all()
+                return
+            if me in self._readers:
+                raise RuntimeError("a thread holding the read lock cannot start a write "
+                                   "(it would wait for itself)")
+            self._writers_waiting += 1
+            try:
+                while self._writer is not None or self._readers:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writer, self._write_depth = me, 1
+
+    def release_write(self) -> None:
+        with self._mutex:
+            self._write_depth -= 1
+            if not self._write_depth:
+                self._writer = None
+                self._cond.notify_all()
 
     def holds_write(self) -> bool:
         return self._writer == threading.get_ident()
@@ -164,30 +171,54 @@ def _guard(method, kind: str):
     return locked
 
 
-class holding:  # noqa: N801 - used as a function: ``with holding(obj, "read"):``
-    """The object's lock (``kind`` "read" or "write"), then its backend's device lock;
-    released in the other order. (On every locked call: kept to two context managers.)"""
+class _Held:
+    """One hold of an :class:`RWLock` (``kind`` "read" or "write"), as a context manager:
+    a plain class, not a generator, since every locked call enters one."""
 
-    __slots__ = ("_lock", "_device")
+    __slots__ = ("_rw", "_read", "_nested")
 
-    def __init__(self, obj, kind: str = "write") -> None:
-        rw = lock_of(obj)
-        self._lock = rw.read() if kind == "read" else rw.write()
-        self._device = getattr(getattr(obj, "backend", None), "device_lock", _NO_LOCK)
+    def __init__(self, rw: RWLock, kind: str) -> None:
+        self._rw, self._read, self._nested = rw, kind == "read", False
 
     def __enter__(self) -> None:
-        self._lock.__enter__()
-        try:
-            self._device.__enter__()
-        except BaseException:
-            self._lock.__exit__(None, None, None)
-            raise
+        if self._read:
+            self._nested = self._rw.acquire_read()
+        else:
+            self._rw.acquire_write()
+
+    def __exit__(self, *exc) -> None:
+        if self._read:
+            self._rw.release_read(self._nested)
+        else:
+            self._rw.release_write()
+
+
+class holding(_Held):  # noqa: N801 - used as a function: ``with holding(obj, "read"):``
+    """The object's lock (``kind`` "read" or "write"), then its backend's device lock
+    (none on cpu); released in the other order."""
+
+    __slots__ = ("_device",)
+
+    def __init__(self, obj, kind: str = "write") -> None:
+        super().__init__(lock_of(obj), kind)
+        dev = getattr(getattr(obj, "backend", None), "device_lock", None)
+        self._device = None if isinstance(dev, contextlib.nullcontext) else dev
+
+    def __enter__(self) -> None:
+        super().__enter__()
+        if self._device is not None:
+            try:
+                self._device.__enter__()
+            except BaseException:
+                super().__exit__(None, None, None)
+                raise
 
     def __exit__(self, *exc) -> None:
         try:
-            self._device.__exit__(*exc)
+            if self._device is not None:
+                self._device.__exit__(*exc)
         finally:
-            self._lock.__exit__(*exc)
+            super().__exit__(*exc)
 
 
 def read_then_place(obj, read, due, place):

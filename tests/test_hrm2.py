@@ -766,6 +766,71 @@ def test_a_single_query_takes_the_one_call_path_with_the_same_answer(metric):
     assert (j[0, 3:] == -1).all() and np.isinf(d[0, 3:]).all() and j[0, 0] == 0
 
 
+def test_a_single_query_in_any_form_gets_the_one_call_answer_or_a_clear_error():
+    """The one-call path takes a float32 C-contiguous (1, d) row as it is; any other form
+    of the same query (float64, a strided view, a list) goes through the general path to
+    the same answer. A query with NaN, inf or an overflowing norm raises what the batch
+    path raises, and counts nothing; a huge finite one is searched; the answer follows
+    adds and removes (the kept per-layout arguments are made again)."""
+    pytest.importorskip("numba")
+    X = m2m_gpu.synthetic(4000, 16, seed=8, kind="clustered", clusters=10)
+    index = IndexHRM2(16, backend="cpu")
+    index.train(X)
+    index.add(X)
+    index.nprobe = 8
+    assert index.hrm2.one_query() is not None  # cpu, compiled loops, every row hot
+    q = np.ascontiguousarray(X[7:8] + 0.01, dtype=np.float32)
+    D, I = index.search(q, 10)
+    assert I[0, 0] == 7 and index.last_report.vectors[0] > 0
+    wide = np.zeros((1, 32), np.float32)
+    wide[:, ::2] = q
+    for form in (q.astype(np.float64), wide[:, ::2], q.tolist(), np.asfortranarray(q)):
+        d, i = index.search(form, 10)
+        np.testing.assert_array_equal(i, I)
+        np.testing.assert_allclose(d, D, rtol=1e-6)
+    clock = index.hrm2.layout.tiers.access.tick
+    for value, why in ((np.nan, "NaN or inf"), (np.inf, "NaN or inf"),
+                       (3e19, "too large")):
+        bad = q.copy()
+        bad[0, 3] = value
+        with pytest.raises(InvalidInputError, match=f"queries contains .*{why}"):
+            index.search(bad, 10)
+    assert index.hrm2.layout.tiers.access.tick == clock  # nothing counted
+    big = q.copy()
+    big[0, 3] = 1e16  # finite, declined by the one call (from 2**50 up), searched anyway
+    np.testing.assert_array_equal(index.search(big, 5)[1][0],
+                                  index.search(np.repeat(big, 2, 0), 5)[1][0])
+    with pytest.raises(InvalidInputError, match="dimension"):
+        index.search(np.zeros((1, 15), np.float32), 10)
+    index.add(q)  # a new row right at the query: found by the next single query
+    d, i = index.search(q, 1)
+    assert i[0, 0] == 4000 and d[0, 0] == 0.0
+    index.remove_ids([4000, 7])
+    i = index.search(q, 10)[1]
+    assert 4000 not in i and 7 not in i
+    np.testing.assert_array_equal(i[0], index.search(np.repeat(q, 2, 0), 10)[1][0])
+
+
+def test_the_one_call_path_is_only_offered_where_it_applies(backend):
+    """A codec, or a backend without the compiled loops, has no one-call search: a lone
+    query there takes the general path, with the batch path's answer."""
+    X = m2m_gpu.synthetic(3000, 8, seed=9, kind="clustered", clusters=6)
+    plain = IndexHRM2(8, backend=backend)
+    coded = IndexHRM2(8, backend=backend, codec="sq8")
+    for index in (plain, coded):
+        index.train(X)
+        index.add(X)
+        index.nprobe = 6
+        D, I = index.search(X[:5], 5)
+        for r in range(5):
+            d, i = index.search(X[r : r + 1], 5)
+            np.testing.assert_array_equal(i[0], I[r])
+            np.testing.assert_allclose(d[0], D[r], rtol=1e-5, atol=1e-5)
+    jit = getattr(plain.hrm2.backend, "jit", False)
+    assert (plain.hrm2.one_query() is not None) == jit
+    assert coded.hrm2.one_query() is None
+
+
 def test_a_build_reports_its_progress_step_by_step():
     """train() advances a progress bar once for the coarse k-means, once per iteration of
     the fine k-means (all at once when it converges early) and once per refinement

@@ -26,10 +26,16 @@ def available() -> bool:
     return _installed() and os.environ.get("M2M_NO_JIT", "") in ("", "0")
 
 
-def _kernels():
-    from . import _jit_kernels  # Numba is imported (and the loops compiled) here, once
+_loaded = None
 
-    return _jit_kernels
+
+def _kernels():
+    global _loaded
+    if _loaded is None:
+        from . import _jit_kernels  # Numba is imported (and the loops compiled) here, once
+
+        _loaded = _jit_kernels
+    return _loaded
 
 
 def _pool():
@@ -55,19 +61,15 @@ def route(queries, coarse, fine, fine_ranges, p1, p2):
     return _kernels().route(queries, coarse, fine, fine_ranges, p1, p2, pool=_pool())
 
 
-def bounds_of(ranges):
-    """``(starts, stops)`` of int64 ``[start, stop)`` ranges as contiguous arrays, the form
-    ``search_one`` reads."""
-    import numpy as np
-
-    return (np.ascontiguousarray(ranges[:, 0], dtype=np.int64),
-            np.ascontiguousarray(ranges[:, 1], dtype=np.int64))
+def one_plan(coarse, fine, fine_ranges, ranges):
+    """The per-layout arguments of ``search_one`` (see ``_jit_kernels.one_plan``)."""
+    return _kernels().one_plan(coarse, fine, fine_ranges, ranges)
 
 
-def search_one(q, coarse, fine, fine_bounds, p1, p2, rows, bounds, dead, k):
+def search_one(q, plan, p1, p2, rows, dead, ids, k):
     """One query's routing, scan and ranking in one compiled call (see
     ``_jit_kernels.search_one``)."""
-    return _kernels().search_one(q, coarse, fine, fine_bounds, p1, p2, rows, bounds, dead, k)
+    return _kernels().search_one(q, plan, p1, p2, rows, dead, ids, k)
 
 
 def d2_at(queries, rows, pos):

@@ -381,40 +381,81 @@ def _route(queries, coarse, fine, fine_lo, fine_hi, p1, out_cells, out_d2, start
 INLINE_WORK = 2_000_000  # multiply-adds under which a cell scan skips the thread pool
 
 
+PLAIN_EXPONENT = (127 + 50) << 23  # float32 bits from 2**50 up (inf and NaN included)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _plain(bits):
+    """Whether every float32 of ``bits`` (their uint32 view) is finite and under 2**50 in
+    magnitude, so that no squared distance of it overflows for any d < 2**28. Integer
+    tests: the fastmath of a caller (which Numba also compiles its callees with) assumes
+    finite floats, and would fold a float test away."""
+    for e in range(bits.shape[0]):
+        if (bits[e] & 0x7F800000) >= PLAIN_EXPONENT:
+            return False
+    return True
+
+
 @njit(fastmath=True, cache=True, nogil=True)
-def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, rows, lo, hi, C, dead,
-                out_cells, out_d2, out_pos):
+def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, rows, lo, hi, dead, ids, out_cells,
+                out_d2, out_pos, out_ids):
     """One query, one compiled call: the ``p1`` nearest coarse cells, the
     ``out_cells.shape[0]`` nearest fine cells among theirs (as ``_route``), then every row
-    of those cells (main range ``c`` and overflow range ``c + C``) ranked by its squared
-    distance in the direct form, ties by the smaller row; rows with ``dead[r]`` set are
-    skipped."""
+    of those cells (main range ``c`` and overflow range ``c + C``, C fine cells) ranked by
+    its squared distance in the direct form, ties by the smaller row; rows with ``dead[r]``
+    set are skipped; ``out_ids`` are the ``ids`` of the positions found. The outputs are
+    filled here (pads: -1 cells, inf / -1 results). Returns ``(cells scanned, rows
+    scanned)``, dead rows counted (what the scan read), or ``(-1, -1)`` with nothing done
+    when a value of ``q`` is not :func:`_plain` (NaN, inf, or huge: the caller's general
+    path then validates it, and refuses it or searches it)."""
+    if not _plain(q.view(np.uint32)):
+        return -1, -1
+    C = fine.shape[0]
+    out_cells[:] = -1
+    out_d2[:] = np.inf
+    out_pos[:] = -1
     fd = np.full(out_cells.shape[0], np.inf, dtype=np.float32)
     _nearest_fine(q, coarse, fine, fine_lo, fine_hi, p1, fd, out_cells)
+    ncells = 0
+    nrows = 0
     for j in range(out_cells.shape[0]):
         f = out_cells[j]
         if f < 0:
             continue
+        ncells += 1
         for g in (f, f + C):
+            nrows += hi[g] - lo[g]
             for r in range(lo[g], hi[g]):
                 if dead[r]:
                     continue
                 _insert(out_d2, out_pos, _sqdist(q, rows[r]), r)
+    for j in range(out_pos.shape[0]):
+        out_ids[j] = ids[out_pos[j]] if out_pos[j] >= 0 else -1
+    return ncells, nrows
 
 
-def search_one(q, coarse, fine, fine_bounds, p1, p2, rows, bounds, dead, k):
-    """``(cells int64[p2], d2 float32[k], positions int64[k])`` of ``_search_one`` (pads:
-    -1 cells; inf / -1 where fewer than k rows were reachable). ``fine_bounds`` and
-    ``bounds``: the starts and the stops of the fine ranges and of the row ranges, each a
-    contiguous int64 array (see :func:`bounds_of`: made once, not per query)."""
-    p1 = max(1, min(int(p1), coarse.shape[0]))
-    cells = np.full(max(1, min(int(p2), fine.shape[0])), -1, dtype=np.int64)
-    d2 = np.full(k, np.inf, dtype=np.float32)
-    pos = np.full(k, -1, dtype=np.int64)
-    _search_one(np.ascontiguousarray(q, dtype=np.float32), coarse, fine, fine_bounds[0],
-                fine_bounds[1], p1, rows, bounds[0], bounds[1], fine.shape[0],
-                dead.view(np.uint8), cells, d2, pos)
-    return cells, d2, pos
+def search_one(q, plan, p1, p2, rows, dead, ids, k):
+    """``(cells int64[p2], d2 float32[k], positions int64[k], ids int64[k], cells
+    scanned, rows scanned)`` of ``_search_one`` for the C-contiguous float32 query ``q`` (1-D).
+    ``plan``: ``(coarse, fine, fine starts, fine stops, row range starts, row range
+    stops)``, contiguous arrays made once per layout (:func:`one_plan`), not per query."""
+    coarse, fine, fine_lo, fine_hi, lo, hi = plan
+    cells = np.empty(max(1, min(p2, fine.shape[0])), dtype=np.int64)
+    d2 = np.empty(k, dtype=np.float32)
+    pos = np.empty(k, dtype=np.int64)
+    out_ids = np.empty(k, dtype=np.int64)
+    ncells, nrows = _search_one(q, coarse, fine, fine_lo, fine_hi,
+                                max(1, min(p1, coarse.shape[0])), rows, lo, hi,
+                                dead.view(np.uint8), ids, cells, d2, pos, out_ids)
+    return cells, d2, pos, out_ids, ncells, nrows
+
+
+def one_plan(coarse, fine, fine_ranges, ranges):
+    """The per-layout arguments of :func:`search_one`, each contiguous."""
+    f32 = np.ascontiguousarray
+    return (f32(coarse, dtype=np.float32), f32(fine, dtype=np.float32),
+            f32(fine_ranges[:, 0], dtype=np.int64), f32(fine_ranges[:, 1], dtype=np.int64),
+            f32(ranges[:, 0], dtype=np.int64), f32(ranges[:, 1], dtype=np.int64))
 
 
 def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, pool=None,

@@ -257,6 +257,11 @@ class HRM2:
                               adaptive=adaptive, ratio=ratio, mode=mode, params=params,
                               cache=cache, rerank=rerank)
 
+    def one_query(self) -> _search.OneQuery | None:
+        """The single-query search (:class:`~.search.OneQuery`: fixed probing, squared
+        distances, no filter), or None where this layout cannot take it."""
+        return _search.one_query(self.router, self.layout, self.scanner)
+
     # ---- tiers (writers only) ---------------------------------------------------------------
     def rebalance_due(self) -> bool:
         """Whether a placement pass is due (``rebalance_every`` searches since the last one,

@@ -6,7 +6,8 @@ import numpy as np
 
 from ..backends import Backend
 from ..codecs import Codec
-from ..inputs import check_count, check_ids, check_result_size
+from ..errors import InvalidInputError
+from ..inputs import check_count, check_ids, check_k, check_result_size
 from ..locking import read_then_place, shared, thread_safe, unlocked
 from ..tensor import host_array
 from ..tiers import TierOptions
@@ -15,6 +16,8 @@ from .core import HRM2
 from .mips import MipsLift
 from .search import RERANK, ProbeReport
 from .train import REFINE_ITERS
+
+_F32 = np.dtype(np.float32)
 
 
 @thread_safe
@@ -55,7 +58,7 @@ class IndexHRM2:
                  ratio: float | None = None, tiers: dict | TierOptions | None = None,
                  target_recall: float | None = None, codec: str | None = None,
                  rerank: int = RERANK, refine_iters: int = REFINE_ITERS) -> None:
-        from ..errors import InvalidInputError, UnknownMetricError
+        from ..errors import UnknownMetricError
 
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
             raise InvalidInputError(f"dimension d must be a positive integer, got {d!r}")
@@ -236,8 +239,6 @@ class IndexHRM2:
         """Take ``other``'s trained centroids instead of training (no k-means): for the
         same data held in another layout or tier budget, or on another backend. Only an
         empty index can take them."""
-        from ..errors import InvalidInputError
-
         if other.d != self.d or not other.is_trained:
             raise InvalidInputError(f"copy_training needs a trained index of d={self.d}")
         if self.ntotal:
@@ -249,9 +250,7 @@ class IndexHRM2:
             self.hrm2.layout.set_codec(theirs)
 
     def _need_trained(self) -> None:
-        from ..errors import InvalidInputError
-
-        if not self.is_trained:
+        if not self.hrm2.trained:
             raise InvalidInputError("IndexHRM2 must be trained (train(x)) before add/search")
 
     def add(self, x) -> None:
@@ -266,14 +265,10 @@ class IndexHRM2:
         rows = self._rows(x)
         ids = np.asarray(ids)
         if ids.shape != (rows.shape[0],):
-            from ..errors import InvalidInputError
-
             raise InvalidInputError(f"ids must be {rows.shape[0]} integers, got {ids.shape}")
         self._add(self._lifted(rows), check_ids(ids))
 
     def _add(self, rows: np.ndarray, ids: np.ndarray) -> None:
-        from ..errors import InvalidInputError
-
         if ids.shape != (rows.shape[0],):
             raise InvalidInputError(f"ids must be {rows.shape[0]} integers, got {ids.shape}")
         ids = check_ids(ids)
@@ -298,8 +293,6 @@ class IndexHRM2:
         self._need_trained()
         q = self._sample if queries is None else self._rows(queries, "queries")
         if q is None:
-            from ..errors import InvalidInputError
-
             raise InvalidInputError("calibrate() needs queries: this index kept no sample "
                                     "(it was trained without target_recall)")
         self.calibration = calibrate(self, q, self.target_recall or 0.95, k)
@@ -333,16 +326,16 @@ class IndexHRM2:
         """``(D, I)`` of the ``k`` nearest stored vectors per query row, FAISS-style.
         ``params``: an object with ``nprobe`` (FAISS's ``SearchParametersIVF``) sets the
         probes of this call only; ``D`` / ``I`` are filled if given."""
-        from ..index import _into
-
         p2 = getattr(params, "nprobe", None)
         if params is not None and p2 is None:
-            from ..errors import InvalidInputError
-
             raise InvalidInputError("IndexHRM2.search params take nprobe (like FAISS's "
                                     "SearchParametersIVF)")
         p2 = None if p2 is None else check_count("nprobe", p2)
         Dn, In = self._search_locked(x, k, p2)
+        if D is None and I is None:
+            return Dn, In
+        from ..index import _into
+
         return _into(Dn, D), _into(In, I)
 
     def _search_locked(self, x, k: int, p2: int | None):
@@ -353,14 +346,22 @@ class IndexHRM2:
                                self.rebalance)
 
     def _search(self, x, k: int, p2_call: int | None = None):
-        from ..knn import check_k, empty_result
-
         k = check_k(k)
         self._need_trained()
+        one = self._one_query_for(x)
+        if one is not None:  # one query, first-class: one compiled call
+            check_result_size(1, k, self.ntotal)
+            found = one(x, k, *self.hrm2.probes(self.p1,
+                                                self.p2 if p2_call is None else p2_call))
+            if found is not None:  # else a value is NaN, inf or huge: see _rows below
+                d2, _, ids, self.last_report = found
+                return d2, ids
         q = self._rows(x, "queries")
         m = q.shape[0]
         check_result_size(m, k, self.ntotal)
         if m == 0 or self.ntotal == 0:
+            from ..knn import empty_result
+
             D, I = empty_result(m, k, "l2" if self.metric == "l2" else "ip")
             self.last_report = ProbeReport(np.zeros(m, np.int64), np.zeros(m, np.int64))
             return D, I
@@ -369,11 +370,31 @@ class IndexHRM2:
             q if self._lift is None else self._lift.queries(q), k, p1, p2,
             adaptive=self.adaptive, ratio=self.ratio, rerank=self.rerank)
         self.last_report = report
-        I = np.where(pos >= 0, self.hrm2.ids[np.where(pos >= 0, pos, 0)], -1)
+        I = self._ids_of(pos)
         if self.metric == "l2":
-            return d2.astype(np.float32), I
+            return d2.astype(np.float32, copy=False), I
+        pad = pos < 0
         if self._lift is not None:
-            return np.where(pos >= 0, self._lift.similarity(q, d2), -np.inf).astype(
+            return np.where(pad, -np.inf, self._lift.similarity(q, d2)).astype(
                 np.float32), I
-        D = np.where(pos >= 0, 1.0 - d2 / 2.0, -np.inf).astype(np.float32)
+        D = np.where(pad, -np.inf, 1.0 - d2 / 2.0).astype(np.float32)
         return D, I
+
+    def _ids_of(self, pos: np.ndarray) -> np.ndarray:
+        """The caller's ids of the positions ``pos`` (-1 pads stay -1)."""
+        I = self.hrm2.ids.take(pos, mode="clip")
+        pad = pos < 0
+        if pad.any():
+            I[pad] = -1
+        return I
+
+    def _one_query_for(self, x):
+        """The single-query search (:meth:`HRM2.one_query`) when ``x`` is one query it
+        takes as it is: a float32 C-contiguous NumPy row of this index's dimension, under
+        l2, with fixed probing and rows held. Else None: the general path converts,
+        validates and searches."""
+        if type(x) is not np.ndarray or x.dtype is not _F32 or x.shape != (1, self.d) or \
+                not x.flags.c_contiguous or self.metric != "l2" or self.adaptive or \
+                not self.ntotal:
+            return None
+        return self.hrm2.one_query()

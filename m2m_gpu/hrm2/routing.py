@@ -27,9 +27,6 @@ class Router:
     def __init__(self, centroids: Centroids, backend: Backend) -> None:
         self.centroids = centroids
         self.backend = backend
-        fr = centroids.fine_ranges  # contiguous starts and stops (the one-query path's)
-        self.fine_bounds = (np.ascontiguousarray(fr[:, 0], dtype=np.int64),
-                            np.ascontiguousarray(fr[:, 1], dtype=np.int64))
 
     def probes(self, p1: int | None, p2: int | None) -> tuple[int, int]:
         """``(p1, p2)`` with the defaults of :func:`default_probes` for what is None."""

@@ -74,7 +74,7 @@ class CellRows:
         advances, as it does when the tiers are unbounded)."""
         with self._lock:
             if pos is None or not self.tm.bounded:
-                self.tm.touch(np.zeros(0, np.int64))
+                self.tm.touch(None)
             else:
                 self.tm.touch(pos, unique=True)
 

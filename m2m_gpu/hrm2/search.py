@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..backends import _jit
 from ..backends.base import MODE_DISTANCE
 from ..ops.topk import merge_by_key
 from .layout import CellLayout
@@ -42,11 +43,13 @@ def search(router: Router, layout: CellLayout, scanner: CellScanner, q: np.ndarr
     first, ties by position (see :meth:`m2m_gpu.hrm2.HRM2.search`)."""
     be = layout.backend
     coded = layout.codec is not None
-    if q.shape[0] == 1 and not adaptive and mode == MODE_DISTANCE and params is None and \
-            not coded and getattr(be, "jit", False):
-        dense = layout.tiers.dense()  # every row hot, on the host
-        if dense is not None:
-            return _one(router, layout, scanner, dense, q, k, p1, p2)
+    if q.shape[0] == 1 and q.flags.c_contiguous and not adaptive and \
+            mode == MODE_DISTANCE and params is None:
+        one = one_query(router, layout, scanner)
+        found = None if one is None else one(q, k, p1, p2)
+        if found is not None:
+            d2, pos, _, report = found
+            return d2.copy(), pos, d2, report
     cells, cdist = router.route(q, p1, p2)
     C = router.centroids.cells
     if adaptive and ratio is not None:
@@ -110,18 +113,45 @@ def _scanned(layout: CellLayout, scanner: CellScanner, scanned: np.ndarray) -> P
     return ProbeReport(hit.sum(1), counted.sum(1))
 
 
-def _one(router: Router, layout: CellLayout, scanner: CellScanner, rows, q: np.ndarray,
-         k: int, p1: int, p2: int):
-    """A single query on the cpu backend with every row hot: routing, scan and ranking in
-    one compiled call (``_jit.search_one``), without the batch path's grouping and merges.
-    Same answer as the batch path: the direct-form d2, ties by position."""
-    from ..backends import _jit
+def one_query(router: Router, layout: CellLayout, scanner: CellScanner) -> OneQuery | None:
+    """The single-query search of this layout, or None where it does not apply (a codec,
+    no compiled loops, not every row hot on the host). Kept until the layout or the tiers
+    change (:meth:`CellScanner.cached`)."""
+    return scanner.cached("one", router, lambda: OneQuery.of(router, layout))
 
-    c = router.centroids
-    bounds = scanner.cached("bounds", None, lambda: _jit.bounds_of(layout.ranges))
-    cells, d2, pos = _jit.search_one(q[0], c.coarse, c.fine, router.fine_bounds, p1, p2,
-                                     rows, bounds, np.ascontiguousarray(layout.dead), k)
-    return d2[None].copy(), pos[None], d2[None], _scanned(layout, scanner, cells[None])
+
+class OneQuery:
+    """One query on the cpu backend with every row hot: routing, scan, ranking and the
+    report's counts in one compiled call (``_jit.search_one``), without the batch path's
+    grouping and merges, and with the per-layout arguments made once. Same answer as the
+    batch path with the same probes: the direct-form d2, ties by position."""
+
+    __slots__ = ("_layout", "_plan")
+
+    def __init__(self, layout: CellLayout, plan: tuple) -> None:
+        self._layout, self._plan = layout, plan
+
+    @classmethod
+    def of(cls, router: Router, layout: CellLayout) -> OneQuery | None:
+        if layout.codec is not None or not getattr(layout.backend, "jit", False) or \
+                layout.tiers.dense() is None:
+            return None
+        c = router.centroids
+        return cls(layout, _jit.one_plan(c.coarse, c.fine, c.fine_ranges, layout.ranges))
+
+    def __call__(self, q: np.ndarray, k: int, p1: int, p2: int):
+        """``(d2 float32[1, k], positions int64[1, k], ids int64[1, k], report)`` for the
+        C-contiguous float32 query ``q`` (shape (1, d)); pads: inf / -1. None, with nothing
+        counted, when a value of ``q`` is NaN, inf or from 2**50 up in magnitude: the
+        general path validates and searches it."""
+        L = self._layout
+        cells, d2, pos, ids, ncells, nrows = _jit.search_one(
+            q[0], self._plan, p1, p2, L.tiers.dense(), L.dead, L.ids, k)
+        if ncells < 0:
+            return None
+        L.touch(cells)
+        report = ProbeReport(np.array([ncells]), np.array([nrows]))
+        return d2[None], pos[None], ids[None], report
 
 
 def _scan_retrying(layout: CellLayout, scanner: CellScanner, qn, probes, k, mode, params,
