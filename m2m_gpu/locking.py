@@ -76,8 +76,8 @@ class RWLock:
                 self._readers[me] = depth
             else:
                 del self._readers[me]
-                if not self._readers:
-                    self._cond.notify_all()
+                if not self._readers and self._writers_waiting:  # only writers wait
+                    self._cond.notify_all()  # for the readers to leave
 
     def acquire_write(self) -> None:
         me = threading.get_ident()

@@ -811,24 +811,37 @@ def test_a_single_query_in_any_form_gets_the_one_call_answer_or_a_clear_error():
     np.testing.assert_array_equal(i[0], index.search(np.repeat(q, 2, 0), 10)[1][0])
 
 
-def test_the_one_call_path_is_only_offered_where_it_applies(backend):
-    """A codec, or a backend without the compiled loops, has no one-call search: a lone
-    query there takes the general path, with the batch path's answer."""
-    X = m2m_gpu.synthetic(3000, 8, seed=9, kind="clustered", clusters=6)
-    plain = IndexHRM2(8, backend=backend)
-    coded = IndexHRM2(8, backend=backend, codec="sq8")
-    for index in (plain, coded):
+@pytest.mark.parametrize("codec", [None, "sq8", "fp16"])
+def test_a_lone_query_gets_the_batch_answer_on_every_path(backend, codec):
+    """On cpu with compiled loops and every row hot, a lone query takes the one-call path
+    (with a codec: the codes scanned for ``rerank * k`` candidates, then those re-ranked
+    on the float32 rows); elsewhere (another backend, rows not all hot) the general one.
+    Either way: the batch path's ids, ties included, and its distances; removed rows
+    skipped; the same report."""
+    X = m2m_gpu.synthetic(3000, 12, seed=9, kind="clustered", clusters=6)
+    X[40:46] = X[40]  # ties
+    Q = np.concatenate([X[40:41], X[:30] + 0.02]).astype(np.float32)
+    flat = IndexHRM2(12, backend=backend, codec=codec, rerank=2)
+    tiered = IndexHRM2(12, backend=backend, codec=codec, rerank=2,
+                       tiers={"hot_bytes": 500 * 48})
+    for index in (flat, tiered):
         index.train(X)
         index.add(X)
+        index.remove_ids(np.arange(1, 3000, 7))
+        index.rebalance()
         index.nprobe = 6
-        D, I = index.search(X[:5], 5)
-        for r in range(5):
-            d, i = index.search(X[r : r + 1], 5)
+        D, I = index.search(Q, 5)
+        cells, vectors = index.last_report.cells.copy(), index.last_report.vectors.copy()
+        for r in range(len(Q)):
+            d, i = index.search(Q[r : r + 1], 5)
             np.testing.assert_array_equal(i[0], I[r])
             np.testing.assert_allclose(d[0], D[r], rtol=1e-5, atol=1e-5)
-    jit = getattr(plain.hrm2.backend, "jit", False)
-    assert (plain.hrm2.one_query() is not None) == jit
-    assert coded.hrm2.one_query() is None
+            assert index.last_report.cells[0] == cells[r]
+            assert index.last_report.vectors[0] == vectors[r]
+        assert sorted(I[0].tolist()) == [40, 41, 42, 44, 45]  # 43 = 1 + 7 * 6 is removed
+    jit = getattr(flat.hrm2.backend, "jit", False)
+    assert (flat.hrm2.one_query() is not None) == jit
+    assert tiered.hrm2.layout.tiers.dense() is None and tiered.hrm2.one_query() is None
 
 
 def test_a_build_reports_its_progress_step_by_step():

@@ -396,6 +396,38 @@ def _plain(bits):
     return True
 
 
+@njit(fastmath=True, inline="always")
+def _route_one(q, coarse, fine, fine_lo, fine_hi, p1, out_cells):
+    """``out_cells`` (-1 pad): the query's nearest fine cells, as ``_route``."""
+    out_cells[:] = -1
+    fd = np.full(out_cells.shape[0], np.inf, dtype=np.float32)
+    _nearest_fine(q, coarse, fine, fine_lo, fine_hi, p1, fd, out_cells)
+
+
+@njit(fastmath=True, inline="always")
+def _code_d2(qs, scale, code, kind, buf, bits):
+    """Squared distance of ``q`` to a decoded row, from ``qs = q - offset``: float16
+    (kind 1) widened into ``buf`` first (``bits``: its memory as uint32), SQ8 bytes
+    (kind 2) in the loop."""
+    s = np.float32(0.0)
+    if kind == 1:
+        _decode_row(code, kind, buf, bits)
+        for e in range(qs.shape[0]):
+            t = qs[e] - scale[e] * buf[e]
+            s += t * t
+    else:
+        for e in range(qs.shape[0]):
+            t = qs[e] - scale[e] * np.float32(code[e])
+            s += t * t
+    return s
+
+
+@njit(fastmath=True, inline="always")
+def _ids_of(pos, ids, out_ids):
+    for j in range(pos.shape[0]):
+        out_ids[j] = ids[pos[j]] if pos[j] >= 0 else -1
+
+
 @njit(fastmath=True, cache=True, nogil=True)
 def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, rows, lo, hi, dead, ids, out_cells,
                 out_d2, out_pos, out_ids):
@@ -411,11 +443,11 @@ def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, rows, lo, hi, dead, ids, 
     if not _plain(q.view(np.uint32)):
         return -1, -1
     C = fine.shape[0]
-    out_cells[:] = -1
+    out_d2 = out_d2[0]  # (1, k) outputs, as the caller returns them
+    out_pos = out_pos[0]
     out_d2[:] = np.inf
     out_pos[:] = -1
-    fd = np.full(out_cells.shape[0], np.inf, dtype=np.float32)
-    _nearest_fine(q, coarse, fine, fine_lo, fine_hi, p1, fd, out_cells)
+    _route_one(q, coarse, fine, fine_lo, fine_hi, p1, out_cells)
     ncells = 0
     nrows = 0
     for j in range(out_cells.shape[0]):
@@ -429,33 +461,89 @@ def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, rows, lo, hi, dead, ids, 
                 if dead[r]:
                     continue
                 _insert(out_d2, out_pos, _sqdist(q, rows[r]), r)
-    for j in range(out_pos.shape[0]):
-        out_ids[j] = ids[out_pos[j]] if out_pos[j] >= 0 else -1
+    _ids_of(out_pos, ids, out_ids[0])
     return ncells, nrows
 
 
-def search_one(q, plan, p1, p2, rows, dead, ids, k):
-    """``(cells int64[p2], d2 float32[k], positions int64[k], ids int64[k], cells
-    scanned, rows scanned)`` of ``_search_one`` for the C-contiguous float32 query ``q`` (1-D).
-    ``plan``: ``(coarse, fine, fine starts, fine stops, row range starts, row range
-    stops)``, contiguous arrays made once per layout (:func:`one_plan`), not per query."""
-    coarse, fine, fine_lo, fine_hi, lo, hi = plan
+@njit(fastmath=True, cache=True, nogil=True)
+def _search_one_codes(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scale,
+                      ncand, rows, lo, hi, dead, ids, out_cells, out_d2, out_pos, out_ids):
+    """As :func:`_search_one`, over the codes (``_code_view``'s ``codes`` and ``kind``;
+    ``offset`` and ``scale`` of the codec): the ``ncand`` best rows by squared distance to
+    the decoded rows (ties by the smaller row), then those ranked again by their squared
+    distance to the float32 ``rows`` (ties likewise), as the batch path re-ranks."""
+    if not _plain(q.view(np.uint32)):
+        return -1, -1
+    C = fine.shape[0]
+    d = q.shape[0]
+    qs = np.empty(d, dtype=np.float32)
+    for e in range(d):
+        qs[e] = q[e] - offset[e]
+    buf = np.empty(d, dtype=np.float32)
+    bits = buf.view(np.uint32)
+    cd = np.full(ncand, np.inf, dtype=np.float32)
+    cp = np.full(ncand, -1, dtype=np.int64)
+    _route_one(q, coarse, fine, fine_lo, fine_hi, p1, out_cells)
+    ncells = 0
+    nrows = 0
+    for j in range(out_cells.shape[0]):
+        f = out_cells[j]
+        if f < 0:
+            continue
+        ncells += 1
+        for g in (f, f + C):
+            nrows += hi[g] - lo[g]
+            for r in range(lo[g], hi[g]):
+                if dead[r]:
+                    continue
+                _insert(cd, cp, _code_d2(qs, scale, codes[r], kind, buf, bits), r)
+    out_d2 = out_d2[0]
+    out_pos = out_pos[0]
+    out_d2[:] = np.inf
+    out_pos[:] = -1
+    for j in range(ncand):
+        if cp[j] >= 0:
+            _insert(out_d2, out_pos, _sqdist(q, rows[cp[j]]), cp[j])
+    _ids_of(out_pos, ids, out_ids[0])
+    return ncells, nrows
+
+
+def search_one(q, plan, p1, p2, rows, dead, ids, k, rerank=1):
+    """``(cells int64[p2], d2 float32[1, k], positions int64[1, k], ids int64[1, k],
+    cells scanned, rows scanned)`` of ``_search_one`` for the C-contiguous float32 query
+    ``q`` (1-D), or of ``_search_one_codes`` with ``rerank * k`` candidates when the plan
+    has codes. ``plan``: made once per layout by :func:`one_plan`, not per query."""
+    coarse, fine, fine_lo, fine_hi, lo, hi = plan[:6]
     cells = np.empty(max(1, min(p2, fine.shape[0])), dtype=np.int64)
-    d2 = np.empty(k, dtype=np.float32)
-    pos = np.empty(k, dtype=np.int64)
-    out_ids = np.empty(k, dtype=np.int64)
-    ncells, nrows = _search_one(q, coarse, fine, fine_lo, fine_hi,
-                                max(1, min(p1, coarse.shape[0])), rows, lo, hi,
-                                dead.view(np.uint8), ids, cells, d2, pos, out_ids)
+    d2 = np.empty((1, k), dtype=np.float32)
+    pos = np.empty((1, k), dtype=np.int64)
+    out_ids = np.empty((1, k), dtype=np.int64)
+    p1 = max(1, min(p1, coarse.shape[0]))
+    if len(plan) == 6:
+        ncells, nrows = _search_one(q, coarse, fine, fine_lo, fine_hi, p1, rows, lo, hi,
+                                    dead.view(np.uint8), ids, cells, d2, pos, out_ids)
+    else:
+        codes, kind, offset, scale = plan[6:]
+        ncells, nrows = _search_one_codes(
+            q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scale,
+            max(k, rerank * k), rows, lo, hi, dead.view(np.uint8), ids, cells, d2, pos,
+            out_ids)
     return cells, d2, pos, out_ids, ncells, nrows
 
 
-def one_plan(coarse, fine, fine_ranges, ranges):
-    """The per-layout arguments of :func:`search_one`, each contiguous."""
+def one_plan(coarse, fine, fine_ranges, ranges, codes=None, dequant=None):
+    """The per-layout arguments of :func:`search_one`, each contiguous: ``(coarse, fine,
+    fine starts, fine stops, row range starts, row range stops)``, then, given the codes
+    (float16 or SQ8 words) and their ``dequant``, ``(codes, kind, offsets, scales)``."""
     f32 = np.ascontiguousarray
-    return (f32(coarse, dtype=np.float32), f32(fine, dtype=np.float32),
+    plan = (f32(coarse, dtype=np.float32), f32(fine, dtype=np.float32),
             f32(fine_ranges[:, 0], dtype=np.int64), f32(fine_ranges[:, 1], dtype=np.int64),
             f32(ranges[:, 0], dtype=np.int64), f32(ranges[:, 1], dtype=np.int64))
+    if codes is None:
+        return plan
+    d = plan[1].shape[1]
+    view, kind, dq = _code_view(codes, d, dequant)
+    return plan + (view, kind, f32(dq[0], dtype=np.float32), f32(dq[1], dtype=np.float32))
 
 
 def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, pool=None,

@@ -351,8 +351,8 @@ class IndexHRM2:
         one = self._one_query_for(x)
         if one is not None:  # one query, first-class: one compiled call
             check_result_size(1, k, self.ntotal)
-            found = one(x, k, *self.hrm2.probes(self.p1,
-                                                self.p2 if p2_call is None else p2_call))
+            p1, p2 = self.hrm2.probes(self.p1, self.p2 if p2_call is None else p2_call)
+            found = one(x, k, p1, p2, self.rerank)
             if found is not None:  # else a value is NaN, inf or huge: see _rows below
                 d2, _, ids, self.last_report = found
                 return d2, ids

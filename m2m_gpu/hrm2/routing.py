@@ -27,12 +27,16 @@ class Router:
     def __init__(self, centroids: Centroids, backend: Backend) -> None:
         self.centroids = centroids
         self.backend = backend
+        self._probes: dict = {}  # (p1, p2) asked -> given: a lone query asks every call
 
     def probes(self, p1: int | None, p2: int | None) -> tuple[int, int]:
         """``(p1, p2)`` with the defaults of :func:`default_probes` for what is None."""
-        n1 = self.centroids.coarse.shape[0]
-        d1, d2 = default_probes(n1, max(1, self.centroids.cells // n1), p2)
-        return p1 or d1, d2
+        hit = self._probes.get((p1, p2))
+        if hit is None:
+            n1 = self.centroids.coarse.shape[0]
+            d1, d2 = default_probes(n1, max(1, self.centroids.cells // n1), p2)
+            hit = self._probes[(p1, p2)] = (p1 or d1, d2)
+        return hit
 
     def assign_p1(self) -> int:
         """Coarse cells searched for a row's fine cell (adds, training)."""

@@ -46,7 +46,7 @@ def search(router: Router, layout: CellLayout, scanner: CellScanner, q: np.ndarr
     if q.shape[0] == 1 and q.flags.c_contiguous and not adaptive and \
             mode == MODE_DISTANCE and params is None:
         one = one_query(router, layout, scanner)
-        found = None if one is None else one(q, k, p1, p2)
+        found = None if one is None else one(q, k, p1, p2, rerank)
         if found is not None:
             d2, pos, _, report = found
             return d2.copy(), pos, d2, report
@@ -114,8 +114,8 @@ def _scanned(layout: CellLayout, scanner: CellScanner, scanned: np.ndarray) -> P
 
 
 def one_query(router: Router, layout: CellLayout, scanner: CellScanner) -> OneQuery | None:
-    """The single-query search of this layout, or None where it does not apply (a codec,
-    no compiled loops, not every row hot on the host). Kept until the layout or the tiers
+    """The single-query search of this layout, or None where it does not apply (no
+    compiled loops, not every row hot on the host). Kept until the layout or the tiers
     change (:meth:`CellScanner.cached`)."""
     return scanner.cached("one", router, lambda: OneQuery.of(router, layout))
 
@@ -123,8 +123,11 @@ def one_query(router: Router, layout: CellLayout, scanner: CellScanner) -> OneQu
 class OneQuery:
     """One query on the cpu backend with every row hot: routing, scan, ranking and the
     report's counts in one compiled call (``_jit.search_one``), without the batch path's
-    grouping and merges, and with the per-layout arguments made once. Same answer as the
-    batch path with the same probes: the direct-form d2, ties by position."""
+    grouping and merges, and with the per-layout arguments made once. With a codec the
+    call scans the codes for the ``rerank * k`` best rows and ranks those again on their
+    float32 rows. Same answer as the batch path with the same probes (to the rounding of
+    the two forms of d2 at the candidates' boundary): the direct-form d2, ties by
+    position."""
 
     __slots__ = ("_layout", "_plan")
 
@@ -133,25 +136,27 @@ class OneQuery:
 
     @classmethod
     def of(cls, router: Router, layout: CellLayout) -> OneQuery | None:
-        if layout.codec is not None or not getattr(layout.backend, "jit", False) or \
-                layout.tiers.dense() is None:
+        if not getattr(layout.backend, "jit", False) or layout.tiers.dense() is None:
             return None
         c = router.centroids
-        return cls(layout, _jit.one_plan(c.coarse, c.fine, c.fine_ranges, layout.ranges))
+        coded = layout.codec is not None
+        return cls(layout, _jit.one_plan(
+            c.coarse, c.fine, c.fine_ranges, layout.ranges,
+            layout.codes if coded else None, layout.codec.dequant if coded else None))
 
-    def __call__(self, q: np.ndarray, k: int, p1: int, p2: int):
+    def __call__(self, q: np.ndarray, k: int, p1: int, p2: int, rerank: int = RERANK):
         """``(d2 float32[1, k], positions int64[1, k], ids int64[1, k], report)`` for the
         C-contiguous float32 query ``q`` (shape (1, d)); pads: inf / -1. None, with nothing
         counted, when a value of ``q`` is NaN, inf or from 2**50 up in magnitude: the
         general path validates and searches it."""
         L = self._layout
         cells, d2, pos, ids, ncells, nrows = _jit.search_one(
-            q[0], self._plan, p1, p2, L.tiers.dense(), L.dead, L.ids, k)
+            q[0], self._plan, p1, p2, L.tiers.dense(), L.dead, L.ids, k, rerank)
         if ncells < 0:
             return None
         L.touch(cells)
         report = ProbeReport(np.array([ncells]), np.array([nrows]))
-        return d2[None], pos[None], ids[None], report
+        return d2, pos, ids, report
 
 
 def _scan_retrying(layout: CellLayout, scanner: CellScanner, qn, probes, k, mode, params,
