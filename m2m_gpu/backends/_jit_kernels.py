@@ -428,18 +428,58 @@ def _ids_of(pos, ids, out_ids):
         out_ids[j] = ids[pos[j]] if pos[j] >= 0 else -1
 
 
+@njit(fastmath=True, inline="always")
+def _row_d2(r, a):
+    """Squared distance of the query ``a[0]`` to float32 row ``r`` of ``a[1]``."""
+    return _sqdist(a[0], a[1][r])
+
+
+@njit(fastmath=True, inline="always")
+def _code_row_d2(r, a):
+    """Squared distance to decoded row ``r``: ``a`` is ``_code_d2``'s arguments with the
+    codes in place of the row."""
+    return _code_d2(a[0], a[1], a[2][r], a[3], a[4], a[5])
+
+
+@njit(fastmath=True, inline="always")
+def _scan_probed(score, a, cells, C, lo, hi, dead, bd, bp):
+    """Every live row of the fine cells ``cells`` (-1 skipped; main range ``c`` and
+    overflow range ``c + C``) into the sorted lists ``bd`` / ``bp`` by ``score(r, a)``
+    (ties: smaller row). Returns ``(cells scanned, rows scanned)``, dead rows counted."""
+    ncells = 0
+    nrows = 0
+    for j in range(cells.shape[0]):
+        f = cells[j]
+        if f < 0:
+            continue
+        ncells += 1
+        for g in (f, f + C):
+            nrows += hi[g] - lo[g]
+            for r in range(lo[g], hi[g]):
+                if not dead[r]:
+                    _insert(bd, bp, score(r, a), r)
+    return ncells, nrows
+
+
 @njit(fastmath=True, cache=True, nogil=True)
-def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, rows, lo, hi, dead, ids, out_cells,
-                out_d2, out_pos, out_ids):
+def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scale, ncand,
+                rows, lo, hi, dead, ids, out_cells, out_d2, out_pos, out_ids):
     """One query, one compiled call: the ``p1`` nearest coarse cells, the
     ``out_cells.shape[0]`` nearest fine cells among theirs (as ``_route``), then every row
     of those cells (main range ``c`` and overflow range ``c + C``, C fine cells) ranked by
     its squared distance in the direct form, ties by the smaller row; rows with ``dead[r]``
     set are skipped; ``out_ids`` are the ``ids`` of the positions found. The outputs are
-    filled here (pads: -1 cells, inf / -1 results). Returns ``(cells scanned, rows
-    scanned)``, dead rows counted (what the scan read), or ``(-1, -1)`` with nothing done
-    when a value of ``q`` is not :func:`_plain` (NaN, inf, or huge: the caller's general
-    path then validates it, and refuses it or searches it)."""
+    filled here (pads: -1 cells, inf / -1 results).
+
+    ``kind`` 0 ranks the float32 ``rows`` (``codes`` and the rest unused). Kinds 1 and 2
+    rank the codes (``_code_view``'s ``codes`` and ``kind``; ``offset`` and ``scale`` of
+    the codec) for the ``ncand`` best rows by squared distance to the decoded rows, then
+    rank those again on the float32 rows, as the batch path re-ranks.
+
+    Returns ``(cells scanned, rows scanned)``, dead rows counted (what the scan read), or
+    ``(-1, -1)`` with nothing done when a value of ``q`` is not :func:`_plain` (NaN, inf,
+    or huge: the caller's general path then validates it, and refuses it or searches
+    it)."""
     if not _plain(q.view(np.uint32)):
         return -1, -1
     C = fine.shape[0]
@@ -448,99 +488,55 @@ def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, rows, lo, hi, dead, ids, 
     out_d2[:] = np.inf
     out_pos[:] = -1
     _route_one(q, coarse, fine, fine_lo, fine_hi, p1, out_cells)
-    ncells = 0
-    nrows = 0
-    for j in range(out_cells.shape[0]):
-        f = out_cells[j]
-        if f < 0:
-            continue
-        ncells += 1
-        for g in (f, f + C):
-            nrows += hi[g] - lo[g]
-            for r in range(lo[g], hi[g]):
-                if dead[r]:
-                    continue
-                _insert(out_d2, out_pos, _sqdist(q, rows[r]), r)
+    if kind == 0:
+        counts = _scan_probed(_row_d2, (q, rows), out_cells, C, lo, hi, dead, out_d2,
+                              out_pos)
+    else:
+        qs = q - offset
+        buf = np.empty(q.shape[0], dtype=np.float32)
+        bd = np.full(ncand, np.inf, dtype=np.float32)  # the candidates, on the codes
+        bp = np.full(ncand, -1, dtype=np.int64)
+        counts = _scan_probed(_code_row_d2, (qs, scale, codes, kind, buf,
+                                             buf.view(np.uint32)),
+                              out_cells, C, lo, hi, dead, bd, bp)
+        for j in range(ncand):
+            if bp[j] >= 0:
+                _insert(out_d2, out_pos, _sqdist(q, rows[bp[j]]), bp[j])
     _ids_of(out_pos, ids, out_ids[0])
-    return ncells, nrows
+    return counts
 
 
-@njit(fastmath=True, cache=True, nogil=True)
-def _search_one_codes(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scale,
-                      ncand, rows, lo, hi, dead, ids, out_cells, out_d2, out_pos, out_ids):
-    """As :func:`_search_one`, over the codes (``_code_view``'s ``codes`` and ``kind``;
-    ``offset`` and ``scale`` of the codec): the ``ncand`` best rows by squared distance to
-    the decoded rows (ties by the smaller row), then those ranked again by their squared
-    distance to the float32 ``rows`` (ties likewise), as the batch path re-ranks."""
-    if not _plain(q.view(np.uint32)):
-        return -1, -1
-    C = fine.shape[0]
-    d = q.shape[0]
-    qs = np.empty(d, dtype=np.float32)
-    for e in range(d):
-        qs[e] = q[e] - offset[e]
-    buf = np.empty(d, dtype=np.float32)
-    bits = buf.view(np.uint32)
-    cd = np.full(ncand, np.inf, dtype=np.float32)
-    cp = np.full(ncand, -1, dtype=np.int64)
-    _route_one(q, coarse, fine, fine_lo, fine_hi, p1, out_cells)
-    ncells = 0
-    nrows = 0
-    for j in range(out_cells.shape[0]):
-        f = out_cells[j]
-        if f < 0:
-            continue
-        ncells += 1
-        for g in (f, f + C):
-            nrows += hi[g] - lo[g]
-            for r in range(lo[g], hi[g]):
-                if dead[r]:
-                    continue
-                _insert(cd, cp, _code_d2(qs, scale, codes[r], kind, buf, bits), r)
-    out_d2 = out_d2[0]
-    out_pos = out_pos[0]
-    out_d2[:] = np.inf
-    out_pos[:] = -1
-    for j in range(ncand):
-        if cp[j] >= 0:
-            _insert(out_d2, out_pos, _sqdist(q, rows[cp[j]]), cp[j])
-    _ids_of(out_pos, ids, out_ids[0])
-    return ncells, nrows
+_NO_CODES = (np.zeros((0, 0), np.uint8), 0, np.zeros(0, np.float32), np.zeros(0, np.float32))
 
 
 def search_one(q, plan, p1, p2, rows, dead, ids, k, rerank=1):
     """``(cells int64[p2], d2 float32[1, k], positions int64[1, k], ids int64[1, k],
     cells scanned, rows scanned)`` of ``_search_one`` for the C-contiguous float32 query
-    ``q`` (1-D), or of ``_search_one_codes`` with ``rerank * k`` candidates when the plan
-    has codes. ``plan``: made once per layout by :func:`one_plan`, not per query."""
-    coarse, fine, fine_lo, fine_hi, lo, hi = plan[:6]
+    ``q`` (1-D), over the codes with ``rerank * k`` candidates when the plan has them.
+    ``plan``: made once per layout by :func:`one_plan`, not per query."""
+    coarse, fine, fine_lo, fine_hi, lo, hi, codes, kind, offset, scale = plan
     cells = np.empty(max(1, min(p2, fine.shape[0])), dtype=np.int64)
     d2 = np.empty((1, k), dtype=np.float32)
     pos = np.empty((1, k), dtype=np.int64)
     out_ids = np.empty((1, k), dtype=np.int64)
-    p1 = max(1, min(p1, coarse.shape[0]))
-    if len(plan) == 6:
-        ncells, nrows = _search_one(q, coarse, fine, fine_lo, fine_hi, p1, rows, lo, hi,
-                                    dead.view(np.uint8), ids, cells, d2, pos, out_ids)
-    else:
-        codes, kind, offset, scale = plan[6:]
-        ncells, nrows = _search_one_codes(
-            q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scale,
-            max(k, rerank * k), rows, lo, hi, dead.view(np.uint8), ids, cells, d2, pos,
-            out_ids)
+    ncells, nrows = _search_one(
+        q, coarse, fine, fine_lo, fine_hi, max(1, min(p1, coarse.shape[0])), codes, kind,
+        offset, scale, max(k, rerank * k), rows, lo, hi, dead.view(np.uint8), ids, cells,
+        d2, pos, out_ids)
     return cells, d2, pos, out_ids, ncells, nrows
 
 
 def one_plan(coarse, fine, fine_ranges, ranges, codes=None, dequant=None):
     """The per-layout arguments of :func:`search_one`, each contiguous: ``(coarse, fine,
-    fine starts, fine stops, row range starts, row range stops)``, then, given the codes
-    (float16 or SQ8 words) and their ``dequant``, ``(codes, kind, offsets, scales)``."""
+    fine starts, fine stops, row range starts, row range stops)``, then ``(codes, kind,
+    offsets, scales)`` of the codes (float16 or SQ8 words) and their ``dequant`` (kind 0,
+    empty arrays: none)."""
     f32 = np.ascontiguousarray
     plan = (f32(coarse, dtype=np.float32), f32(fine, dtype=np.float32),
             f32(fine_ranges[:, 0], dtype=np.int64), f32(fine_ranges[:, 1], dtype=np.int64),
             f32(ranges[:, 0], dtype=np.int64), f32(ranges[:, 1], dtype=np.int64))
     if codes is None:
-        return plan
+        return plan + _NO_CODES
     d = plan[1].shape[1]
     view, kind, dq = _code_view(codes, d, dequant)
     return plan + (view, kind, f32(dq[0], dtype=np.float32), f32(dq[1], dtype=np.float32))
