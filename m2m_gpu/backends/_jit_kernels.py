@@ -405,21 +405,22 @@ def _route_one(q, coarse, fine, fine_lo, fine_hi, p1, out_cells):
 
 
 @njit(fastmath=True, inline="always")
-def _code_d2(qs, scale, code, kind, buf, bits):
-    """Squared distance of ``q`` to a decoded row, from ``qs = q - offset``: float16
-    (kind 1) widened into ``buf`` first (``bits``: its memory as uint32), SQ8 bytes
-    (kind 2) in the loop."""
+def _sq8_d2(qs, scale, code):
+    """Squared distance of ``q`` to an SQ8 row (its bytes ``code``), from
+    ``qs = q - offset``."""
     s = np.float32(0.0)
-    if kind == 1:
-        _decode_row(code, kind, buf, bits)
-        for e in range(qs.shape[0]):
-            t = qs[e] - scale[e] * buf[e]
-            s += t * t
-    else:
-        for e in range(qs.shape[0]):
-            t = qs[e] - scale[e] * np.float32(code[e])
-            s += t * t
+    for e in range(qs.shape[0]):
+        t = qs[e] - scale[e] * np.float32(code[e])
+        s += t * t
     return s
+
+
+@njit(fastmath=True, inline="always")
+def _fp16_d2(q, code, buf, bits):
+    """Squared distance of ``q`` to a float16 row (its bits ``code``), widened into
+    ``buf`` first (``bits``: its memory as uint32)."""
+    _decode_row(code, 1, buf, bits)
+    return _sqdist(q, buf)
 
 
 @njit(fastmath=True, inline="always")
@@ -435,10 +436,15 @@ def _row_d2(r, a):
 
 
 @njit(fastmath=True, inline="always")
-def _code_row_d2(r, a):
-    """Squared distance to decoded row ``r``: ``a`` is ``_code_d2``'s arguments with the
-    codes in place of the row."""
-    return _code_d2(a[0], a[1], a[2][r], a[3], a[4], a[5])
+def _sq8_row_d2(r, a):
+    """``_sq8_d2`` of row ``r``: ``a`` is ``(q - offset, scale, codes)``."""
+    return _sq8_d2(a[0], a[1], a[2][r])
+
+
+@njit(fastmath=True, inline="always")
+def _fp16_row_d2(r, a):
+    """``_fp16_d2`` of row ``r``: ``a`` is ``(q, codes, buf, bits)``."""
+    return _fp16_d2(a[0], a[1][r], a[2], a[3])
 
 
 @njit(fastmath=True, inline="always")
@@ -492,13 +498,15 @@ def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scal
         counts = _scan_probed(_row_d2, (q, rows), out_cells, C, lo, hi, dead, out_d2,
                               out_pos)
     else:
-        qs = q - offset
-        buf = np.empty(q.shape[0], dtype=np.float32)
         bd = np.full(ncand, np.inf, dtype=np.float32)  # the candidates, on the codes
         bp = np.full(ncand, -1, dtype=np.int64)
-        counts = _scan_probed(_code_row_d2, (qs, scale, codes, kind, buf,
-                                             buf.view(np.uint32)),
-                              out_cells, C, lo, hi, dead, bd, bp)
+        if kind == 2:
+            counts = _scan_probed(_sq8_row_d2, (q - offset, scale, codes), out_cells, C, lo,
+                                  hi, dead, bd, bp)
+        else:
+            buf = np.empty(q.shape[0], dtype=np.float32)
+            counts = _scan_probed(_fp16_row_d2, (q, codes, buf, buf.view(np.uint32)),
+                                  out_cells, C, lo, hi, dead, bd, bp)
         for j in range(ncand):
             if bp[j] >= 0:
                 _insert(out_d2, out_pos, _sqdist(q, rows[bp[j]]), bp[j])
