@@ -26,7 +26,7 @@ targets of the issue hold. Output: JSON and a PNG plot in bench/results/.
     python bench/bench_hrm2.py --n 1000000
     python bench/bench_hrm2.py --dataset text
     python bench/bench_hrm2.py --dataset gmm --n 1000000
-    python bench/bench_hrm2.py --replot bench/results/hrm2-text-n62699-d384.json
+    python bench/bench_hrm2.py --replot bench/results/hrm2-text-n62702-d384.json
 """
 
 from __future__ import annotations

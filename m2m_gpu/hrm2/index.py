@@ -48,6 +48,11 @@ class IndexHRM2:
     row: the placement pass runs after a write (``add``, ``add_with_ids``,
     ``remove_ids``) when it is due, or on :meth:`rebalance`.
 
+    One query is a first-class case: on the cpu backend with compiled loops and every row
+    hot, a float32 C-contiguous ``(1, d)`` query under l2 with fixed probing goes from
+    :meth:`search` to one compiled call (routing, the scan of the float32 rows or of the
+    codes with their exact re-rank, ids and report), with the batch path's answer.
+
     Searches may run in several threads at once (``last_report`` is then that of the last
     one to finish); writes must not overlap a search or each other.
     """
