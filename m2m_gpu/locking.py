@@ -92,8 +92,11 @@ class RWLock:
             try:
                 while self._writer is not None or self._readers:
                     self._cond.wait()
-            finally:
-                self._writers_waiting -= 1
+            except BaseException:  # gave up waiting (an interrupt): readers queued
+                self._writers_waiting -= 1  # behind this writer may go now
+                self._cond.notify_all()
+                raise
+            self._writers_waiting -= 1
             self._writer, self._write_depth = me, 1
 
     def release_write(self) -> None:

@@ -150,6 +150,54 @@ def test_a_write_waits_for_running_searches_and_excludes_new_ones():
     assert order == ["read done", "write", "late read"]
 
 
+def test_readers_queued_behind_a_writer_that_gives_up_are_let_in():
+    """A writer interrupted while it waits for the readers leaves; a reader that queued
+    behind it must not wait for a wake-up that no one sends (the last reader leaving
+    notifies only while a writer waits)."""
+    from m2m_gpu.locking import RWLock
+
+    lock = RWLock()
+    real_wait = lock._cond.wait
+    second_waits, second_in = threading.Event(), threading.Event()
+
+    def wait(timeout=None):
+        if threading.current_thread().name == "writer":  # lets the reader queue, then
+            lock._mutex.release()  # gives up as an interrupt would
+            second_waits.wait(5)
+            lock._mutex.acquire()
+            raise KeyboardInterrupt
+        second_waits.set()
+        return real_wait(timeout)
+
+    lock._cond.wait = wait
+    gave_up = []
+
+    def writer():
+        try:
+            with lock.write():
+                pass
+        except KeyboardInterrupt:
+            gave_up.append(True)
+
+    def second_reader():
+        while not lock._writers_waiting:
+            time.sleep(0.001)
+        with lock.read():
+            second_in.set()
+
+    with lock.read():  # the first reader holds on throughout
+        w = threading.Thread(target=writer, name="writer")
+        r = threading.Thread(target=second_reader)
+        w.start()
+        r.start()
+        assert second_in.wait(5), "the queued reader was never let in"
+        w.join(5)
+        r.join(5)
+    assert gave_up == [True] and not lock._writers_waiting
+    with lock.write():  # and the lock still works
+        pass
+
+
 def test_the_lock_is_reentrant_for_writers_and_readers_but_a_reader_cannot_write():
     from m2m_gpu.locking import RWLock
 

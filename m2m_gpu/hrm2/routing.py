@@ -35,6 +35,8 @@ class Router:
         if hit is None:
             n1 = self.centroids.coarse.shape[0]
             d1, d2 = default_probes(n1, max(1, self.centroids.cells // n1), p2)
+            if len(self._probes) >= 64:  # callers sweeping nprobe: stay small
+                self._probes.clear()
             hit = self._probes[(p1, p2)] = (p1 or d1, d2)
         return hit
 
