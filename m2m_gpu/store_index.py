@@ -185,8 +185,7 @@ class StoreIndex:
                                                  params=params, cache=not masked)
         self.last_report = report
         keys, pos, d2 = (np.asarray(self.hrm2.backend.to_host(a)) for a in (keys, pos, d2))
-        slots = np.where(pos >= 0, self.hrm2.ids[np.where(pos >= 0, pos, 0)], -1)
-        return keys, slots, d2
+        return keys, self.hrm2.ids_of(pos), d2
 
     def check(self, live_slots: np.ndarray) -> list[str]:
         """Problems of the index's layout, and whether it holds each of ``live_slots``

@@ -539,15 +539,14 @@ def one_plan(coarse, fine, fine_ranges, ranges, codes=None, dequant=None):
     fine starts, fine stops, row range starts, row range stops)``, then ``(codes, kind,
     offsets, scales)`` of the codes (float16 or SQ8 words) and their ``dequant`` (kind 0,
     empty arrays: none)."""
-    f32 = np.ascontiguousarray
-    plan = (f32(coarse, dtype=np.float32), f32(fine, dtype=np.float32),
-            f32(fine_ranges[:, 0], dtype=np.int64), f32(fine_ranges[:, 1], dtype=np.int64),
-            f32(ranges[:, 0], dtype=np.int64), f32(ranges[:, 1], dtype=np.int64))
+    c = np.ascontiguousarray
+    plan = (c(coarse, dtype=np.float32), c(fine, dtype=np.float32),
+            c(fine_ranges[:, 0], dtype=np.int64), c(fine_ranges[:, 1], dtype=np.int64),
+            c(ranges[:, 0], dtype=np.int64), c(ranges[:, 1], dtype=np.int64))
     if codes is None:
         return plan + _NO_CODES
-    d = plan[1].shape[1]
-    view, kind, dq = _code_view(codes, d, dequant)
-    return plan + (view, kind, f32(dq[0], dtype=np.float32), f32(dq[1], dtype=np.float32))
+    view, kind, dq = _code_view(codes, plan[1].shape[1], dequant)
+    return plan + (view, kind, c(dq[0], dtype=np.float32), c(dq[1], dtype=np.float32))
 
 
 def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, pool=None,

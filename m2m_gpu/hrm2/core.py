@@ -129,6 +129,14 @@ class HRM2:
         """Host float32 rows at positions ``pos``."""
         return self.layout.rows_at(pos)
 
+    def ids_of(self, pos: np.ndarray) -> np.ndarray:
+        """The caller's ids of the positions ``pos`` (a search's; -1 pads stay -1)."""
+        out = self.layout.ids.take(pos, mode="clip")
+        pad = pos < 0
+        if pad.any():
+            out[pad] = -1
+        return out
+
     def positions_of(self, ids: np.ndarray) -> np.ndarray:
         """The live position of each id (-1 where absent); ids are non-negative ints."""
         return self.layout.positions_of(ids)

@@ -375,7 +375,7 @@ class IndexHRM2:
             q if self._lift is None else self._lift.queries(q), k, p1, p2,
             adaptive=self.adaptive, ratio=self.ratio, rerank=self.rerank)
         self.last_report = report
-        I = self._ids_of(pos)
+        I = self.hrm2.ids_of(pos)
         if self.metric == "l2":
             return d2.astype(np.float32, copy=False), I
         pad = pos < 0
@@ -384,14 +384,6 @@ class IndexHRM2:
                 np.float32), I
         D = np.where(pad, -np.inf, 1.0 - d2 / 2.0).astype(np.float32)
         return D, I
-
-    def _ids_of(self, pos: np.ndarray) -> np.ndarray:
-        """The caller's ids of the positions ``pos`` (-1 pads stay -1)."""
-        I = self.hrm2.ids.take(pos, mode="clip")
-        pad = pos < 0
-        if pad.any():
-            I[pad] = -1
-        return I
 
     def _one_query_for(self, x):
         """The single-query search (:meth:`HRM2.one_query`) when ``x`` is one query it
