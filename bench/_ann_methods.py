@@ -62,11 +62,12 @@ class HRM2(Method):
     time is that training's plus its own add."""
 
     def __init__(self, backend: str, codec=None, reranks=(None,), adaptive=False,
-                 trained_from: HRM2 | None = None) -> None:
+                 trained_from: HRM2 | None = None, name: str | None = None) -> None:
         self.backend, self.codec, self.reranks = backend, codec, reranks
         self.adaptive, self.trained_from = adaptive, trained_from
         tag = (codec or "") + (" adaptive" if adaptive else "")
-        self.name = "hrm2" + ("_" + codec if codec else "") + ("_adaptive" if adaptive else "")
+        self.name = name or \
+            "hrm2" + ("_" + codec if codec else "") + ("_adaptive" if adaptive else "")
         self.label = "m2m HRM2" + (f" ({tag.strip()})" if tag else "")
         self.index = None
         self.train_s = 0.0

@@ -12,8 +12,10 @@ Ground truth: exact search in this run (checked against the stored one for ``tex
 
 Methods (``bench/_ann_methods.py``): HRM2 over float32 rows (fixed and adaptive probing) and
 over float16 and SQ8 codes re-ranked exactly (``rerank`` swept; they reuse the float index's
-centroids), faiss IVF-Flat and IVF-SQ8 with as many lists as HRM2 has fine cells, hnswlib
-with M = 16 and 32 (ef_construction 100). Each swept point: recall@10 over every query, and
+centroids), over SQ8 codes of the leading third of the principal directions
+(``hrm2_pca``: ``pca128,sq8`` at 384 dimensions, ``rerank`` 4 and 8), faiss IVF-Flat and
+IVF-SQ8 with as many lists as HRM2 has fine cells, hnswlib with M = 16 and 32
+(ef_construction 100). Each swept point: recall@10 over every query, and
 the median QPS of ``--repeat`` timed runs of one batch of ``--m`` after a warm-up. Then, per
 method, its cheapest setting reaching recall 0.95 over every query is timed one query at a
 time (p50 / p99 over the first ``--single`` queries, best of 3 passes; the recall given is
@@ -171,7 +173,8 @@ def main() -> int:
     base = am.HRM2(be.name)
     methods = [base, am.HRM2(be.name, adaptive=True, trained_from=base),
                am.HRM2(be.name, "sq8", (1, 2, 4), trained_from=base),
-               am.HRM2(be.name, "fp16", (2, 4), trained_from=base)]
+               am.HRM2(be.name, "fp16", (2, 4), trained_from=base),
+               am.HRM2(be.name, pca_codec(d), (4, 8), trained_from=base, name="hrm2_pca")]
     skip = set(filter(None, args.skip.split(",")))
     for method in methods:  # the base first: the others take its centroids
         if method.name in skip and method is not base:
@@ -245,7 +248,13 @@ def _version(module: str) -> str | None:
         return None
 
 
-HRM2_NAMES = ("hrm2", "hrm2_adaptive", "hrm2_sq8", "hrm2_fp16")
+HRM2_NAMES = ("hrm2", "hrm2_adaptive", "hrm2_sq8", "hrm2_fp16", "hrm2_pca")
+
+
+def pca_codec(d: int) -> str:
+    """The projecting variant: SQ8 codes of the leading third of the principal directions
+    (128 of MiniLM's 384)."""
+    return f"pca{max(1, d // 3)},sq8"
 BASELINES = ("faiss_ivf_flat", "faiss_ivf_sq8", "hnswlib_m16", "hnswlib_m32")
 
 

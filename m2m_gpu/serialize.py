@@ -2,7 +2,7 @@
 ``deserialize_index`` (FAISS's names), and pickling through the same bytes, so an index
 crosses process boundaries (``multiprocessing``, joblib, Ray).
 
-Format (version 1), all little-endian::
+Format, all little-endian::
 
     b"M2MIDX\\0\\1" | u32 header length | JSON header | raw arrays | u32 CRC32 of all before
 
@@ -10,7 +10,10 @@ The header names the class, its settings, the backend it was built on, and each 
 name, dtype and shape. Nothing is read with pickle. A flat index stores its vectors as
 held (float16 stays float16; cosine vectors as normalised), an ``IndexIDMap`` also its ids,
 and an ``IndexHRM2`` its trained centroids with its vectors and ids: it reloads without
-k-means (the cells are laid out again from the centroids).
+k-means (the cells are laid out again from the centroids), and with a codec its trained
+part (``codec_offset``, ``codec_scale``; after a projection ``codec_basis``,
+``codec_mean``): the codes are made again. ``format_version`` is the oldest version that
+reads everything in the file: 1, 2 with a codec, 3 with a projecting one.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from .errors import InvalidInputError, StoreFormatError
 from .locking import holding
 
 MAGIC = b"M2MIDX\x00\x01"
-FORMAT_VERSION = 2  # 2: an IndexHRM2 over compressed cells (its codec and SQ8 ranges)
+FORMAT_VERSION = 3  # 2: an IndexHRM2 over compressed cells (its codec and SQ8 ranges);
+# 3: a codec with a projection (its principal directions and mean)
 _U32 = struct.Struct("<I")
 
 
@@ -87,9 +91,9 @@ def _hrm2_parts(index) -> tuple[dict, dict]:
         live = h.live_positions()
         arrays["vectors"] = h.rows_at(live)
         arrays["ids"] = h.ids[live]
-        if h.layout.codec is not None:  # SQ8's trained ranges (codes are made again)
-            arrays["codec_offset"] = h.layout.codec.offset
-            arrays["codec_scale"] = h.layout.codec.scale
+        if h.layout.codec is not None:  # SQ8's ranges, a projection (codes made again)
+            arrays |= {f"codec_{key}": value for key, value in h.layout.codec.state().items()
+                       if key != "spec"}
     if index._sample is not None:
         arrays["calibration_sample"] = index._sample
     return head, arrays
@@ -103,7 +107,7 @@ def index_bytes(index) -> bytes:
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     # the oldest version that holds everything written: a reader from before codecs
     # refuses an index it would load without them, and reads every other file
-    version = 2 if head.get("codec") else 1
+    version = 1 if not head.get("codec") else 3 if head["codec"].startswith("pca") else 2
     head = {**head, "format_version": version, "backend": index.backend.name,
             "arrays": [[k, a.dtype.newbyteorder("<").str, list(a.shape)]
                        for k, a in arrays.items()]}
@@ -201,8 +205,9 @@ def _hrm2_from(head: dict, arrays: dict, be):
         if "codec_offset" in arrays:
             from .codecs import Codec
 
-            index.hrm2.layout.set_codec(Codec(head["codec"], arrays["codec_offset"],
-                                              arrays["codec_scale"]))
+            index.hrm2.layout.set_codec(Codec.from_state(
+                {"spec": head["codec"]} | {key[len("codec_"):]: value for key, value in
+                                           arrays.items() if key.startswith("codec_")}))
         index._add(arrays["vectors"], arrays["ids"])
     index._next_id = int(head["next_id"])
     # the recall target last: loading the rows above must not recalibrate

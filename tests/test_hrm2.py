@@ -811,7 +811,7 @@ def test_a_single_query_in_any_form_gets_the_one_call_answer_or_a_clear_error():
     np.testing.assert_array_equal(i[0], index.search(np.repeat(q, 2, 0), 10)[1][0])
 
 
-@pytest.mark.parametrize("codec", [None, "sq8", "fp16"])
+@pytest.mark.parametrize("codec", [None, "sq8", "fp16", "pca7,sq8", "pca5,fp16"])
 def test_a_lone_query_gets_the_batch_answer_on_every_path(backend, codec):
     """On cpu with compiled loops and every row hot, a lone query takes the one-call path
     (with a codec: the codes scanned for ``rerank * k`` candidates, then those re-ranked

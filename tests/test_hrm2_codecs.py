@@ -15,6 +15,8 @@ from m2m_gpu.hrm2 import IndexHRM2
 from .test_hrm2 import check_scan, cpu_scan_paths, data, recall
 
 CODECS = ["fp16", "sq8"]
+# with a projection first: the index tests run on 24 dimensions (25 lifted, under ip)
+INDEX_CODECS = CODECS + ["pca16,sq8", "pca12,fp16"]
 
 
 def test_codecs_round_trip_within_their_step(rng):
@@ -35,6 +37,107 @@ def test_codecs_round_trip_within_their_step(rng):
     assert far.view(np.uint8).max() == 255
     assert np.isfinite(Codec.fp16(2).decode(Codec.fp16(2).encode(
         np.array([[1e6, -1e6]], np.float32)))).all()
+
+
+@pytest.mark.parametrize("name", ["sq8", "fp16"])
+def test_a_projecting_codec_keeps_the_leading_principal_coordinates(rng, name):
+    """``pcaN,...``: rows and queries coded as ``B (x - mean)``, B the N leading principal
+    directions, orthonormal; the code-space distance is a lower bound of the true one,
+    short of exactly the part outside the span (so exact for rows in it); odd N (SQ8 rows
+    padded to whole words); the compiled query projection is the reference's."""
+    from m2m_gpu.backends import _jit
+    from m2m_gpu.codecs import principal_directions
+
+    n, d, N = 800, 10, 3
+    spread = np.array([8, 4, 2, 1, 0.1, 0.08, 0.06, 0.05, 0.03, 0.01], np.float32)
+    mix = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
+    x = (rng.standard_normal((n, d)).astype(np.float32) * spread) @ mix.T + 2.0
+    c = Codec.train(f"pca{N},{name}", x)
+    assert c.projected and c.spec == f"pca{N},{name}" and c.d == N and c.d_in == d
+    np.testing.assert_allclose(c.basis @ c.basis.T, np.eye(N), atol=1e-5)
+    np.testing.assert_allclose(np.abs(c.basis @ mix[:, :N]), np.eye(N), atol=0.05)
+    np.testing.assert_allclose(c.mean, x.mean(axis=0), atol=1e-4)
+    z = c.project(x)
+    q = x[:7] + rng.standard_normal((7, d)).astype(np.float32) * 0.1
+    qc = c.queries(q)
+    assert qc.shape == (7, N) and qc.flags.c_contiguous
+    ref = (q - c.mean) @ c.basis.T
+    np.testing.assert_allclose(qc, ref, rtol=1e-5, atol=1e-5)
+    if _jit.available():  # the compiled path was the one taken: the numbers agree
+        np.testing.assert_allclose(_jit.project(q, c.basis, c.mean), ref, rtol=1e-5,
+                                   atol=1e-5)
+    est = ((qc[:, None, :] - z[None]) ** 2).sum(-1)
+    diff = q[:, None, :] - x[None]
+    true = (diff**2).sum(-1)
+    outside = diff - (diff @ c.basis.T) @ c.basis  # the part the projection drops
+    np.testing.assert_allclose(est, true - (outside**2).sum(-1), rtol=1e-3, atol=1e-3)
+    assert (est <= true * (1 + 1e-5) + 1e-5).all()
+    inside = c.mean + ((x - c.mean) @ c.basis.T) @ c.basis  # rows in the span: exact
+    est_in = ((qc[:, None, :] - c.project(inside)[None]) ** 2).sum(-1)
+    ref_in = (((q - c.mean) @ c.basis.T @ c.basis + c.mean)[:, None, :] - inside[None]) ** 2
+    np.testing.assert_allclose(est_in, ref_in.sum(-1), rtol=1e-3, atol=1e-3)
+    codes = c.encode(x)
+    assert codes.shape == ((n, N) if name == "fp16" else (n, 1))
+    step = c.scale / 2 * 1.001 + 1e-6 if name == "sq8" else np.abs(z) / 1024 + 1e-6
+    assert (np.abs(c.decode(codes) - z) <= step).all()
+    again = Codec.from_state(c.state())
+    np.testing.assert_array_equal(again.encode(x), codes)
+    basis, mean = principal_directions(np.zeros((0, d), np.float32), N)  # no rows yet
+    np.testing.assert_array_equal(basis, np.eye(N, d))
+
+
+@pytest.mark.parametrize("spec, canonical", [("sq8", "sq8"), ("FP16", "fp16"),
+                                             ("pca8,sq8", "pca8,sq8"),
+                                             ("PCA 4, FP16", "pca4,fp16")])
+def test_codec_specs_are_read_in_any_case(spec, canonical):
+    assert IndexHRM2(12, codec=spec).codec == canonical
+
+
+@pytest.mark.parametrize("bad", ["pca0,sq8", "pca12,sq8", "pca99,fp16", "pca8", "pca,sq8",
+                                 "pcax,sq8", "sq8,pca4", "pca-1,sq8"])
+def test_bad_projections_are_refused_naming_the_problem(bad):
+    with pytest.raises(InvalidInputError, match="codec"):
+        IndexHRM2(12, codec=bad)
+
+
+def _copied_trainings(x, codec, **options):
+    """``(src, dst, plain, late)``: ``src`` trained with ``codec`` on ``x`` and ``dst`` its
+    copy; ``plain`` trained without a codec and ``late`` (with ``codec``) its copy."""
+    src = IndexHRM2(x.shape[1], codec=codec)
+    src.train(x)
+    dst = IndexHRM2(x.shape[1], codec=codec)
+    dst.copy_training(src)
+    plain = IndexHRM2(x.shape[1])
+    plain.train(x)
+    late = IndexHRM2(x.shape[1], codec=codec, **options)
+    late.copy_training(plain)
+    return src, dst, plain, late
+
+
+def _assert_recall_near(late, plain, x, q, loss):
+    """``late`` (holding ``x``) finds the true 10 as well as ``plain`` does, to ``loss``."""
+    flat = m2m_gpu.IndexFlatL2(x.shape[1])
+    flat.add(x)
+    late.nprobe = plain.nprobe = 8
+    plain.add(x)
+    assert recall(late.search(q, 10)[1], flat.search(q, 10)[1]) >= \
+        recall(plain.search(q, 10)[1], flat.search(q, 10)[1]) - loss
+
+
+def test_copied_training_brings_its_projection_or_trains_one_on_each_layout():
+    """copy_training takes the source's directions; from an index without a codec the
+    directions are those of the rows laid out, measured on a sample at each full
+    re-layout; either way the codes follow the rows."""
+    x, q = data(3000, 30, d=24)
+    x, q = x * SPECTRUM, q * SPECTRUM
+    src, dst, plain, late = _copied_trainings(x, "pca12,sq8", rerank=8)
+    np.testing.assert_array_equal(dst.hrm2.layout.codec.basis, src.hrm2.layout.codec.basis)
+    late.add(x)
+    got = late.hrm2.layout.codec
+    assert got is not None and got.projected and late.hrm2.check() == []
+    want = Codec.train("pca12,sq8", x)  # the directions of these rows, up to rounding
+    np.testing.assert_allclose(np.abs((got.basis @ want.basis.T).diagonal()), 1, atol=1e-3)
+    _assert_recall_near(late, plain, x, q, 0.02)
 
 
 @pytest.mark.parametrize("reps", [3, 50])
@@ -81,9 +184,15 @@ def test_compressed_scan_matches_reference_on_the_decoded_rows(backend, rng, cod
 
 
 
+# per-dimension spread of the rows: falling like an embedding's spectrum, so the leading
+# principal directions (what a projecting codec keeps) carry most of each distance
+SPECTRUM = np.geomspace(1.0, 0.03, 24).astype(np.float32)
+
+
 def index_pair(backend, codec, metric="l2", **kw):
     n = 3000 if backend.name != "vulkan" else 1500
     x, q = data(n, 40, d=24)
+    x, q = x * SPECTRUM, q * SPECTRUM
     shape = (6, 6) if backend.name == "vulkan" else (None, None)
     idx = IndexHRM2(24, *shape, metric, backend=backend.name, codec=codec, **kw)
     ref = IndexHRM2(24, *shape, metric, backend=backend.name, **kw)
@@ -94,11 +203,13 @@ def index_pair(backend, codec, metric="l2", **kw):
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
-@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("codec", INDEX_CODECS)
 def test_probing_every_cell_with_a_deep_rerank_is_exact(backend, codec, metric):
-    """All cells probed and 8 k candidates re-ranked: the exact answer, with the exact
-    float32 distances (the codes only chose the candidates)."""
-    x, q, idx, _ = index_pair(backend, codec, metric, rerank=8)
+    """All cells probed and 8 k candidates re-ranked (after a projection, whose order is
+    looser, every row): the exact answer, with the exact float32 distances (the codes
+    only chose the candidates)."""
+    deep = 8 if not codec.startswith("pca") else 300  # 300 k = every row
+    x, q, idx, _ = index_pair(backend, codec, metric, rerank=deep)
     idx.p1, idx.nprobe = idx.hrm2.coarse.shape[0], idx.nlist
     D, I = idx.search(q, 10)
     flat = {"l2": m2m_gpu.IndexFlatL2, "cosine": m2m_gpu.IndexFlatIP,
@@ -111,7 +222,7 @@ def test_probing_every_cell_with_a_deep_rerank_is_exact(backend, codec, metric):
     np.testing.assert_allclose(D, D0, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("codec", INDEX_CODECS)
 def test_compressed_index_keeps_the_recall_of_the_float_index(backend, codec):
     x, q, idx, ref = index_pair(backend, codec)
     flat = m2m_gpu.IndexFlatL2(24)
@@ -121,11 +232,13 @@ def test_compressed_index_keeps_the_recall_of_the_float_index(backend, codec):
         i.nprobe = 8
     r, r_ref = recall(idx.search(q, 10)[1], I0), recall(ref.search(q, 10)[1], I0)
     assert r >= r_ref - 0.01 and r > 0.5
-    idx.rerank = 1  # no spare candidates: the codes' own ranking shows
-    assert recall(idx.search(q, 10)[1], I0) >= r_ref - 0.05
+    idx.rerank = 1  # no spare candidates: the codes' own ranking shows (a projection's
+    # is looser: what the deeper re-rank above makes up for)
+    loss = 0.15 if codec.startswith("pca") else 0.05
+    assert recall(idx.search(q, 10)[1], I0) >= r_ref - loss
 
 
-@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("codec", INDEX_CODECS)
 def test_writes_keep_the_codes_in_step(backend, codec):
     """Adds into the overflow region, a re-layout, removals and a retraining: the codes
     follow the rows (layout check), new rows are found at once, removed ones never."""
@@ -145,7 +258,7 @@ def test_writes_keep_the_codes_in_step(backend, codec):
     assert idx.hrm2.check() == [] and idx.hrm2.layout.codes.shape[0] == idx.ntotal
 
 
-@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("codec", INDEX_CODECS)
 def test_rows_moved_in_place_or_across_cells_are_found_where_they_are(backend, codec):
     """HRM2.relocate (a splat's mu moved): rewritten in place, or dead at the old position
     and added to the new cell; a search finds each where it now is, never a dead copy."""
@@ -163,7 +276,7 @@ def test_rows_moved_in_place_or_across_cells_are_found_where_they_are(backend, c
     assert not h.dead[p[:, 0]].any()
 
 
-@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("codec", INDEX_CODECS)
 def test_the_codec_and_its_ranges_survive_saving(backend, codec):
     x, q, idx, _ = index_pair(backend, codec, rerank=3)
     idx.nprobe = 6
@@ -171,8 +284,9 @@ def test_the_codec_and_its_ranges_survive_saving(backend, codec):
     back = m2m_gpu.deserialize_index(m2m_gpu.serialize_index(idx), backend=backend.name)
     assert back.codec == codec and back.rerank == 3
     a, b = idx.hrm2.layout.codec, back.hrm2.layout.codec
-    np.testing.assert_array_equal(a.offset, b.offset)
-    np.testing.assert_array_equal(a.scale, b.scale)
+    assert b.spec == codec and b.projected == codec.startswith("pca")
+    for key, value in a.state().items():
+        np.testing.assert_array_equal(value, b.state()[key])
     D2, I2 = back.search(q, 10)
     np.testing.assert_array_equal(I, I2)
     np.testing.assert_allclose(D, D2, rtol=1e-6)
@@ -180,10 +294,12 @@ def test_the_codec_and_its_ranges_survive_saving(backend, codec):
 
     blob = m2m_gpu.serialize_index(idx)
     plain = m2m_gpu.serialize_index(IndexHRM2(24))
-    assert b'"format_version":2' in bytes(blob) and b'"format_version":1' in bytes(plain)
+    version = 3 if a.projected else 2  # the oldest reader that keeps everything
+    assert f'"format_version":{version}'.encode() in bytes(blob)
+    assert b'"format_version":1' in bytes(plain)
     old_reader = serialize.FORMAT_VERSION
-    try:  # a reader from before codecs refuses the index instead of dropping its codec
-        serialize.FORMAT_VERSION = 1
+    try:  # an older reader refuses the index instead of dropping its codec or projection
+        serialize.FORMAT_VERSION = version - 1
         with pytest.raises(m2m_gpu.StoreFormatError, match="newer"):
             m2m_gpu.deserialize_index(blob)
         m2m_gpu.deserialize_index(plain)
@@ -222,35 +338,26 @@ def test_copied_training_brings_its_sq8_ranges_or_measures_them_on_each_layout(r
     are those of the rows laid out, measured again at each full re-layout (a first add of
     one row does not fix them for good)."""
     x, q = data(3000, 30, d=24)
-    src = IndexHRM2(24, codec="sq8")
-    src.train(x)
-    dst = IndexHRM2(24, codec="sq8")
-    dst.copy_training(src)
+    src, dst, plain, late = _copied_trainings(x, "sq8")
     np.testing.assert_array_equal(dst.hrm2.layout.codec.scale, src.hrm2.layout.codec.scale)
-    plain = IndexHRM2(24)
-    plain.train(x)
-    late = IndexHRM2(24, codec="sq8")
-    late.copy_training(plain)
     late.add(x[:1])
     assert (late.hrm2.layout.codec.scale == 0).all()  # one row: no range yet
     late.add(x[1:])  # past the overflow threshold: a re-layout measures the ranges again
     assert late.hrm2.rebuilds >= 1 and (late.hrm2.layout.codec.scale > 0).all()
     assert late.hrm2.check() == []
-    flat = m2m_gpu.IndexFlatL2(24)
-    flat.add(x)
-    late.nprobe = plain.nprobe = 8
-    plain.add(x)
-    assert recall(late.search(q, 10)[1], flat.search(q, 10)[1]) >= \
-        recall(plain.search(q, 10)[1], flat.search(q, 10)[1]) - 0.01
+    _assert_recall_near(late, plain, x, q, 0.01)
 
 
-@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("codec", CODECS + ["pca8,sq8"])
 def test_inner_product_rows_longer_than_the_training_ones_retrain_the_codec(backend, codec):
     """metric ip lifts rows by their norm; a longer row raises the lift and re-lifts every
-    row held, and SQ8's range of the lift coordinate is trained again."""
+    row held, and SQ8's range of the lift coordinate (a projection: its directions) is
+    trained again. A projection of these isotropic rows keeps too little to rank on: its
+    re-rank takes every row, and the codes must still follow them (``check``)."""
     x, q = data(1500, 16, d=12)
     x = x * np.linspace(0.5, 3, x.shape[0], dtype=np.float32)[:, None]
-    idx = IndexHRM2(12, 4, 4, "ip", backend=backend.name, codec=codec, rerank=8)
+    deep = 8 if not codec.startswith("pca") else 150
+    idx = IndexHRM2(12, 4, 4, "ip", backend=backend.name, codec=codec, rerank=deep)
     idx.train(x[:300])  # the shortest rows only
     idx.add(x)
     assert idx.hrm2.check() == []

@@ -467,9 +467,20 @@ def _scan_probed(score, a, cells, C, lo, hi, dead, bd, bp):
     return ncells, nrows
 
 
+@njit(fastmath=True, inline="always")
+def _project_one(q, basis, mean):
+    """``basis (q - mean)``: the query in a projecting codec's space."""
+    n = basis.shape[0]
+    out = np.empty(n, dtype=np.float32)
+    c = q - mean
+    for j in range(n):
+        out[j] = _dot(basis[j], c)
+    return out
+
+
 @njit(fastmath=True, cache=True, nogil=True)
-def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scale, ncand,
-                rows, lo, hi, dead, ids, out_cells, out_d2, out_pos, out_ids):
+def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scale, basis,
+                mean, ncand, rows, lo, hi, dead, ids, out_cells, out_d2, out_pos, out_ids):
     """One query, one compiled call: the ``p1`` nearest coarse cells, the
     ``out_cells.shape[0]`` nearest fine cells among theirs (as ``_route``), then every row
     of those cells (main range ``c`` and overflow range ``c + C``, C fine cells) ranked by
@@ -480,7 +491,9 @@ def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scal
     ``kind`` 0 ranks the float32 ``rows`` (``codes`` and the rest unused). Kinds 1 and 2
     rank the codes (``_code_view``'s ``codes`` and ``kind``; ``offset`` and ``scale`` of
     the codec) for the ``ncand`` best rows by squared distance to the decoded rows, then
-    rank those again on the float32 rows, as the batch path re-ranks.
+    rank those again on the float32 rows, as the batch path re-ranks. A codec with a
+    projection (``basis`` with rows, and ``mean``; else both empty) scans the codes with
+    the projected query (``Codec.queries``).
 
     Returns ``(cells scanned, rows scanned)``, dead rows counted (what the scan read), or
     ``(-1, -1)`` with nothing done when a value of ``q`` is not :func:`_plain` (NaN, inf,
@@ -500,12 +513,13 @@ def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scal
     else:
         bd = np.full(ncand, np.inf, dtype=np.float32)  # the candidates, on the codes
         bp = np.full(ncand, -1, dtype=np.int64)
+        qc = _project_one(q, basis, mean) if basis.shape[0] else q
         if kind == 2:
-            counts = _scan_probed(_sq8_row_d2, (q - offset, scale, codes), out_cells, C, lo,
-                                  hi, dead, bd, bp)
+            counts = _scan_probed(_sq8_row_d2, (qc - offset, scale, codes), out_cells, C,
+                                  lo, hi, dead, bd, bp)
         else:
-            buf = np.empty(q.shape[0], dtype=np.float32)
-            counts = _scan_probed(_fp16_row_d2, (q, codes, buf, buf.view(np.uint32)),
+            buf = np.empty(qc.shape[0], dtype=np.float32)
+            counts = _scan_probed(_fp16_row_d2, (qc, codes, buf, buf.view(np.uint32)),
                                   out_cells, C, lo, hi, dead, bd, bp)
         for j in range(ncand):
             if bp[j] >= 0:
@@ -514,7 +528,21 @@ def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scal
     return counts
 
 
-_NO_CODES = (np.zeros((0, 0), np.uint8), 0, np.zeros(0, np.float32), np.zeros(0, np.float32))
+_NO_CODES = (np.zeros((0, 0), np.uint8), 0, np.zeros(0, np.float32), np.zeros(0, np.float32),
+             np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def _project(queries, basis, mean, out):
+    for i in range(queries.shape[0]):
+        out[i] = _project_one(queries[i], basis, mean)
+
+
+def project(queries, basis, mean):
+    """``_project_one`` of each of the float32 ``queries`` (m, d): float32[m, N]."""
+    out = np.empty((queries.shape[0], basis.shape[0]), dtype=np.float32)
+    _project(np.ascontiguousarray(queries, dtype=np.float32), basis, mean, out)
+    return out
 
 
 def search_one(q, plan, p1, p2, rows, dead, ids, k, rerank=1):
@@ -522,31 +550,35 @@ def search_one(q, plan, p1, p2, rows, dead, ids, k, rerank=1):
     cells scanned, rows scanned)`` of ``_search_one`` for the C-contiguous float32 query
     ``q`` (1-D), over the codes with ``rerank * k`` candidates when the plan has them.
     ``plan``: made once per layout by :func:`one_plan`, not per query."""
-    coarse, fine, fine_lo, fine_hi, lo, hi, codes, kind, offset, scale = plan
+    coarse, fine, fine_lo, fine_hi, lo, hi, codes, kind, offset, scale, basis, mean = plan
     cells = np.empty(max(1, min(p2, fine.shape[0])), dtype=np.int64)
     d2 = np.empty((1, k), dtype=np.float32)
     pos = np.empty((1, k), dtype=np.int64)
     out_ids = np.empty((1, k), dtype=np.int64)
     ncells, nrows = _search_one(
         q, coarse, fine, fine_lo, fine_hi, max(1, min(p1, coarse.shape[0])), codes, kind,
-        offset, scale, max(k, rerank * k), rows, lo, hi, dead.view(np.uint8), ids, cells,
-        d2, pos, out_ids)
+        offset, scale, basis, mean, max(k, rerank * k), rows, lo, hi, dead.view(np.uint8),
+        ids, cells, d2, pos, out_ids)
     return cells, d2, pos, out_ids, ncells, nrows
 
 
-def one_plan(coarse, fine, fine_ranges, ranges, codes=None, dequant=None):
+def one_plan(coarse, fine, fine_ranges, ranges, codes=None, codec=None):
     """The per-layout arguments of :func:`search_one`, each contiguous: ``(coarse, fine,
     fine starts, fine stops, row range starts, row range stops)``, then ``(codes, kind,
-    offsets, scales)`` of the codes (float16 or SQ8 words) and their ``dequant`` (kind 0,
-    empty arrays: none)."""
+    offsets, scales, basis, mean)`` of the codes (float16 or SQ8 words) and their
+    ``codec`` (``m2m_gpu.codecs.Codec``; kind 0, empty arrays: none; empty basis and mean:
+    no projection)."""
     c = np.ascontiguousarray
     plan = (c(coarse, dtype=np.float32), c(fine, dtype=np.float32),
             c(fine_ranges[:, 0], dtype=np.int64), c(fine_ranges[:, 1], dtype=np.int64),
             c(ranges[:, 0], dtype=np.int64), c(ranges[:, 1], dtype=np.int64))
     if codes is None:
         return plan + _NO_CODES
-    view, kind, dq = _code_view(codes, plan[1].shape[1], dequant)
-    return plan + (view, kind, c(dq[0], dtype=np.float32), c(dq[1], dtype=np.float32))
+    view, kind, dq = _code_view(codes, codec.d, codec.dequant)
+    proj = _NO_CODES[4:] if codec.basis is None else (c(codec.basis, dtype=np.float32),
+                                                      c(codec.mean, dtype=np.float32))
+    return plan + (view, kind, c(dq[0], dtype=np.float32), c(dq[1], dtype=np.float32)) + \
+        proj
 
 
 def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, pool=None,
@@ -617,7 +649,10 @@ def _merge_workers(out_k, out_i):
                 _insert(bk, bi, out_k[t, q, j], out_i[t, q, j])
 
 
-SMALL_SORT = 64  # rows of at most this many entries are sorted by the compiled loop
+# rows of at most this many entries are sorted by the compiled loop: an insertion sort,
+# O(k) on the nearly sorted rows it gets (a scan's k best, finished in the direct form or
+# ranked again exactly after a compressed scan), where lexsort's setup costs more
+SMALL_SORT = 256
 
 
 @njit(cache=True, nogil=True)

@@ -58,7 +58,7 @@ class HRM2:
         self.centroids: Centroids | None = None
         self.router: Router | None = None
         self.layout = CellLayout(d, self.backend, tiers or TierOptions(), cold_dir,
-                                 check_codec(codec))
+                                 check_codec(codec, d))
         self.scanner = CellScanner(self.layout)
         self._alpha_params = None  # the last unfiltered params (the hotness policy's alpha)
 

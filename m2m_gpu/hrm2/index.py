@@ -37,8 +37,10 @@ class IndexHRM2:
     ``codec``: ``"fp16"`` or ``"sq8"`` (:mod:`m2m_gpu.codecs`) keeps a compressed copy of
     every row, held whole on the device, and scans it instead of the float32 rows; the best
     ``rerank * k`` rows per query (FAISS's ``k_factor``) are then ranked again exactly on
-    their float32 rows, from whatever tier holds them. SQ8's ranges are trained with the
-    centroids.
+    their float32 rows, from whatever tier holds them. ``"pcaN,sq8"`` / ``"pcaN,fp16"``
+    code each row's ``N`` leading principal coordinates instead: a scan reads ``N / d``
+    of the values, and needs a deeper ``rerank`` (4 to 8) for the same recall. SQ8's
+    ranges and the principal directions are trained with the centroids.
     ``refine_iters``: joint Lloyd iterations over all fine centroids after the two levels
     of k-means (default 3; 0 skips them: a faster build, less recall per scanned row).
     ``tiers``: byte budgets of the memory tiers for the index's rows
@@ -77,7 +79,7 @@ class IndexHRM2:
         self._lift = MipsLift() if metric == "ip" else None  # ip: an L2 index on d + 1
         from ..codecs import check_name
 
-        self._codec = check_name(codec)
+        self._codec = check_name(codec, self.d)
         self.rerank = rerank
         if isinstance(refine_iters, bool) or not isinstance(refine_iters, (int, np.integer)) \
                 or refine_iters < 0:
@@ -209,7 +211,7 @@ class IndexHRM2:
                 h.clear_rows()
             if h.layout.codec is not None:  # the lift coordinate's range changed
                 h.layout.set_codec(Codec.train(
-                    h.layout.codec.name, lifted if again is None else np.vstack([again, lifted])))
+                    h.layout.codec.spec, lifted if again is None else np.vstack([again, lifted])))
             if again is not None:
                 self._add(again, held_ids)
             return lifted
@@ -250,8 +252,8 @@ class IndexHRM2:
             raise InvalidInputError("copy_training needs an empty index (reset() first)")
         self.hrm2.set_centroids(other.hrm2.centroids.copy())
         theirs = other.hrm2.layout.codec
-        if self.codec is not None and theirs is not None and theirs.name == self.codec and \
-                theirs.d == self.hrm2.d:  # SQ8's ranges from their training rows
+        if self.codec is not None and theirs is not None and theirs.spec == self.codec and \
+                theirs.d_in == self.hrm2.d:  # SQ8's ranges, the projection: theirs
             self.hrm2.layout.set_codec(theirs)
 
     def _need_trained(self) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends.base import PARAM_ALPHA, PARAM_KAPPA, PARAM_WIDTH
-from ..codecs import Codec
+from ..codecs import PCA_SAMPLE, Codec
 from ..tiers import TierManager, TierOptions
 from .rows import CellRows
 
@@ -198,12 +198,15 @@ class CellLayout:
         self.radius = np.zeros(fine.shape[0], np.float32)
         if self.codec is None and self.codec_name == "fp16":
             self.codec = Codec.fp16(self.d)  # nothing to train
-        # SQ8 not trained with the centroids (they came from elsewhere): its ranges are
-        # those of the rows of each full re-layout, measured on the way, then encoded
-        measure = self.codec_name == "sq8" and (self.codec is None or self._codec_here)
+        # SQ8 or a projection not trained with the centroids (they came from elsewhere):
+        # trained on the rows of each full re-layout (SQ8's ranges measured on the way; a
+        # projection's on a strided sample taken on the way), then encoded
+        measure = self.codec_name not in (None, "fp16") and \
+            (self.codec is None or self._codec_here)
         codes = []  # encoded on the way when the codec is trained already
         lo = np.full(self.d, np.inf, np.float32)  # else SQ8's ranges, measured on the way
         hi = np.full(self.d, -np.inf, np.float32)
+        sample, stride = [], max(1, -(-src.size // PCA_SAMPLE))
 
         def rows_of(s: int, e: int) -> np.ndarray:
             part = src[s:e]
@@ -219,12 +222,14 @@ class CellLayout:
             elif measure and out.shape[0]:
                 np.minimum(lo, out.min(axis=0), out=lo)
                 np.maximum(hi, out.max(axis=0), out=hi)
+                sample.append(out[(-s) % stride :: stride])
             return out
 
         self.rows.rebuild(src.size, rows_of, history)
         self.ids, self.cell_of, self.sqnorms = ids, cells, sq
-        if measure and self.ntotal:
-            self.set_codec(Codec.from_range(lo, hi))  # a second pass over the rows
+        if measure and self.ntotal:  # a second pass over the rows
+            self.set_codec(Codec.from_range(lo, hi) if self.codec_name == "sq8" else
+                           Codec.train(self.codec_name, np.concatenate(sample)))
             self._codec_here = True
         elif self.codec is not None:
             self.codes = np.concatenate(codes) if codes else \

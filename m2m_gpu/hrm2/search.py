@@ -56,13 +56,15 @@ def search(router: Router, layout: CellLayout, scanner: CellScanner, q: np.ndarr
         far = cdist > (ratio**2) * cdist[:, :1]
         cells = np.where(far, -1, cells)
     qn = be.from_host(q)
+    qc = qn if not coded or not layout.codec.projected else \
+        be.from_host(layout.codec.queries(q))  # the queries in the codes' space
     if params is None:
         params, cache = layout.mask_params(), False
 
     def scan(c):
         probes = np.concatenate([c, np.where(c >= 0, c + C, -1)], 1)
         if coded:
-            _, cand, _ = scanner.scan_codes(qn, probes, rerank * k, mode, params,
+            _, cand, _ = scanner.scan_codes(qc, probes, rerank * k, mode, params,
                                             cache)
             return exact_rerank(layout, q, cand, k, mode, params)
         return _scan_retrying(layout, scanner, qn, probes, k, mode, params, cache)
@@ -124,10 +126,10 @@ class OneQuery:
     """One query on the cpu backend with every row hot: routing, scan, ranking and the
     report's counts in one compiled call (``_jit.search_one``), without the batch path's
     grouping and merges, and with the per-layout arguments made once. With a codec the
-    call scans the codes for the ``rerank * k`` best rows and ranks those again on their
-    float32 rows. Same answer as the batch path with the same probes (to the rounding of
-    the two forms of d2 at the candidates' boundary): the direct-form d2, ties by
-    position."""
+    call scans the codes (with the query projected first, after a projection) for the
+    ``rerank * k`` best rows and ranks those again on their float32 rows. Same answer
+    as the batch path with the same probes (to the rounding of the two forms of d2 at
+    the candidates' boundary): the direct-form d2, ties by position."""
 
     __slots__ = ("_layout", "_plan")
 
@@ -139,10 +141,8 @@ class OneQuery:
         if not getattr(layout.backend, "jit", False) or layout.tiers.dense() is None:
             return None
         c = router.centroids
-        coded = layout.codec is not None
-        return cls(layout, _jit.one_plan(
-            c.coarse, c.fine, c.fine_ranges, layout.ranges,
-            layout.codes if coded else None, layout.codec.dequant if coded else None))
+        return cls(layout, _jit.one_plan(c.coarse, c.fine, c.fine_ranges, layout.ranges,
+                                         layout.codes, layout.codec))
 
     def __call__(self, q: np.ndarray, k: int, p1: int, p2: int, rerank: int = RERANK):
         """``(d2 float32[1, k], positions int64[1, k], ids int64[1, k], report)`` for the
