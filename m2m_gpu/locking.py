@@ -198,22 +198,27 @@ class _Held:
 
 class holding(_Held):  # noqa: N801 - used as a function: ``with holding(obj, "read"):``
     """The object's lock (``kind`` "read" or "write"), then its backend's device lock
-    (none on cpu); released in the other order."""
+    (none on cpu); released in the other order. Entered on every locked call (a search
+    of one query takes a few microseconds): the steps are written out, not delegated."""
 
     __slots__ = ("_device",)
 
     def __init__(self, obj, kind: str = "write") -> None:
-        super().__init__(lock_of(obj), kind)
+        self._rw = obj.__dict__.get("_thread_lock") or lock_of(obj)
+        self._read, self._nested = kind == "read", False
         dev = getattr(getattr(obj, "backend", None), "device_lock", None)
-        self._device = None if isinstance(dev, contextlib.nullcontext) else dev
+        self._device = None if dev is None or type(dev) is contextlib.nullcontext else dev
 
     def __enter__(self) -> None:
-        super().__enter__()
+        if self._read:
+            self._nested = self._rw.acquire_read()
+        else:
+            self._rw.acquire_write()
         if self._device is not None:
             try:
                 self._device.__enter__()
             except BaseException:
-                super().__exit__(None, None, None)
+                _Held.__exit__(self, None, None, None)
                 raise
 
     def __exit__(self, *exc) -> None:
@@ -221,7 +226,10 @@ class holding(_Held):  # noqa: N801 - used as a function: ``with holding(obj, "r
             if self._device is not None:
                 self._device.__exit__(*exc)
         finally:
-            super().__exit__(*exc)
+            if self._read:
+                self._rw.release_read(self._nested)
+            else:
+                self._rw.release_write()
 
 
 def read_then_place(obj, read, due, place):

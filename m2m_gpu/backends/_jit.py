@@ -61,15 +61,10 @@ def route(queries, coarse, fine, fine_ranges, p1, p2):
     return _kernels().route(queries, coarse, fine, fine_ranges, p1, p2, pool=_pool())
 
 
-def one_plan(coarse, fine, fine_ranges, ranges, codes=None, codec=None):
-    """The per-layout arguments of ``search_one`` (see ``_jit_kernels.one_plan``)."""
-    return _kernels().one_plan(coarse, fine, fine_ranges, ranges, codes, codec)
-
-
-def search_one(q, plan, p1, p2, rows, dead, ids, k, rerank=1):
-    """One query's routing, scan (of the codes too, when the plan has them) and ranking
-    in one compiled call (see ``_jit_kernels.search_one``)."""
-    return _kernels().search_one(q, plan, p1, p2, rows, dead, ids, k, rerank)
+def one_searcher(coarse, fine, fine_ranges, ranges, rows, codes=None, codec=None):
+    """One query's routing, scan and ranking in one compiled call, as a function made once
+    per layout (see ``_jit_kernels.one_searcher``)."""
+    return _kernels().one_searcher(coarse, fine, fine_ranges, ranges, rows, codes, codec)
 
 
 def project(queries, basis, mean):

@@ -480,8 +480,8 @@ def _project_one(q, basis, mean):
 
 @njit(fastmath=True, cache=True, nogil=True)
 def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scale, basis,
-                mean, ncand, rows, lo, hi, dead, ids, out_cells, out_d2, out_pos, out_ids):
-    """One query, one compiled call: the ``p1`` nearest coarse cells, the
+                mean, rerank, rows, lo, hi, dead, ids, out_cells, out_d2, out_pos, out_ids):
+    """One query, one compiled call: the ``p1`` nearest coarse cells (at most all), the
     ``out_cells.shape[0]`` nearest fine cells among theirs (as ``_route``), then every row
     of those cells (main range ``c`` and overflow range ``c + C``, C fine cells) ranked by
     its squared distance in the direct form, ties by the smaller row; rows with ``dead[r]``
@@ -490,7 +490,7 @@ def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scal
 
     ``kind`` 0 ranks the float32 ``rows`` (``codes`` and the rest unused). Kinds 1 and 2
     rank the codes (``_code_view``'s ``codes`` and ``kind``; ``offset`` and ``scale`` of
-    the codec) for the ``ncand`` best rows by squared distance to the decoded rows, then
+    the codec) for the ``rerank * k`` best rows by squared distance to the decoded rows, then
     rank those again on the float32 rows, as the batch path re-ranks. A codec with a
     projection (``basis`` with rows, and ``mean``; else both empty) scans the codes with
     the projected query (``Codec.queries``).
@@ -506,7 +506,8 @@ def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scal
     out_pos = out_pos[0]
     out_d2[:] = np.inf
     out_pos[:] = -1
-    _route_one(q, coarse, fine, fine_lo, fine_hi, p1, out_cells)
+    ncand = max(1, rerank) * out_d2.shape[0]
+    _route_one(q, coarse, fine, fine_lo, fine_hi, min(max(1, p1), coarse.shape[0]), out_cells)
     if kind == 0:
         counts = _scan_probed(_row_d2, (q, rows), out_cells, C, lo, hi, dead, out_d2,
                               out_pos)
@@ -545,40 +546,38 @@ def project(queries, basis, mean):
     return out
 
 
-def search_one(q, plan, p1, p2, rows, dead, ids, k, rerank=1):
-    """``(cells int64[p2], d2 float32[1, k], positions int64[1, k], ids int64[1, k],
-    cells scanned, rows scanned)`` of ``_search_one`` for the C-contiguous float32 query
-    ``q`` (1-D), over the codes with ``rerank * k`` candidates when the plan has them.
-    ``plan``: made once per layout by :func:`one_plan`, not per query."""
-    coarse, fine, fine_lo, fine_hi, lo, hi, codes, kind, offset, scale, basis, mean = plan
-    cells = np.empty(max(1, min(p2, fine.shape[0])), dtype=np.int64)
-    d2 = np.empty((1, k), dtype=np.float32)
-    pos = np.empty((1, k), dtype=np.int64)
-    out_ids = np.empty((1, k), dtype=np.int64)
-    ncells, nrows = _search_one(
-        q, coarse, fine, fine_lo, fine_hi, max(1, min(p1, coarse.shape[0])), codes, kind,
-        offset, scale, basis, mean, max(k, rerank * k), rows, lo, hi, dead.view(np.uint8),
-        ids, cells, d2, pos, out_ids)
-    return cells, d2, pos, out_ids, ncells, nrows
-
-
-def one_plan(coarse, fine, fine_ranges, ranges, codes=None, codec=None):
-    """The per-layout arguments of :func:`search_one`, each contiguous: ``(coarse, fine,
-    fine starts, fine stops, row range starts, row range stops)``, then ``(codes, kind,
-    offsets, scales, basis, mean)`` of the codes (float16 or SQ8 words) and their
-    ``codec`` (``m2m_gpu.codecs.Codec``; kind 0, empty arrays: none; empty basis and mean:
-    no projection)."""
+def one_searcher(coarse, fine, fine_ranges, ranges, rows, codes=None, codec=None):
+    """``search(q, p1, p2, dead, ids, k, rerank) -> (cells int64[p2], d2 float32[1, k],
+    positions int64[1, k], ids int64[1, k], cells scanned, rows scanned)``: ``_search_one``
+    over this layout (made once per layout, not per query) for the C-contiguous float32
+    query ``q`` (1-D), over the codes with ``rerank * k`` candidates where ``codes`` (and
+    their ``codec``, ``m2m_gpu.codecs.Codec``) are given. ``dead`` (bool) and ``ids`` are
+    read at each call: removals change them in place. ``p2`` >= 1 (more than the fine
+    cells: all of them). The per-call steps are few on purpose: a query takes
+    microseconds."""
     c = np.ascontiguousarray
-    plan = (c(coarse, dtype=np.float32), c(fine, dtype=np.float32),
-            c(fine_ranges[:, 0], dtype=np.int64), c(fine_ranges[:, 1], dtype=np.int64),
-            c(ranges[:, 0], dtype=np.int64), c(ranges[:, 1], dtype=np.int64))
+    coarse, fine = c(coarse, dtype=np.float32), c(fine, dtype=np.float32)
+    fine_lo, fine_hi = c(fine_ranges[:, 0], dtype=np.int64), c(fine_ranges[:, 1], dtype=np.int64)
+    lo, hi = c(ranges[:, 0], dtype=np.int64), c(ranges[:, 1], dtype=np.int64)
     if codes is None:
-        return plan + _NO_CODES
-    view, kind, dq = _code_view(codes, codec.d, codec.dequant)
-    proj = _NO_CODES[4:] if codec.basis is None else (c(codec.basis, dtype=np.float32),
-                                                      c(codec.mean, dtype=np.float32))
-    return plan + (view, kind, c(dq[0], dtype=np.float32), c(dq[1], dtype=np.float32)) + \
-        proj
+        codes, kind, offset, scale, basis, mean = _NO_CODES
+    else:
+        codes, kind, dq = _code_view(codes, codec.d, codec.dequant)
+        offset, scale = c(dq[0], dtype=np.float32), c(dq[1], dtype=np.float32)
+        basis, mean = _NO_CODES[4:] if codec.basis is None else \
+            (c(codec.basis, dtype=np.float32), c(codec.mean, dtype=np.float32))
+    C = fine.shape[0]
+    kernel, empty, f32, i64 = _search_one, np.empty, np.float32, np.int64
+
+    def search(q, p1, p2, dead, ids, k, rerank=1):
+        cells = empty(p2 if p2 < C else C, i64)
+        d2, pos, out_ids = empty((1, k), f32), empty((1, k), i64), empty((1, k), i64)
+        ncells, nrows = kernel(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset,
+                               scale, basis, mean, rerank, rows, lo, hi, dead, ids, cells,
+                               d2, pos, out_ids)
+        return cells, d2, pos, out_ids, ncells, nrows
+
+    return search
 
 
 def scan_cells(queries, rows, sqnorms, ranges, probes, k, mode, params=None, pool=None,

@@ -267,7 +267,10 @@ class HRM2:
 
     def one_query(self) -> _search.OneQuery | None:
         """The single-query search (:class:`~.search.OneQuery`: fixed probing, squared
-        distances, no filter), or None where this layout cannot take it."""
+        distances, no filter), or None where this layout cannot take it or holds no rows
+        (or is not trained)."""
+        if self.router is None or not self.layout.ntotal:
+            return None
         return _search.one_query(self.router, self.layout, self.scanner)
 
     # ---- tiers (writers only) ---------------------------------------------------------------

@@ -319,8 +319,9 @@ class CellLayout:
     # ---- what searches write -------------------------------------------------------------
     def touch(self, cells: np.ndarray) -> None:
         """The rows of the scanned cells (main and overflow ranges) count as accessed."""
-        if not self.tiers.bounded:
-            self.rows.touch(None)
+        tm = self.rows.tm
+        if not tm.bounded:  # the clock only
+            tm.tick()
             return
         C = self.fine.shape[0]
         cells = np.unique(cells[cells >= 0])

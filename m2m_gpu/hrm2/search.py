@@ -124,25 +124,27 @@ def one_query(router: Router, layout: CellLayout, scanner: CellScanner) -> OneQu
 
 class OneQuery:
     """One query on the cpu backend with every row hot: routing, scan, ranking and the
-    report's counts in one compiled call (``_jit.search_one``), without the batch path's
-    grouping and merges, and with the per-layout arguments made once. With a codec the
+    report's counts in one compiled call (``_jit.one_searcher``), without the batch path's
+    grouping and merges, and with the per-layout arguments (the rows among them) made
+    once. With a codec the
     call scans the codes (with the query projected first, after a projection) for the
     ``rerank * k`` best rows and ranks those again on their float32 rows. Same answer
     as the batch path with the same probes (to the rounding of the two forms of d2 at
     the candidates' boundary): the direct-form d2, ties by position."""
 
-    __slots__ = ("_layout", "_plan")
+    __slots__ = ("_layout", "_search")
 
-    def __init__(self, layout: CellLayout, plan: tuple) -> None:
-        self._layout, self._plan = layout, plan
+    def __init__(self, layout: CellLayout, search) -> None:
+        self._layout, self._search = layout, search
 
     @classmethod
     def of(cls, router: Router, layout: CellLayout) -> OneQuery | None:
-        if not getattr(layout.backend, "jit", False) or layout.tiers.dense() is None:
+        rows = layout.tiers.dense() if getattr(layout.backend, "jit", False) else None
+        if rows is None:
             return None
         c = router.centroids
-        return cls(layout, _jit.one_plan(c.coarse, c.fine, c.fine_ranges, layout.ranges,
-                                         layout.codes, layout.codec))
+        return cls(layout, _jit.one_searcher(c.coarse, c.fine, c.fine_ranges, layout.ranges,
+                                             rows, layout.codes, layout.codec))
 
     def __call__(self, q: np.ndarray, k: int, p1: int, p2: int, rerank: int = RERANK):
         """``(d2 float32[1, k], positions int64[1, k], ids int64[1, k], report)`` for the
@@ -150,13 +152,12 @@ class OneQuery:
         counted, when a value of ``q`` is NaN, inf or from 2**50 up in magnitude: the
         general path validates and searches it."""
         L = self._layout
-        cells, d2, pos, ids, ncells, nrows = _jit.search_one(
-            q[0], self._plan, p1, p2, L.tiers.dense(), L.dead, L.ids, k, rerank)
+        cells, d2, pos, ids, ncells, nrows = self._search(q[0], p1, p2, L.dead, L.ids, k,
+                                                          rerank)
         if ncells < 0:
             return None
         L.touch(cells)
-        report = ProbeReport(np.array([ncells]), np.array([nrows]))
-        return d2, pos, ids, report
+        return d2, pos, ids, ProbeReport(np.array([ncells]), np.array([nrows]))
 
 
 def _scan_retrying(layout: CellLayout, scanner: CellScanner, qn, probes, k, mode, params,
