@@ -181,6 +181,13 @@ def test_compressed_scan_matches_reference_on_the_decoded_rows(backend, rng, cod
                                            pn, dequant=c.dequant)
         check_scan(keys, pos, d2, q, dec, ranges, probes, params, k,
                    "splat" if mode == "splat" else "distance")
+        # only the rows found (the exact re-rank ranks them again): the same rows
+        _, found, _ = backend.scan_cells(backend.from_host(q), cn, ranges, probes, k, code,
+                                         pn, dequant=c.dequant, ranked=False)
+        found = np.asarray(found)
+        assert found.shape == pos.shape
+        for want, got in zip(pos, found, strict=True):
+            assert sorted(got[got >= 0]) == sorted(want[want >= 0])
 
 
 

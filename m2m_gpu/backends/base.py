@@ -302,7 +302,7 @@ class Backend(ABC):
         raise NotImplementedError(f"{self.name} has no kmeans_sums kernel")
 
     def scan_cells(self, queries, rows, ranges: np.ndarray, probes: np.ndarray, k: int,
-                   mode: int, params=None, sqnorms=None, dequant=None):
+                   mode: int, params=None, sqnorms=None, dequant=None, ranked: bool = True):
         """Exact top-k of each query over the rows of the cells it probes (HRM2's scan).
 
         ``rows``: native float32[N, d], cell c holding rows ``ranges[c, 0] .. ranges[c, 1]``;
@@ -313,6 +313,11 @@ class Backend(ABC):
         :meth:`splat_topk` (``params`` None means alpha = kappa = 1). Returns host
         ``(keys float32[m, k], positions int64[m, k], d2 float32[m, k])``, best first,
         padded with ``+inf`` / -1 where a query's cells hold fewer than k rows.
+        ``ranked=False``: the caller needs only which rows were found (it ranks them again,
+        as HRM2's exact re-rank after a scan of codes does): a backend may then return
+        ``(None, positions, None)`` with each row's positions in any order (-1 pads), which
+        saves the cpu backend finishing and sorting them; returning the ranked result is
+        also correct.
         """
         raise NotImplementedError(f"{self.name} has no scan_cells kernel")
 

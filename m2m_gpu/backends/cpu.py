@@ -192,9 +192,9 @@ class CpuBackend(Backend):
         host_splat.host_decay(self, params, now, lam)
 
     def scan_cells(self, queries, rows, ranges, probes, k, mode, params=None, sqnorms=None,
-                   dequant=None):
+                   dequant=None, ranked=True):
         return host_cells.host_scan(self, queries, rows, ranges, probes, k, mode, params,
-                                    sqnorms, dequant)
+                                    sqnorms, dequant, ranked)
 
     def philox(self, row0, rows, d, seed, stream, *, normal=True, centers=None, spread=1.0):
         from ..synthetic import assignments, normals, words

@@ -132,5 +132,5 @@ class GpuBackend(Backend):
         return device_energy(self, queries, mu, params, grad)
 
     def scan_cells(self, queries, rows, ranges, probes, k, mode, params=None, sqnorms=None,
-                   dequant=None):
+                   dequant=None, ranked=True):  # the kernels rank in any case
         return device_scan(self, queries, rows, ranges, probes, k, mode, params, dequant)

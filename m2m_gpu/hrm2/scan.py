@@ -99,10 +99,12 @@ class CellScanner:
                     np.full((m, k), np.inf, np.float32))
         return merge_by_key(parts, k)
 
-    def scan_codes(self, qn, probes: np.ndarray, k: int, mode: int, params, cache: bool):
+    def scan_codes(self, qn, probes: np.ndarray, k: int, mode: int, params, cache: bool,
+                   ranked: bool = True):
         """``(keys, positions, d2)`` top-k over the ranges ``probes`` ranked on the
         compressed rows (d2 of the decoded rows). The codes are held whole on the device
-        (a copy kept until the layout changes), whatever tier the float32 rows are in."""
+        (a copy kept until the layout changes), whatever tier the float32 rows are in.
+        ``ranked=False``: only the positions found count (see ``Backend.scan_cells``)."""
         L = self.layout
         be = L.backend
         keep = self.cached_codes if cache else _uncached
@@ -112,7 +114,7 @@ class CellScanner:
         sq = None if not be.uses_sqnorms else self.cached_codes(
             "code_sq", None, lambda: be.from_host(L.code_sq))
         return be.scan_cells(qn, codes, L.ranges, probes, k, mode, prm, sq,
-                             dequant=L.codec.dequant)
+                             dequant=L.codec.dequant, ranked=ranked)
 
     def _fetched(self, qn, probes, k, mode, params, sq_all, hot_ranges, block_rows):
         """The probed rows not in ``hot_ranges`` (None: every probed row), fetched to the

@@ -65,7 +65,7 @@ def search(router: Router, layout: CellLayout, scanner: CellScanner, q: np.ndarr
         probes = np.concatenate([c, np.where(c >= 0, c + C, -1)], 1)
         if coded:
             _, cand, _ = scanner.scan_codes(qc, probes, rerank * k, mode, params,
-                                            cache)
+                                            cache, ranked=False)  # ranked again next
             return exact_rerank(layout, q, cand, k, mode, params)
         return _scan_retrying(layout, scanner, qn, probes, k, mode, params, cache)
 

@@ -16,14 +16,16 @@ SCAN_BATCH = 1 << 16  # HRM2 cell scan: candidates formed per batch before a mer
 
 
 def host_scan(be, queries, rows, ranges, probes, k, mode, params=None, sqnorms=None,
-              dequant=None):
+              dequant=None, ranked=True):
     """The probed cells' k best rows per query: the candidate pass is the compiled loop
     of ``_jit`` when Numba is available (else ``_scan_cells_numpy``), and the k found
     are finished in the direct form. ``rows`` may be codes (float16, or SQ8 words with
-    ``dequant``; see :mod:`m2m_gpu.codecs`): the scan then ranks the decoded rows."""
+    ``dequant``; see :mod:`m2m_gpu.codecs`): the scan then ranks the decoded rows.
+    ``ranked=False`` over codes with the compiled loop: ``(None, positions, None)``, the
+    rows found in no particular order (see ``Backend.scan_cells``)."""
     if check_codes(rows, queries.shape[1], dequant) != "f32":
         return _host_scan_codes(be, ht.c32(queries), np.ascontiguousarray(rows), ranges,
-                                probes, k, mode, params, dequant, sqnorms)
+                                probes, k, mode, params, dequant, sqnorms, ranked)
     queries, rows = ht.c32(queries), ht.c32(rows)
     params = None if params is None else ht.c32(params)
     if sqnorms is None:
@@ -38,7 +40,7 @@ def host_scan(be, queries, rows, ranges, probes, k, mode, params=None, sqnorms=N
 
 
 def _host_scan_codes(be, queries, codes, ranges, probes, k, mode, params, dequant,
-                     sqnorms):
+                     sqnorms, ranked=True):
     """The scan over codes (``sqnorms``: the decoded rows' squared norms, worked out here
     when None): the compiled loop reads the codes; without it, every row is decoded and
     scanned as float32 (the same keys). The k found are finished in the direct form on
@@ -51,6 +53,8 @@ def _host_scan_codes(be, queries, codes, ranges, probes, k, mode, params, dequan
         sqnorms = codec.sqnorms(codes)
     _, best_i = _jit.scan_cells(queries, codes, sqnorms, ranges, probes, k, mode, params,
                                 dequant)
+    if not ranked:  # the caller ranks the rows found again
+        return None, best_i, None
     safe = np.where(best_i >= 0, best_i, 0)
     uniq, inv = np.unique(safe, return_inverse=True)
     return finish_scan(queries, codec.decode(codes[uniq]), best_i, mode, params,
