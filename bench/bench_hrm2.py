@@ -20,10 +20,11 @@ the median QPS of ``--repeat`` timed runs of one batch of ``--m`` after a warm-u
 method, its cheapest setting reaching recall 0.95 over every query is timed one query at a
 time (p50 / p99 over the first ``--single`` queries, best of ``--passes`` passes, default
 3: a pass of 200 queries at 100K takes a few milliseconds, and more passes keep a noisy
-moment of the VM from deciding one method's figure; the recall given is over those). Build times: HRM2 train + add, FAISS train +
-add, hnswlib add. The summary gives, per recall target, the fastest point of each method
-reaching it (no interpolation), HRM2's best QPS over each baseline's, and whether the
-targets of the issue hold. Output: JSON and a PNG plot in bench/results/.
+moment of the VM from deciding one method's figure; the recall given is over those).
+Build times: HRM2 train + add, FAISS train + add, hnswlib add. The summary gives, per
+recall target, the fastest point of each method reaching it (no interpolation), HRM2's
+best QPS over each baseline's, and whether the targets of the issue hold. Output: JSON and a
+PNG plot in bench/results/.
 
     python bench/bench_hrm2.py --n 100000
     python bench/bench_hrm2.py --n 1000000
@@ -252,13 +253,13 @@ def _version(module: str) -> str | None:
 
 
 HRM2_NAMES = ("hrm2", "hrm2_adaptive", "hrm2_sq8", "hrm2_fp16", "hrm2_pca")
+BASELINES = ("faiss_ivf_flat", "faiss_ivf_sq8", "hnswlib_m16", "hnswlib_m32")
 
 
 def pca_codec(d: int) -> str:
     """The projecting variant: SQ8 codes of the leading third of the principal directions
     (128 of MiniLM's 384)."""
     return f"pca{max(1, d // 3)},sq8"
-BASELINES = ("faiss_ivf_flat", "faiss_ivf_sq8", "hnswlib_m16", "hnswlib_m32")
 
 
 def summarise(res, targets=(0.9, 0.95, 0.99)):

@@ -199,21 +199,18 @@ class _Held:
 class holding(_Held):  # noqa: N801 - used as a function: ``with holding(obj, "read"):``
     """The object's lock (``kind`` "read" or "write"), then its backend's device lock
     (none on cpu); released in the other order. Entered on every locked call (a search
-    of one query takes a few microseconds): the steps are written out, not delegated."""
+    of one query takes a few microseconds): ``_Held``'s steps are called directly, not
+    through ``super()``."""
 
     __slots__ = ("_device",)
 
     def __init__(self, obj, kind: str = "write") -> None:
-        self._rw = obj.__dict__.get("_thread_lock") or lock_of(obj)
-        self._read, self._nested = kind == "read", False
+        _Held.__init__(self, lock_of(obj), kind)
         dev = getattr(getattr(obj, "backend", None), "device_lock", None)
         self._device = None if dev is None or type(dev) is contextlib.nullcontext else dev
 
     def __enter__(self) -> None:
-        if self._read:
-            self._nested = self._rw.acquire_read()
-        else:
-            self._rw.acquire_write()
+        _Held.__enter__(self)
         if self._device is not None:
             try:
                 self._device.__enter__()
@@ -226,10 +223,7 @@ class holding(_Held):  # noqa: N801 - used as a function: ``with holding(obj, "r
             if self._device is not None:
                 self._device.__exit__(*exc)
         finally:
-            if self._read:
-                self._rw.release_read(self._nested)
-            else:
-                self._rw.release_write()
+            _Held.__exit__(self, *exc)
 
 
 def read_then_place(obj, read, due, place):

@@ -7,7 +7,7 @@ import numpy as np
 from ..backends import Backend
 from ..codecs import Codec
 from ..errors import InvalidInputError
-from ..inputs import MAX_RESULT_ENTRIES, check_count, check_ids, check_k, check_result_size
+from ..inputs import check_count, check_ids, check_k, check_result_size
 from ..locking import read_then_place, shared, thread_safe, unlocked
 from ..tensor import host_array
 from ..tiers import TierOptions
@@ -76,7 +76,6 @@ class IndexHRM2:
             raise UnknownMetricError(f"IndexHRM2 supports 'l2', 'ip' and 'cosine', got "
                                      f"{metric!r}")
         self.d, self.metric = int(d), metric
-        self._one_shape = (1, self.d)  # a query the one-query path takes as it is
         self._lift = MipsLift() if metric == "ip" else None  # ip: an L2 index on d + 1
         from ..codecs import check_name
 
@@ -357,8 +356,7 @@ class IndexHRM2:
         k = check_k(k)
         one = self._one_query_for(x)
         if one is not None:  # one query, first-class: one compiled call, few steps
-            if k > MAX_RESULT_ENTRIES:
-                check_result_size(1, k, self.ntotal)
+            check_result_size(1, k, self.ntotal)
             p1, p2 = self.hrm2.probes(self.p1, self.p2 if p2_call is None else p2_call)
             found = one(x, k, p1, p2, self.rerank)
             if found is not None:  # else a value is NaN, inf or huge: see _rows below
@@ -394,7 +392,7 @@ class IndexHRM2:
         takes as it is: a float32 C-contiguous NumPy row of this index's dimension, under
         l2, with fixed probing and rows held (so trained). Else None: the general path
         converts, validates and searches."""
-        if type(x) is not np.ndarray or x.dtype is not _F32 or x.shape != self._one_shape or \
+        if type(x) is not np.ndarray or x.dtype is not _F32 or x.shape != (1, self.d) or \
                 not x.flags.c_contiguous or self.metric != "l2" or self.adaptive:
             return None
         return self.hrm2.one_query()

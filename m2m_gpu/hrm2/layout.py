@@ -219,9 +219,10 @@ class CellLayout:
             self._grow_radius(out, cells[s:e])
             if not measure and self.codec is not None:
                 codes.append(self.codec.encode(out))
-            elif measure and out.shape[0]:
+            elif measure and out.shape[0] and self.codec_name == "sq8":
                 np.minimum(lo, out.min(axis=0), out=lo)
                 np.maximum(hi, out.max(axis=0), out=hi)
+            elif measure and out.shape[0]:
                 sample.append(out[(-s) % stride :: stride])
             return out
 
@@ -319,9 +320,8 @@ class CellLayout:
     # ---- what searches write -------------------------------------------------------------
     def touch(self, cells: np.ndarray) -> None:
         """The rows of the scanned cells (main and overflow ranges) count as accessed."""
-        tm = self.rows.tm
-        if not tm.bounded:  # the clock only
-            tm.tick()
+        if not self.tiers.bounded:
+            self.rows.touch(None)  # the clock only
             return
         C = self.fine.shape[0]
         cells = np.unique(cells[cells >= 0])

@@ -71,12 +71,14 @@ class CellRows:
     # ---- what searches write ----------------------------------------------------------------
     def touch(self, pos: np.ndarray | None) -> None:
         """Count an access to each of the distinct positions ``pos`` (None: only the clock
-        advances, as it does when the tiers are unbounded)."""
+        advances, as it does when the tiers are unbounded: one call, without this lock,
+        which guards the tier budgets that a bounded touch reads)."""
+        tm = self.tm
+        if pos is None or not tm.bounded:
+            tm.tick()
+            return
         with self._lock:
-            if pos is None or not self.tm.bounded:
-                self.tm.touch(None)
-            else:
-                self.tm.touch(pos, unique=True)
+            self.tm.touch(pos, unique=True)
 
     def stream_block(self) -> int | None:
         """None, or (while the hot tier holds more rows than it may after running out of

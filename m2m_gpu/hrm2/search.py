@@ -126,11 +126,10 @@ class OneQuery:
     """One query on the cpu backend with every row hot: routing, scan, ranking and the
     report's counts in one compiled call (``_jit.one_searcher``), without the batch path's
     grouping and merges, and with the per-layout arguments (the rows among them) made
-    once. With a codec the
-    call scans the codes (with the query projected first, after a projection) for the
-    ``rerank * k`` best rows and ranks those again on their float32 rows. Same answer
-    as the batch path with the same probes (to the rounding of the two forms of d2 at
-    the candidates' boundary): the direct-form d2, ties by position."""
+    once. With a codec the call scans the codes (with the query projected first, after a
+    projection) for the ``rerank * k`` best rows and ranks those again on their float32
+    rows. Same answer as the batch path with the same probes (to the rounding of the two
+    forms of d2 at the candidates' boundary): the direct-form d2, ties by position."""
 
     __slots__ = ("_layout", "_search")
 
