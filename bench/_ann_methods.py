@@ -36,7 +36,7 @@ def one_by_one(search, Q: np.ndarray, warm: int = 20, passes: int = PASSES) -> d
     return {"p50_ms": 1e3 * best[0], "p99_ms": 1e3 * best[1], "ids": np.stack(got)}
 
 
-P2 = (2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+P2 = (2, 4, 6, 8, 12, 16, 20, 24, 32, 48, 64, 96, 128)
 NPROBE = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 EF = (10, 16, 24, 32, 48, 64, 96, 128, 256)
 
@@ -57,15 +57,17 @@ class Method:
 
 
 class HRM2(Method):
-    """m2m's HRM2; ``codec`` None / fp16 / sq8; ``adaptive`` probing. A variant with a
-    codec takes the trained centroids of ``trained_from`` (no second k-means): its build
-    time is that training's plus its own add."""
+    """m2m's HRM2; ``codec`` None / fp16 / sq8 / pcaN,sq8; ``adaptive`` probing; ``spill``
+    (SOAR spilling of the codes). A variant with a codec takes the trained centroids of
+    ``trained_from`` (no second k-means): its build time is that training's plus its own
+    add."""
 
     def __init__(self, backend: str, codec=None, reranks=(None,), adaptive=False,
-                 trained_from: HRM2 | None = None, name: str | None = None) -> None:
+                 trained_from: HRM2 | None = None, name: str | None = None,
+                 spill: bool = False) -> None:
         self.backend, self.codec, self.reranks = backend, codec, reranks
-        self.adaptive, self.trained_from = adaptive, trained_from
-        tag = (codec or "") + (" adaptive" if adaptive else "")
+        self.adaptive, self.trained_from, self.spill = adaptive, trained_from, spill
+        tag = (codec or "") + (" adaptive" if adaptive else "") + (" spill" if spill else "")
         self.name = name or \
             "hrm2" + ("_" + codec if codec else "") + ("_adaptive" if adaptive else "")
         self.label = "m2m HRM2" + (f" ({tag.strip()})" if tag else "")
@@ -75,7 +77,7 @@ class HRM2(Method):
     def build(self, x):
         t0 = time.perf_counter()
         self.index = m2m_gpu.IndexHRM2(x.shape[1], backend=self.backend, codec=self.codec,
-                                       adaptive=self.adaptive)
+                                       adaptive=self.adaptive, spill=self.spill)
         src = self.trained_from
         if src is not None and src.index is not None:
             self.index.copy_training(src.index)

@@ -178,7 +178,11 @@ def main() -> int:
     methods = [base, am.HRM2(be.name, adaptive=True, trained_from=base),
                am.HRM2(be.name, "sq8", (1, 2, 4), trained_from=base),
                am.HRM2(be.name, "fp16", (2, 4), trained_from=base),
-               am.HRM2(be.name, pca_codec(d), (4, 8), trained_from=base, name="hrm2_pca")]
+               am.HRM2(be.name, pca_codec(d), (4, 8), trained_from=base, name="hrm2_pca"),
+               am.HRM2(be.name, "sq8", (2, 4), trained_from=base, name="hrm2_sq8_spill",
+                       spill=True),
+               am.HRM2(be.name, pca_codec(d), (4, 8), trained_from=base,
+                       name="hrm2_pca_spill", spill=True)]
     skip = set(filter(None, args.skip.split(",")))
     for method in methods:  # the base first: the others take its centroids
         if method.name in skip and method is not base:
@@ -252,7 +256,8 @@ def _version(module: str) -> str | None:
         return None
 
 
-HRM2_NAMES = ("hrm2", "hrm2_adaptive", "hrm2_sq8", "hrm2_fp16", "hrm2_pca")
+HRM2_NAMES = ("hrm2", "hrm2_adaptive", "hrm2_sq8", "hrm2_fp16", "hrm2_pca",
+              "hrm2_sq8_spill", "hrm2_pca_spill")
 BASELINES = ("faiss_ivf_flat", "faiss_ivf_sq8", "hnswlib_m16", "hnswlib_m32")
 
 

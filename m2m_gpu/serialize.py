@@ -80,7 +80,7 @@ def _hrm2_parts(index) -> tuple[dict, dict]:
             "ip_norm": index._lift.norm if index._lift is not None else None,
             "target_recall": index.target_recall,
             "codec": index.codec, "rerank": index.rerank,
-            "refine_iters": h.refine_iters,
+            "refine_iters": h.refine_iters, "spill": index.spill,
             "calibration": None if index.calibration is None else
             dataclasses.asdict(index.calibration)}
     arrays = {}
@@ -195,6 +195,7 @@ def _hrm2_from(head: dict, arrays: dict, be):
                       seed=head["seed"], p1=head["p1"], p2=head["p2"],
                       adaptive=head["adaptive"], ratio=head["ratio"],
                       codec=head.get("codec"), rerank=head.get("rerank", RERANK),
+                      spill=bool(head.get("spill", False)),
                       **({"refine_iters": head["refine_iters"]} if "refine_iters" in head
                          else {}))
     if index._lift is not None:

@@ -61,10 +61,12 @@ def route(queries, coarse, fine, fine_ranges, p1, p2):
     return _kernels().route(queries, coarse, fine, fine_ranges, p1, p2, pool=_pool())
 
 
-def one_searcher(coarse, fine, fine_ranges, ranges, rows, codes=None, codec=None):
+def one_searcher(coarse, fine, fine_ranges, ranges, rows, codes=None, codec=None,
+                 spill_of=None):
     """One query's routing, scan and ranking in one compiled call, as a function made once
     per layout (see ``_jit_kernels.one_searcher``)."""
-    return _kernels().one_searcher(coarse, fine, fine_ranges, ranges, rows, codes, codec)
+    return _kernels().one_searcher(coarse, fine, fine_ranges, ranges, rows, codes, codec,
+                                   spill_of)
 
 
 def project(queries, basis, mean):

@@ -448,12 +448,16 @@ def _fp16_row_d2(r, a):
 
 
 @njit(fastmath=True, inline="always")
-def _scan_probed(score, a, cells, C, lo, hi, dead, bd, bp):
+def _scan_probed(score, a, cells, C, lo, hi, dead, spill_of, bd, bp):
     """Every live row of the fine cells ``cells`` (-1 skipped; main range ``c`` and
     overflow range ``c + C``) into the sorted lists ``bd`` / ``bp`` by ``score(r, a)``
-    (ties: smaller row). Returns ``(cells scanned, rows scanned)``, dead rows counted."""
+    (ties: smaller row). With spilled copies (``spill_of`` not empty; ``n`` positions,
+    ``dead.shape[0]``), range ``c + 2C`` holds code rows ``n + j``, copies of position
+    ``spill_of[j]``: they go in at that position, so a position may come twice. Returns
+    ``(cells scanned, rows scanned)``, dead rows and spilled copies counted."""
     ncells = 0
     nrows = 0
+    n = dead.shape[0]
     for j in range(cells.shape[0]):
         f = cells[j]
         if f < 0:
@@ -464,7 +468,22 @@ def _scan_probed(score, a, cells, C, lo, hi, dead, bd, bp):
             for r in range(lo[g], hi[g]):
                 if not dead[r]:
                     _insert(bd, bp, score(r, a), r)
+        if spill_of.shape[0]:
+            g = f + 2 * C
+            nrows += hi[g] - lo[g]
+            for r in range(lo[g], hi[g]):
+                p = spill_of[r - n]
+                if not dead[p]:
+                    _insert(bd, bp, score(r, a), p)
     return ncells, nrows
+
+
+@njit(fastmath=True, inline="always")
+def _holds(pos, p):
+    for j in range(pos.shape[0]):
+        if pos[j] == p:
+            return True
+    return False
 
 
 @njit(fastmath=True, inline="always")
@@ -480,7 +499,8 @@ def _project_one(q, basis, mean):
 
 @njit(fastmath=True, cache=True, nogil=True)
 def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scale, basis,
-                mean, rerank, rows, lo, hi, dead, ids, out_cells, out_d2, out_pos, out_ids):
+                mean, rerank, rows, lo, hi, spill_of, dead, ids, out_cells, out_d2, out_pos,
+                out_ids):
     """One query, one compiled call: the ``p1`` nearest coarse cells (at most all), the
     ``out_cells.shape[0]`` nearest fine cells among theirs (as ``_route``), then every row
     of those cells (main range ``c`` and overflow range ``c + C``, C fine cells) ranked by
@@ -493,7 +513,9 @@ def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scal
     the codec) for the ``rerank * k`` best rows by squared distance to the decoded rows, then
     rank those again on the float32 rows, as the batch path re-ranks. A codec with a
     projection (``basis`` with rows, and ``mean``; else both empty) scans the codes with
-    the projected query (``Codec.queries``).
+    the projected query (``Codec.queries``). With spilled copies (``spill_of``, see
+    ``_scan_probed``; ``lo`` / ``hi`` then the code ranges) a row found twice among the
+    candidates is ranked once.
 
     Returns ``(cells scanned, rows scanned)``, dead rows counted (what the scan read), or
     ``(-1, -1)`` with nothing done when a value of ``q`` is not :func:`_plain` (NaN, inf,
@@ -509,22 +531,23 @@ def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scal
     ncand = max(1, rerank) * out_d2.shape[0]
     _route_one(q, coarse, fine, fine_lo, fine_hi, min(max(1, p1), coarse.shape[0]), out_cells)
     if kind == 0:
-        counts = _scan_probed(_row_d2, (q, rows), out_cells, C, lo, hi, dead, out_d2,
-                              out_pos)
+        counts = _scan_probed(_row_d2, (q, rows), out_cells, C, lo, hi, dead, spill_of,
+                              out_d2, out_pos)
     else:
         bd = np.full(ncand, np.inf, dtype=np.float32)  # the candidates, on the codes
         bp = np.full(ncand, -1, dtype=np.int64)
         qc = _project_one(q, basis, mean) if basis.shape[0] else q
         if kind == 2:
             counts = _scan_probed(_sq8_row_d2, (qc - offset, scale, codes), out_cells, C,
-                                  lo, hi, dead, bd, bp)
+                                  lo, hi, dead, spill_of, bd, bp)
         else:
             buf = np.empty(qc.shape[0], dtype=np.float32)
             counts = _scan_probed(_fp16_row_d2, (qc, codes, buf, buf.view(np.uint32)),
-                                  out_cells, C, lo, hi, dead, bd, bp)
+                                  out_cells, C, lo, hi, dead, spill_of, bd, bp)
         for j in range(ncand):
-            if bp[j] >= 0:
-                _insert(out_d2, out_pos, _sqdist(q, rows[bp[j]]), bp[j])
+            p = bp[j]
+            if p >= 0 and not (spill_of.shape[0] > 0 and _holds(out_pos, p)):
+                _insert(out_d2, out_pos, _sqdist(q, rows[p]), p)
     _ids_of(out_pos, ids, out_ids[0])
     return counts
 
@@ -546,14 +569,16 @@ def project(queries, basis, mean):
     return out
 
 
-def one_searcher(coarse, fine, fine_ranges, ranges, rows, codes=None, codec=None):
+def one_searcher(coarse, fine, fine_ranges, ranges, rows, codes=None, codec=None,
+                 spill_of=None):
     """``search(q, p1, p2, dead, ids, k, rerank) -> (cells int64[p2], d2 float32[1, k],
     positions int64[1, k], ids int64[1, k], cells scanned, rows scanned)``: ``_search_one``
     over this layout (made once per layout, not per query) for the C-contiguous float32
     query ``q`` (1-D), over the codes with ``rerank * k`` candidates where ``codes`` (and
-    their ``codec``, ``m2m_gpu.codecs.Codec``) are given. ``dead`` (bool) and ``ids`` are
-    read at each call: removals change them in place. ``p2`` >= 1 (more than the fine
-    cells: all of them). The per-call steps are few on purpose: a query takes
+    their ``codec``, ``m2m_gpu.codecs.Codec``) are given; ``ranges`` are then the code
+    ranges, with the spilled copies of positions ``spill_of`` (when given). ``dead``
+    (bool) and ``ids`` are read at each call: removals change them in place. ``p2`` >= 1
+    (more than the fine cells: all of them). The per-call steps are few on purpose: a query takes
     microseconds."""
     c = np.ascontiguousarray
     coarse, fine = c(coarse, dtype=np.float32), c(fine, dtype=np.float32)
@@ -566,6 +591,7 @@ def one_searcher(coarse, fine, fine_ranges, ranges, rows, codes=None, codec=None
         offset, scale = c(dq[0], dtype=np.float32), c(dq[1], dtype=np.float32)
         basis, mean = _NO_CODES[4:] if codec.basis is None else \
             (c(codec.basis, dtype=np.float32), c(codec.mean, dtype=np.float32))
+    spill_of = c(np.zeros(0, np.int64) if spill_of is None else spill_of, dtype=np.int64)
     C = fine.shape[0]
     kernel, empty, f32, i64 = _search_one, np.empty, np.float32, np.int64
 
@@ -573,8 +599,8 @@ def one_searcher(coarse, fine, fine_ranges, ranges, rows, codes=None, codec=None
         cells = empty(p2 if p2 < C else C, i64)
         d2, pos, out_ids = empty((1, k), f32), empty((1, k), i64), empty((1, k), i64)
         ncells, nrows = kernel(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset,
-                               scale, basis, mean, rerank, rows, lo, hi, dead, ids, cells,
-                               d2, pos, out_ids)
+                               scale, basis, mean, rerank, rows, lo, hi, spill_of, dead,
+                               ids, cells, d2, pos, out_ids)
         return cells, d2, pos, out_ids, ncells, nrows
 
     return search

@@ -17,6 +17,7 @@ from ..backends import Backend, get_backend
 from ..backends.base import MODE_DISTANCE, PARAM_ALPHA
 from ..codecs import Codec
 from ..codecs import check_name as check_codec
+from ..errors import InvalidInputError
 from ..inputs import check_count
 from ..tiers import TierManager, TierOptions
 from . import search as _search
@@ -44,7 +45,7 @@ class HRM2:
                  n2: int | None = None, *, seed: int = 0, kmeans_iters: int = 10,
                  max_points_per_centroid: int = 256, refine_iters: int = REFINE_ITERS,
                  tiers: TierOptions | None = None, cold_dir=None,
-                 codec: str | None = None) -> None:
+                 codec: str | None = None, spill: bool = False) -> None:
         self.d = d
         self.backend = get_backend(backend)
         self.n1_opt = check_count("n1", n1, allow_none=True)
@@ -59,6 +60,12 @@ class HRM2:
         self.router: Router | None = None
         self.layout = CellLayout(d, self.backend, tiers or TierOptions(), cold_dir,
                                  check_codec(codec, d))
+        if not isinstance(spill, (bool, np.bool_)):
+            raise InvalidInputError(f"spill must be True or False, got {spill!r}")
+        if spill and codec is None:
+            raise InvalidInputError("spill=True needs a codec (e.g. codec='sq8'): only "
+                                    "the compressed copies of the rows are spilled")
+        self.spill = bool(spill)
         self.scanner = CellScanner(self.layout)
         self._alpha_params = None  # the last unfiltered params (the hotness policy's alpha)
 
@@ -87,6 +94,7 @@ class HRM2:
         """Take trained centroids (another index's, for the same data): no k-means."""
         self.centroids = centroids
         self.router = Router(centroids, self.backend)
+        self.layout.spill_to = self.router.second_cells if self.spill else None
         self.trained = True
 
     coarse = property(lambda self: self.centroids.coarse)

@@ -41,6 +41,11 @@ class IndexHRM2:
     code each row's ``N`` leading principal coordinates instead: a scan reads ``N / d``
     of the values, and needs a deeper ``rerank`` (4 to 8) for the same recall. SQ8's
     ranges and the principal directions are trained with the centroids.
+    ``spill=True`` (with a codec) also files each row's code in a second cell, chosen as
+    SOAR does (:meth:`~.routing.Router.second_cells`) at each full re-layout: a row missed
+    by a query whose nearest centroids point away from it is often found in its second
+    cell, so the same recall needs far fewer probed cells, at the cost of a second copy of
+    the codes (not of the float32 rows). A row found in both cells counts once.
     ``refine_iters``: joint Lloyd iterations over all fine centroids after the two levels
     of k-means (default 3; 0 skips them: a faster build, less recall per scanned row).
     ``tiers``: byte budgets of the memory tiers for the index's rows
@@ -64,7 +69,8 @@ class IndexHRM2:
                  p1: int | None = None, p2: int | None = None, adaptive: bool = False,
                  ratio: float | None = None, tiers: dict | TierOptions | None = None,
                  target_recall: float | None = None, codec: str | None = None,
-                 rerank: int = RERANK, refine_iters: int = REFINE_ITERS) -> None:
+                 rerank: int = RERANK, refine_iters: int = REFINE_ITERS,
+                 spill: bool = False) -> None:
         from ..errors import UnknownMetricError
 
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
@@ -87,7 +93,7 @@ class IndexHRM2:
                                     f"{refine_iters!r}")
         self.hrm2 = HRM2(self.d + (metric == "ip"), backend, n1, n2, seed=seed,
                          tiers=TierOptions.parse(tiers), codec=self._codec,
-                         refine_iters=int(refine_iters))
+                         refine_iters=int(refine_iters), spill=spill)
         self._next_id = 0  # one past the largest id ever held: add() never reuses an id
         self.p1, self.p2, self.adaptive, self.ratio = p1, p2, adaptive, ratio
         self.last_report: ProbeReport | None = None
@@ -151,6 +157,11 @@ class IndexHRM2:
     def codec(self) -> str | None:
         """``"fp16"``, ``"sq8"`` or None (fixed when the index is made)."""
         return self._codec
+
+    @property
+    def spill(self) -> bool:
+        """Whether each row's code is also held in a second cell (SOAR spilling)."""
+        return self.hrm2.spill
 
     @property
     def rerank(self) -> int:

@@ -7,6 +7,14 @@ region after it, kept sorted by cell too, so cell ``c`` is its main range ``rang
 its overflow range ``ranges[C + c]``. A row whose mu crossed into another cell, or whose id
 was freed, is left *dead* at its position (masked from then on) until the next re-layout.
 
+With a codec and spilling on (``spill_to``: the router's SOAR choice), each full re-layout
+also gives every row a second cell: a compressed scan of a cell reads the codes of its main
+and overflow ranges, then those of the rows spilled into it (code rows ``ntotal + j``,
+copies of the codes at positions ``spill_of[j]``, grouped by cell). Only codes are spilled;
+the float32 rows, the ids and every per-position array stay one per row, and a search maps
+a spilled code row back to its position (:meth:`CellLayout.code_positions`). Rows added
+later have no second cell until the next full re-layout.
+
 :class:`CellLayout` is the one owner of these invariants; the rest of the package and the
 store's index change the layout through its methods only. Re-layouts stream the rows
 through host memory a block at a time (no full host copy is kept).
@@ -55,6 +63,9 @@ class CellLayout:
         self.codec_name = codec
         self.codec: Codec | None = None  # trained with the centroids (or on first layout)
         self._codec_here = False  # SQ8 measured on the laid-out rows: measured again
+        # SOAR spilling (with a codec): (rows, their cells) -> each row's second cell
+        # (-1: none), chosen at each full re-layout; None: no spilling
+        self.spill_to = None
         self._reset()
 
     # ---- state ------------------------------------------------------------------------------
@@ -74,6 +85,9 @@ class CellLayout:
         self.codes = None if self.codec is None else \
             self.codec.encode(np.zeros((0, self.d), np.float32))
         self.code_sq = np.zeros(0, np.float32)  # |decoded row|^2 (the cpu scan's)
+        self.spill_of = np.zeros(0, np.int64)  # per spilled copy: its row's position
+        self.spill_cells = np.zeros(0, np.int64)  # ... and its second cell (sorted)
+        self.spill_ranges = np.zeros((self.fine.shape[0], 2), np.int64)
         self.version += 1
 
     def close(self) -> None:
@@ -94,10 +108,51 @@ class CellLayout:
         return np.flatnonzero(~self.dead)
 
     def cell_sizes(self) -> np.ndarray:
-        """Rows per fine cell (main + overflow, dead ones included: what a scan reads)."""
+        """Rows per fine cell (main + overflow, dead ones included, and the spilled copies:
+        what a scan reads)."""
         C = self.fine.shape[0]
         lens = self.ranges[:, 1] - self.ranges[:, 0]
-        return lens[:C] + lens[C:]
+        return lens[:C] + lens[C:] + (self.spill_ranges[:, 1] - self.spill_ranges[:, 0])
+
+    # ---- the code space: the codes in position order, then the spilled copies ---------
+    @property
+    def spilled(self) -> bool:
+        return self.spill_of.size > 0
+
+    def code_rows(self) -> np.ndarray:
+        """The codes a compressed scan reads: every position's, then the spilled copies."""
+        return self.codes if not self.spilled else \
+            np.concatenate([self.codes, self.codes[self.spill_of]])
+
+    def code_sqnorms(self) -> np.ndarray:
+        return self.code_sq if not self.spilled or not self.code_sq.size else \
+            np.concatenate([self.code_sq, self.code_sq[self.spill_of]])
+
+    def code_ranges(self) -> np.ndarray:
+        """Ranges over :meth:`code_rows`: main ``[c]``, overflow ``[C + c]`` and (when
+        spilled) the copies spilled into cell c, ``[2C + c]``."""
+        if not self.spilled:
+            return self.ranges
+        return np.concatenate([self.ranges, self.spill_ranges + self.ntotal])
+
+    def code_probes(self, cells: np.ndarray) -> np.ndarray:
+        """The code ranges a compressed scan of ``cells`` (int64[m, p], -1 pad) reads."""
+        C = self.fine.shape[0]
+        ok = cells >= 0
+        parts = [cells, np.where(ok, cells + C, -1)]
+        if self.spilled:
+            parts.append(np.where(ok, cells + 2 * C, -1))
+        return np.concatenate(parts, 1)
+
+    def code_positions(self) -> np.ndarray:
+        """The position of each code row (a spilled copy's: its row's)."""
+        return np.concatenate([np.arange(self.ntotal, dtype=np.int64), self.spill_of])
+
+    def code_params(self, params: np.ndarray | None) -> np.ndarray | None:
+        """Params in position order extended to the code rows."""
+        if params is None or not self.spilled:
+            return params
+        return np.concatenate([params, params[self.spill_of]])
 
     def set_codec(self, codec: Codec | None, encode: bool = True) -> None:
         """Use ``codec`` (trained) for the compressed copies; the rows held are encoded
@@ -207,6 +262,8 @@ class CellLayout:
         lo = np.full(self.d, np.inf, np.float32)  # else SQ8's ranges, measured on the way
         hi = np.full(self.d, -np.inf, np.float32)
         sample, stride = [], max(1, -(-src.size // PCA_SAMPLE))
+        spill = self.spill_to if self.codec_name is not None else None
+        second = np.full(src.size if spill is not None else 0, -1, np.int64)
 
         def rows_of(s: int, e: int) -> np.ndarray:
             part = src[s:e]
@@ -217,6 +274,8 @@ class CellLayout:
             if not o.all():
                 out[~o] = new_rows[-1 - part[~o]]
             self._grow_radius(out, cells[s:e])
+            if spill is not None and out.shape[0]:
+                second[s:e] = spill(out, cells[s:e])
             if not measure and self.codec is not None:
                 codes.append(self.codec.encode(out))
             elif measure and out.shape[0] and self.codec_name == "sq8":
@@ -239,7 +298,17 @@ class CellLayout:
         self.main_end = self.ntotal
         self.dead = np.zeros(self.ntotal, bool)
         self.ranges = self._ranges_from_cells()
+        self._set_spill(second)
         self.version += 1
+
+    def _set_spill(self, second: np.ndarray) -> None:
+        """The spilled copies: position ``p`` into cell ``second[p]`` (-1: none)."""
+        has = np.flatnonzero(second >= 0)
+        order = np.argsort(second[has], kind="stable")
+        self.spill_of, self.spill_cells = has[order], second[has][order]
+        counts = np.bincount(self.spill_cells, minlength=self.fine.shape[0])
+        stop = np.cumsum(counts)
+        self.spill_ranges = np.stack([stop - counts, stop], 1).astype(np.int64)
 
     # ---- changes in place -----------------------------------------------------------------
     def append_overflow(self, x: np.ndarray, ids: np.ndarray, cells: np.ndarray) -> None:
@@ -350,6 +419,12 @@ class CellLayout:
             elif self.code_sq.size and not np.allclose(
                     self.code_sq, self.codec.sqnorms(self.codes), rtol=1e-6):
                 problems.append("hrm2 layout: the codes' norms disagree with the codes")
+            if self.spilled and ((self.spill_of >= self.main_end).any() or
+                                 (self.spill_cells == self.cell_of[self.spill_of]).any() or
+                                 (np.diff(self.spill_cells) < 0).any() or
+                                 np.unique(self.spill_of).size != self.spill_of.size):
+                problems.append("hrm2 layout: a spilled copy outside the main region, in "
+                                "its row's own cell, out of cell order or twice")
             live = self.ids[~self.dead]
             if np.unique(live).size != live.size:
                 problems.append("hrm2 layout: an id at two live positions")

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from .train import Centroids
 
 ASSIGN_P1_MIN = 4  # a row's fine cell is searched in at least this many coarse cells
+SPILL_CANDIDATES = 8  # a row's second cell is chosen among its this many nearest fine cells
+SPILL_LAMBDA = 1.5  # SOAR's weight on the residuals' alignment (see Router.second_cells)
 
 
 class Router:
@@ -54,6 +56,33 @@ class Router:
             c, _ = self.route(x[s : s + step], self.assign_p1(), 1)
             cells[s : s + step] = c[:, 0]
         return cells
+
+    def second_cells(self, x: np.ndarray, first: np.ndarray,
+                     lam: float = SPILL_LAMBDA) -> np.ndarray:
+        """A second fine cell for each row of ``x`` (first cells ``first``), as SOAR
+        (Sun et al., 2023) spills: among the row's ``SPILL_CANDIDATES`` nearest cells
+        other than its first, the one minimising ``|r'|^2 + lam <r, r'>^2 / |r|^2`` (``r``,
+        ``r'``: the row minus each cell's centroid). The penalty favours a cell whose
+        residual is orthogonal to the first one's, so a query that the first cell's
+        centroid misleads is not misled the same way by the second. -1 where the row has
+        no other cell."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.full(x.shape[0], -1, np.int64)
+        fine = self.centroids.fine
+        step = 4096
+        for s in range(0, x.shape[0], step):
+            xb, fb = x[s : s + step], first[s : s + step]
+            cand, _ = self.route(xb, self.assign_p1(), SPILL_CANDIDATES + 1)
+            r = xb - fine[fb]
+            rn = np.maximum(np.einsum("ij,ij->i", r, r), np.float32(1e-30))
+            rp = xb[:, None, :] - fine[np.maximum(cand, 0)]
+            along = np.einsum("ij,ikj->ik", r, rp)
+            score = np.einsum("ikj,ikj->ik", rp, rp) + lam * along * along / rn[:, None]
+            score[(cand < 0) | (cand == fb[:, None])] = np.inf
+            best = score.argmin(1)
+            pick = cand[np.arange(xb.shape[0]), best]
+            out[s : s + step] = np.where(np.isfinite(score.min(1)), pick, -1)
+        return out
 
     def route(self, q: np.ndarray, p1: int, p2: int):
         """Fine cells to scan per query, nearest first: ``(cells int64[m, p2] (-1 pad),

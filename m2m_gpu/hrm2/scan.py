@@ -101,20 +101,28 @@ class CellScanner:
 
     def scan_codes(self, qn, probes: np.ndarray, k: int, mode: int, params, cache: bool,
                    ranked: bool = True):
-        """``(keys, positions, d2)`` top-k over the ranges ``probes`` ranked on the
-        compressed rows (d2 of the decoded rows). The codes are held whole on the device
-        (a copy kept until the layout changes), whatever tier the float32 rows are in.
-        ``ranked=False``: only the positions found count (see ``Backend.scan_cells``)."""
+        """``(keys, positions, d2)`` top-k over the code ranges ``probes``
+        (``CellLayout.code_probes``) ranked on the compressed rows (d2 of the decoded rows).
+        The codes (with the spilled copies, when spilled) are held whole on the device (a
+        copy kept until the layout changes), whatever tier the float32 rows are in.
+        ``params`` are in position order. A spilled copy found is reported at its row's
+        position, so a position may come twice. ``ranked=False``: only the positions found
+        count (see ``Backend.scan_cells``)."""
         L = self.layout
         be = L.backend
         keep = self.cached_codes if cache else _uncached
-        codes = self.cached_codes("codes", None, lambda: be.from_host(L.codes))
+        codes = self.cached_codes("codes", None, lambda: be.from_host(L.code_rows()))
         prm = None if params is None else keep(
-            "code_params", params, lambda: be.from_host(params, like=codes))
+            "code_params", params, lambda: be.from_host(L.code_params(params), like=codes))
         sq = None if not be.uses_sqnorms else self.cached_codes(
-            "code_sq", None, lambda: be.from_host(L.code_sq))
-        return be.scan_cells(qn, codes, L.ranges, probes, k, mode, prm, sq,
-                             dequant=L.codec.dequant, ranked=ranked)
+            "code_sq", None, lambda: be.from_host(L.code_sqnorms()))
+        ranges = self.cached_codes("code_ranges", None, L.code_ranges)
+        keys, pos, d2 = be.scan_cells(qn, codes, ranges, probes, k, mode, prm, sq,
+                                      dequant=L.codec.dequant, ranked=ranked)
+        if L.spilled:  # code rows to positions
+            at = self.cached_codes("code_positions", None, L.code_positions)
+            pos = np.where(pos >= 0, at[np.maximum(pos, 0)], -1)
+        return keys, pos, d2
 
     def _fetched(self, qn, probes, k, mode, params, sq_all, hot_ranges, block_rows):
         """The probed rows not in ``hot_ranges`` (None: every probed row), fetched to the

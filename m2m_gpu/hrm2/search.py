@@ -62,11 +62,13 @@ def search(router: Router, layout: CellLayout, scanner: CellScanner, q: np.ndarr
         params, cache = layout.mask_params(), False
 
     def scan(c):
-        probes = np.concatenate([c, np.where(c >= 0, c + C, -1)], 1)
         if coded:
-            _, cand, _ = scanner.scan_codes(qc, probes, rerank * k, mode, params,
-                                            cache, ranked=False)  # ranked again next
+            _, cand, _ = scanner.scan_codes(qc, layout.code_probes(c), rerank * k, mode,
+                                            params, cache, ranked=False)  # ranked again next
+            if layout.spilled:  # a row found in two of its cells counts once
+                cand = _distinct(cand)
             return exact_rerank(layout, q, cand, k, mode, params)
+        probes = np.concatenate([c, np.where(c >= 0, c + C, -1)], 1)
         return _scan_retrying(layout, scanner, qn, probes, k, mode, params, cache)
 
     if not adaptive or cells.shape[1] < 4:
@@ -84,6 +86,14 @@ def search(router: Router, layout: CellLayout, scanner: CellScanner, q: np.ndarr
         if (rest >= 0).any():
             keys, pos, d2 = merge_by_key([(keys, pos, d2), scan(rest)], k)
     return keys, pos, d2, _scanned(layout, scanner, scanned)
+
+
+def _distinct(cand: np.ndarray) -> np.ndarray:
+    """Each row's positions once (repeats become -1 pads; the order does not matter)."""
+    s = np.sort(cand, axis=1)
+    if s.shape[1] > 1:
+        s[:, 1:][s[:, 1:] == s[:, :-1]] = -1
+    return s
 
 
 def exact_rerank(layout: CellLayout, q: np.ndarray, cand: np.ndarray, k: int, mode: int,
@@ -141,9 +151,11 @@ class OneQuery:
         rows = layout.tiers.dense() if getattr(layout.backend, "jit", False) else None
         if rows is None:
             return None
-        c = router.centroids
-        return cls(layout, _jit.one_searcher(c.coarse, c.fine, c.fine_ranges, layout.ranges,
-                                             rows, layout.codes, layout.codec))
+        c, L = router.centroids, layout
+        coded = L.codec is not None
+        return cls(L, _jit.one_searcher(
+            c.coarse, c.fine, c.fine_ranges, L.code_ranges() if coded else L.ranges, rows,
+            L.code_rows() if coded else None, L.codec, L.spill_of if L.spilled else None))
 
     def __call__(self, q: np.ndarray, k: int, p1: int, p2: int, rerank: int = RERANK):
         """``(d2 float32[1, k], positions int64[1, k], ids int64[1, k], report)`` for the
