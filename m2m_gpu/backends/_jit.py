@@ -62,11 +62,11 @@ def route(queries, coarse, fine, fine_ranges, p1, p2):
 
 
 def one_searcher(coarse, fine, fine_ranges, ranges, rows, codes=None, codec=None,
-                 spill_of=None):
+                 spill_of=None, code_sq=None):
     """One query's routing, scan and ranking in one compiled call, as a function made once
     per layout (see ``_jit_kernels.one_searcher``)."""
     return _kernels().one_searcher(coarse, fine, fine_ranges, ranges, rows, codes, codec,
-                                   spill_of)
+                                   spill_of, code_sq)
 
 
 def project(queries, basis, mean):

@@ -405,17 +405,6 @@ def _route_one(q, coarse, fine, fine_lo, fine_hi, p1, out_cells):
 
 
 @njit(fastmath=True, inline="always")
-def _sq8_d2(qs, scale, code):
-    """Squared distance of ``q`` to an SQ8 row (its bytes ``code``), from
-    ``qs = q - offset``."""
-    s = np.float32(0.0)
-    for e in range(qs.shape[0]):
-        t = qs[e] - scale[e] * np.float32(code[e])
-        s += t * t
-    return s
-
-
-@njit(fastmath=True, inline="always")
 def _fp16_d2(q, code, buf, bits):
     """Squared distance of ``q`` to a float16 row (its bits ``code``), widened into
     ``buf`` first (``bits``: its memory as uint32)."""
@@ -436,9 +425,15 @@ def _row_d2(r, a):
 
 
 @njit(fastmath=True, inline="always")
-def _sq8_row_d2(r, a):
-    """``_sq8_d2`` of row ``r``: ``a`` is ``(q - offset, scale, codes)``."""
-    return _sq8_d2(a[0], a[1], a[2][r])
+def _sq8_row_key(r, a):
+    """The ranking key ``|w|^2 - 2 q.w`` of the decoded SQ8 row ``w`` at ``r`` (its d2
+    less ``|q|^2``, as the batch scan ranks): ``a`` is ``(q * scale, q . offset, the
+    decoded rows' |w|^2, codes)``; one multiply-add per byte."""
+    qs, code = a[0], a[3][r]
+    s = np.float32(0.0)
+    for e in range(qs.shape[0]):
+        s += qs[e] * np.float32(code[e])
+    return a[2][r] - np.float32(2.0) * (s + a[1])
 
 
 @njit(fastmath=True, inline="always")
@@ -498,9 +493,9 @@ def _project_one(q, basis, mean):
 
 
 @njit(fastmath=True, cache=True, nogil=True)
-def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scale, basis,
-                mean, rerank, rows, lo, hi, spill_of, dead, ids, out_cells, out_d2, out_pos,
-                out_ids):
+def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scale, code_sq,
+                basis, mean, rerank, rows, lo, hi, spill_of, dead, ids, out_cells, out_d2,
+                out_pos, out_ids):
     """One query, one compiled call: the ``p1`` nearest coarse cells (at most all), the
     ``out_cells.shape[0]`` nearest fine cells among theirs (as ``_route``), then every row
     of those cells (main range ``c`` and overflow range ``c + C``, C fine cells) ranked by
@@ -510,8 +505,9 @@ def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scal
 
     ``kind`` 0 ranks the float32 ``rows`` (``codes`` and the rest unused). Kinds 1 and 2
     rank the codes (``_code_view``'s ``codes`` and ``kind``; ``offset`` and ``scale`` of
-    the codec) for the ``rerank * k`` best rows by squared distance to the decoded rows, then
-    rank those again on the float32 rows, as the batch path re-ranks. A codec with a
+    the codec; SQ8 ranks on the batch scan's key, with the decoded rows' norms
+    ``code_sq``) for the ``rerank * k`` best rows by squared distance to the decoded
+    rows, then rank those again on the float32 rows, as the batch path re-ranks. A codec with a
     projection (``basis`` with rows, and ``mean``; else both empty) scans the codes with
     the projected query (``Codec.queries``). With spilled copies (``spill_of``, see
     ``_scan_probed``; ``lo`` / ``hi`` then the code ranges) a row found twice among the
@@ -538,8 +534,9 @@ def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scal
         bp = np.full(ncand, -1, dtype=np.int64)
         qc = _project_one(q, basis, mean) if basis.shape[0] else q
         if kind == 2:
-            counts = _scan_probed(_sq8_row_d2, (qc - offset, scale, codes), out_cells, C,
-                                  lo, hi, dead, spill_of, bd, bp)
+            counts = _scan_probed(_sq8_row_key, (qc * scale, _dot(qc, offset), code_sq,
+                                                 codes), out_cells, C, lo, hi, dead,
+                                  spill_of, bd, bp)
         else:
             buf = np.empty(qc.shape[0], dtype=np.float32)
             counts = _scan_probed(_fp16_row_d2, (qc, codes, buf, buf.view(np.uint32)),
@@ -553,7 +550,7 @@ def _search_one(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset, scal
 
 
 _NO_CODES = (np.zeros((0, 0), np.uint8), 0, np.zeros(0, np.float32), np.zeros(0, np.float32),
-             np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
+             np.zeros(0, np.float32), np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
 
 
 @njit(fastmath=True, cache=True, nogil=True)
@@ -570,13 +567,14 @@ def project(queries, basis, mean):
 
 
 def one_searcher(coarse, fine, fine_ranges, ranges, rows, codes=None, codec=None,
-                 spill_of=None):
+                 spill_of=None, code_sq=None):
     """``search(q, p1, p2, dead, ids, k, rerank) -> (cells int64[p2], d2 float32[1, k],
     positions int64[1, k], ids int64[1, k], cells scanned, rows scanned)``: ``_search_one``
     over this layout (made once per layout, not per query) for the C-contiguous float32
     query ``q`` (1-D), over the codes with ``rerank * k`` candidates where ``codes`` (and
     their ``codec``, ``m2m_gpu.codecs.Codec``) are given; ``ranges`` are then the code
-    ranges, with the spilled copies of positions ``spill_of`` (when given). ``dead``
+    ranges, with the spilled copies of positions ``spill_of`` (when given), and
+    ``code_sq`` the decoded code rows' squared norms (None: computed here). ``dead``
     (bool) and ``ids`` are read at each call: removals change them in place. ``p2`` >= 1
     (more than the fine cells: all of them). The per-call steps are few on purpose: a query takes
     microseconds."""
@@ -585,11 +583,13 @@ def one_searcher(coarse, fine, fine_ranges, ranges, rows, codes=None, codec=None
     fine_lo, fine_hi = c(fine_ranges[:, 0], dtype=np.int64), c(fine_ranges[:, 1], dtype=np.int64)
     lo, hi = c(ranges[:, 0], dtype=np.int64), c(ranges[:, 1], dtype=np.int64)
     if codes is None:
-        codes, kind, offset, scale, basis, mean = _NO_CODES
+        codes, kind, offset, scale, code_sq, basis, mean = _NO_CODES
     else:
+        code_sq = c(code_sq if code_sq is not None and len(code_sq) == codes.shape[0]
+                    else codec.sqnorms(codes), dtype=np.float32)
         codes, kind, dq = _code_view(codes, codec.d, codec.dequant)
         offset, scale = c(dq[0], dtype=np.float32), c(dq[1], dtype=np.float32)
-        basis, mean = _NO_CODES[4:] if codec.basis is None else \
+        basis, mean = _NO_CODES[5:] if codec.basis is None else \
             (c(codec.basis, dtype=np.float32), c(codec.mean, dtype=np.float32))
     spill_of = c(np.zeros(0, np.int64) if spill_of is None else spill_of, dtype=np.int64)
     C = fine.shape[0]
@@ -599,8 +599,8 @@ def one_searcher(coarse, fine, fine_ranges, ranges, rows, codes=None, codec=None
         cells = empty(p2 if p2 < C else C, i64)
         d2, pos, out_ids = empty((1, k), f32), empty((1, k), i64), empty((1, k), i64)
         ncells, nrows = kernel(q, coarse, fine, fine_lo, fine_hi, p1, codes, kind, offset,
-                               scale, basis, mean, rerank, rows, lo, hi, spill_of, dead,
-                               ids, cells, d2, pos, out_ids)
+                               scale, code_sq, basis, mean, rerank, rows, lo, hi, spill_of,
+                               dead, ids, cells, d2, pos, out_ids)
         return cells, d2, pos, out_ids, ncells, nrows
 
     return search

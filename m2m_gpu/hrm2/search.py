@@ -155,7 +155,8 @@ class OneQuery:
         coded = L.codec is not None
         return cls(L, _jit.one_searcher(
             c.coarse, c.fine, c.fine_ranges, L.code_ranges() if coded else L.ranges, rows,
-            L.code_rows() if coded else None, L.codec, L.spill_of if L.spilled else None))
+            L.code_rows() if coded else None, L.codec, L.spill_of if L.spilled else None,
+            L.code_sqnorms() if coded else None))
 
     def __call__(self, q: np.ndarray, k: int, p1: int, p2: int, rerank: int = RERANK):
         """``(d2 float32[1, k], positions int64[1, k], ids int64[1, k], report)`` for the
