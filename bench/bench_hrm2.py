@@ -181,7 +181,7 @@ def main() -> int:
                am.HRM2(be.name, pca_codec(d), (4, 8), trained_from=base, name="hrm2_pca"),
                am.HRM2(be.name, "sq8", (2, 4), trained_from=base, name="hrm2_sq8_spill",
                        spill=True),
-               am.HRM2(be.name, pca_codec(d), (4, 8), trained_from=base,
+               am.HRM2(be.name, pca_codec(d), (4, 6, 8), trained_from=base,
                        name="hrm2_pca_spill", spill=True)]
     skip = set(filter(None, args.skip.split(",")))
     for method in methods:  # the base first: the others take its centroids

@@ -80,14 +80,18 @@ def test_a_spilled_layout_holds_each_code_twice_and_each_row_once(backend, codec
     assert L.spill_of.size == n  # every row has a second cell here
     assert np.unique(L.spill_of).size == n and (L.spill_cells != L.cell_of[L.spill_of]).all()
     assert L.code_rows().shape[0] == 2 * n and L.tiers.n == n and L.ids.size == n
-    np.testing.assert_array_equal(L.code_rows()[n:], L.codes[L.spill_of])
+    # each copy stands for its own row: decoded, as near to that row as the row's code
+    decoded = L.codec.decode(L.code_rows()[n:])
+    want = L.codec.decode(L.codec.encode(L.rows_at(L.spill_of)))
+    np.testing.assert_allclose(decoded, want, rtol=1e-6, atol=1e-6)
+    assert np.abs(decoded - L.codec.decode(L.codes)).max() > 0  # not in position order
     ranges = L.code_ranges()
     for c in range(0, L.fine.shape[0], 5):  # the copies filed under cell c are its spills
         s, e = ranges[2 * L.fine.shape[0] + c]
         np.testing.assert_array_equal(L.code_positions()[s:e],
                                       L.spill_of[L.spill_cells == c])
-    sizes = L.cell_sizes()
-    assert sizes.sum() == 2 * n  # what a scan reads: both copies
+    both = np.bincount(np.concatenate([L.cell_of, L.spill_cells]), minlength=L.fine.shape[0])
+    np.testing.assert_array_equal(L.cell_sizes(), both)  # what a scan reads: both copies
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -124,8 +128,11 @@ def test_probing_every_cell_of_a_spilled_index_is_exact(backend, codec):
 def test_one_query_path_of_a_spilled_index_is_the_batch_answer():
     """The compiled one-query path reads the spilled copies too: the batch answer, query
     by query, and the same counts in the report; also once rows have moved across cells
-    (dead at their old positions, and so their spilled copies)."""
+    (dead at their old positions, and so their spilled copies), searched where they were.
+    The batch path's re-rank is made to fail for the lone queries: they take the compiled
+    path."""
     from m2m_gpu.backends import _jit
+    from m2m_gpu.hrm2 import search as hrm2_search
 
     if not _jit.available():
         pytest.skip("the one-query path needs the compiled loops (Numba)")
@@ -138,15 +145,26 @@ def test_one_query_path_of_a_spilled_index_is_the_batch_answer():
                 near = np.unique(idx.search(q, 3)[1])
                 h.relocate(h.positions_of(near), x[::-1][: near.size] + np.float32(0.01))
                 assert h.dead.sum() > 0
+                q = np.ascontiguousarray(np.vstack([q, x[near[:20]]]))  # where they were
             assert h.one_query() is not None
             D, I = idx.search(q, 10)
             vectors = idx.last_report.vectors.copy()
-            for i in range(q.shape[0]):
-                d1, i1 = idx.search(q[i : i + 1], 10)
+            batch_rerank = hrm2_search.exact_rerank
+            hrm2_search.exact_rerank = _refuse
+            try:
+                singles = [(*idx.search(q[i : i + 1], 10), idx.last_report.vectors[0])
+                           for i in range(q.shape[0])]
+            finally:
+                hrm2_search.exact_rerank = batch_rerank
+            for i, (d1, i1, scanned) in enumerate(singles):
                 np.testing.assert_array_equal(i1[0], I[i])
                 np.testing.assert_allclose(d1[0], D[i], rtol=1e-5, atol=1e-6)
-                assert idx.last_report.vectors[0] == vectors[i]
+                assert scanned == vectors[i]
                 assert np.unique(i1[0][i1[0] >= 0]).size == (i1[0] >= 0).sum()
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("a lone query took the batch path")
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -161,12 +179,19 @@ def test_writes_to_a_spilled_index_never_bring_back_a_dead_row(backend, codec):
     pos = h.positions_of(np.arange(40))
     target = x[::-1][:40] + np.float32(0.01)
     assert 0 < h.relocate(pos, target) <= 40 and h.check() == []
-    assert h.dead[pos].sum() > 0  # crossed: their copies are masked with them
+    dead = pos[h.dead[pos]]  # crossed: their copies are masked with them
+    assert dead.size > 0
     keys, p, d2, _ = h.search(target, 3, *everything, params=h.mask_params(), cache=False)
     np.testing.assert_array_equal(h.ids[p[:, 0]], np.arange(40))
     assert not h.dead[p].any()
     for row in h.ids[p]:
         assert np.unique(row).size == 3
+    # searched where they were: the dead positions (and their copies) never come back
+    old = x[:40][h.dead[pos]]
+    for adaptive in (False, True):
+        _, p, _, _ = h.search(old, 10, *everything, params=h.mask_params(), cache=False,
+                              adaptive=adaptive)
+        assert not np.isin(p, dead).any() and not h.dead[p[p >= 0]].any()
     new = (x[:30] + 0.05).astype(np.float32)
     idx.add_with_ids(new, np.arange(10**6, 10**6 + 30))
     assert h.check() == [] and h.layout.spill_of.max() < h.layout.main_end
@@ -199,3 +224,44 @@ def test_spilling_survives_saving(backend, codec):
 def test_bad_spill_options_are_refused(bad, match):
     with pytest.raises(InvalidInputError, match=match):
         IndexHRM2(8, **bad)
+
+
+def test_adaptive_probing_of_a_spilled_index_counts_each_row_once(backend):
+    """Adaptive probing scans in two rounds; a row can be found through one of its cells in
+    each (unclustered rows: the radius bound prunes few cells): it is counted once, and
+    the answer is the fixed-probing one (every cell probed)."""
+    rng = np.random.default_rng(0)
+    n = 3000 if backend.name != "vulkan" else 1500
+    x = rng.standard_normal((n, 24)).astype(np.float32)
+    q = rng.standard_normal((40, 24)).astype(np.float32)
+    shape = (6, 6) if backend.name == "vulkan" else (None, None)
+    idx = IndexHRM2(24, *shape, backend=backend.name, codec="sq8", spill=True, rerank=8)
+    idx.train(x)
+    idx.add(x)
+    idx.p1, idx.nprobe = idx.hrm2.coarse.shape[0], idx.nlist
+    D, I = idx.search(q, 10)
+    idx.adaptive = True
+    Da, Ia = idx.search(q, 10)
+    assert all(np.unique(row).size == 10 for row in Ia)
+    np.testing.assert_array_equal(Ia, I)
+    np.testing.assert_allclose(Da, D, rtol=1e-6)
+
+
+def test_inner_product_over_a_spilled_index_is_exact_when_every_cell_is_probed(backend):
+    """The MIPS lift (an l2 index on d + 1) spills the lifted codes; growing norms re-lay
+    the index out and spill again."""
+    x, q = data(2000 if backend.name != "vulkan" else 1200, 20, d=24)
+    shape = (6, 6) if backend.name == "vulkan" else (None, None)
+    idx = IndexHRM2(24, *shape, "ip", backend=backend.name, codec="sq8", spill=True,
+                    rerank=8)
+    idx.train(x)
+    idx.add(x)
+    idx.add(x[:50] * 3)  # longer rows: the lift grows
+    assert idx.hrm2.layout.spilled and idx.hrm2.check() == []
+    idx.p1, idx.nprobe = idx.hrm2.coarse.shape[0], idx.nlist
+    D, I = idx.search(q, 10)
+    flat = m2m_gpu.IndexFlatIP(24)
+    flat.add(np.vstack([x, x[:50] * 3]))
+    D0, I0 = flat.search(q, 10)
+    assert recall(I, I0) == 1.0
+    np.testing.assert_allclose(D, D0, rtol=1e-4, atol=1e-4)

@@ -85,9 +85,7 @@ class CellLayout:
         self.codes = None if self.codec is None else \
             self.codec.encode(np.zeros((0, self.d), np.float32))
         self.code_sq = np.zeros(0, np.float32)  # |decoded row|^2 (the cpu scan's)
-        self.spill_of = np.zeros(0, np.int64)  # per spilled copy: its row's position
-        self.spill_cells = np.zeros(0, np.int64)  # ... and its second cell (sorted)
-        self.spill_ranges = np.zeros((self.fine.shape[0], 2), np.int64)
+        self._set_spill(np.zeros(0, np.int64))
         self.version += 1
 
     def close(self) -> None:
@@ -112,7 +110,10 @@ class CellLayout:
         what a scan reads)."""
         C = self.fine.shape[0]
         lens = self.ranges[:, 1] - self.ranges[:, 0]
-        return lens[:C] + lens[C:] + (self.spill_ranges[:, 1] - self.spill_ranges[:, 0])
+        sizes = lens[:C] + lens[C:]
+        if self.spilled:
+            sizes = sizes + (self.spill_ranges[:, 1] - self.spill_ranges[:, 0])
+        return sizes
 
     # ---- the code space: the codes in position order, then the spilled copies ---------
     @property
@@ -159,6 +160,8 @@ class CellLayout:
         again with it (``encode=False``: only by a re-layout that the caller runs next)."""
         self.codec = codec
         self._codec_here = False
+        if not encode:  # no codes until the re-layout, which spills again
+            self._set_spill(np.zeros(0, np.int64))
         self.codes = None if codec is None else self._encode_held() if encode else \
             codec.encode(np.zeros((0, self.d), np.float32))
         self.code_sq = np.zeros(0, np.float32) if codec is None else \
@@ -302,7 +305,9 @@ class CellLayout:
         self.version += 1
 
     def _set_spill(self, second: np.ndarray) -> None:
-        """The spilled copies: position ``p`` into cell ``second[p]`` (-1: none)."""
+        """The spilled copies: position ``p`` into cell ``second[p]`` (-1: none; an empty
+        array: no copies). Per copy ``spill_of`` (its row's position) and ``spill_cells``
+        (its cell, sorted); per cell ``spill_ranges`` over the copies."""
         has = np.flatnonzero(second >= 0)
         order = np.argsort(second[has], kind="stable")
         self.spill_of, self.spill_cells = has[order], second[has][order]

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..backends import _jit
 from ..backends.base import MODE_DISTANCE
-from ..ops.topk import merge_by_key
+from ..ops.topk import merge_by_key, sort_rows
 from .layout import CellLayout
 from .routing import Router
 from .scan import CellScanner
@@ -84,7 +84,11 @@ def search(router: Router, layout: CellLayout, scanner: CellScanner, q: np.ndarr
         rest = np.where(lower[:, first:] < kth[:, None], rest, -1)
         scanned = np.concatenate([cells[:, :first], rest], 1)
         if (rest >= 0).any():
-            keys, pos, d2 = merge_by_key([(keys, pos, d2), scan(rest)], k)
+            twice = coded and layout.spilled  # a row found in each round: counted once
+            keys, pos, d2 = merge_by_key([(keys, pos, d2), scan(rest)], 2 * k if twice
+                                         else k)
+            if twice:
+                keys, pos, d2 = _once(keys, pos, d2, k)
     return keys, pos, d2, _scanned(layout, scanner, scanned)
 
 
@@ -94,6 +98,19 @@ def _distinct(cand: np.ndarray) -> np.ndarray:
     if s.shape[1] > 1:
         s[:, 1:][s[:, 1:] == s[:, :-1]] = -1
     return s
+
+
+def _once(keys: np.ndarray, pos: np.ndarray, d2: np.ndarray, k: int):
+    """The k best of rows sorted by (key, position) with each position kept once (a
+    repeat has the same key, exactly: the same row ranked by the same arithmetic, so it
+    sits next to its first)."""
+    again = np.zeros(pos.shape, bool)
+    again[:, 1:] = (pos[:, 1:] == pos[:, :-1]) & (pos[:, 1:] >= 0)
+    if again.any():
+        keys, pos, d2 = (np.where(again, pad, a) for a, pad in
+                         ((keys, np.inf), (pos, -1), (d2, np.inf)))
+        keys, pos, d2 = sort_rows(keys, pos, d2)
+    return keys[:, :k], pos[:, :k], d2[:, :k]
 
 
 def exact_rerank(layout: CellLayout, q: np.ndarray, cand: np.ndarray, k: int, mode: int,
