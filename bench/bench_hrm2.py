@@ -13,7 +13,9 @@ Ground truth: exact search in this run (checked against the stored one for ``tex
 Methods (``bench/_ann_methods.py``): HRM2 over float32 rows (fixed and adaptive probing) and
 over float16 and SQ8 codes re-ranked exactly (``rerank`` swept; they reuse the float index's
 centroids), over SQ8 codes of the leading third of the principal directions
-(``hrm2_pca``: ``pca128,sq8`` at 384 dimensions, ``rerank`` 4 and 8), faiss IVF-Flat and
+(``hrm2_pca``: ``pca128,sq8`` at 384 dimensions, ``rerank`` 4 and 8), the same SQ8 and
+projected codes spilled into a second cell (``hrm2_sq8_spill``, ``rerank`` 2 and 4;
+``hrm2_pca_spill``, ``rerank`` 4, 6 and 8; ``IndexHRM2(spill=True)``), faiss IVF-Flat and
 IVF-SQ8 with as many lists as HRM2 has fine cells, hnswlib with M = 16 and 32
 (ef_construction 100). Each swept point: recall@10 over every query, and
 the median QPS of ``--repeat`` timed runs of one batch of ``--m`` after a warm-up. Then, per
