@@ -265,3 +265,26 @@ def test_inner_product_over_a_spilled_index_is_exact_when_every_cell_is_probed(b
     D0, I0 = flat.search(q, 10)
     assert recall(I, I0) == 1.0
     np.testing.assert_allclose(D, D0, rtol=1e-4, atol=1e-4)
+
+
+def test_spilled_codes_with_the_float_rows_in_lower_tiers_give_the_all_hot_answer():
+    """Float32 rows mostly cold: the codes and their copies are scanned whole, only the
+    re-ranked candidates' rows are read from their tiers; a lone query takes the general
+    path there (no compiled one) with the same answer."""
+    x, q = data(3000, 30, d=24)
+    hot = IndexHRM2(24, codec="sq8", backend="cpu", spill=True, rerank=2)
+    cold = IndexHRM2(24, codec="sq8", backend="cpu", spill=True, rerank=2,
+                     tiers={"hot_bytes": 200 * 96, "warm_bytes": 300 * 96})
+    hot.train(x)
+    cold.copy_training(hot)
+    for i in (hot, cold):
+        i.add(x)
+        i.nprobe = 4
+    assert cold.hrm2.device_bytes() <= 200 * 96 and cold.hrm2.layout.spilled
+    D, I = hot.search(q, 10)
+    Dc, Ic = cold.search(q, 10)
+    np.testing.assert_array_equal(I, Ic)
+    np.testing.assert_allclose(D, Dc, rtol=1e-6)
+    assert cold.hrm2.one_query() is None
+    d1, i1 = cold.search(q[:1], 10)
+    np.testing.assert_array_equal(i1[0], I[0])
