@@ -58,15 +58,16 @@ class Method:
 
 class HRM2(Method):
     """m2m's HRM2; ``codec`` None / fp16 / sq8 / pcaN,sq8; ``adaptive`` probing; ``spill``
-    (SOAR spilling of the codes). A variant with a codec takes the trained centroids of
-    ``trained_from`` (no second k-means): its build time is that training's plus its own
-    add."""
+    (SOAR spilling of the codes); ``wide``: each p2 also at twice the default ``p1``. A
+    variant with a codec takes the trained centroids of ``trained_from`` (no second
+    k-means): its build time is that training's plus its own add."""
 
     def __init__(self, backend: str, codec=None, reranks=(None,), adaptive=False,
                  trained_from: HRM2 | None = None, name: str | None = None,
-                 spill: bool = False) -> None:
+                 spill: bool = False, wide: bool = False) -> None:
         self.backend, self.codec, self.reranks = backend, codec, reranks
         self.adaptive, self.trained_from, self.spill = adaptive, trained_from, spill
+        self.wide = wide  # also sweep twice the default coarse probes (p1)
         tag = (codec or "") + (" adaptive" if adaptive else "") + (" spill" if spill else "")
         self.name = name or \
             "hrm2" + ("_" + codec if codec else "") + ("_adaptive" if adaptive else "")
@@ -97,15 +98,20 @@ class HRM2(Method):
 
     def points(self):
         idx = self.index
+        n1 = idx.hrm2.coarse.shape[0]
         for p2 in P2:
             if p2 > idx.nlist:
                 return
-            for rr in self.reranks:
-                idx.nprobe = p2
-                if rr is not None:
-                    idx.rerank = rr
-                setting = {"p2": p2} | ({"rerank": rr} if rr is not None else {})
-                yield setting, lambda q, k: idx.search(q, k)[1]
+            idx.p1, idx.nprobe = None, p2
+            wide = min(n1, 2 * idx.probes()[0])  # twice the default coarse cells
+            for p1 in (None, wide) if self.wide and wide > idx.probes()[0] else (None,):
+                for rr in self.reranks:
+                    idx.p1, idx.nprobe = p1, p2
+                    if rr is not None:
+                        idx.rerank = rr
+                    setting = {"p2": p2} | ({"p1": p1} if p1 is not None else {}) | \
+                        ({"rerank": rr} if rr is not None else {})
+                    yield setting, lambda q, k: idx.search(q, k)[1]
 
     def scanned(self) -> float:
         return float(self.index.last_report.vectors.mean())
