@@ -187,9 +187,12 @@ class HRM2:
         already indexed keeps its access history (the tier placement policy's input)."""
         x = np.asarray(x, np.float32)
         ids = np.asarray(ids, np.int64)
-        if cells is None:
+        second = None
+        if cells is None and x.shape[0] and self.layout.spill_to is not None:
+            cells, second = self.router.assign_two(x)  # one routing pass for both
+        elif cells is None:
             cells = self.assign(x) if x.shape[0] else np.zeros(0, np.int64)
-        self.layout.set_rows(x, ids, cells, self.centroids.fine)
+        self.layout.set_rows(x, ids, cells, self.centroids.fine, second)
 
     def add(self, x: np.ndarray, ids: np.ndarray) -> None:
         """Rows into an empty index are laid out; into a filled one they go via add_rows."""

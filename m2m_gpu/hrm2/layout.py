@@ -213,14 +213,15 @@ class CellLayout:
         return self.rows.history(old_pos)
 
     def set_rows(self, x: np.ndarray, ids: np.ndarray, cells: np.ndarray,
-                 fine: np.ndarray) -> None:
-        """Lay out exactly these rows, grouped by ``cells`` of the centroids ``fine``. A row
-        whose id was already laid out keeps its access history."""
+                 fine: np.ndarray, second: np.ndarray | None = None) -> None:
+        """Lay out exactly these rows, grouped by ``cells`` of the centroids ``fine``
+        (``second``: their second cells when spilling, if already chosen). A row whose id
+        was already laid out keeps its access history."""
         history = None
         if self.tiers.bounded and self.ntotal and ids.size and ids.min() >= 0:
             history = self.history(self.positions_of(ids))
         self.relayout(-1 - np.arange(x.shape[0], dtype=np.int64), x, ids, cells, fine,
-                      history)
+                      history, second)
 
     def drop(self, positions: np.ndarray) -> None:
         """Lay the live rows out again without ``positions`` (and without the dead ones)."""
@@ -237,10 +238,12 @@ class CellLayout:
         return x
 
     def relayout(self, src: np.ndarray, new_rows: np.ndarray, ids: np.ndarray,
-                 cells: np.ndarray, fine: np.ndarray, history=None) -> None:
+                 cells: np.ndarray, fine: np.ndarray, history=None,
+                 second: np.ndarray | None = None) -> None:
         """A fresh layout of the rows ``src`` (``>= 0``: a current position; ``< 0``: row
         ``-1 - src`` of ``new_rows``) grouped by cell of the centroids ``fine``; rows stream
-        through host memory a block at a time, and cell radii are measured on the way."""
+        through host memory a block at a time, and cell radii are measured on the way (and,
+        when spilling, the rows' second cells chosen, unless ``second`` gives them)."""
         order = np.argsort(cells, kind="stable")
         src, ids, cells = src[order], ids[order], cells[order]
         if history is not None:
@@ -266,7 +269,12 @@ class CellLayout:
         hi = np.full(self.d, -np.inf, np.float32)
         sample, stride = [], max(1, -(-src.size // PCA_SAMPLE))
         spill = self.spill_to if self.codec_name is not None else None
-        second = np.full(src.size if spill is not None else 0, -1, np.int64)
+        if spill is None:
+            second = np.zeros(0, np.int64)
+        elif second is not None:
+            second, spill = second[order], None  # chosen already
+        else:
+            second = np.full(src.size, -1, np.int64)
 
         def rows_of(s: int, e: int) -> np.ndarray:
             part = src[s:e]

@@ -66,13 +66,26 @@ class Router:
         residual is orthogonal to the first one's, so a query that the first cell's
         centroid misleads is not misled the same way by the second. -1 where the row has
         no other cell."""
+        return self._two_cells(x, first, lam)[1]
+
+    def assign_two(self, x: np.ndarray, lam: float = SPILL_LAMBDA):
+        """``(first, second)``: :meth:`assign`'s cell and :meth:`second_cells`' of each row,
+        from one routing pass (the first is the nearest of the second's candidates)."""
+        return self._two_cells(x, None, lam)
+
+    def _two_cells(self, x: np.ndarray, first: np.ndarray | None, lam: float):
         x = np.ascontiguousarray(x, dtype=np.float32)
+        given = first is not None
+        first = first if given else np.empty(x.shape[0], np.int64)
         out = np.full(x.shape[0], -1, np.int64)
         fine = self.centroids.fine
         step = 4096
         for s in range(0, x.shape[0], step):
-            xb, fb = x[s : s + step], first[s : s + step]
+            xb = x[s : s + step]
             cand, _ = self.route(xb, self.assign_p1(), SPILL_CANDIDATES + 1)
+            if not given:
+                first[s : s + step] = cand[:, 0]
+            fb = first[s : s + step]
             r = xb - fine[fb]
             rn = np.maximum(np.einsum("ij,ij->i", r, r), np.float32(1e-30))
             rp = xb[:, None, :] - fine[np.maximum(cand, 0)]
@@ -82,7 +95,7 @@ class Router:
             best = score.argmin(1)
             pick = cand[np.arange(xb.shape[0]), best]
             out[s : s + step] = np.where(np.isfinite(score.min(1)), pick, -1)
-        return out
+        return first, out
 
     def route(self, q: np.ndarray, p1: int, p2: int):
         """Fine cells to scan per query, nearest first: ``(cells int64[m, p2] (-1 pad),

@@ -31,7 +31,7 @@ class CellScanner:
         self.layout = layout
         self._cache: dict = {}
         self._codes: dict = {}
-        self._lock = ForkSafeLock()
+        self._lock = ForkSafeLock(reentrant=True)  # a make() may read another cached value
 
     def cached(self, name: str, source, make):
         """``make()``, kept while ``source`` is the same object and neither the layout's
@@ -39,6 +39,14 @@ class CellScanner:
         once."""
         key = (self.layout.version, self.layout.tiers.version)
         return self._kept(self._cache, key, name, source, make)
+
+    def host_codes(self):
+        """``(rows, sqnorms, ranges)`` of the code space on the host (``CellLayout``'s
+        ``code_rows``, ``code_sqnorms``, ``code_ranges``: with the spilled copies), made
+        once per change of the layout for the batch scan and the one-query path alike."""
+        L = self.layout
+        return self.cached_codes("host_codes", None, lambda: (
+            L.code_rows(), L.code_sqnorms(), L.code_ranges()))
 
     def cached_codes(self, name: str, source, make):
         """As :meth:`cached`, for the compressed copies: kept while the layout's rows are
@@ -111,12 +119,12 @@ class CellScanner:
         L = self.layout
         be = L.backend
         keep = self.cached_codes if cache else _uncached
-        codes = self.cached_codes("codes", None, lambda: be.from_host(L.code_rows()))
+        rows, sqnorms, ranges = self.host_codes()
+        codes = self.cached_codes("codes", None, lambda: be.from_host(rows))
         prm = None if params is None else keep(
             "code_params", params, lambda: be.from_host(L.code_params(params), like=codes))
         sq = None if not be.uses_sqnorms else self.cached_codes(
-            "code_sq", None, lambda: be.from_host(L.code_sqnorms()))
-        ranges = self.cached_codes("code_ranges", None, L.code_ranges)
+            "code_sq", None, lambda: be.from_host(sqnorms))
         keys, pos, d2 = be.scan_cells(qn, codes, ranges, probes, k, mode, prm, sq,
                                       dequant=L.codec.dequant, ranked=ranked)
         if L.spilled:  # code rows to positions

@@ -146,7 +146,7 @@ def one_query(router: Router, layout: CellLayout, scanner: CellScanner) -> OneQu
     """The single-query search of this layout, or None where it does not apply (no
     compiled loops, not every row hot on the host). Kept until the layout or the tiers
     change (:meth:`CellScanner.cached`)."""
-    return scanner.cached("one", router, lambda: OneQuery.of(router, layout))
+    return scanner.cached("one", router, lambda: OneQuery.of(router, layout, scanner))
 
 
 class OneQuery:
@@ -164,16 +164,18 @@ class OneQuery:
         self._layout, self._search = layout, search
 
     @classmethod
-    def of(cls, router: Router, layout: CellLayout) -> OneQuery | None:
+    def of(cls, router: Router, layout: CellLayout,
+           scanner: CellScanner) -> OneQuery | None:
         rows = layout.tiers.dense() if getattr(layout.backend, "jit", False) else None
         if rows is None:
             return None
         c, L = router.centroids, layout
-        coded = L.codec is not None
-        return cls(L, _jit.one_searcher(
-            c.coarse, c.fine, c.fine_ranges, L.code_ranges() if coded else L.ranges, rows,
-            L.code_rows() if coded else None, L.codec, L.spill_of if L.spilled else None,
-            L.code_sqnorms() if coded else None))
+        if L.codec is None:
+            return cls(L, _jit.one_searcher(c.coarse, c.fine, c.fine_ranges, L.ranges, rows))
+        codes, code_sq, ranges = scanner.host_codes()  # the batch scan's, shared
+        return cls(L, _jit.one_searcher(c.coarse, c.fine, c.fine_ranges, ranges, rows, codes,
+                                        L.codec, L.spill_of if L.spilled else None,
+                                        code_sq))
 
     def __call__(self, q: np.ndarray, k: int, p1: int, p2: int, rerank: int = RERANK):
         """``(d2 float32[1, k], positions int64[1, k], ids int64[1, k], report)`` for the
